@@ -1,0 +1,236 @@
+"""Per-peer liveness: ``alive → suspect → dead``, driven by events, returning actions.
+
+Rules this machine keeps:
+
+* Any data received is proof of life (as ZooKeeper's ``touchSession``); a suspect peer that
+  is heard from again is alive again.
+* Heartbeats are sent only when the link is idle in the policy's ``idle_mode``: the first
+  after ``interval`` of idleness, repeats every further ``interval`` while it stays idle.
+  Each repeat sent while the previous heartbeat is unanswered counts a missed beat; the first
+  missed beat makes the peer *suspect*.
+* The failure detector (fixed timeout by default) alone declares the peer *dead*; that
+  yields :class:`~pulse.actions.PeerDead` then :class:`~pulse.actions.Close`. Dead is final.
+* Local-pause guard: when the driver wakes more than ``max_local_pause`` after the deadline
+  it was given (a blocked event loop, a stopped process), the gap says nothing about the
+  peer. The machine reports :class:`~pulse.actions.LocalPause`, sends a heartbeat at once
+  and withholds any verdict for one ``interval`` so fresh evidence can arrive.
+* Deadlines are lazy: events only store timestamps; ``next_deadline()`` computes the next
+  moment anything can happen, and the driver sleeps until exactly then.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pulse._core.detectors import FailureDetector, FixedTimeout
+from pulse._core.idle import IdleDetector
+from pulse._core.policy import HeartbeatPolicy, IdleMode
+from pulse._core.stats import RttStats, RttSummary
+from pulse.actions import (
+    Action,
+    Close,
+    LocalPause,
+    PeerAlive,
+    PeerDead,
+    PeerSuspect,
+    SendPing,
+)
+from pulse.events import DataReceived, DataSent, Event, OutputProgress, PongReceived, Tick
+
+#: How many unanswered heartbeats are remembered for RTT matching.
+MAX_PINGS_IN_FLIGHT = 64
+
+
+class LivenessState(enum.Enum):
+    """Where the peer stands."""
+
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStats:
+    """A snapshot of one peer's liveness statistics."""
+
+    state: LivenessState
+    rtt: RttSummary
+    missed: int
+    pings_sent: int
+    pongs_received: int
+    silent_for: float
+    suspicion: float
+
+
+class Liveness:
+    """Liveness of one peer under a :class:`HeartbeatPolicy`.
+
+    ``now`` at construction is when the connection opened (it counts as evidence of life).
+    """
+
+    def __init__(
+        self,
+        policy: HeartbeatPolicy,
+        now: float,
+        *,
+        detector: FailureDetector | None = None,
+    ) -> None:
+        self.policy = policy
+        self.state = LivenessState.ALIVE
+        if detector is None and policy.enabled:
+            detector = FixedTimeout(policy.dead_after)
+        self.detector = detector
+        if detector is not None:
+            detector.heartbeat(now)
+        interval = policy.interval
+        self._idle = IdleDetector(
+            now,
+            reader_idle=interval if policy.idle_mode is IdleMode.READER else 0.0,
+            writer_idle=interval if policy.idle_mode is IdleMode.WRITER else 0.0,
+            all_idle=interval if policy.idle_mode is IdleMode.ALL else 0.0,
+            observe_output=True,
+        )
+        self.rtt = RttStats()
+        self._last_received = now
+        self._seq = 0
+        self._in_flight: OrderedDict[int, float] = OrderedDict()
+        self._unanswered = 0
+        self._missed = 0
+        self.pings_sent = 0
+        self.pongs_received = 0
+        self._armed: float | None = None
+        self._verdict_withheld_until = float("-inf")
+        self._handlers: dict[type, Callable[..., list[Action]]] = {
+            DataReceived: lambda e: self.data_received(e.now),
+            DataSent: lambda e: self.data_sent(e.now),
+            OutputProgress: lambda e: self.output_progress(e.now),
+            PongReceived: lambda e: self.pong(e.now, e.seq),
+            Tick: lambda e: self.tick(e.now),
+        }
+
+    # -- events ---------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Action]:
+        """Feed one event object; same as calling the matching method."""
+        return self._handlers[type(event)](event)
+
+    def data_received(self, now: float) -> list[Action]:
+        """Any data from the peer arrived."""
+        if self.state is LivenessState.DEAD:
+            return []
+        silent = max(0.0, now - self._last_received)
+        self._last_received = max(self._last_received, now)
+        self._idle.read(now)
+        if self.detector is not None:
+            self.detector.heartbeat(now)
+        self._unanswered = 0
+        self._missed = 0
+        if self.state is LivenessState.SUSPECT:
+            self.state = LivenessState.ALIVE
+            return [PeerAlive(after=silent)]
+        return []
+
+    def pong(self, now: float, seq: int) -> list[Action]:
+        """The peer answered heartbeat ``seq`` (an unknown ``seq`` still proves life)."""
+        sent = self._in_flight.pop(seq, None)
+        if sent is not None and self.state is not LivenessState.DEAD:
+            self.rtt.add(now - sent)
+            self.pongs_received += 1
+        return self.data_received(now)
+
+    def data_sent(self, now: float) -> list[Action]:
+        """A write to the peer completed."""
+        self._idle.write(now)
+        return []
+
+    def output_progress(self, now: float) -> list[Action]:
+        """A long write is still making progress (so the writer is not idle)."""
+        self._idle.output_progress(now)
+        return []
+
+    def tick(self, now: float) -> list[Action]:
+        """The driver woke up; returns what is due at ``now``."""
+        if self.state is LivenessState.DEAD or not self.policy.enabled:
+            return []
+        actions: list[Action] = []
+        force_ping = False
+        assert self.policy.max_local_pause is not None
+        if self._armed is not None and now - self._armed > self.policy.max_local_pause:
+            actions.append(LocalPause(late_by=now - self._armed))
+            self._verdict_withheld_until = now + self.policy.interval
+            force_ping = True
+        self._armed = None
+        idle_events = self._idle.tick(now)
+        if (
+            self.detector is not None
+            and now >= self._verdict_withheld_until
+            and self.detector.is_dead(now)
+        ):
+            reason = self.detector.explain(now)
+            self.state = LivenessState.DEAD
+            self._idle = IdleDetector(now)
+            silent = now - self._last_received
+            self._missed = max(self._missed, self._unanswered)
+            actions += [PeerDead(reason, self._missed, silent), Close(reason)]
+            return actions
+        if idle_events or force_ping:
+            actions += self._send_ping(now)
+        return actions
+
+    def _send_ping(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self._unanswered > 0:
+            self._missed = self._unanswered
+        self._seq += 1
+        self._in_flight[self._seq] = now
+        while len(self._in_flight) > MAX_PINGS_IN_FLIGHT:
+            self._in_flight.popitem(last=False)
+        self._unanswered += 1
+        self.pings_sent += 1
+        self._idle.write(now)
+        actions.append(SendPing(self._seq, now))
+        if self._missed >= 1 and self.state is LivenessState.ALIVE:
+            self.state = LivenessState.SUSPECT
+            actions.append(PeerSuspect(self._missed, now - self._last_received))
+        return actions
+
+    # -- queries --------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When the driver must call :meth:`tick` next (None: nothing will ever be due).
+
+        The value returned is remembered: waking much later than it is how the machine
+        notices a local pause.
+        """
+        if self.state is LivenessState.DEAD or not self.policy.enabled:
+            self._armed = None
+            return None
+        candidates = [self._idle.next_deadline()]
+        if self.detector is not None:
+            dead_at = self.detector.dead_at()
+            if dead_at is not None:
+                candidates.append(max(dead_at, self._verdict_withheld_until))
+        due = [c for c in candidates if c is not None]
+        self._armed = min(due) if due else None
+        return self._armed
+
+    @property
+    def missed(self) -> int:
+        """Heartbeats missed in a row (0 once anything arrives)."""
+        return self._missed
+
+    @property
+    def last_received(self) -> float:
+        """When anything last arrived from the peer."""
+        return self._last_received
+
+    def stats(self, now: float) -> PeerStats:
+        """A snapshot of the statistics at ``now``."""
+        suspicion = self.detector.suspicion(now) if self.detector is not None else 0.0
+        return PeerStats(
+            self.state, self.rtt.summary(), self._missed, self.pings_sent,
+            self.pongs_received, max(0.0, now - self._last_received), suspicion,
+        )

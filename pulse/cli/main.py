@@ -1,0 +1,64 @@
+"""The ``pulse`` command: one sub-command per module ``pulse.cli.cmd_<name>``.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int`` (the exit status). This module wires them into argparse, configures
+structlog output (the library itself never does) and turns Ctrl-C into a clean exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from pulse import __version__
+from pulse.cli.logs import configure_logging
+
+COMMANDS = ("serve", "ping", "keepalive")
+
+
+def _load(name: str) -> ModuleType:
+    return importlib.import_module(f"pulse.cli.cmd_{name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (used by ``main`` and by the tests)."""
+    parser = argparse.ArgumentParser(
+        prog="pulse",
+        description="Keep connections and sessions alive and tell, fast, when a peer is gone.",
+    )
+    parser.add_argument("--version", action="version", version=f"pulse {__version__}")
+    parser.add_argument(
+        "--log-format", choices=("console", "json"), default="console",
+        help="how state-change events are printed on stderr (default: console)",
+    )
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="warning",
+        help="least severe event printed (default: warning)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = _load(name)
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pulse`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        status: int = args._run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The pulse error hierarchy.
+
+Every error pulse raises on purpose derives from :class:`PulseError`, so callers can catch
+one class.  Bad input from a peer is only ever reported as :class:`RemoteProtocolError`;
+:class:`LocalProtocolError` means *this* side tried to do something the protocol forbids.
+"""
+
+from __future__ import annotations
+
+
+class PulseError(Exception):
+    """Base class of every error raised by pulse."""
+
+
+class ProtocolError(PulseError):
+    """Bytes or frames that break a protocol's rules (malformed, oversized, out of order)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side attempted something the protocol does not allow (a programming error)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something malformed or forbidden; only its connection is affected."""
+
+
+class FrameTooLarge(RemoteProtocolError):
+    """A frame (or the bytes buffered for one) exceeded the configured size limit."""
+
+
+class ConnectionClosed(PulseError):
+    """The connection is closed; ``reason`` says why (as reported by the close action)."""
+
+    def __init__(self, reason: str = "closed") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PeerTimeout(ConnectionClosed):
+    """The peer stopped answering heartbeats and was declared dead."""
+
+
+class ReconnectGaveUp(PulseError):
+    """A reconnecting client used up its attempts or was told not to come back."""
+
+
+class QueueFull(PulseError):
+    """A bounded outgoing queue is full and its overflow policy is ``raise``."""
+
+
+class NegotiationError(PulseError):
+    """The two peers' heartbeat proposals cannot be reconciled within the bounds."""
+
+
+class SessionError(PulseError):
+    """Base class of session-leasing errors."""
+
+
+class SessionExpired(SessionError):
+    """The session's lease ran out; its ephemeral registrations are gone."""
+
+
+class LeaseExpired(SessionExpired):
+    """Alias kept for readers who think in leases rather than sessions."""
+
+
+class AuthFailed(SessionError):
+    """A re-attach presented a wrong session password, or a bad auth token."""
+
+
+class LimitExceeded(PulseError):
+    """A configured server limit (sessions, keys, data size, request rate) was hit."""
+
+
+class NoPlugin(PulseError):
+    """No plugin is registered for a URL scheme, or it lacks the requested capability."""
