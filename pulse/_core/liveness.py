@@ -180,6 +180,21 @@ class Liveness:
             actions += self._send_ping(now)
         return actions
 
+    def request_ping(self, now: float) -> list[Action]:
+        """Send a heartbeat now, on demand (``pulse ping``); it is tracked like any other.
+
+        Unlike idle-driven heartbeats this does not count a missed beat: an on-demand probe
+        says nothing about the previous one.
+        """
+        if self.state is LivenessState.DEAD:
+            return []
+        self._seq += 1
+        self._in_flight[self._seq] = now
+        while len(self._in_flight) > MAX_PINGS_IN_FLIGHT:
+            self._in_flight.popitem(last=False)
+        self.pings_sent += 1
+        return [SendPing(self._seq, now)]
+
     def _send_ping(self, now: float) -> list[Action]:
         actions: list[Action] = []
         if self._unanswered > 0:

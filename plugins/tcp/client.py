@@ -1,0 +1,234 @@
+"""TCP clients: one heartbeat connection, or a client that reconnects with backoff."""
+
+from __future__ import annotations
+
+import enum
+import math
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+
+from pulse._core.backoff import Backoff
+from pulse._core.policy import HeartbeatPolicy
+from pulse._trio.connection import HeartbeatConnection, heartbeat
+from pulse._trio.feed import EventFeed
+from pulse.errors import ConnectionClosed, PulseError, ReconnectGaveUp
+
+from .keepalive import TcpKeepalive
+from .server import peer_name, tune_socket
+
+log = structlog.get_logger("pulse.tcp")
+
+
+async def open_stream(
+    host: str,
+    port: int,
+    *,
+    keepalive: TcpKeepalive | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    connect_timeout: float = 10.0,
+) -> tuple[trio.abc.Stream, str]:
+    """Connect (and TLS-handshake) within ``connect_timeout``; returns the stream and peer."""
+    with trio.fail_after(connect_timeout):
+        sock = await trio.open_tcp_stream(host, port)
+        try:
+            tune_socket(sock, keepalive)
+            peer = peer_name(sock)
+            if ssl_context is None:
+                return sock, peer
+            tls = trio.SSLStream(sock, ssl_context, server_hostname=server_hostname or host)
+            await tls.do_handshake()
+            return tls, peer
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await sock.aclose()
+            raise
+
+
+@asynccontextmanager
+async def connect_tcp(
+    host: str,
+    port: int,
+    policy: HeartbeatPolicy | None = None,
+    *,
+    keepalive: TcpKeepalive | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    connect_timeout: float = 10.0,
+    **heartbeat_options: Any,
+) -> AsyncIterator[HeartbeatConnection]:
+    """One heartbeat connection to ``host:port`` for the ``async with`` block (no reconnect).
+
+    Raises ``OSError`` / :class:`trio.TooSlowError` when the server cannot be reached and a
+    :class:`~pulse.errors.PulseError` when the handshake fails.
+    """
+    stream, peer = await open_stream(
+        host, port, keepalive=keepalive, ssl_context=ssl_context,
+        server_hostname=server_hostname, connect_timeout=connect_timeout,
+    )
+    transport = "tls" if ssl_context is not None else "tcp"
+    heartbeat_options.setdefault("handshake_timeout", connect_timeout)
+    async with heartbeat(stream, policy, peer=peer, transport=transport,
+                         **heartbeat_options) as conn:
+        yield conn
+
+
+class ClientState(enum.Enum):
+    """States of a :class:`ReconnectingClient`."""
+
+    CONNECTING = "connecting"
+    OPEN = "open"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """A client state transition: why it happened, and for reconnects which attempt and delay."""
+
+    state: ClientState
+    reason: str
+    attempt: int = 0
+    delay: float = 0.0
+
+
+class ReconnectingClient:
+    """A TCP heartbeat client that survives server restarts and dead links.
+
+    Use :func:`reconnecting_tcp`. ``send`` waits (up to ``send_timeout``) for a live
+    connection; ``receive`` returns messages from whichever connection is current; every
+    transition is published on ``events()`` and logged.
+    """
+
+    def __init__(self, host: str, port: int, policy: HeartbeatPolicy | None,
+                 backoff: Backoff, options: dict[str, Any]) -> None:
+        self.host, self.port = host, port
+        self.policy = policy
+        self.backoff = backoff
+        self._options = options
+        self.state = ClientState.CONNECTING
+        self.connection: HeartbeatConnection | None = None
+        self._connected = trio.Event()
+        self._finished = trio.Event()
+        self._failure: PulseError | None = None
+        self._inbound_send, self._inbound_receive = trio.open_memory_channel[Any](256)
+        self._events: EventFeed[StateChange] = EventFeed()
+        self.connects = 0
+
+    def events(self) -> EventFeed[StateChange]:
+        """State changes, in order (bounded feed, never blocks the client)."""
+        return self._events
+
+    def _set(self, change: StateChange) -> None:
+        self.state = change.state
+        self._events.publish(change)
+        log.info("client_state", peer=f"{self.host}:{self.port}", transport="tcp",
+                 state=change.state.value, reason=change.reason, attempt=change.attempt,
+                 delay=round(change.delay, 3))
+
+    async def send(self, payload: object, timeout: float = math.inf) -> None:
+        """Send on the current connection, waiting up to ``timeout`` s for one to be open."""
+        with trio.fail_after(timeout):
+            while True:
+                if self._failure is not None:
+                    raise self._failure
+                if self.state is ClientState.CLOSED:
+                    raise ConnectionClosed("client closed")
+                conn = self.connection
+                if conn is not None and not conn.closed:
+                    try:
+                        await conn.send(payload)
+                        return
+                    except ConnectionClosed:
+                        pass
+                await self._next_connection()
+
+    async def _next_connection(self) -> None:
+        async with trio.open_nursery() as nursery:
+            async def wait(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+            nursery.start_soon(wait, self._connected)
+            nursery.start_soon(wait, self._finished)
+
+    async def receive(self) -> Any:
+        """The next message from the server (across reconnects)."""
+        try:
+            return await self._inbound_receive.receive()
+        except trio.EndOfChannel:
+            raise self._failure or ConnectionClosed("client closed") from None
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while True:
+            try:
+                yield await self.receive()
+            except ConnectionClosed:
+                return
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    async with connect_tcp(self.host, self.port, self.policy,
+                                           **self._options) as conn:
+                        self.connects += 1
+                        self.backoff.connected(trio.current_time())
+                        self.connection = conn
+                        self._connected.set()
+                        self._set(StateChange(ClientState.OPEN, "connected"))
+                        async for message in conn:
+                            await self._inbound_send.send(message)
+                    reason = conn.close_reason or "connection closed"
+                except (PulseError, OSError, trio.TooSlowError, ssl.SSLError) as exc:
+                    reason = str(exc) or type(exc).__name__
+                self.connection = None
+                self._connected = trio.Event()
+                self.backoff.disconnected(trio.current_time())
+                delay = self.backoff.next_delay()
+                if delay is None:
+                    self._failure = ReconnectGaveUp(
+                        f"gave up after {self.backoff.attempts} attempts: {reason}")
+                    self._set(StateChange(ClientState.FAILED, str(self._failure),
+                                          self.backoff.attempts))
+                    return
+                self._set(StateChange(ClientState.RECONNECTING, reason,
+                                      self.backoff.attempts, delay))
+                await trio.sleep(delay)
+        finally:
+            self._finished.set()
+            self._inbound_send.close()
+            self._events.close()
+
+
+@asynccontextmanager
+async def reconnecting_tcp(
+    host: str,
+    port: int,
+    policy: HeartbeatPolicy | None = None,
+    *,
+    backoff: Backoff | None = None,
+    **options: Any,
+) -> AsyncIterator[ReconnectingClient]:
+    """A :class:`ReconnectingClient` running for the ``async with`` block.
+
+    ``backoff`` defaults to exponential full-jitter backoff from 0.1 s to 30 s, forever;
+    ``options`` go to :func:`connect_tcp` (keepalive, ssl_context, peer_id, token, …).
+    """
+    client = ReconnectingClient(host, port, policy, backoff or Backoff(), options)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client._run)
+        try:
+            yield client
+        finally:
+            client._set(StateChange(ClientState.CLOSED, "closed by application"))
+            nursery.cancel_scope.cancel()

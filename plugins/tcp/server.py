@@ -1,0 +1,100 @@
+"""A TCP (optionally TLS) server that heartbeats every client and drops dead ones."""
+
+from __future__ import annotations
+
+import ssl
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+import trio
+
+from pulse._core.policy import HeartbeatPolicy
+from pulse._trio.connection import HeartbeatConnection, heartbeat
+from pulse.errors import PulseError
+
+from .keepalive import TcpKeepalive
+
+log = structlog.get_logger("pulse.tcp")
+
+Handler = Callable[[HeartbeatConnection], Awaitable[None]]
+
+
+def peer_name(stream: trio.SocketStream) -> str:
+    """``host:port`` of the remote end of a socket stream ("?" when unknown)."""
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tune_socket(stream: trio.SocketStream, keepalive: TcpKeepalive | None) -> None:
+    """Apply OS keepalive settings (warnings, never silence, when unsupported)."""
+    if keepalive is None:
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keepalive.apply(stream.socket)
+    for warning in caught:
+        log.warning("keepalive_option_unsupported", reason=str(warning.message))
+
+
+async def serve_tcp(
+    handler: Handler,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    policy: HeartbeatPolicy | None = None,
+    keepalive: TcpKeepalive | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    peer_id: str = "pulse-server",
+    handshake_timeout: float = 10.0,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    **heartbeat_options: Any,
+) -> None:
+    """Accept connections forever; run ``handler(conn)`` for each heartbeat connection.
+
+    A client that stops answering is declared dead and its connection closed (``handler``
+    sees :class:`~pulse.errors.PeerTimeout` from ``receive``). An error in one connection —
+    a bad frame, a failed handshake, an exception in ``handler`` — is logged and closes only
+    that connection; the server keeps serving everyone else. ``task_status.started`` receives
+    the listeners (their ``socket.getsockname()`` tells the bound port when ``port`` is 0).
+    """
+
+    async def one_client(stream: trio.SocketStream) -> None:
+        peer = peer_name(stream)
+        transport = "tls" if ssl_context is not None else "tcp"
+        try:
+            tune_socket(stream, keepalive)
+            wrapped: trio.abc.Stream = stream
+            if ssl_context is not None:
+                wrapped = trio.SSLStream(stream, ssl_context, server_side=True)
+                with trio.fail_after(handshake_timeout):
+                    await wrapped.do_handshake()
+            async with heartbeat(
+                wrapped, policy, peer_id=peer_id, handshake_timeout=handshake_timeout,
+                peer=peer, transport=transport, **heartbeat_options,
+            ) as conn:
+                await handler(conn)
+        except (PulseError, trio.BrokenResourceError, trio.ClosedResourceError, OSError,
+                trio.TooSlowError, ssl.SSLError) as exc:
+            log.info("client_dropped", peer=peer, transport=transport, reason=str(exc) or repr(exc))
+        except Exception:  # a bug in the handler must not take the server down
+            log.exception("handler_failed", peer=peer, transport=transport)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    await trio.serve_tcp(one_client, port, host=host, task_status=task_status)
+
+
+async def echo_handler(conn: HeartbeatConnection) -> None:
+    """Echo every application message back; log the connection's liveness changes."""
+    try:
+        async for message in conn:
+            await conn.send(message)
+    except PulseError as exc:
+        log.info("client_dead", peer=conn.peer, transport=conn.transport, reason=str(exc))

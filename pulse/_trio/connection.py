@@ -1,0 +1,437 @@
+"""``pulse.heartbeat(stream)``: heartbeats multiplexed with application messages on any
+``trio.abc.Stream`` (TCP, TLS, Unix sockets, memory streams).
+
+The wire format is pulse's msgpack frames (:mod:`pulse.frames`). Both sides send ``HELLO``
+first and agree on one policy (:func:`pulse._core.policy.negotiate`); then application data
+travels in ``DATA`` frames and heartbeats in ``PING``/``PONG`` frames. Three tasks run per
+connection: a reader (never blocked by writes), a control sender (pings and pongs) and the
+liveness runner that sleeps until the core's next deadline. Application writes and control
+frames share one lock so frames never interleave; a long application write reports its
+progress to the core so it is not taken for idleness.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+import trio
+
+from pulse._core.detectors import FailureDetector
+from pulse._core.liveness import Liveness, LivenessState, PeerStats
+from pulse._core.policy import HeartbeatPolicy, NegotiationBounds, negotiate
+from pulse._trio.feed import EventFeed
+from pulse._trio.runner import LivenessRunner
+from pulse._trio.util import background_nursery
+from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
+from pulse.errors import (
+    AuthFailed,
+    ConnectionClosed,
+    PeerTimeout,
+    ProtocolError,
+    PulseError,
+    RemoteProtocolError,
+)
+from pulse.frames import (
+    PROTOCOL_VERSION,
+    Data,
+    Frame,
+    FrameDecoder,
+    Hello,
+    Ping,
+    Pong,
+    encode_frame,
+)
+from pulse.frames import Close as CloseFrame
+
+log = structlog.get_logger("pulse.connection")
+
+#: Bytes handed to the stream per ``send_all`` call for application frames, so that a long
+#: write reports progress (Netty's ``observeOutput``).
+WRITE_CHUNK = 64 * 1024
+#: Largest read per ``receive_some``.
+READ_CHUNK = 64 * 1024
+
+DetectorFactory = Callable[[HeartbeatPolicy], FailureDetector]
+Authenticator = Callable[[str | None], bool]
+
+
+class HeartbeatConnection:
+    """One heartbeat-supervised connection; create it with :func:`heartbeat`.
+
+    ``send`` / ``receive`` / ``async for`` carry application messages; ``events()`` reports
+    liveness changes (:class:`~pulse.actions.PeerSuspect`, :class:`~pulse.actions.PeerAlive`,
+    :class:`~pulse.actions.PeerDead`, :class:`~pulse.actions.LocalPause`, and a final
+    :class:`~pulse.actions.Close`); ``stats()`` gives RTT, missed beats and suspicion.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        policy: HeartbeatPolicy,
+        remote: Hello,
+        decoder: FrameDecoder,
+        *,
+        detector: FailureDetector | None,
+        receive_buffer: int,
+        peer: str,
+        transport: str,
+        on_event: Callable[[Action], None] | None,
+    ) -> None:
+        self.stream = stream
+        self.policy = policy
+        self.remote = remote
+        self.peer = peer
+        self.transport = transport
+        self._decoder = decoder
+        self._liveness = Liveness(policy, trio.current_time(), detector=detector)
+        self._runner = LivenessRunner(self._liveness, self._queue_ping, self._on_action)
+        self._send_lock = trio.StrictFIFOLock()
+        self._control_send, self._control_receive = trio.open_memory_channel[Ping | Pong](32)
+        self._inbound_send, self._inbound_receive = trio.open_memory_channel[Any](receive_buffer)
+        self._events: EventFeed[Action] = EventFeed()
+        self._on_event = on_event
+        self._close_reason: str | None = None
+        self._close_error: PulseError | None = None
+        self._closed = trio.Event()
+        self._delivering = False
+        self._close_published = False
+        self._early_frames: list[Frame] = []
+        self._pong_waiters: dict[int, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self._log = log.bind(peer=peer, transport=transport)
+
+    # -- public API ----------------------------------------------------------------------
+
+    @property
+    def remote_peer_id(self) -> str:
+        """The peer id the other side announced in its HELLO."""
+        return self.remote.peer_id
+
+    @property
+    def state(self) -> LivenessState:
+        """``alive``, ``suspect`` or ``dead`` (as judged by the failure detector)."""
+        return self._liveness.state
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed, for whatever reason."""
+        return self._closed.is_set()
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the connection closed (None while open)."""
+        return self._close_reason
+
+    def stats(self) -> PeerStats:
+        """RTT summary, missed beats, pings sent, pongs received, silence and suspicion."""
+        return self._liveness.stats(trio.current_time())
+
+    def events(self) -> EventFeed[Action]:
+        """The feed of liveness changes (one consumer; bounded, never blocks the driver)."""
+        return self._events
+
+    async def send(self, payload: object) -> None:
+        """Send one application message (bytes, or any msgpack-serialisable object)."""
+        self._raise_if_closed()
+        await self._write(encode_frame(Data(payload)), progress=True)
+
+    async def receive(self) -> Any:
+        """The next application message; raises :class:`ConnectionClosed` (or its subclass
+        :class:`PeerTimeout` when the peer was declared dead) once closed and drained."""
+        try:
+            return await self._inbound_receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            error = self._closed_error()
+            raise error from error.__cause__
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while True:
+            try:
+                yield await self.receive()
+            except PeerTimeout:
+                raise
+            except ConnectionClosed:
+                if self._close_error is not None:
+                    raise
+                return
+
+    async def ping(self, timeout: float | None = None) -> float:
+        """Send a heartbeat now and return its round-trip time in seconds.
+
+        Raises :class:`PeerTimeout` if no pong arrives within ``timeout`` (default: the
+        policy's timeout) and :class:`ConnectionClosed` if the connection closes first.
+        """
+        self._raise_if_closed()
+        request = self._runner.request_ping()
+        if request is None:
+            raise self._closed_error()
+        done = self._pong_waiters[request.seq] = trio.Event()
+        limit = self.policy.dead_after if timeout is None else timeout
+        try:
+            with trio.move_on_after(limit if limit > 0 else math.inf):
+                await self._either(done)
+        finally:
+            self._pong_waiters.pop(request.seq, None)
+        if not done.is_set():
+            if self.closed:
+                raise self._closed_error()
+            raise PeerTimeout(f"no pong for heartbeat {request.seq} within {limit:g}s")
+        rtt = self._liveness.rtt.summary().last
+        return rtt if rtt is not None else 0.0
+
+    async def aclose(self, reason: str = "closed by application") -> None:
+        """Say goodbye (a CLOSE frame, best effort) and close the stream."""
+        if self.closed:
+            return
+        with trio.move_on_after(1.0) as scope:
+            scope.shield = True
+            try:
+                await self._write(encode_frame(CloseFrame(reason)), progress=False)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
+                pass
+        await self._finish(reason, None)
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def _supervise(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # The connection's own tasks live in a nursery of their own: closing the connection
+        # cancels them, never the application code using the connection.
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._read_loop)
+            nursery.start_soon(self._control_loop)
+            nursery.start_soon(self._runner.run)
+            task_status.started()
+
+    async def _read_loop(self) -> None:
+        try:
+            for frame in self._early_frames:
+                await self._on_frame(frame)
+            while True:
+                chunk = await self.stream.receive_some(READ_CHUNK)
+                if not chunk:
+                    await self._finish("connection closed by peer", ConnectionClosed("eof"))
+                    return
+                for frame in self._decoder.feed(chunk):
+                    await self._on_frame(frame)
+                if self.closed:
+                    return
+        except RemoteProtocolError as exc:
+            self._log.warning("protocol_error", reason=str(exc))
+            with trio.move_on_after(1.0):
+                try:
+                    await self._write(encode_frame(CloseFrame(f"protocol error: {exc}")),
+                                      progress=False)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
+                    pass
+            await self._finish(f"protocol error: {exc}", exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            await self._finish(f"connection lost: {exc!r}", ConnectionClosed(f"connection lost: {exc!r}"))
+
+    async def _on_frame(self, frame: object) -> None:
+        if isinstance(frame, Pong):
+            self._runner.pong(frame.seq)
+            waiter = self._pong_waiters.get(frame.seq)
+            if waiter is not None:
+                waiter.set()
+            return
+        self._runner.received()
+        if isinstance(frame, Ping):
+            try:
+                self._control_send.send_nowait(frame.pong())
+            except trio.WouldBlock:
+                pass  # the peer pings faster than we can answer; the next pong serves
+        elif isinstance(frame, Data):
+            self._delivering = True
+            try:
+                await self._inbound_send.send(frame.payload)
+            finally:
+                self._delivering = False
+        elif isinstance(frame, CloseFrame):
+            await self._finish(f"closed by peer: {frame.reason}", None)
+        elif isinstance(frame, Hello):
+            raise RemoteProtocolError("HELLO received twice")
+
+    async def _control_loop(self) -> None:
+        async for frame in self._control_receive:
+            try:
+                await self._write(encode_frame(frame), progress=False)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed) as exc:
+                await self._finish(f"connection lost: {exc!r}", None)
+                return
+
+    async def _queue_ping(self, action: SendPing) -> None:
+        try:
+            self._control_send.send_nowait(Ping(action.seq, action.now))
+        except trio.WouldBlock:
+            pass
+
+    def _on_action(self, action: Action) -> None:
+        if isinstance(action, PeerSuspect):
+            self._log.info("peer_suspect", missed=action.missed, silent_for=action.silent_for)
+        elif isinstance(action, PeerAlive):
+            self._log.info("peer_alive", after=action.after)
+        elif isinstance(action, LocalPause):
+            self._log.warning("local_pause", late_by=action.late_by)
+            if self._delivering:
+                # The application is not consuming: the peer's data is waiting for us,
+                # which is evidence of life; do not judge it on our own stall.
+                self._runner.received()
+        elif isinstance(action, PeerDead):
+            if self._delivering:
+                self._runner.received()
+            self._log.warning("peer_dead", reason=action.reason, missed=action.missed)
+        elif isinstance(action, Close):
+            self._publish(action)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._finish, action.reason, PeerTimeout(action.reason))
+            return
+        self._publish(action)
+
+    def _publish(self, action: Action) -> None:
+        self._close_published = self._close_published or isinstance(action, Close)
+        self._events.publish(action)
+        if self._on_event is not None:
+            self._on_event(action)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _write(self, data: bytes, *, progress: bool) -> None:
+        async with self._send_lock:
+            if self.closed:
+                raise self._closed_error()
+            view = memoryview(data)
+            for start in range(0, len(view), WRITE_CHUNK):
+                await self.stream.send_all(view[start:start + WRITE_CHUNK])
+                if progress and start + WRITE_CHUNK < len(view):
+                    self._runner.progress()
+            self._runner.sent()
+
+    async def _either(self, done: trio.Event) -> None:
+        async with trio.open_nursery() as nursery:
+            async def wait(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+            nursery.start_soon(wait, done)
+            nursery.start_soon(wait, self._closed)
+
+    async def _finish(self, reason: str, error: PulseError | None) -> None:
+        if self.closed:
+            return
+        self._close_reason = reason
+        self._close_error = error
+        self._closed.set()
+        self._log.info("connection_closed", reason=reason)
+        if not self._close_published:
+            self._publish(Close(reason))
+        self._events.close()
+        self._inbound_send.close()
+        self._control_send.close()
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _raise_if_closed(self) -> None:
+        if self.closed:
+            raise self._closed_error()
+
+    def _closed_error(self) -> ConnectionClosed:
+        if isinstance(self._close_error, ConnectionClosed):
+            return self._close_error
+        error = ConnectionClosed(self._close_reason or "closed")
+        if self._close_error is not None:
+            error.__cause__ = self._close_error
+        return error
+
+
+async def _handshake(
+    stream: trio.abc.Stream,
+    decoder: FrameDecoder,
+    hello: Hello,
+    timeout: float,
+) -> tuple[Hello, list[Frame]]:
+    """Send our HELLO, read theirs; frames that arrived right behind it are returned too."""
+    await stream.send_all(encode_frame(hello))
+    with trio.move_on_after(timeout) as scope:
+        while True:
+            chunk = await stream.receive_some(READ_CHUNK)
+            if not chunk:
+                raise ConnectionClosed("connection closed during the HELLO exchange")
+            frames = decoder.feed(chunk)
+            if frames:
+                first = frames[0]
+                if isinstance(first, CloseFrame):
+                    raise ConnectionClosed(f"closed by peer: {first.reason}")
+                if not isinstance(first, Hello):
+                    raise RemoteProtocolError(f"expected HELLO first, got {type(first).__name__}")
+                return first, frames[1:]
+    assert scope.cancelled_caught
+    raise PeerTimeout(f"no HELLO from peer within {timeout:g}s")
+
+
+@asynccontextmanager
+async def heartbeat(
+    stream: trio.abc.Stream,
+    policy: HeartbeatPolicy | None = None,
+    *,
+    peer_id: str = "",
+    token: str | None = None,
+    authenticate: Authenticator | None = None,
+    bounds: NegotiationBounds | None = None,
+    detector: DetectorFactory | None = None,
+    handshake_timeout: float = 10.0,
+    max_frame_size: int = 1024 * 1024,
+    receive_buffer: int = 256,
+    peer: str = "?",
+    transport: str = "stream",
+    on_event: Callable[[Action], None] | None = None,
+) -> AsyncIterator[HeartbeatConnection]:
+    """Wrap ``stream`` in a heartbeat-supervised connection for the ``async with`` block.
+
+    Both sides exchange HELLO frames (version, proposed interval and timeout, ``peer_id``,
+    optional ``token``); ``authenticate(token)`` returning False refuses the peer with
+    :class:`~pulse.errors.AuthFailed`. The negotiated policy is the lower non-zero proposal,
+    clamped by ``bounds``. ``detector(policy)`` builds a custom failure detector (fixed
+    timeout by default). Leaving the block closes the connection.
+    """
+    policy = policy or HeartbeatPolicy()
+    decoder = FrameDecoder(max_frame_size=max_frame_size)
+    hello = Hello(PROTOCOL_VERSION, policy.interval, policy.dead_after, peer_id, token)
+    try:
+        remote, early_frames = await _handshake(stream, decoder, hello, handshake_timeout)
+        if authenticate is not None and not authenticate(remote.token):
+            with trio.move_on_after(1.0):
+                await stream.send_all(encode_frame(CloseFrame("authentication failed")))
+            raise AuthFailed(f"peer {remote.peer_id!r} presented a bad token")
+    except (PulseError, ProtocolError):
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        raise
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        raise ConnectionClosed(f"connection lost during the HELLO exchange: {exc!r}") from exc
+    agreed = negotiate(policy, remote.interval, remote.timeout, bounds)
+    conn = HeartbeatConnection(
+        stream, agreed, remote, decoder,
+        detector=detector(agreed) if detector is not None and agreed.enabled else None,
+        receive_buffer=receive_buffer, peer=peer, transport=transport, on_event=on_event,
+    )
+    conn._early_frames = early_frames
+    log.info("connection_open", peer=peer, transport=transport, remote_id=remote.peer_id,
+             interval=agreed.interval, timeout=agreed.timeout)
+    async with background_nursery() as nursery:
+        await nursery.start(conn._supervise)
+        try:
+            yield conn
+        finally:
+            with trio.CancelScope(shield=True):
+                await conn.aclose()

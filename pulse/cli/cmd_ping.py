@@ -1,0 +1,93 @@
+"""``pulse ping``: like ping(8), over pulse heartbeats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import trio
+
+from pulse._core.stats import RttStats
+from pulse.errors import PulseError
+from pulse.registry import PingOptions, ping_function
+
+HELP = "measure round trips to a pulse peer (tcp://, tls://, ws://, wss://, dubbo://)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``pulse ping``."""
+    parser.add_argument("url", help="peer URL, e.g. tcp://127.0.0.1:7070")
+    parser.add_argument("-c", "--count", type=int, default=None,
+                        help="stop after N answers (default: until Ctrl-C)")
+    parser.add_argument("--interval", type=float, default=1.0, metavar="S",
+                        help="seconds between heartbeats (default 1)")
+    parser.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                        help="declare the peer dead after S seconds without an answer (default 5)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _ms(value: float | None) -> float:
+    return round((value or 0.0) * 1000, 3)
+
+
+async def ping(args: argparse.Namespace) -> int:
+    """Run the pings; print one line per answer and a summary; return the exit status."""
+    endpoint, ping_fn = ping_function(args.url)
+    options = PingOptions(interval=args.interval, timeout=args.timeout, count=args.count)
+    stats = RttStats()
+    sent = 0
+    reason = ""
+    try:
+        async for reply in ping_fn(endpoint, options):
+            sent = reply.seq
+            stats.add(reply.rtt)
+            if args.json:
+                print(json.dumps({"event": "pong", "seq": reply.seq, "rtt_ms": _ms(reply.rtt),
+                                  "peer": reply.peer}), flush=True)
+            else:
+                print(f"pong from {reply.peer}: seq={reply.seq} rtt={_ms(reply.rtt)} ms",
+                      flush=True)
+    except (PulseError, OSError, trio.TooSlowError) as exc:
+        sent += 1
+        reason = str(exc) or type(exc).__name__
+    except KeyboardInterrupt:
+        pass  # Ctrl-C ends the run; the summary still prints, as ping(8) does
+    summary = stats.summary()
+    received = summary.count
+    loss = 0.0 if sent == 0 else 100.0 * (sent - received) / sent
+    if args.json:
+        print(json.dumps({
+            "event": "summary", "url": args.url, "sent": sent, "received": received,
+            "loss_percent": round(loss, 1), "min_ms": _ms(summary.min),
+            "avg_ms": _ms(summary.avg), "max_ms": _ms(summary.max), "mdev_ms": _ms(summary.mdev),
+            "reason": reason or None,
+        }), flush=True)
+    else:
+        print(f"--- {args.url} pulse statistics ---")
+        print(f"{sent} heartbeats sent, {received} answered, {loss:.1f}% lost")
+        if received:
+            print(f"rtt min/avg/max/mdev = {_ms(summary.min)}/{_ms(summary.avg)}/"
+                  f"{_ms(summary.max)}/{_ms(summary.mdev)} ms")
+    if reason:
+        print(f"pulse ping: {args.url}: {reason}", file=sys.stderr)
+        return 1 if received == 0 or args.count is None or received < args.count else 0
+    return 0 if received else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    """Ping until the count is reached, the peer is dead, or Ctrl-C."""
+    if args.count is not None and args.count < 1:
+        print("pulse ping: --count must be at least 1", file=sys.stderr)
+        return 2
+    if not (args.interval > 0 and args.timeout > 0 and math.isfinite(args.timeout)):
+        print("pulse ping: --interval and --timeout must be positive", file=sys.stderr)
+        return 2
+    try:
+        return trio.run(ping, args)
+    except KeyboardInterrupt:
+        return 0
+    except ValueError as exc:
+        print(f"pulse ping: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, then run lint, type checks and the whole suite.
+# Used as-is by CI (.ci/run). Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+# System packages: ZooKeeper (real-server interop tests), iproute2 + iptables (network
+# namespace fault tests). Installed only when missing and only as root.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    need=()
+    [ -e /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
+    command -v ip >/dev/null 2>&1 || need+=(iproute2)
+    command -v iptables >/dev/null 2>&1 || need+=(iptables)
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+    if [ ${#need[@]} -gt 0 ]; then
+        log "apt-get install ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+fi
+
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "pulse needs Python 3.11 or newer" >&2; exit 1; }
+
+VENV=${PULSE_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtualenv $VENV"
+    "$PY" -m venv "$VENV"
+fi
+log "pip install -e .[test]"
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install -q -e '.[test]'
+export PATH="$PWD/$VENV/bin:$PATH"
+
+log "ruff"
+ruff check .
+log "mypy (strict)"
+mypy
+log "pytest"
+set +e
+pytest -q -p no:cacheprovider "$@"
+status=$?
+set -e
+if [ "$status" = 5 ]; then
+    echo "pytest collected no tests: treating as a failure" >&2
+    exit 1
+fi
+exit "$status"

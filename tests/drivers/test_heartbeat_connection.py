@@ -1,0 +1,192 @@
+"""pulse.heartbeat() over in-memory streams, in virtual time (MockClock autojump)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from pulse._core.detectors import MissedBeats
+from pulse._core.policy import HeartbeatPolicy
+from pulse._trio.connection import heartbeat
+from pulse.actions import Close, PeerDead, PeerSuspect
+from pulse.errors import AuthFailed, ConnectionClosed, PeerTimeout, RemoteProtocolError
+from pulse.frames import PROTOCOL_VERSION, Data, FrameDecoder, Hello, Ping, encode_frame
+
+
+class RawPeer:
+    """The far end written by hand: speaks frames directly, so it can misbehave."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.decoder = FrameDecoder()
+        self.frames: list[object] = []
+
+    async def hello(self, interval: float = 1.0, timeout: float = 3.0, token: str | None = None) -> Hello:
+        await self.stream.send_all(encode_frame(Hello(PROTOCOL_VERSION, interval, timeout, "raw", token)))
+        while True:
+            for frame in self.decoder.feed(await self.stream.receive_some(65536)):
+                assert isinstance(frame, Hello)
+                return frame
+
+    async def collect(self) -> None:
+        """Read frames forever into self.frames (without answering anything)."""
+        while True:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return
+            self.frames += self.decoder.feed(data)
+
+
+async def test_messages_round_trip_and_policy_is_negotiated(autojump_clock: trio.testing.MockClock) -> None:
+    """Application messages cross in both directions; the lower interval wins."""
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        async def server() -> None:
+            async with heartbeat(right, HeartbeatPolicy(2.0, 6.0), peer_id="srv") as conn:
+                async for message in conn:
+                    await conn.send({"echo": message})
+
+        nursery.start_soon(server)
+        async with heartbeat(left, HeartbeatPolicy(5.0, 15.0), peer_id="cli") as conn:
+            assert conn.policy.interval == 2.0
+            assert conn.policy.timeout == 6.0
+            assert conn.remote_peer_id == "srv"
+            for i in range(3):
+                await conn.send(b"x" * i)
+                assert await conn.receive() == {"echo": b"x" * i}
+            await trio.sleep(60)  # idle for a virtual minute: heartbeats keep both sides alive
+            assert conn.state.value == "alive"
+            assert conn.stats().pongs_received >= 25
+        nursery.cancel_scope.cancel()
+
+
+async def test_silent_peer_declared_dead_within_timeout_plus_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A peer that completes the HELLO then never answers is dead within timeout + interval."""
+    left, right = trio.testing.memory_stream_pair()
+    raw = RawPeer(right)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(raw.hello, 1.0, 3.0)
+        async with heartbeat(left, HeartbeatPolicy(1.0, 3.0)) as conn:
+            nursery.start_soon(raw.collect)
+            opened = trio.current_time()
+            events = []
+            with pytest.raises(PeerTimeout):
+                await conn.receive()
+            elapsed = trio.current_time() - opened
+            async for event in conn.events():
+                events.append(event)
+        nursery.cancel_scope.cancel()
+    assert 3.0 <= elapsed <= 3.0 + 1.0
+    kinds = [type(e) for e in events]
+    assert kinds.index(PeerSuspect) < kinds.index(PeerDead) < kinds.index(Close)
+    assert sum(isinstance(f, Ping) for f in raw.frames) >= 2
+
+
+async def test_peer_that_keeps_sending_is_never_pinged(autojump_clock: trio.testing.MockClock) -> None:
+    """Data every 0.5 s proves life: no PING is ever sent to that peer."""
+    left, right = trio.testing.memory_stream_pair()
+    raw = RawPeer(right)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(raw.hello, 1.0, 3.0)
+        async with heartbeat(left, HeartbeatPolicy(1.0, 3.0)) as conn:
+            nursery.start_soon(raw.collect)
+            for i in range(120):
+                await right.send_all(encode_frame(Data(i)))
+                assert await conn.receive() == i
+                await trio.sleep(0.5)
+            assert conn.state.value == "alive"
+        nursery.cancel_scope.cancel()
+    assert not any(isinstance(f, Ping) for f in raw.frames)
+
+
+async def test_garbage_closes_only_this_connection_with_a_protocol_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Bytes that are not a frame close the connection; receive() says why."""
+    left, right = trio.testing.memory_stream_pair()
+    raw = RawPeer(right)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(raw.hello)
+        async with heartbeat(left, HeartbeatPolicy(1.0, 3.0)) as conn:
+            await right.send_all(b"\x00\x00\x00\x02\xc1\xc1")  # 0xc1 is never valid msgpack
+            with pytest.raises(ConnectionClosed) as info:
+                await conn.receive()
+            assert isinstance(info.value.__cause__, RemoteProtocolError)
+            assert conn.close_reason is not None and "protocol error" in conn.close_reason
+        nursery.cancel_scope.cancel()
+
+
+async def test_ping_measures_round_trip(autojump_clock: trio.testing.MockClock) -> None:
+    """conn.ping() returns the RTT of an on-demand heartbeat (a delayed pong shows in it)."""
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        async def server() -> None:
+            async with heartbeat(right, HeartbeatPolicy(10.0, 30.0)) as conn:
+                async for _ in conn:
+                    pass
+
+        nursery.start_soon(server)
+        async with heartbeat(left, HeartbeatPolicy(10.0, 30.0)) as conn:
+            rtt = await conn.ping()
+            assert 0 <= rtt < 0.01
+            assert conn.stats().rtt.count == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_unanswered_ping_raises_peer_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    """conn.ping(timeout) raises PeerTimeout when no pong comes back in time."""
+    left, right = trio.testing.memory_stream_pair()
+    raw = RawPeer(right)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(raw.hello, 10.0, 30.0)
+        async with heartbeat(left, HeartbeatPolicy(10.0, 30.0)) as conn:
+            nursery.start_soon(raw.collect)
+            with pytest.raises(PeerTimeout):
+                await conn.ping(timeout=2.0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_bad_token_is_refused(autojump_clock: trio.testing.MockClock) -> None:
+    """authenticate() returning False refuses the peer with AuthFailed."""
+    left, right = trio.testing.memory_stream_pair()
+    raw = RawPeer(right)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(raw.hello, 1.0, 3.0, "wrong")
+        with pytest.raises(AuthFailed):
+            async with heartbeat(left, authenticate=lambda token: token == "secret"):
+                pass
+        nursery.cancel_scope.cancel()
+
+
+async def test_custom_detector_is_used(autojump_clock: trio.testing.MockClock) -> None:
+    """A detector factory replaces the fixed timeout (2 missed beats of 1 s → dead at 2 s)."""
+    left, right = trio.testing.memory_stream_pair()
+    raw = RawPeer(right)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(raw.hello, 1.0, 10.0)
+        async with heartbeat(left, HeartbeatPolicy(1.0, 10.0),
+                             detector=lambda p: MissedBeats(p.interval, 2)) as conn:
+            nursery.start_soon(raw.collect)
+            start = trio.current_time()
+            with pytest.raises(PeerTimeout):
+                await conn.receive()
+            assert trio.current_time() - start == pytest.approx(2.0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_peer_close_frame_ends_iteration_cleanly(autojump_clock: trio.testing.MockClock) -> None:
+    """When the peer leaves the block, our async-for ends without an error."""
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        async def server() -> None:
+            async with heartbeat(right) as conn:
+                await conn.send("bye")
+
+        nursery.start_soon(server)
+        async with heartbeat(left) as conn:
+            received = [message async for message in conn]
+        assert received == ["bye"]
+        assert conn.close_reason is not None and "closed by peer" in conn.close_reason

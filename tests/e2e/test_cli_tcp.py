@@ -1,0 +1,117 @@
+"""`pulse serve` and `pulse ping` as real processes on loopback (bounded real time)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from pulse.cli.main import main
+
+pytestmark = pytest.mark.e2e
+PULSE = [sys.executable, "-m", "pulse.cli.main"]
+
+
+async def read_until(stream: trio.abc.ReceiveStream, marker: bytes, limit: float = 10.0) -> bytes:
+    """Read a process's output until ``marker`` shows up (bounded in time)."""
+    seen = b""
+    with trio.fail_after(limit):
+        while marker not in seen:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                raise AssertionError(f"process ended before printing {marker!r}: {seen!r}")
+            seen += chunk
+    return seen
+
+
+async def start_serve(nursery: trio.Nursery, tmp_path: Path, *extra: str) -> tuple[trio.Process, int]:
+    command = [*PULSE, "serve", "--listen", "tcp://127.0.0.1:0", "--interval", "0.2", *extra]
+    proc: trio.Process = await nursery.start(partial(
+        trio.run_process, command, stdout=subprocess.PIPE, check=False, cwd=tmp_path))
+    assert proc.stdout is not None
+    banner = await read_until(proc.stdout, b"\n")
+    port = int(banner.decode().strip().rsplit(":", 1)[1])
+    return proc, port
+
+
+async def test_ping_a_live_server_prints_rtts_and_exits_zero(tmp_path: Path) -> None:
+    """pulse ping -c 3 prints three pongs and a summary, and exits 0."""
+    async with trio.open_nursery() as nursery:
+        proc, port = await start_serve(nursery, tmp_path)
+        with trio.fail_after(20):
+            result = await trio.run_process(
+                [*PULSE, "ping", f"tcp://127.0.0.1:{port}", "-c", "3", "--interval", "0.1"],
+                capture_stdout=True, capture_stderr=True, check=False, cwd=tmp_path)
+        proc.terminate()
+        nursery.cancel_scope.cancel()
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert out.count("pong from 127.0.0.1") == 3
+    assert "3 heartbeats sent, 3 answered, 0.0% lost" in out
+    assert "rtt min/avg/max/mdev" in out
+
+
+async def test_ping_json_output(tmp_path: Path) -> None:
+    """--json prints one object per pong and a summary object."""
+    async with trio.open_nursery() as nursery:
+        proc, port = await start_serve(nursery, tmp_path)
+        with trio.fail_after(20):
+            result = await trio.run_process(
+                [*PULSE, "ping", f"tcp://127.0.0.1:{port}", "-c", "2", "--interval", "0.05",
+                 "--json"], capture_stdout=True, check=False, cwd=tmp_path)
+        proc.terminate()
+        nursery.cancel_scope.cancel()
+    lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [line["event"] for line in lines] == ["pong", "pong", "summary"]
+    assert lines[-1]["received"] == 2 and lines[-1]["loss_percent"] == 0.0
+    assert all(line["rtt_ms"] >= 0 for line in lines[:2])
+
+
+def test_ping_unreachable_exits_nonzero_with_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing listening: exit status 1 and a one-line reason on stderr."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    status = main(["ping", f"tcp://127.0.0.1:{port}", "-c", "1", "--timeout", "1"])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert f"tcp://127.0.0.1:{port}" in captured.err
+    assert "0 answered" in captured.out
+
+
+async def test_ping_a_stopped_server_reports_it_dead(tmp_path: Path) -> None:
+    """A server that stops answering (SIGSTOP) makes ping exit 1 after its timeout."""
+    import signal
+
+    async with trio.open_nursery() as nursery:
+        proc, port = await start_serve(nursery, tmp_path)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            with trio.fail_after(20):
+                result = await trio.run_process(
+                    [*PULSE, "ping", f"tcp://127.0.0.1:{port}", "-c", "3", "--timeout", "0.5"],
+                    capture_stdout=True, capture_stderr=True, check=False, cwd=tmp_path)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+        nursery.cancel_scope.cancel()
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() != ""
+
+
+def test_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every sub-command answers --help."""
+    from pulse.cli.main import COMMANDS
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as info:
+            main([name, "--help"])
+        assert info.value.code == 0
+        assert "usage: pulse" in capsys.readouterr().out
