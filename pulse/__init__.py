@@ -1,5 +1,60 @@
-"""pulse: keep connections and sessions alive and tell, fast and correctly, when a peer is gone."""
+"""pulse: keep connections and sessions alive and tell, fast and correctly, when a peer is gone.
+
+The pure core (policies, idle detection, liveness, failure detectors, backoff) lives in
+``pulse._core`` and is re-exported here; ``heartbeat(stream)`` wraps any trio stream;
+transports are plugins under ``pulse.plugins`` found through :mod:`pulse.registry`.
+"""
 
 from __future__ import annotations
 
+from pulse._core.adaptive import AdaptiveDetector
+from pulse._core.backoff import Backoff, Jitter
+from pulse._core.detectors import FailureDetector, FixedTimeout, MissedBeats
+from pulse._core.idle import IdleDetector
+from pulse._core.liveness import Liveness, LivenessState, PeerStats
+from pulse._core.phi import PhiAccrualFailureDetector
+from pulse._core.policy import HeartbeatPolicy, IdleMode, NegotiationBounds, negotiate
+from pulse._trio.connection import HeartbeatConnection, heartbeat
+from pulse.errors import (
+    AuthFailed,
+    ConnectionClosed,
+    FrameTooLarge,
+    LocalProtocolError,
+    PeerTimeout,
+    ProtocolError,
+    PulseError,
+    ReconnectGaveUp,
+    RemoteProtocolError,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AdaptiveDetector",
+    "AuthFailed",
+    "Backoff",
+    "ConnectionClosed",
+    "FailureDetector",
+    "FixedTimeout",
+    "FrameTooLarge",
+    "HeartbeatConnection",
+    "HeartbeatPolicy",
+    "IdleDetector",
+    "IdleMode",
+    "Jitter",
+    "Liveness",
+    "LivenessState",
+    "LocalProtocolError",
+    "MissedBeats",
+    "NegotiationBounds",
+    "PeerStats",
+    "PeerTimeout",
+    "PhiAccrualFailureDetector",
+    "ProtocolError",
+    "PulseError",
+    "ReconnectGaveUp",
+    "RemoteProtocolError",
+    "__version__",
+    "heartbeat",
+    "negotiate",
+]

@@ -165,13 +165,13 @@ def _capability(url: str, name: str) -> tuple[Endpoint, Any]:
 def serve_function(url: str) -> tuple[Endpoint, ServeFn]:
     """The parsed endpoint and the plugin's ``serve`` for ``url``."""
     endpoint, fn = _capability(url, "serve")
-    return endpoint, fn  # type: ignore[no-any-return]
+    return endpoint, fn
 
 
 def ping_function(url: str) -> tuple[Endpoint, PingFn]:
     """The parsed endpoint and the plugin's ``ping`` for ``url``."""
     endpoint, fn = _capability(url, "ping")
-    return endpoint, fn  # type: ignore[no-any-return]
+    return endpoint, fn
 
 
 def connect_session(

@@ -1,1 +1,109 @@
-"""pulse."""
+"""ZooKeeper plugin: pulse's session and presence API on an Apache ZooKeeper ensemble.
+
+URL: ``zk://host1:2181,host2:2181,host3:2181/optional/chroot[?reregister=1]``. The client
+speaks ZooKeeper's own wire protocol (no JVM needed on the client side) with ZooKeeper's
+client timing; see ``docs/zookeeper.md``.
+
+    from pulse.registry import connect_session
+
+    async with connect_session("zk://127.0.0.1:2181/pulse", session_timeout=4) as session:
+        await session.register("/presence/device-7", b"rack 3")
+        async for event in session.watch("/presence"):
+            print(event.event, event.id)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import trio
+
+from pulse.registry import Endpoint, Plugin, parse_url
+
+from .client import NotOwnedError, StreamOpener, ZooKeeperSession, open_tcp
+from .jute import DEFAULT_MAX_FRAME
+from .protocol import (
+    ConnectionLoss,
+    NodeExistsError,
+    NoNodeError,
+    SessionClosedError,
+    ZooKeeperError,
+    ZooKeeperSessionExpired,
+)
+
+#: ZooKeeper's client port, used when a URL names a host without one.
+DEFAULT_PORT = 2181
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def connect(
+    endpoint: Endpoint | str,
+    *,
+    session_timeout: float = 10.0,
+    reregister: bool | None = None,
+    start_timeout: float | None = None,
+    rng: random.Random | None = None,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    open_stream: StreamOpener = open_tcp,
+) -> AbstractAsyncContextManager[ZooKeeperSession]:
+    """Open a ZooKeeper session; the context manager yields it connected and closes it.
+
+    ``session_timeout`` (seconds) is proposed to the servers, which clamp it into their
+    [2, 20] × tickTime range; ``session.session_timeout`` is the negotiated value.
+    ``reregister`` (default: the URL's ``?reregister=``, else False) starts a new session
+    after expiry and re-creates every registration. Entering waits up to ``start_timeout``
+    (default: the larger of 10 s and 2 × ``session_timeout``) for a first server to
+    answer, then raises :class:`ConnectionLoss`.
+    """
+    if isinstance(endpoint, str):
+        endpoint = parse_url(endpoint, default_port=DEFAULT_PORT)
+    if reregister is None:
+        reregister = endpoint.query.get("reregister", "").lower() in _TRUE
+    wait = start_timeout if start_timeout is not None else max(10.0, 2 * session_timeout)
+    session = ZooKeeperSession(
+        endpoint.hosts,
+        session_timeout=session_timeout,
+        chroot=endpoint.path,
+        reregister=reregister,
+        rng=rng,
+        max_frame=max_frame,
+        open_stream=open_stream,
+    )
+    return _running(session, wait)
+
+
+@asynccontextmanager
+async def _running(session: ZooKeeperSession, wait: float) -> AsyncIterator[ZooKeeperSession]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(session.run)
+        try:
+            await session.wait_connected(wait)
+            yield session
+        finally:
+            with trio.CancelScope(shield=True):
+                await session.aclose()
+            nursery.cancel_scope.cancel()
+
+
+plugin = Plugin(
+    name="zookeeper",
+    description="sessions and presence on Apache ZooKeeper (zk://host:2181,host:2181/chroot)",
+    connect_session=connect,
+)
+
+__all__ = [
+    "DEFAULT_PORT",
+    "ConnectionLoss",
+    "NoNodeError",
+    "NodeExistsError",
+    "NotOwnedError",
+    "SessionClosedError",
+    "ZooKeeperError",
+    "ZooKeeperSession",
+    "ZooKeeperSessionExpired",
+    "connect",
+    "plugin",
+]

@@ -7,6 +7,10 @@ to sleep exactly that long.
 
 This module holds the interface and the two simplest detectors; ``phi`` and ``adaptive``
 hold the statistical ones.
+
+Every detector keeps one rule: ``is_dead(now)`` is exactly ``now >= dead_at()`` (up to the
+last bit of a float for the statistical ones), so a driver that sleeps until ``dead_at()``
+and then asks ``is_dead`` always gets True, and never gets True a moment earlier.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ class FailureDetector(Protocol):
         """One line saying why the peer is (or would be) declared dead at ``now``."""
 
 
+_JUST_BELOW_ONE = math.nextafter(1.0, 0.0)
+
+
 class FixedTimeout:
     """Dead when nothing has arrived for ``timeout`` seconds."""
 
@@ -55,12 +62,18 @@ class FixedTimeout:
         return 0.0 if self._last is None else max(0.0, now - self._last)
 
     def suspicion(self, now: float) -> float:
-        """Fraction of the timeout already used up (>= 1.0 means dead)."""
-        return self.silent_for(now) / self.timeout
+        """Fraction of the timeout already used up (>= 1.0 exactly when dead)."""
+        ratio = self.silent_for(now) / self.timeout
+        # Keep the ">= 1.0 means dead" promise even where float rounding of the ratio and
+        # of ``last + timeout`` disagree in the last bit.
+        if self.is_dead(now):
+            return max(ratio, 1.0)
+        return min(ratio, _JUST_BELOW_ONE)
 
     def is_dead(self, now: float) -> bool:
-        """True once the silence reaches the timeout."""
-        return self._last is not None and now - self._last >= self.timeout
+        """True once the silence reaches the timeout (``now >= dead_at()``)."""
+        deadline = self.dead_at()
+        return deadline is not None and now >= deadline
 
     def dead_at(self) -> float | None:
         """Last arrival plus the timeout."""
@@ -75,7 +88,7 @@ class MissedBeats:
     """Dead after ``max_missed`` expected heartbeats, ``interval`` apart, failed to arrive.
 
     A beat is missed each time a full ``interval`` passes with no arrival, so the peer is
-    declared dead ``interval × max_missed`` after the last arrival (AMQP uses 2 missed).
+    declared dead ``interval x max_missed`` after the last arrival (AMQP uses 2 missed).
     """
 
     __slots__ = ("_last", "interval", "max_missed")
@@ -83,8 +96,8 @@ class MissedBeats:
     def __init__(self, interval: float, max_missed: int = 3) -> None:
         if not interval > 0 or math.isinf(interval):
             raise ValueError(f"interval must be a positive finite number, got {interval!r}")
-        if max_missed < 1:
-            raise ValueError(f"max_missed must be at least 1, got {max_missed!r}")
+        if isinstance(max_missed, bool) or not isinstance(max_missed, int) or max_missed < 1:
+            raise ValueError(f"max_missed must be an integer of at least 1, got {max_missed!r}")
         self.interval = float(interval)
         self.max_missed = int(max_missed)
         self._last: float | None = None
@@ -94,10 +107,15 @@ class MissedBeats:
         self._last = now if self._last is None else max(self._last, now)
 
     def missed(self, now: float) -> int:
-        """Whole intervals elapsed since the last arrival."""
+        """Whole intervals elapsed since the last arrival (``>= max_missed`` exactly when dead)."""
         if self._last is None or now <= self._last:
             return 0
-        return int((now - self._last) // self.interval)
+        count = int((now - self._last) // self.interval)
+        # Float division and ``last + interval * max_missed`` may round differently; the
+        # deadline is authoritative so that ``missed`` and ``is_dead`` never disagree.
+        if self.is_dead(now):
+            return max(count, self.max_missed)
+        return min(count, self.max_missed - 1)
 
     def suspicion(self, now: float) -> float:
         """Number of beats missed so far."""
@@ -114,4 +132,7 @@ class MissedBeats:
 
     def explain(self, now: float) -> str:
         """Say how many beats were missed."""
-        return f"missed {self.missed(now)} heartbeats of {self.interval:g}s (limit {self.max_missed})"
+        return (
+            f"missed {self.missed(now)} heartbeats of {self.interval:g}s "
+            f"(limit {self.max_missed})"
+        )

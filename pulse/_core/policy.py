@@ -89,7 +89,7 @@ class HeartbeatPolicy:
 
 @dataclass(frozen=True, slots=True)
 class NegotiationBounds:
-    """Limits a side imposes on a negotiated interval (ZooKeeper's 2×tick … 20×tick idea)."""
+    """Limits a side imposes on a negotiated interval (ZooKeeper's 2xtick .. 20xtick idea)."""
 
     min_interval: float = 0.05
     max_interval: float = 3600.0
@@ -98,15 +98,21 @@ class NegotiationBounds:
     def __post_init__(self) -> None:
         _check_duration("min_interval", self.min_interval)
         _check_duration("max_interval", self.max_interval)
+        if self.max_interval == 0:
+            # Clamping into [0, 0] would silently disable heartbeats both sides asked for.
+            raise ValueError("max_interval must be greater than 0")
         if self.min_interval > self.max_interval:
             raise ValueError("min_interval must not exceed max_interval")
-        if self.timeout_factor <= 1:
-            raise ValueError("timeout_factor must be greater than 1")
+        _check_duration("timeout_factor", self.timeout_factor)
+        if not self.timeout_factor > 1:
+            raise ValueError(f"timeout_factor must be greater than 1, got {self.timeout_factor!r}")
 
     @classmethod
     def from_tick(cls, tick: float) -> NegotiationBounds:
-        """Bounds of ``[2×tick, 20×tick]`` as ZooKeeper applies to session timeouts."""
+        """Bounds of ``[2xtick, 20xtick]`` as ZooKeeper applies to session timeouts."""
         _check_duration("tick", tick)
+        if tick == 0:
+            raise ValueError("tick must be greater than 0")
         return cls(min_interval=2 * tick, max_interval=20 * tick)
 
 
@@ -137,8 +143,8 @@ def negotiate(
     """Return the policy both peers use after exchanging their proposals.
 
     The interval follows :func:`negotiate_interval`. The timeout is the lower non-zero of the
-    two proposed timeouts (``bounds.timeout_factor × interval`` when neither proposes one),
-    raised to ``2 × interval`` if needed so that at least two heartbeats fit in it.
+    two proposed timeouts (``bounds.timeout_factor x interval`` when neither proposes one),
+    raised to ``2 x interval`` if needed so that at least two heartbeats fit in it.
     """
     bounds = bounds or NegotiationBounds()
     interval = negotiate_interval(local.interval, remote_interval, bounds)

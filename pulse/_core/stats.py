@@ -68,6 +68,11 @@ class RttStats:
         )
 
 
+#: Recompute the window's running sums when an evicted sample's square exceeds this many
+#: times the remaining sum of squares (the subtraction then loses the small samples' bits).
+_RESYNC_RATIO = 1e6
+
+
 class ArrivalWindow:
     """A bounded window of inter-arrival times with O(1) mean and standard deviation.
 
@@ -78,10 +83,10 @@ class ArrivalWindow:
     __slots__ = ("_last", "_max_size", "_min_sample", "_samples", "_sum", "_sum_sq")
 
     def __init__(self, max_size: int = 1000, min_sample: float = 0.0) -> None:
-        if max_size < 1:
-            raise ValueError("max_size must be at least 1")
-        if min_sample < 0:
-            raise ValueError("min_sample must not be negative")
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"max_size must be an integer of at least 1, got {max_size!r}")
+        if not (0 <= min_sample < math.inf):
+            raise ValueError(f"min_sample must be a finite number >= 0, got {min_sample!r}")
         self._max_size = max_size
         self._min_sample = min_sample
         self._samples: deque[float] = deque()
@@ -97,9 +102,20 @@ class ArrivalWindow:
     def __len__(self) -> int:
         return len(self._samples)
 
-    def arrival(self, now: float) -> None:
-        """Record an arrival at ``now``; the gap to the previous arrival becomes a sample."""
-        if self._last is not None:
+    @property
+    def min_sample(self) -> float:
+        """The floor applied to gaps recorded by :meth:`arrival`."""
+        return self._min_sample
+
+    def arrival(self, now: float, *, record_gap: bool = True) -> None:
+        """Record an arrival at ``now``; the gap to the previous arrival becomes a sample.
+
+        The gap is floored at ``min_sample`` (an arrival earlier than the previous one gives a
+        gap of ``min_sample``). With ``record_gap=False`` only the arrival time moves: a
+        detector uses this for the first arrival after it declared the peer dead, whose long
+        gap would otherwise skew the statistics (Akka does the same).
+        """
+        if self._last is not None and record_gap:
             self.add_sample(max(now - self._last, self._min_sample))
         self._last = now if self._last is None else max(self._last, now)
 
@@ -109,9 +125,18 @@ class ArrivalWindow:
             old = self._samples.popleft()
             self._sum -= old
             self._sum_sq -= old * old
+            if old * old > _RESYNC_RATIO * self._sum_sq:
+                # The evicted sample dominated the running sums, so subtracting it left
+                # mostly rounding error (a 1e9 s outlier would leave an error of ~100 s² in
+                # the sum of squares). Recompute the sums exactly; this is rare.
+                self._resync()
         self._samples.append(gap)
         self._sum += gap
         self._sum_sq += gap * gap
+
+    def _resync(self) -> None:
+        self._sum = math.fsum(self._samples)
+        self._sum_sq = math.fsum(x * x for x in self._samples)
 
     def mean(self) -> float:
         """Mean gap (0.0 when empty)."""

@@ -7,11 +7,6 @@ import ssl
 import pytest
 import trio
 import trustme
-
-from pulse._core.backoff import Backoff, Jitter
-from pulse._core.policy import HeartbeatPolicy
-from pulse.errors import PeerTimeout
-from pulse.frames import PROTOCOL_VERSION, FrameDecoder, Hello, encode_frame
 from pulse.plugins.tcp import (
     ClientState,
     TcpKeepalive,
@@ -21,6 +16,11 @@ from pulse.plugins.tcp import (
     serve_tcp,
 )
 from pulse.plugins.tcp.server import Handler
+
+from pulse._core.backoff import Backoff, Jitter
+from pulse._core.policy import HeartbeatPolicy
+from pulse.errors import PeerTimeout
+from pulse.frames import PROTOCOL_VERSION, FrameDecoder, Hello, encode_frame
 
 pytestmark = pytest.mark.e2e
 FAST = HeartbeatPolicy(interval=0.1, timeout=0.4)
@@ -52,6 +52,7 @@ async def test_echo_and_ping_over_loopback() -> None:
 async def test_server_drops_a_client_that_stops_answering() -> None:
     """A client that completes HELLO and then goes silent is dropped within timeout+interval."""
     outcome: list[tuple[str, float]] = []
+    dropped = trio.Event()
 
     async def handler(conn: object) -> None:
         from pulse._trio.connection import HeartbeatConnection
@@ -61,6 +62,7 @@ async def test_server_drops_a_client_that_stops_answering() -> None:
             await conn.receive()
         except PeerTimeout as exc:
             outcome.append((str(exc), trio.current_time() - start))
+            dropped.set()
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -71,8 +73,7 @@ async def test_server_drops_a_client_that_stops_answering() -> None:
             while not decoder.feed(await stream.receive_some(1024)):
                 pass
             # Now say nothing at all, and read nothing: the server must give up on us.
-            while not outcome:
-                await trio.sleep(0.05)
+            await dropped.wait()
             await stream.aclose()
             nursery.cancel_scope.cancel()
     reason, elapsed = outcome[0]
