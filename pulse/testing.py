@@ -1,0 +1,103 @@
+"""Public test helpers for code built on pulse and for third-party plugins.
+
+* :func:`run_until` drives a pure machine at its own deadlines, as a driver would, and
+  returns every action with the time it happened — core tests need nothing else.
+* :func:`heartbeat_pair` gives two connected :class:`~pulse.HeartbeatConnection` objects
+  over in-memory streams (use with ``trio.testing.MockClock(autojump_threshold=0)`` to run
+  minutes of heartbeats in milliseconds).
+* :func:`check_plugin` is the conformance check every plugin passes: the registry entry is a
+  :class:`~pulse.registry.Plugin`, and if it can both serve and ping, a server it starts on
+  loopback answers its own pings with sane round-trip times.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import trio
+import trio.testing
+
+from pulse._core.policy import HeartbeatPolicy
+from pulse._trio.connection import HeartbeatConnection, heartbeat
+from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions, get_plugin
+
+
+class Machine(Protocol):
+    """Anything with ``next_deadline()`` and ``tick(now)`` (every pulse core machine)."""
+
+    def next_deadline(self) -> float | None: ...
+
+    def tick(self, now: float) -> list[Any]: ...
+
+
+def run_until(machine: Machine, end: float, *, max_steps: int = 100_000) -> list[tuple[float, Any]]:
+    """Tick ``machine`` at each of its deadlines up to ``end``; return ``(time, action)`` pairs."""
+    out: list[tuple[float, Any]] = []
+    for _ in range(max_steps):
+        deadline = machine.next_deadline()
+        if deadline is None or deadline > end:
+            return out
+        out += [(deadline, action) for action in machine.tick(deadline)]
+    raise AssertionError(f"machine still busy after {max_steps} steps (a deadline that never moves?)")
+
+
+@asynccontextmanager
+async def heartbeat_pair(
+    left_policy: HeartbeatPolicy | None = None,
+    right_policy: HeartbeatPolicy | None = None,
+    **options: Any,
+) -> AsyncIterator[tuple[HeartbeatConnection, HeartbeatConnection]]:
+    """Two heartbeat connections talking to each other over ``memory_stream_pair``."""
+    left_stream, right_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        ready: trio.MemorySendChannel[HeartbeatConnection]
+        ready, receive_ready = trio.open_memory_channel[HeartbeatConnection](1)
+        done = trio.Event()
+
+        async def right_side() -> None:
+            async with heartbeat(right_stream, right_policy, peer_id="right", peer="right",
+                                 **options) as conn:
+                await ready.send(conn)
+                await done.wait()
+
+        nursery.start_soon(right_side)
+        async with heartbeat(left_stream, left_policy, peer_id="left", peer="left",
+                             **options) as left:
+            right = await receive_ready.receive()
+            try:
+                yield left, right
+            finally:
+                done.set()
+
+
+async def check_plugin(scheme: str, *, pings: int = 3, host: str = "127.0.0.1") -> list[PingReply]:
+    """Conformance check for the plugin registered under ``scheme``; returns the replies.
+
+    Raises ``AssertionError`` with a clear message on any deviation.
+    """
+    plugin = get_plugin(scheme)
+    assert isinstance(plugin, Plugin), f"{scheme}: registry entry is not a Plugin"
+    assert plugin.name and plugin.description, f"{scheme}: plugin needs a name and description"
+    assert any((plugin.serve, plugin.ping, plugin.connect_session)), (
+        f"{scheme}: plugin offers no capability")
+    if plugin.serve is None or plugin.ping is None:
+        return []
+    replies: list[PingReply] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            endpoint = Endpoint(scheme, ((host, 0),), raw=f"{scheme}://{host}:0")
+            bound = await nursery.start(plugin.serve, endpoint, ServeOptions(interval=0.5))
+            port = bound[0].socket.getsockname()[1]
+            target = Endpoint(scheme, ((host, port),), raw=f"{scheme}://{host}:{port}")
+            async for reply in plugin.ping(target, PingOptions(interval=0.01, timeout=5.0,
+                                                               count=pings)):
+                replies.append(reply)
+            nursery.cancel_scope.cancel()
+    assert [r.seq for r in replies] == list(range(1, pings + 1)), (
+        f"{scheme}: expected seqs 1..{pings}, got {[r.seq for r in replies]}")
+    for reply in replies:
+        assert 0 <= reply.rtt < 5.0 and math.isfinite(reply.rtt), f"{scheme}: bad RTT {reply.rtt}"
+    return replies
