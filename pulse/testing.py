@@ -22,6 +22,7 @@ import trio.testing
 
 from pulse._core.policy import HeartbeatPolicy
 from pulse._trio.connection import HeartbeatConnection, heartbeat
+from pulse._trio.util import background_nursery
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions, get_plugin
 
 
@@ -52,7 +53,7 @@ async def heartbeat_pair(
 ) -> AsyncIterator[tuple[HeartbeatConnection, HeartbeatConnection]]:
     """Two heartbeat connections talking to each other over ``memory_stream_pair``."""
     left_stream, right_stream = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
+    async with background_nursery() as nursery:
         ready: trio.MemorySendChannel[HeartbeatConnection]
         ready, receive_ready = trio.open_memory_channel[HeartbeatConnection](1)
         done = trio.Event()

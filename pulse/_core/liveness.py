@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pulse._core.detectors import FailureDetector, FixedTimeout
 from pulse._core.idle import IdleDetector
 from pulse._core.policy import HeartbeatPolicy, IdleMode
-from pulse._core.stats import RttStats, RttSummary
+from pulse._core.stats import ArrivalWindow, RttStats, RttSummary
 from pulse.actions import (
     Action,
     Close,
@@ -63,6 +63,8 @@ class PeerStats:
     pongs_received: int
     silent_for: float
     suspicion: float
+    arrival_mean: float
+    arrival_std: float
 
 
 class Liveness:
@@ -94,6 +96,9 @@ class Liveness:
             observe_output=True,
         )
         self.rtt = RttStats()
+        #: Gaps between arrivals (the last 100), for a picture of the peer's rhythm.
+        self.arrivals = ArrivalWindow(max_size=100)
+        self.arrivals.arrival(now)
         self._last_received = now
         self._seq = 0
         self._in_flight: OrderedDict[int, float] = OrderedDict()
@@ -123,6 +128,7 @@ class Liveness:
             return []
         silent = max(0.0, now - self._last_received)
         self._last_received = max(self._last_received, now)
+        self.arrivals.arrival(now)
         self._idle.read(now)
         if self.detector is not None:
             self.detector.heartbeat(now)
@@ -248,4 +254,5 @@ class Liveness:
         return PeerStats(
             self.state, self.rtt.summary(), self._missed, self.pings_sent,
             self.pongs_received, max(0.0, now - self._last_received), suspicion,
+            self.arrivals.mean(), self.arrivals.std(),
         )

@@ -88,7 +88,8 @@ class HeartbeatConnection:
         self.transport = transport
         self._decoder = decoder
         self._liveness = Liveness(policy, trio.current_time(), detector=detector)
-        self._runner = LivenessRunner(self._liveness, self._queue_ping, self._on_action)
+        self._runner = LivenessRunner(self._liveness, self._queue_ping, self._on_action,
+                                      evidence_pending=lambda: self._delivering)
         self._send_lock = trio.StrictFIFOLock()
         self._control_send, self._control_receive = trio.open_memory_channel[Ping | Pong](32)
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[Any](receive_buffer)
@@ -280,13 +281,7 @@ class HeartbeatConnection:
             self._log.info("peer_alive", after=action.after)
         elif isinstance(action, LocalPause):
             self._log.warning("local_pause", late_by=action.late_by)
-            if self._delivering:
-                # The application is not consuming: the peer's data is waiting for us,
-                # which is evidence of life; do not judge it on our own stall.
-                self._runner.received()
         elif isinstance(action, PeerDead):
-            if self._delivering:
-                self._runner.received()
             self._log.warning("peer_dead", reason=action.reason, missed=action.missed)
         elif isinstance(action, Close):
             self._publish(action)

@@ -24,12 +24,21 @@ class LivenessRunner:
     """Drives one :class:`~pulse._core.liveness.Liveness` in trio.
 
     ``send_ping`` is awaited for every :class:`~pulse.actions.SendPing`; every other action
-    goes to ``on_action`` (synchronously, in order). :meth:`run` returns once the machine has
-    nothing left to do (the peer was declared dead or heartbeats are disabled and cancelled).
+    goes to ``on_action`` (synchronously, in order). ``evidence_pending()``, when given, is
+    asked before each tick: True means bytes from the peer are waiting for us (our own
+    consumer is slow), which counts as having heard from the peer just now. :meth:`run`
+    returns once the peer is declared dead; otherwise it runs until cancelled.
     """
 
-    def __init__(self, liveness: Liveness, send_ping: SendPingFn, on_action: ActionFn) -> None:
+    def __init__(
+        self,
+        liveness: Liveness,
+        send_ping: SendPingFn,
+        on_action: ActionFn,
+        evidence_pending: Callable[[], bool] | None = None,
+    ) -> None:
         self.liveness = liveness
+        self._evidence_pending = evidence_pending
         self._send_ping = send_ping
         self._on_action = on_action
         self._scope: trio.CancelScope | None = None
@@ -82,7 +91,10 @@ class LivenessRunner:
                     await trio.sleep_forever()
             self._scope = None
             if scope.cancelled_caught and not self._pending_pings:
-                self._dispatch(self.liveness.handle(Tick(trio.current_time())))
+                now = trio.current_time()
+                if self._evidence_pending is not None and self._evidence_pending():
+                    self._dispatch(self.liveness.handle(DataReceived(now)))
+                self._dispatch(self.liveness.handle(Tick(now)))
             while self._pending_pings:
                 await self._send_ping(self._pending_pings.pop(0))
 

@@ -150,6 +150,8 @@ def test_stats_snapshot() -> None:
     assert (stats.pings_sent, stats.pongs_received, stats.missed) == (1, 1, 0)
     assert stats.silent_for == pytest.approx(2.0)
     assert stats.suspicion == pytest.approx(0.5)
+    assert stats.arrival_mean == pytest.approx(1.5)  # one gap: open at 0.0, pong at 1.5
+    assert stats.arrival_std == 0.0
 
 
 @given(
@@ -175,3 +177,31 @@ def test_never_dead_while_data_arrives_within_timeout(
         t = target
         machine.data_received(t)
         assert machine.state is not LivenessState.DEAD
+
+
+EVENT_KINDS = st.sampled_from(["data", "sent", "pong", "tick", "ping"])
+
+
+@given(st.lists(st.tuples(EVENT_KINDS, st.floats(min_value=0.0, max_value=5.0),
+                          st.integers(min_value=0, max_value=10)), max_size=60))
+def test_every_event_is_accepted_in_every_state(steps: list[tuple[str, float, int]]) -> None:
+    """Any event sequence in time order is handled in every state; dead stays dead, a tick
+    always moves the next deadline past it, and a dead machine asks for no more ticks."""
+    machine = Liveness(HeartbeatPolicy(interval=1.0, timeout=2.5), now=0.0)
+    now = 0.0
+    was_dead = False
+    for kind, gap, seq in steps:
+        now += gap
+        event = {
+            "data": DataReceived(now), "sent": DataSent(now), "pong": PongReceived(now, seq),
+            "tick": Tick(now),
+        }.get(kind)
+        actions = machine.request_ping(now) if event is None else machine.handle(event)
+        if was_dead:
+            assert actions == [] and machine.state is LivenessState.DEAD
+        was_dead = machine.state is LivenessState.DEAD
+        deadline = machine.next_deadline()
+        if was_dead:
+            assert deadline is None
+        elif kind == "tick":
+            assert deadline is not None and deadline > now

@@ -190,3 +190,53 @@ async def test_peer_close_frame_ends_iteration_cleanly(autojump_clock: trio.test
             received = [message async for message in conn]
         assert received == ["bye"]
         assert conn.close_reason is not None and "closed by peer" in conn.close_reason
+
+
+async def test_a_stalled_loop_does_not_condemn_a_live_peer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A 60 s jump of the clock (a stopped process) yields LocalPause, not PeerDead."""
+    from pulse.actions import LocalPause
+    from pulse.testing import heartbeat_pair
+
+    async with heartbeat_pair(HeartbeatPolicy(1.0, 3.0), HeartbeatPolicy(1.0, 3.0)) as (left, right):
+        await trio.sleep(5)
+        autojump_clock.jump(60)
+        await trio.sleep(5)
+        assert left.state.value == "alive" and right.state.value == "alive"
+        assert not left.closed and not right.closed
+        await left.send("still here")
+        assert await right.receive() == "still here"
+        seen = []
+        while True:
+            with trio.move_on_after(0.001):
+                seen.append(await left.events().get())
+                continue
+            break
+        assert any(isinstance(e, LocalPause) for e in seen)
+        assert not any(isinstance(e, PeerDead) for e in seen)
+
+
+async def test_a_slow_consumer_does_not_condemn_a_live_peer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With a full receive buffer and nobody reading for a minute, the peer stays alive."""
+    from pulse.testing import heartbeat_pair
+
+    policy = HeartbeatPolicy(1.0, 3.0)
+    async with heartbeat_pair(policy, policy, receive_buffer=2) as (left, right):
+        for i in range(10):
+            await left.send(i)
+        await trio.sleep(60)  # right's application reads nothing for a virtual minute
+        assert [await right.receive() for _ in range(10)] == list(range(10))
+        assert right.state.value == "alive" and not right.closed
+
+
+async def test_errors_in_the_block_propagate_unwrapped(autojump_clock: trio.testing.MockClock) -> None:
+    """An exception raised inside `async with heartbeat(...)` reaches the caller as itself."""
+    from pulse.testing import heartbeat_pair
+
+    with pytest.raises(KeyError):
+        async with heartbeat_pair() as (left, _right):
+            await left.send(1)
+            raise KeyError("mine")
