@@ -9,18 +9,36 @@ SO_KEEPALIVE / TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT / TCP_USER_TIMEOUT.
 from __future__ import annotations
 
 from .client import ClientState, ReconnectingClient, StateChange, connect_tcp, reconnecting_tcp
-from .keepalive import TcpKeepalive
+from .keepalive import (
+    AppliedKeepalive,
+    KeepaliveRoundingWarning,
+    KeepaliveUnsupported,
+    KeepaliveWarning,
+    TcpKeepalive,
+    os_defaults,
+    read_keepalive,
+    recommended_for,
+    worst_case_detection,
+)
 from .plugin import plugin
 from .server import echo_handler, serve_tcp
 
 __all__ = [
+    "AppliedKeepalive",
     "ClientState",
+    "KeepaliveRoundingWarning",
+    "KeepaliveUnsupported",
+    "KeepaliveWarning",
     "ReconnectingClient",
     "StateChange",
     "TcpKeepalive",
     "connect_tcp",
     "echo_handler",
+    "os_defaults",
     "plugin",
+    "read_keepalive",
     "reconnecting_tcp",
+    "recommended_for",
     "serve_tcp",
+    "worst_case_detection",
 ]
