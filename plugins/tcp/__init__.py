@@ -37,8 +37,8 @@ __all__ = [
     "os_defaults",
     "plugin",
     "read_keepalive",
-    "reconnecting_tcp",
     "recommended_for",
+    "reconnecting_tcp",
     "serve_tcp",
     "worst_case_detection",
 ]
