@@ -176,6 +176,7 @@ class HeartbeatConnection:
         done = self._pong_waiters[request.seq] = trio.Event()
         limit = self.policy.dead_after if timeout is None else timeout
         try:
+            await self._write(encode_frame(Ping(request.seq, request.now)), progress=False)
             with trio.move_on_after(limit if limit > 0 else math.inf):
                 await self._either(done)
         finally:

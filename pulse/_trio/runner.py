@@ -69,9 +69,9 @@ class LivenessRunner:
         self.feed(PongReceived(trio.current_time(), seq))
 
     def request_ping(self) -> SendPing | None:
-        """Queue an on-demand heartbeat; returns it (None when the peer is already dead)."""
+        """Register an on-demand heartbeat with the machine and return it for the caller to
+        send at once (None when the peer is already dead)."""
         actions = self.liveness.request_ping(trio.current_time())
-        self._dispatch(actions)
         self._rearm()
         return next((a for a in actions if isinstance(a, SendPing)), None)
 
