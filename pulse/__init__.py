@@ -7,13 +7,19 @@ transports are plugins under ``pulse.plugins`` found through :mod:`pulse.registr
 
 from __future__ import annotations
 
-from pulse._core.adaptive import AdaptiveDetector
+from pulse._core.adaptive import AdaptiveDetector, BertierMargin
 from pulse._core.backoff import Backoff, Jitter
 from pulse._core.detectors import FailureDetector, FixedTimeout, MissedBeats
 from pulse._core.idle import IdleDetector
 from pulse._core.liveness import Liveness, LivenessState, PeerStats
 from pulse._core.phi import PhiAccrualFailureDetector
-from pulse._core.policy import HeartbeatPolicy, IdleMode, NegotiationBounds, negotiate
+from pulse._core.policy import (
+    HeartbeatPolicy,
+    IdleMode,
+    NegotiationBounds,
+    negotiate,
+    negotiate_interval,
+)
 from pulse._trio.connection import HeartbeatConnection, heartbeat
 from pulse.errors import (
     AuthFailed,
@@ -33,6 +39,7 @@ __all__ = [
     "AdaptiveDetector",
     "AuthFailed",
     "Backoff",
+    "BertierMargin",
     "ConnectionClosed",
     "FailureDetector",
     "FixedTimeout",
@@ -57,4 +64,5 @@ __all__ = [
     "__version__",
     "heartbeat",
     "negotiate",
+    "negotiate_interval",
 ]
