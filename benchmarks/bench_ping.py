@@ -14,10 +14,10 @@ import time
 
 import msgpack
 import trio
-from pulse.plugins.tcp import connect_tcp, echo_handler, serve_tcp
 
 from pulse import HeartbeatPolicy
 from pulse.frames import FrameDecoder, Ping, encode_frame
+from pulse.plugins.tcp import connect_tcp, echo_handler, serve_tcp
 
 QUIET = HeartbeatPolicy(interval=60.0, timeout=180.0)
 

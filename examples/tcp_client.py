@@ -8,9 +8,9 @@ from __future__ import annotations
 import sys
 
 import trio
-from pulse.plugins.tcp import reconnecting_tcp
 
 from pulse import Backoff, HeartbeatPolicy
+from pulse.plugins.tcp import reconnecting_tcp
 
 
 async def main(port: int, count: int) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import sys
 
 import trio
-from pulse.plugins.tcp import TcpKeepalive, serve_tcp
 
 from pulse import HeartbeatConnection, HeartbeatPolicy, PulseError
+from pulse.plugins.tcp import TcpKeepalive, serve_tcp
 
 
 async def handle(conn: HeartbeatConnection) -> None:

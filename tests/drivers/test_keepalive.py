@@ -17,6 +17,9 @@ import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
+
+from pulse.cli.main import main
+from pulse.errors import PulseError
 from pulse.plugins.tcp.keepalive import (
     MAX_RECOMMENDED_TIMEOUT,
     AppliedKeepalive,
@@ -31,9 +34,6 @@ from pulse.plugins.tcp.keepalive import (
     retransmission_timeout,
     worst_case_detection,
 )
-
-from pulse.cli.main import main
-from pulse.errors import PulseError
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads Linux socket options and /proc"

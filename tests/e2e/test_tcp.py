@@ -7,6 +7,11 @@ import ssl
 import pytest
 import trio
 import trustme
+
+from pulse._core.backoff import Backoff, Jitter
+from pulse._core.policy import HeartbeatPolicy
+from pulse.errors import PeerTimeout
+from pulse.frames import PROTOCOL_VERSION, FrameDecoder, Hello, encode_frame
 from pulse.plugins.tcp import (
     ClientState,
     TcpKeepalive,
@@ -16,11 +21,6 @@ from pulse.plugins.tcp import (
     serve_tcp,
 )
 from pulse.plugins.tcp.server import Handler
-
-from pulse._core.backoff import Backoff, Jitter
-from pulse._core.policy import HeartbeatPolicy
-from pulse.errors import PeerTimeout
-from pulse.frames import PROTOCOL_VERSION, FrameDecoder, Hello, encode_frame
 
 pytestmark = pytest.mark.e2e
 FAST = HeartbeatPolicy(interval=0.1, timeout=0.4)
