@@ -248,7 +248,7 @@ class HeartbeatConnection:
         if isinstance(frame, Ping):
             try:
                 self._control_send.send_nowait(frame.pong())
-            except trio.WouldBlock:
+            except (trio.WouldBlock, trio.ClosedResourceError):
                 pass  # the peer pings faster than we can answer; the next pong serves
         elif isinstance(frame, Data):
             self._delivering = True
@@ -272,8 +272,8 @@ class HeartbeatConnection:
     async def _queue_ping(self, action: SendPing) -> None:
         try:
             self._control_send.send_nowait(Ping(action.seq, action.now))
-        except trio.WouldBlock:
-            pass
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass  # a full queue already holds a ping; a closed one means we are done
 
     def _on_action(self, action: Action) -> None:
         if isinstance(action, PeerSuspect):
@@ -304,10 +304,16 @@ class HeartbeatConnection:
             if self.closed:
                 raise self._closed_error()
             view = memoryview(data)
-            for start in range(0, len(view), WRITE_CHUNK):
-                await self.stream.send_all(view[start:start + WRITE_CHUNK])
-                if progress and start + WRITE_CHUNK < len(view):
-                    self._runner.progress()
+            try:
+                for start in range(0, len(view), WRITE_CHUNK):
+                    await self.stream.send_all(view[start:start + WRITE_CHUNK])
+                    if progress and start + WRITE_CHUNK < len(view):
+                        self._runner.progress()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                if not self.closed:
+                    await self._finish(f"connection lost: {exc!r}",
+                                       ConnectionClosed(f"connection lost: {exc!r}"))
+                raise self._closed_error() from exc
             self._runner.sent()
 
     async def _either(self, done: trio.Event) -> None:
