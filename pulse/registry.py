@@ -125,7 +125,8 @@ class Plugin:
     ``ping(endpoint, options)`` yields one :class:`PingReply` per answered heartbeat and
     raises a :class:`pulse.errors.PulseError` (or ``OSError``) when the peer is dead or
     unreachable; ``connect_session(endpoint, *, session_timeout, **options)`` returns an async
-    context manager yielding a :class:`PresenceSession`.
+    context manager yielding a :class:`PresenceSession`. ``default_port`` fills in URLs that
+    name no port (2181 for ``zk://``).
     """
 
     name: str
@@ -133,6 +134,7 @@ class Plugin:
     serve: ServeFn | None = None
     ping: PingFn | None = None
     connect_session: SessionFn | None = None
+    default_port: int | None = None
 
 
 def available_schemes() -> dict[str, str]:
@@ -154,8 +156,11 @@ def get_plugin(scheme: str) -> Plugin:
 
 
 def _capability(url: str, name: str) -> tuple[Endpoint, Any]:
-    endpoint = parse_url(url)
-    plugin = get_plugin(endpoint.scheme)
+    scheme, separator, _ = url.partition("://")
+    if not separator or not scheme:
+        raise ValueError(f"not a URL with a scheme: {url!r} (expected e.g. tcp://127.0.0.1:7070)")
+    plugin = get_plugin(scheme)
+    endpoint = parse_url(url, plugin.default_port)
     fn = getattr(plugin, name)
     if fn is None:
         raise NoPlugin(f"the {plugin.name} plugin ({endpoint.scheme}://) cannot {name.replace('_', ' ')}")

@@ -77,21 +77,43 @@ def connect(
 
 @asynccontextmanager
 async def _running(session: ZooKeeperSession, wait: float) -> AsyncIterator[ZooKeeperSession]:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(session.run)
-        try:
-            await session.wait_connected(wait)
-            yield session
-        finally:
-            with trio.CancelScope(shield=True):
-                await session.aclose()
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(session.run)
+            try:
+                await session.wait_connected(wait)
+                yield session
+            finally:
+                with trio.CancelScope(shield=True):
+                    await session.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The session's background nursery must not turn the caller's own exception (or a
+        # start-up failure) into an ExceptionGroup: re-raise a lone exception as itself.
+        lone = _lone_exception(group)
+        if lone is None:
+            raise
+        raise lone from None
+
+
+def _lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The single leaf exception of a (nested) group, or None if there are several."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
 
 
 plugin = Plugin(
     name="zookeeper",
     description="sessions and presence on Apache ZooKeeper (zk://host:2181,host:2181/chroot)",
     connect_session=connect,
+    default_port=DEFAULT_PORT,
 )
 
 __all__ = [

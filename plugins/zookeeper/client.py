@@ -1,0 +1,760 @@
+"""The trio driver: one ZooKeeper session as a :class:`pulse.presence.PresenceSession`.
+
+Every timing decision is made by :class:`._machine.SessionMachine`; this module only
+sleeps until the machine's next deadline, opens and reads connections, and carries out
+the machine's actions. Per connection, one task reads frames and one writes queued bytes
+(so requests go out in xid order and pings never interleave with a half-written frame).
+
+Requests made while the connection is down wait for a re-attach; reads are retried after
+a connection loss, and writes are retried in a way that is safe to repeat (a create that
+finds the node already owned by this session counts as done). After expiry, with
+``reregister=True``, a new session is started and every registration re-created; a node
+still held by an earlier (expired) session of this client is deleted, one held by another
+client is waited for.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import trio
+
+from pulse.errors import RemoteProtocolError
+from pulse.presence import PresenceEvent, SessionEvent, SessionState
+
+from ._machine import (
+    Action,
+    Connect,
+    Disconnect,
+    Host,
+    Phase,
+    SendPing,
+    SessionMachine,
+    StateChanged,
+)
+from ._watches import WatchKind, WatchTable
+from .jute import DEFAULT_MAX_FRAME, Stat, WatcherEvent
+from .protocol import (
+    BadVersionError,
+    ClientConnection,
+    CloseSession,
+    Connected,
+    ConnectionLoss,
+    Create,
+    CreateMode,
+    Delete,
+    Exists,
+    GetChildren2,
+    GetData,
+    Incoming,
+    NodeExistsError,
+    NoNodeError,
+    Notification,
+    Ping,
+    Reply,
+    Request,
+    SessionClosedError,
+    SetData,
+    WatchesRestored,
+    Xid,
+    ZooKeeperError,
+    ZooKeeperSessionExpired,
+)
+
+log = structlog.get_logger("pulse.zookeeper")
+
+# Aliases: inside ZooKeeperSession the name ``list`` is the presence method.
+_Actions = list[Action]
+_Names = list[str]
+
+StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
+
+_RECEIVE_SIZE = 65536
+#: How long aclose() waits for the server to confirm closeSession.
+_CLOSE_TIMEOUT = 2.0
+
+
+class NotOwnedError(ZooKeeperError):
+    """The key exists but belongs to another session, so this one may not remove it."""
+
+
+async def open_tcp(host: str, port: int) -> trio.abc.Stream:
+    """The default stream opener: a plain TCP connection."""
+    return await trio.open_tcp_stream(host, port)
+
+
+def _hex(session_id: int | None) -> str | None:
+    return None if not session_id else f"0x{session_id & 0xFFFFFFFFFFFFFFFF:x}"
+
+
+class _Waiter:
+    """One pending watch: set once, when it fires or is lost."""
+
+    __slots__ = ("done", "event", "lost")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.event: WatcherEvent | None = None
+        self.lost: str | None = None
+
+    def fire(self, event: WatcherEvent) -> None:
+        if not self.done.is_set():
+            self.event = event
+            self.done.set()
+
+    def lose(self, reason: str) -> None:
+        if not self.done.is_set():
+            self.lost = reason
+            self.done.set()
+
+
+@dataclass(eq=False, slots=True)
+class _Call:
+    """A request waiting for its reply."""
+
+    request: Request
+    watcher: _Waiter | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: ZooKeeperError | None = None
+
+    def finish(self, result: Any = None, error: ZooKeeperError | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+@dataclass(eq=False, slots=True)
+class _Link:
+    """One connection (or connection attempt) to one server."""
+
+    host: Host
+    protocol: ClientConnection
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    pending: dict[int, _Call] = field(default_factory=dict)
+    ready: bool = False
+    outbox: tuple[trio.MemorySendChannel[bytes], trio.MemoryReceiveChannel[bytes]] = field(
+        default_factory=lambda: trio.open_memory_channel[bytes](math.inf)
+    )
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the writer task (never blocks)."""
+        try:
+            self.outbox[0].send_nowait(data)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the link is being torn down; its pending calls fail with ConnectionLoss
+
+    def fail_pending(self, reason: str) -> None:
+        for call in self.pending.values():
+            call.finish(error=ConnectionLoss(f"connection lost: {reason}"))
+        self.pending.clear()
+
+
+class ZooKeeperSession:
+    """A ZooKeeper session offering pulse's presence API.
+
+    Create it through :func:`connect` (or ``pulse.registry.connect_session("zk://…")``),
+    which runs it in a nursery and closes it on exit. ``chroot`` prefixes every path the
+    server sees. ``reregister`` re-creates this session's registrations in a new session
+    after expiry. ``open_stream`` replaces the TCP connector (tests, TLS).
+    """
+
+    def __init__(
+        self,
+        hosts: Sequence[Host],
+        *,
+        session_timeout: float = 10.0,
+        chroot: str = "",
+        reregister: bool = False,
+        rng: random.Random | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        open_stream: StreamOpener = open_tcp,
+    ) -> None:
+        self._machine = SessionMachine(hosts, session_timeout, rng)
+        self._chroot = _normalize_chroot(chroot)
+        self._reregister = reregister
+        self._max_frame = max_frame
+        self._open_stream = open_stream
+        self._link: _Link | None = None
+        self._nursery: trio.Nursery | None = None
+        self._xid = 0
+        self._watches = WatchTable()
+        self._registrations: dict[str, bytes] = {}
+        self._old_sessions: set[int] = set()
+        self._generation = 0
+        self._restore_pending = False
+        self._expiry: SessionEvent | None = None
+        self._closing = False
+        self._subscribers: list[trio.MemorySendChannel[SessionEvent]] = []
+        self._changed = trio.Event()  # set (and replaced) on every state or link change
+        self._timer_changed = trio.Event()
+
+    # ------------------------------------------------------------------ PresenceSession
+
+    @property
+    def session_id(self) -> int | None:
+        """The server-assigned session id (None before the first connect)."""
+        return self._machine.session_id or None
+
+    @property
+    def state(self) -> SessionState:
+        """The current state."""
+        return self._machine.state
+
+    @property
+    def session_timeout(self) -> float:
+        """The negotiated session timeout in seconds (the requested one until connected)."""
+        return self._machine.session_timeout
+
+    @property
+    def connected_host(self) -> Host | None:
+        """The server this session is connected to right now, if any."""
+        if self._machine.phase is Phase.CONNECTED:
+            return self._machine.host
+        return None
+
+    @property
+    def registrations(self) -> dict[str, bytes]:
+        """Keys this session registered (and re-creates after expiry if asked to)."""
+        return dict(self._registrations)
+
+    async def register(self, key: str, data: bytes = b"") -> None:
+        """Create the ephemeral node ``key`` with ``data``; persistent parents are created.
+
+        Registering a key this session already holds replaces its data. A key held by an
+        earlier, expired session of this client is taken over; one held by any other
+        session raises :class:`NodeExistsError`.
+        """
+        path = self._server_path(key, allow_root=False)
+        await self._create_ephemeral(path, bytes(data), wait_for_others=False)
+        self._registrations[key] = bytes(data)
+
+    async def unregister(self, key: str) -> None:
+        """Delete ``key`` if this session holds it (no-op if it is gone already)."""
+        path = self._server_path(key, allow_root=False)
+        self._registrations.pop(key, None)
+        while True:
+            stat = await self._exists(path)
+            if stat is None:
+                return
+            if stat.ephemeral_owner != self._machine.session_id:
+                raise NotOwnedError(
+                    f"{key} belongs to session {_hex(stat.ephemeral_owner) or 'none (persistent)'}",
+                    path=key,
+                )
+            try:
+                await self._call(Delete(path, stat.version))
+                return
+            except (ConnectionLoss, NoNodeError, BadVersionError):
+                continue  # re-check: it may be gone already, or have changed
+
+    async def get(self, key: str) -> bytes | None:
+        """The data of ``key``, or None if it does not exist."""
+        path = self._server_path(key)
+        while True:
+            try:
+                data, _stat = await self._call(GetData(path))
+                return bytes(data)
+            except NoNodeError:
+                return None
+            except ConnectionLoss:
+                continue
+
+    async def exists(self, key: str) -> Stat | None:
+        """The node's :class:`~.jute.Stat` (``ephemeral_owner`` is its session), or None."""
+        return await self._exists(self._server_path(key))
+
+    async def create(
+        self, key: str, data: bytes = b"", *, ephemeral: bool = True, sequential: bool = False
+    ) -> str:
+        """Create one node (parents must exist) and return its key; with ``sequential`` the
+        server appends a 10-digit counter (``/queue/item-0000000007``). Not retried after a
+        connection loss (a sequential create cannot be repeated safely)."""
+        mode = CreateMode(int(ephemeral) | (int(sequential) << 1))
+        created: str = await self._call(
+            Create(self._server_path(key, allow_root=False), bytes(data), mode)
+        )
+        return self._client_path(created)
+
+    async def list(self, prefix: str) -> dict[str, bytes]:
+        """Direct children of ``prefix`` with their data ({} if ``prefix`` is missing)."""
+        path = self._server_path(prefix)
+        while True:
+            try:
+                children, _stat = await self._call(GetChildren2(path))
+                return await self._children_data(path, children)
+            except NoNodeError:
+                return {}
+            except ConnectionLoss:
+                continue
+
+    def watch(self, prefix: str) -> AsyncIterator[PresenceEvent]:
+        """Current children as ``initial`` online events, then each online/offline change.
+
+        Changes are found by re-listing the children whenever ZooKeeper's one-shot child
+        watch fires and comparing with the last list: each member's arrival and departure
+        is reported once, departures before arrivals, names sorted within a batch. A member
+        that comes and goes between two lists is not seen (as in ZooKeeper itself). While
+        disconnected nothing is reported; watches are restored with setWatches on the next
+        server, which reports what changed meanwhile. If the session expires the iterator
+        raises :class:`ZooKeeperSessionExpired`, unless ``reregister`` is on: then it
+        continues on the new session (reporting what changed in between).
+        """
+        return self._watch(self._server_path(prefix))
+
+    def state_changes(self) -> AsyncIterator[SessionEvent]:
+        """Every state transition from now on; ends after ``closed``."""
+        send, receive = trio.open_memory_channel[SessionEvent](math.inf)
+        if self._machine.phase is Phase.CLOSED:
+            send.close()
+        else:
+            self._subscribers.append(send)
+        return self._iterate_states(receive)
+
+    async def aclose(self) -> None:
+        """Close the session: closeSession is sent so its registrations vanish at once."""
+        if self._closing:
+            return
+        self._closing = True
+        link = self._link
+        if link is not None and link.ready and self._machine.phase is Phase.CONNECTED:
+            call = self._send(link, CloseSession())
+            with trio.move_on_after(min(_CLOSE_TIMEOUT, self._machine.read_timeout)):
+                await call.done.wait()
+        self._apply(self._machine.close(trio.current_time()))
+        self._watches.lose_all("session closed")
+        for channel in self._subscribers:
+            channel.close()
+        self._subscribers.clear()
+        self._notify()
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the session going until :meth:`aclose`; reports started at once."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            self._apply(self._machine.start(trio.current_time()))
+            while self._machine.phase is not Phase.CLOSED:
+                deadline = self._machine.next_deadline()
+                with trio.move_on_at(math.inf if deadline is None else deadline):
+                    await self._timer_changed.wait()
+                self._timer_changed = trio.Event()
+                self._dispatch(self._machine.handle_timer(trio.current_time()))
+            nursery.cancel_scope.cancel()
+
+    async def wait_connected(self, within: float) -> None:
+        """Wait until the session is connected; raise if it expires, closes or ``within``
+        seconds pass (:class:`ConnectionLoss` naming the servers tried)."""
+        with trio.move_on_after(within):
+            while True:
+                state = self._machine.state
+                if state is SessionState.CONNECTED:
+                    return
+                self._raise_if_unusable()
+                await self._changed.wait()
+        hosts = ", ".join(f"{h}:{p}" for h, p in self._machine.hosts)
+        raise ConnectionLoss(f"no ZooKeeper server answered within {within:g} s ({hosts})")
+
+    # ------------------------------------------------------------------ actions
+
+    def _apply(self, actions: _Actions) -> None:
+        """Carry out ``actions`` and make the timer loop recompute its deadline."""
+        self._dispatch(actions)
+        self._timer_changed.set()
+
+    def _dispatch(self, actions: _Actions) -> None:
+        for action in actions:
+            if isinstance(action, Connect):
+                assert self._nursery is not None
+                self._drop_link("replaced by a new attempt")
+                attempt = _Link(action.host, ClientConnection(self._max_frame))
+                self._link = attempt
+                self._nursery.start_soon(self._connection, attempt, action)
+            elif isinstance(action, Disconnect):
+                self._drop_link(action.reason)
+            elif isinstance(action, SendPing):
+                current = self._link
+                if current is not None and current.ready:
+                    current.write(current.protocol.send(Xid.PING, Ping()))
+            elif isinstance(action, StateChanged):
+                self._on_state(action.event)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _drop_link(self, reason: str) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.scope.cancel()
+            link.outbox[0].close()
+            link.fail_pending(reason)
+
+    def _link_failed(self, link: _Link, reason: str) -> None:
+        """A connection task found its connection broken."""
+        if self._link is not link:
+            return
+        if self._closing:
+            self._drop_link(reason)
+            return
+        log.info("connection_lost", peer=_peer(link.host), reason=reason,
+                 session_id=_hex(self._machine.session_id))
+        self._drop_link(reason)
+        self._apply(self._machine.connection_lost(trio.current_time(), reason))
+
+    def _on_state(self, event: SessionEvent) -> None:
+        log.info("session_state", state=event.state.value, session_id=_hex(event.session_id),
+                 reason=event.reason, peer=_peer(self._machine.host))
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.remove(channel)  # its reader went away
+        if event.state is SessionState.EXPIRED:
+            self._expiry = event
+            if event.session_id:
+                self._old_sessions.add(event.session_id)
+            self._generation += 1
+            self._watches.lose_all(event.reason)
+            if self._reregister and not self._closing:
+                self._restore_pending = bool(self._registrations)
+                self._apply(self._machine.new_session(trio.current_time()))
+        elif event.state is SessionState.CONNECTED and self._restore_pending:
+            self._restore_pending = False
+            assert self._nursery is not None
+            self._nursery.start_soon(self._restore_registrations, self._generation)
+
+    # ------------------------------------------------------------------ connections
+
+    async def _connection(self, link: _Link, action: Connect) -> None:
+        host, port = action.host
+        with link.scope:
+            try:
+                stream = await self._open_stream(host, port)
+            except OSError as exc:
+                self._link_failed(link, f"cannot connect: {exc}")
+                return
+            try:
+                await self._handshake(link, stream, action)
+                if self._link is not link:
+                    return
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, link, stream)
+                    await self._reader(link, stream)
+            finally:
+                await trio.aclose_forcefully(stream)
+
+    async def _handshake(self, link: _Link, stream: trio.abc.Stream, action: Connect) -> None:
+        try:
+            await stream.send_all(link.protocol.connect(action.request))
+            self._machine.sent(trio.current_time())
+            events: list[Incoming] = []
+            while not events:
+                data = await stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    self._link_failed(link, "server closed the connection during the handshake")
+                    return
+                self._machine.received(trio.current_time())
+                events = link.protocol.receive(data)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._link_failed(link, f"handshake failed: {exc!r}")
+            return
+        except RemoteProtocolError as exc:
+            self._link_failed(link, f"bad handshake from server: {exc}")
+            return
+        first, rest = events[0], events[1:]
+        assert isinstance(first, Connected)
+        self._apply(self._machine.handshake_done(trio.current_time(), first.response))
+        if self._link is not link:
+            return  # expired (or closed): the Disconnect action dropped this link
+        for request in self._watches.set_watches(self._machine.last_zxid):
+            link.write(link.protocol.send(Xid.SET_WATCHES, request))
+        link.ready = True
+        self._notify()
+        for event in rest:
+            self._incoming(link, event)
+
+    async def _reader(self, link: _Link, stream: trio.abc.Stream) -> None:
+        try:
+            while True:
+                data = await stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    self._link_failed(link, "server closed the connection")
+                    return
+                self._machine.received(trio.current_time())
+                for event in link.protocol.receive(data):
+                    self._incoming(link, event)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._link_failed(link, f"receive failed: {exc!r}")
+        except RemoteProtocolError as exc:
+            log.warning("protocol_error", peer=_peer(link.host), reason=str(exc))
+            self._link_failed(link, f"protocol error: {exc}")
+
+    async def _writer(self, link: _Link, stream: trio.abc.Stream) -> None:
+        try:
+            async for data in link.outbox[1]:
+                await stream.send_all(data)
+                if self._link is link:
+                    self._machine.sent(trio.current_time())
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._link_failed(link, f"send failed: {exc!r}")
+
+    def _incoming(self, link: _Link, event: Incoming) -> None:
+        if isinstance(event, Reply):
+            self._machine.received(trio.current_time(), event.zxid)
+            call = link.pending.pop(event.xid, None)
+            if call is None:
+                return
+            if call.watcher is not None:
+                self._arm_watch(event, call.watcher)
+            call.finish(event.result, event.error)
+        elif isinstance(event, Notification):
+            self._watches.fire(event.event)
+        elif isinstance(event, WatchesRestored) and event.err:
+            log.warning("set_watches_failed", peer=_peer(link.host), reason=f"error {event.err}")
+
+    def _arm_watch(self, reply: Reply, waiter: _Waiter) -> None:
+        request = reply.request
+        path = getattr(request, "path", "")
+        if reply.error is None:
+            kind = WatchKind.CHILD if isinstance(request, GetChildren2) else WatchKind.DATA
+            self._watches.add(kind, path, waiter)
+        elif isinstance(request, Exists) and isinstance(reply.error, NoNodeError):
+            self._watches.add(WatchKind.EXIST, path, waiter)
+
+    # ------------------------------------------------------------------ requests
+
+    def _raise_if_unusable(self) -> None:
+        state = self._machine.state
+        if self._closing or state is SessionState.CLOSED:
+            raise SessionClosedError("the session is closed")
+        if state is SessionState.EXPIRED:
+            expiry = self._expiry
+            detail = f": {expiry.reason}" if expiry is not None else ""
+            raise ZooKeeperSessionExpired(
+                f"session {_hex(expiry.session_id if expiry else None)} expired{detail}"
+            )
+
+    async def _usable_link(self) -> _Link:
+        while True:
+            self._raise_if_unusable()
+            link = self._link
+            if link is not None and link.ready:
+                return link
+            await self._changed.wait()
+
+    def _send(self, link: _Link, request: Request, watcher: _Waiter | None = None) -> _Call:
+        self._xid = self._xid % 0x7FFFFFFF + 1
+        call = _Call(request, watcher)
+        link.pending[self._xid] = call
+        link.write(link.protocol.send(self._xid, request))
+        return call
+
+    async def _call(self, request: Request, watcher: _Waiter | None = None) -> Any:
+        call = self._send(await self._usable_link(), request, watcher)
+        await call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    async def _exists(self, path: str, watcher: _Waiter | None = None) -> Stat | None:
+        while True:
+            try:
+                stat: Stat = await self._call(Exists(path, watcher is not None), watcher)
+                return stat
+            except NoNodeError:
+                return None
+            except ConnectionLoss:
+                continue
+
+    async def _children_data(self, path: str, children: _Names) -> dict[str, bytes]:
+        """Data of each child, requested in one pipelined batch; vanished ones are skipped."""
+        link = await self._usable_link()
+        calls = [(name, self._send(link, GetData(_join(path, name)))) for name in sorted(children)]
+        result: dict[str, bytes] = {}
+        for name, call in calls:
+            await call.done.wait()
+            if isinstance(call.error, NoNodeError):
+                continue
+            if call.error is not None:
+                raise call.error
+            result[name] = bytes(call.result[0])
+        return result
+
+    async def _create_parents(self, path: str) -> None:
+        parts = path.strip("/").split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            parent = "/" + "/".join(parts[:depth])
+            while True:
+                try:
+                    await self._call(Create(parent, b"", CreateMode.PERSISTENT))
+                except NodeExistsError:
+                    pass
+                except ConnectionLoss:
+                    continue
+                break
+
+    async def _create_ephemeral(self, path: str, data: bytes, *, wait_for_others: bool) -> None:
+        """Make ``path`` an ephemeral node of the current session holding ``data``."""
+        while True:
+            try:
+                await self._call(Create(path, data, CreateMode.EPHEMERAL))
+                return
+            except NoNodeError:
+                await self._create_parents(path)
+                continue
+            except ConnectionLoss:
+                continue  # unknown outcome: the retry finds the node ours if it was created
+            except NodeExistsError:
+                pass
+            waiter = _Waiter() if wait_for_others else None
+            stat = await self._exists(path, waiter)
+            if stat is None:
+                continue
+            owner = stat.ephemeral_owner
+            if owner == self._machine.session_id:
+                try:
+                    await self._call(SetData(path, data, stat.version))
+                    return
+                except (NoNodeError, BadVersionError, ConnectionLoss):
+                    continue
+            if owner in self._old_sessions:
+                log.info("taking_over", path=path, reason=f"held by expired session {_hex(owner)}",
+                         session_id=_hex(self._machine.session_id))
+                try:
+                    await self._call(Delete(path, stat.version))
+                except (NoNodeError, BadVersionError, ConnectionLoss):
+                    pass
+                continue
+            if waiter is None:
+                raise NodeExistsError(
+                    f"{self._client_path(path)} is registered by session "
+                    f"{_hex(owner) or 'none (persistent node)'}",
+                    path=self._client_path(path),
+                )
+            log.info("waiting_for_key", path=path, reason=f"held by session {_hex(owner)}",
+                     session_id=_hex(self._machine.session_id))
+            try:
+                await waiter.done.wait()
+            finally:
+                self._watches.discard(waiter)
+            if waiter.lost is not None:
+                self._raise_if_unusable()
+
+    async def _restore_registrations(self, generation: int) -> None:
+        """Re-create every registration in the new session (run after expiry)."""
+        async with trio.open_nursery() as nursery:
+            for key, data in list(self._registrations.items()):
+                nursery.start_soon(self._restore_one, key, data, generation)
+
+    async def _restore_one(self, key: str, data: bytes, generation: int) -> None:
+        try:
+            await self._create_ephemeral(self._server_path(key), data, wait_for_others=True)
+        except (ZooKeeperSessionExpired, SessionClosedError):
+            return  # the next session (if any) restores it
+        except ZooKeeperError as exc:  # e.g. no permission any more: report, keep the session
+            log.warning("reregister_failed", path=key, reason=str(exc),
+                        session_id=_hex(self._machine.session_id))
+            return
+        if generation == self._generation:
+            log.info("reregistered", path=key, session_id=_hex(self._machine.session_id))
+
+    # ------------------------------------------------------------------ watching
+
+    async def _watch(self, path: str) -> AsyncIterator[PresenceEvent]:
+        known: dict[str, bytes] = {}
+        initial = True
+        while True:
+            waiter = _Waiter()
+            try:
+                try:
+                    children, _stat = await self._call(GetChildren2(path, True), waiter)
+                    current = await self._children_data(path, children)
+                except NoNodeError:
+                    current = {}
+                    if await self._exists(path, waiter) is not None:
+                        self._watches.discard(waiter)
+                        continue  # created meanwhile: list it
+            except ConnectionLoss:
+                self._watches.discard(waiter)
+                continue
+            except SessionClosedError:
+                return  # the application closed the session: the watch ends quietly
+            for name in sorted(set(known) - set(current)):
+                del known[name]
+                yield PresenceEvent("offline", name)
+            for name in sorted(set(current) - set(known)):
+                known[name] = current[name]
+                yield PresenceEvent("online", name, current[name], initial)
+            initial = False
+            try:
+                await waiter.done.wait()
+            finally:
+                self._watches.discard(waiter)
+            if waiter.lost is not None:
+                if self._closing or self._machine.state is SessionState.CLOSED:
+                    return
+                if not self._reregister:
+                    self._raise_if_unusable()
+                    raise ZooKeeperSessionExpired(waiter.lost)
+
+    async def _iterate_states(
+        self, receive: trio.MemoryReceiveChannel[SessionEvent]
+    ) -> AsyncIterator[SessionEvent]:
+        async with receive:
+            async for event in receive:
+                yield event
+
+    # ------------------------------------------------------------------ paths
+
+    def _server_path(self, key: str, *, allow_root: bool = True) -> str:
+        _check_key(key, allow_root=allow_root)
+        if key == "/":
+            return self._chroot or "/"
+        return self._chroot + key
+
+    def _client_path(self, path: str) -> str:
+        if self._chroot and path.startswith(self._chroot):
+            return path[len(self._chroot) :] or "/"
+        return path
+
+
+def _peer(host: Host | None) -> str | None:
+    return None if host is None else f"{host[0]}:{host[1]}"
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent.rstrip('/')}/{name}"
+
+
+def _normalize_chroot(chroot: str) -> str:
+    chroot = chroot.rstrip("/")
+    if chroot:
+        _check_key(chroot, allow_root=False)
+    return chroot
+
+
+def _check_key(key: str, *, allow_root: bool) -> None:
+    """Keys are absolute slash-separated paths without empty, '.' or '..' parts."""
+    if not isinstance(key, str) or not key.startswith("/"):
+        raise ValueError(f"key must be an absolute path starting with '/': {key!r}")
+    if key == "/":
+        if not allow_root:
+            raise ValueError("the root '/' cannot be registered")
+        return
+    parts = key[1:].split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"key has an empty, '.' or '..' component: {key!r}")
+    if "\x00" in key:
+        raise ValueError(f"key contains a NUL character: {key!r}")
+
+
+__all__ = ["NotOwnedError", "ZooKeeperSession", "open_tcp"]
