@@ -35,6 +35,15 @@ log "pip install -e .[test]"
 "$VENV/bin/python" -m pip install -q -e '.[test]'
 export PATH="$PWD/$VENV/bin:$PATH"
 
+# Third-party Dubbo 2 peers for the interop tests. Both install a package named "dubbo", so
+# each gets a directory of its own outside the project (tests/e2e/dubbo_procs.py finds them).
+PEERS=${PULSE_DUBBO_PEERS:-$HOME/.cache/pulse-dubbo-peers}
+[ -d "$PEERS/apache/dubbo" ] || "$VENV/bin/python" -m pip install -q --no-deps \
+    --target "$PEERS/apache" python-dubbo-support-python3==0.0.2
+[ -d "$PEERS/feiyuw/dubbo" ] || "$VENV/bin/python" -m pip install -q --no-deps \
+    --target "$PEERS/feiyuw" dubbo-py==0.2.2
+export PULSE_DUBBO_PEERS="$PEERS"
+
 log "ruff"
 ruff check .
 log "mypy (strict)"

@@ -1,1 +1,61 @@
-"""pulse."""
+"""The ``dubbo://`` plugin: Apache Dubbo 2 heartbeats, wire-compatible with Dubbo itself.
+
+* ``serve`` runs a provider (:class:`~.provider.DubboProvider`) that answers heartbeats,
+  heartbeats idle consumers itself and closes channels silent for ``heartbeat_timeout``.
+* ``ping`` measures a provider's heartbeat round trips (:func:`~.ping.ping`).
+
+Library use: :mod:`.codec` (frames), :class:`~.consumer.DubboConsumer` /
+:func:`~.consumer.open_consumer` (a self-healing consumer), :class:`~.provider.DubboProvider`;
+all channels of a process can share one :class:`pulse.rpc.HeartbeatTimer`. See
+``docs/dubbo.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from pulse._core.channel_heartbeat import ChannelTiming
+from pulse.registry import Endpoint, Plugin, ServeOptions
+from pulse.rpc import open_heartbeat_timer, tick_for
+
+from .codec import DEFAULT_MAX_BODY
+from .ping import ping
+from .provider import DubboProvider
+
+#: Dubbo's default port.
+DEFAULT_PORT = 20880
+
+
+async def serve(
+    endpoint: Endpoint,
+    options: ServeOptions,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve Dubbo 2 heartbeats on ``endpoint`` until cancelled; ``task_status.started``
+    receives the listeners (as ``trio.serve_tcp`` gives them).
+
+    ``options.interval`` is the heartbeat, ``options.timeout`` the heartbeat_timeout
+    (default 3 x heartbeat); ``options.extra`` may set ``tick`` (wheel tick, seconds) and
+    ``max_body_size`` (bytes, default 8 MiB).
+    """
+    timing = ChannelTiming(options.interval, options.timeout)
+    tick = float(options.extra.get("tick", tick_for(timing)))
+    max_body = int(options.extra.get("max_body_size", DEFAULT_MAX_BODY))
+    listeners = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
+    async with open_heartbeat_timer(tick=tick) as timer, trio.open_nursery() as nursery:
+        provider = DubboProvider(timer, timing=timing, max_body_size=max_body)
+        await nursery.start(trio.serve_listeners, provider.handle_stream, listeners)
+        task_status.started(listeners)
+
+
+plugin = Plugin(
+    name="dubbo",
+    description="Apache Dubbo 2 protocol heartbeats (dubbo://host:port)",
+    serve=serve,
+    ping=ping,
+)
+
+__all__ = ["DEFAULT_PORT", "ping", "plugin", "serve"]

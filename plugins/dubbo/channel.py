@@ -1,0 +1,207 @@
+"""One Dubbo 2 connection under pulse: heartbeats answered and sent, other frames passed on.
+
+A channel runs two tasks, both for I/O only: a reader (decodes frames, answers heartbeat
+requests, hands every other frame to the application) and a writer (drains one bounded
+queue, so application frames, heartbeat requests and heartbeat replies never interleave).
+No task sleeps for a timer: the heartbeat deadlines of every channel live on the one wheel of
+a shared :class:`~pulse.rpc.HeartbeatTimer`, which queues heartbeats here and closes the
+channel when the peer is declared dead.
+
+A malformed frame closes only this channel (``closed_reason`` says why); the error never
+leaves :meth:`DubboChannel.run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+import trio
+
+from pulse._core.channel_heartbeat import ChannelTiming, Role
+from pulse.errors import ConnectionClosed, PeerTimeout
+from pulse.rpc import HeartbeatTimer, RpcChannel
+
+from . import codec
+from .codec import DEFAULT_MAX_BODY, HESSIAN2, DubboProtocolError, Frame, FrameDecoder
+
+log = structlog.get_logger("pulse.dubbo")
+
+#: Largest read per ``receive_some``.
+READ_CHUNK = 64 * 1024
+#: Frames waiting for the writer; a full queue makes application sends wait.
+DEFAULT_QUEUE_SIZE = 128
+#: Frames the writer joins into one ``send_all`` when several are queued.
+WRITE_BATCH = 64
+
+FrameHandler = Callable[[Frame], Awaitable[None]]
+
+
+class _Messages:
+    """Dubbo heartbeat frames for :class:`~pulse.rpc.RpcChannel`."""
+
+    def __init__(self, serialization: int) -> None:
+        self.serialization = serialization
+
+    def request(self, request_id: int) -> bytes:
+        return codec.heartbeat_request(request_id, serialization=self.serialization)
+
+    def response(self, request_id: int) -> bytes:
+        return codec.heartbeat_response(request_id, serialization=self.serialization)
+
+
+class _Hooks:
+    """What the timer asks of a channel: queue a heartbeat, or close."""
+
+    def __init__(self, channel: DubboChannel) -> None:
+        self._channel = channel
+
+    def send_heartbeat(self, message: bytes) -> None:
+        self._channel._queue_heartbeat(message)
+
+    def close(self, reason: str) -> None:
+        self._channel.close(reason)
+
+
+class DubboChannel:
+    """A Dubbo 2 connection on ``stream``, heartbeat-supervised by ``timer``.
+
+    ``ids`` is the request-id allocator shared with the application (heartbeat ids come from
+    it too); ``serialization`` is the id heartbeats are written in (Hessian2).
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        timer: HeartbeatTimer,
+        role: Role,
+        *,
+        timing: ChannelTiming | None = None,
+        ids: Callable[[], int] | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY,
+        serialization: int = HESSIAN2,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        peer: str = "",
+    ) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.role = role
+        self.max_body_size = max_body_size
+        self._to_writer, self._outgoing = trio.open_memory_channel[bytes](queue_size)
+        self._scope = trio.CancelScope()
+        self.closed_reason: str | None = None
+        self.closed = trio.Event()
+        self.frames_received = 0
+        self.heartbeats_dropped = 0
+        self.rpc: RpcChannel[bytes] = timer.open_channel(
+            role, _Hooks(self), _Messages(serialization), timing=timing, ids=ids, peer=peer
+        )
+
+    # -- application side --------------------------------------------------------------------
+
+    def next_request_id(self) -> int:
+        """A request id for an application request (shared with heartbeats, never reused)."""
+        return self.rpc.next_request_id()
+
+    def error(self) -> ConnectionClosed:
+        """The exception that pending calls on this channel should fail with."""
+        reason = self.closed_reason or "closed"
+        return PeerTimeout(reason) if self.rpc.timed_out else ConnectionClosed(reason)
+
+    async def send(self, data: bytes) -> None:
+        """Queue an encoded frame for sending; waits while the queue is full."""
+        if self.closed_reason is not None:
+            raise self.error()
+        try:
+            await self._to_writer.send(data)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise self.error() from None
+
+    def close(self, reason: str = "closed locally") -> None:
+        """Close the channel (returns at once; :meth:`run` finishes the teardown)."""
+        if self.closed_reason is None:
+            self.closed_reason = reason
+        self._scope.cancel()
+
+    # -- driving ---------------------------------------------------------------------------
+
+    async def run(self, on_frame: FrameHandler) -> str:
+        """Serve the connection until it closes; returns why it closed.
+
+        ``on_frame`` receives every frame that is not a heartbeat, in order; the reader waits
+        for it, so it should hand long work to another task.
+        """
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    await self._reader(on_frame)
+                    nursery.cancel_scope.cancel()
+        finally:
+            reason = self.closed_reason or "closed"
+            self.closed_reason = reason
+            self.rpc.close(reason)
+            self._to_writer.close()
+            await trio.aclose_forcefully(self.stream)
+            self.closed.set()
+            log.info(
+                "channel_closed", peer=self.peer, role=self.role.value, reason=reason,
+                timed_out=self.rpc.timed_out,
+            )
+        return reason
+
+    def _queue_heartbeat(self, message: bytes) -> None:
+        try:
+            self._to_writer.send_nowait(message)
+        except trio.WouldBlock:
+            # The writer is busy with a backlog: the link is not write-idle, and the reply to
+            # any of the queued requests will prove the peer alive as well as a heartbeat.
+            self.heartbeats_dropped += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def _writer(self) -> None:
+        async with self._outgoing:
+            async for first in self._outgoing:
+                batch = [first]
+                while len(batch) < WRITE_BATCH:
+                    try:
+                        batch.append(self._outgoing.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                try:
+                    await self.stream.send_all(b"".join(batch) if len(batch) > 1 else first)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self.close(f"write failed: {exc!r}")
+                    return
+                self.rpc.wrote()
+
+    async def _reader(self, on_frame: FrameHandler) -> None:
+        decoder = FrameDecoder(self.max_body_size)
+        while True:
+            try:
+                data = await self.stream.receive_some(READ_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.close(f"read failed: {exc!r}")
+                return
+            try:
+                if not data:
+                    decoder.feed_eof()
+                    self.close("peer closed the connection")
+                    return
+                frames = decoder.feed(data)
+            except DubboProtocolError as exc:
+                log.warning("protocol_error", peer=self.peer, reason=str(exc))
+                self.close(f"protocol error: {exc}")
+                return
+            for frame in frames:
+                self.frames_received += 1
+                if frame.is_heartbeat_request:
+                    self.rpc.heartbeat_request(frame.request_id)
+                    if frame.two_way:
+                        await self.send(codec.reply_to_heartbeat(frame))
+                elif frame.is_heartbeat_response:
+                    self.rpc.heartbeat_response(frame.request_id)
+                else:
+                    self.rpc.read()
+                    await on_frame(frame)

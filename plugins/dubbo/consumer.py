@@ -1,0 +1,218 @@
+"""The consumer side: one connection to a Dubbo 2 provider, kept alive and reconnected.
+
+:class:`DubboConsumer` heartbeats its channel on a shared :class:`~pulse.rpc.HeartbeatTimer`;
+when the provider is declared dead (nothing read for ``heartbeat_timeout``) or the connection
+breaks, every pending request fails at once with :class:`~pulse.errors.PeerTimeout` or
+:class:`~pulse.errors.ConnectionClosed` and the consumer reconnects with backoff
+(:func:`pulse.rpc.reconnect_loop`). Requests made while disconnected fail at once too, as
+Dubbo's do: callers retry or fail over, they never hang on a dead link.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import NoReturn
+
+import structlog
+import trio
+
+from pulse._core.backoff import Backoff
+from pulse._core.channel_heartbeat import ChannelTiming, Role
+from pulse.errors import ConnectionClosed, PulseError
+from pulse.rpc import (
+    HeartbeatTimer,
+    RequestIds,
+    open_heartbeat_timer,
+    reconnect_loop,
+    tick_for,
+)
+
+from . import codec
+from .channel import DubboChannel
+from .codec import DEFAULT_MAX_BODY, HESSIAN2, Frame
+
+log = structlog.get_logger("pulse.dubbo")
+
+#: Called for frames from the provider that are not responses (read-only notices, requests).
+PushHandler = Callable[[Frame], Awaitable[None]]
+#: How many disconnect reasons ``DubboConsumer.disconnects`` keeps (the latest).
+MAX_REMEMBERED_DISCONNECTS = 100
+#: Opens the transport (TCP by default; TLS, Unix sockets or memory streams in tests).
+Connector = Callable[[], Awaitable[trio.abc.Stream]]
+
+
+class _Pending:
+    __slots__ = ("channel", "done", "error", "frame")
+
+    def __init__(self, channel: DubboChannel) -> None:
+        self.channel = channel
+        self.done = trio.Event()
+        self.frame: Frame | None = None
+        self.error: PulseError | None = None
+
+
+class DubboConsumer:
+    """A self-healing consumer connection to the provider at ``host:port``; run it with
+    :meth:`run` (or use :func:`open_consumer`). ``connect`` replaces the TCP connect (for
+    TLS, say); ``on_push`` receives frames from the provider that are not responses."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timer: HeartbeatTimer,
+        *,
+        timing: ChannelTiming | None = None,
+        backoff: Backoff | None = None,
+        connect_timeout: float = 5.0,
+        max_body_size: int = DEFAULT_MAX_BODY,
+        on_push: PushHandler | None = None,
+        connect: Connector | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.peer = f"{host}:{port}"
+        self.timer = timer
+        self.timing = timing or ChannelTiming()
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.connect_timeout = connect_timeout
+        self.max_body_size = max_body_size
+        self.on_push = on_push
+        self._open_stream = connect
+        self.ids = RequestIds()  # one id space for requests and heartbeats, across reconnects
+        self.channel: DubboChannel | None = None
+        self.connects = 0
+        self.disconnects: list[str] = []  # why each connection ended (the latest 100)
+        self.disconnect_total = 0
+        self.changed = trio.Event()  # set (and replaced) on every connect and disconnect
+        self._pending: dict[int, _Pending] = {}
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    @property
+    def connected(self) -> bool:
+        """True while a channel is open."""
+        return self.channel is not None and self.channel.closed_reason is None
+
+    async def wait_connected(self) -> DubboChannel:
+        """Wait until a channel is open and return it."""
+        while True:
+            channel = self.channel
+            if channel is not None and channel.closed_reason is None:
+                return channel
+            await self.changed.wait()
+
+    async def request(
+        self, body: bytes, *, serialization: int = HESSIAN2, two_way: bool = True
+    ) -> Frame | None:
+        """Send an ordinary request with a serialized ``body``; return the response frame
+        (None for one-way requests). Fails at once when not connected, and as soon as the
+        channel dies while waiting. Wrap in ``trio.fail_after`` for a per-call timeout."""
+        channel = self.channel
+        if channel is None or channel.closed_reason is not None:
+            raise channel.error() if channel is not None else ConnectionClosed(
+                f"not connected to {self.peer}"
+            )
+        request_id = channel.next_request_id()
+        data = codec.request(request_id, body, two_way=two_way, serialization=serialization)
+        if not two_way:
+            await channel.send(data)
+            return None
+        pending = _Pending(channel)
+        self._pending[request_id] = pending
+        try:
+            await channel.send(data)
+            await pending.done.wait()
+        finally:
+            self._pending.pop(request_id, None)
+        if pending.error is not None:
+            raise pending.error
+        return pending.frame
+
+    async def run(self) -> NoReturn:
+        """Connect, serve, reconnect with backoff, forever (raises
+        :class:`~pulse.errors.ReconnectGaveUp` if the backoff runs out of attempts)."""
+        await reconnect_loop(self._connect, self._session, backoff=self.backoff, peer=self.peer)
+
+    async def _connect(self) -> trio.abc.Stream:
+        with trio.move_on_after(self.connect_timeout):
+            if self._open_stream is not None:
+                return await self._open_stream()
+            return await trio.open_tcp_stream(self.host, self.port)
+        raise OSError(errno.ETIMEDOUT, f"connect to {self.peer} timed out")
+
+    async def _session(self, stream: trio.abc.Stream) -> None:
+        channel = DubboChannel(
+            stream, self.timer, Role.CONSUMER, timing=self.timing, ids=self.ids,
+            max_body_size=self.max_body_size, peer=self.peer,
+        )
+        self.channel = channel
+        self.connects += 1
+        self._notify()
+        try:
+            await channel.run(self._on_frame)
+        finally:
+            error = channel.error()
+            for pending in list(self._pending.values()):
+                if pending.channel is channel and not pending.done.is_set():
+                    pending.error = error
+                    pending.done.set()
+            self.disconnects.append(error.reason)
+            del self.disconnects[:-MAX_REMEMBERED_DISCONNECTS]
+            self.disconnect_total += 1
+            self._notify()
+
+    async def _on_frame(self, frame: Frame) -> None:
+        if not frame.is_request:
+            pending = self._pending.get(frame.request_id)
+            if pending is not None:
+                pending.frame = frame
+                pending.done.set()
+                return
+            log.debug("unmatched_response", peer=self.peer, request_id=frame.request_id)
+            return
+        if self.on_push is not None:
+            await self.on_push(frame)
+
+
+@asynccontextmanager
+async def open_consumer(
+    host: str,
+    port: int,
+    *,
+    timer: HeartbeatTimer | None = None,
+    timing: ChannelTiming | None = None,
+    backoff: Backoff | None = None,
+    connect_timeout: float = 5.0,
+    max_body_size: int = DEFAULT_MAX_BODY,
+    on_push: PushHandler | None = None,
+    connect: Connector | None = None,
+) -> AsyncIterator[DubboConsumer]:
+    """A running :class:`DubboConsumer` for the ``async with`` block. Without ``timer`` a
+    private one is started; pass a shared timer to put many consumers on one wheel."""
+    timing = timing or ChannelTiming()
+    async with trio.open_nursery() as nursery:
+        if timer is None:
+            own = await nursery.start(_run_timer, tick_for(timing))
+            timer = own
+        consumer = DubboConsumer(
+            host, port, timer, timing=timing, backoff=backoff, connect_timeout=connect_timeout,
+            max_body_size=max_body_size, on_push=on_push, connect=connect,
+        )
+        nursery.start_soon(consumer.run)
+        try:
+            yield consumer
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def _run_timer(
+    tick: float, *, task_status: trio.TaskStatus[HeartbeatTimer] = trio.TASK_STATUS_IGNORED
+) -> None:
+    async with open_heartbeat_timer(tick=tick) as timer:
+        task_status.started(timer)
+        await trio.sleep_forever()

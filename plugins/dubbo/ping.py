@@ -1,0 +1,63 @@
+"""``pulse ping dubbo://host:port``: measure a Dubbo 2 provider's heartbeat round trips.
+
+Sends one Dubbo heartbeat request per ``interval`` on a single connection and yields a
+:class:`~pulse.registry.PingReply` per response. Heartbeats the provider sends meanwhile are
+answered, so a real Dubbo provider keeps the connection open; other frames are ignored.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import AsyncIterator
+
+import trio
+
+from pulse.errors import ConnectionClosed, PeerTimeout
+from pulse.registry import Endpoint, PingOptions, PingReply
+from pulse.rpc import RequestIds
+
+from . import codec
+from .channel import READ_CHUNK
+from .codec import FrameDecoder
+
+
+async def _await_response(
+    stream: trio.SocketStream, decoder: FrameDecoder, request_id: int, peer: str
+) -> None:
+    while True:
+        data = await stream.receive_some(READ_CHUNK)
+        if not data:
+            decoder.feed_eof()
+            raise ConnectionClosed(f"{peer} closed the connection")
+        for frame in decoder.feed(data):
+            if frame.is_heartbeat_request and frame.two_way:
+                await stream.send_all(codec.reply_to_heartbeat(frame))
+            elif frame.is_heartbeat_response and frame.request_id == request_id:
+                return
+
+
+async def ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingReply]:
+    """Yield one :class:`PingReply` per answered heartbeat; raise
+    :class:`~pulse.errors.PeerTimeout` when one goes unanswered for ``options.timeout``."""
+    peer = f"{endpoint.host}:{endpoint.port}"
+    with trio.move_on_after(options.timeout) as connecting:
+        stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+    if connecting.cancelled_caught:
+        raise OSError(errno.ETIMEDOUT, f"connect to {peer} timed out after {options.timeout} s")
+    ids = RequestIds()
+    decoder = FrameDecoder()
+    async with stream:
+        seq = 0
+        while options.count is None or seq < options.count:
+            seq += 1
+            request_id = ids()
+            sent = trio.current_time()
+            await stream.send_all(codec.heartbeat_request(request_id))
+            with trio.move_on_after(options.timeout) as waiting:
+                await _await_response(stream, decoder, request_id, peer)
+            if waiting.cancelled_caught:
+                raise PeerTimeout(f"no heartbeat response from {peer} within {options.timeout} s")
+            rtt = trio.current_time() - sent
+            yield PingReply(seq, rtt, peer)  # never inside a cancel scope (trio's rule)
+            if options.count is None or seq < options.count:
+                await trio.sleep(max(0.0, options.interval - rtt))
