@@ -10,6 +10,7 @@ import sys
 import trio
 
 from pulse._core.stats import RttStats
+from pulse.cli._run import until_interrupted
 from pulse.errors import PulseError
 from pulse.registry import PingOptions, ping_function
 
@@ -39,21 +40,24 @@ async def ping(args: argparse.Namespace) -> int:
     stats = RttStats()
     sent = 0
     reason = ""
-    try:
-        async for reply in ping_fn(endpoint, options):
-            sent = reply.seq
-            stats.add(reply.rtt)
-            if args.json:
-                print(json.dumps({"event": "pong", "seq": reply.seq, "rtt_ms": _ms(reply.rtt),
-                                  "peer": reply.peer}), flush=True)
-            else:
-                print(f"pong from {reply.peer}: seq={reply.seq} rtt={_ms(reply.rtt)} ms",
-                      flush=True)
-    except (PulseError, OSError, trio.TooSlowError) as exc:
-        sent += 1
-        reason = str(exc) or type(exc).__name__
-    except KeyboardInterrupt:
-        pass  # Ctrl-C ends the run; the summary still prints, as ping(8) does
+    async def pings() -> None:
+        nonlocal sent, reason
+        try:
+            async for reply in ping_fn(endpoint, options):
+                sent = reply.seq
+                stats.add(reply.rtt)
+                if args.json:
+                    print(json.dumps({"event": "pong", "seq": reply.seq,
+                                      "rtt_ms": _ms(reply.rtt), "peer": reply.peer}), flush=True)
+                else:
+                    print(f"pong from {reply.peer}: seq={reply.seq} rtt={_ms(reply.rtt)} ms",
+                          flush=True)
+        except (PulseError, OSError, trio.TooSlowError) as exc:
+            sent += 1
+            reason = str(exc) or type(exc).__name__
+
+    # Ctrl-C ends the run; the summary still prints, as ping(8) does.
+    await until_interrupted(pings)
     summary = stats.summary()
     received = summary.count
     loss = 0.0 if sent == 0 else 100.0 * (sent - received) / sent
@@ -86,8 +90,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return trio.run(ping, args)
-    except KeyboardInterrupt:
-        return 0
     except ValueError as exc:
         print(f"pulse ping: {exc}", file=sys.stderr)
         return 2

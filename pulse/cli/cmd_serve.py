@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from typing import Any
 
 import trio
 
+from pulse.cli._run import until_interrupted
 from pulse.registry import ServeOptions, serve_function
 
 HELP = "run a heartbeat server (tcp://, tls://, ws://, dubbo://) or a lease server (pulse://)"
@@ -58,12 +60,9 @@ def _describe(url: str, bound: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted."""
+    """Serve until interrupted (Ctrl-C is the normal way to stop: status 0)."""
     extra = {key: getattr(args, key) for key in _EXTRA if getattr(args, key) is not None}
     options = ServeOptions(interval=args.interval, timeout=args.timeout, extra=extra)
     urls = args.listen or ["pulse://127.0.0.1:7070"]
-    try:
-        trio.run(serve_all, urls, options)
-    except KeyboardInterrupt:
-        return 0
+    trio.run(until_interrupted, partial(serve_all, urls, options))
     return 0

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from pulse import __version__
+from pulse.cli._run import only_interrupts
 from pulse.cli.logs import configure_logging
 
 COMMANDS = ("serve", "ping", "keepalive")
@@ -54,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_format, args.log_level)
     try:
         status: int = args._run(args)
-    except KeyboardInterrupt:
+    except BaseException as error:
+        if not only_interrupts(error):
+            raise
         print("interrupted", file=sys.stderr)
         return 130
     return status

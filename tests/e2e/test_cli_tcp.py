@@ -115,3 +115,28 @@ def test_help_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
             main([name, "--help"])
         assert info.value.code == 0
         assert "usage: pulse" in capsys.readouterr().out
+
+
+async def test_ctrl_c_ends_serve_and_ping_cleanly(tmp_path: Path) -> None:
+    """SIGINT stops `pulse serve` with status 0 and makes `pulse ping` print its summary."""
+    import signal
+
+    async with trio.open_nursery() as nursery:
+        serve, port = await start_serve(nursery, tmp_path)
+        ping: trio.Process = await nursery.start(partial(
+            trio.run_process, [*PULSE, "ping", f"tcp://127.0.0.1:{port}", "--interval", "0.05"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, cwd=tmp_path))
+        assert ping.stdout is not None and ping.stderr is not None
+        seen = await read_until(ping.stdout, b"seq=3")
+        ping.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            async for chunk in ping.stdout:
+                seen += chunk
+            errors = b"".join([chunk async for chunk in ping.stderr])
+            assert await ping.wait() == 0
+        serve.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            assert await serve.wait() == 0
+        nursery.cancel_scope.cancel()
+    assert b"pulse statistics" in seen and b"0.0% lost" in seen
+    assert b"Traceback" not in errors

@@ -1,0 +1,41 @@
+"""Running a command's trio main so that Ctrl-C ends it cleanly."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Awaitable, Callable
+
+import trio
+
+
+def only_interrupts(error: BaseException) -> bool:
+    """True if ``error`` is a KeyboardInterrupt, or a group holding nothing else."""
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        return all(only_interrupts(inner) for inner in error.exceptions)
+    return False
+
+
+async def until_interrupted(body: Callable[[], Awaitable[object]]) -> bool:
+    """Run ``body()`` until it returns or Ctrl-C (SIGINT) arrives; True if interrupted.
+
+    The interrupt becomes an ordinary trio cancellation of ``body``, so every ``finally``
+    and ``async with`` in it unwinds normally: connections say goodbye, children are reaped,
+    and the command still prints its summary.
+    """
+    interrupted = False
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            nonlocal interrupted
+            with trio.open_signal_receiver(signal.SIGINT) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(watch)
+        await body()
+        nursery.cancel_scope.cancel()
+    return interrupted
