@@ -68,6 +68,14 @@ class AuthFailed(SessionError):
     """A re-attach presented a wrong session password, or a bad auth token."""
 
 
+class KeyExists(SessionError):
+    """The key is registered by another session (both session backends raise this)."""
+
+
+class NotOwner(SessionError):
+    """The key belongs to another session, which alone may unregister it."""
+
+
 class LimitExceeded(PulseError):
     """A configured server limit (sessions, keys, data size, request rate) was hit."""
 

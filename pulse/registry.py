@@ -121,7 +121,7 @@ class Plugin:
     """A transport adapter as the registry sees it.
 
     ``serve(endpoint, options, *, task_status=trio.TASK_STATUS_IGNORED)`` runs a server until
-    cancelled (it calls ``task_status.started(bound_address)`` once listening);
+    cancelled (it calls ``task_status.started(listeners)`` once listening);
     ``ping(endpoint, options)`` yields one :class:`PingReply` per answered heartbeat and
     raises a :class:`pulse.errors.PulseError` (or ``OSError``) when the peer is dead or
     unreachable; ``connect_session(endpoint, *, session_timeout, **options)`` returns an async

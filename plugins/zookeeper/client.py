@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 import trio
 
-from pulse.errors import RemoteProtocolError
+from pulse.errors import NotOwner, RemoteProtocolError
 from pulse.presence import PresenceEvent, SessionEvent, SessionState
 
 from ._machine import (
@@ -79,7 +79,7 @@ _RECEIVE_SIZE = 65536
 _CLOSE_TIMEOUT = 2.0
 
 
-class NotOwnedError(ZooKeeperError):
+class NotOwnedError(ZooKeeperError, NotOwner):
     """The key exists but belongs to another session, so this one may not remove it."""
 
 

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Protocol
 
 from pulse.errors import (
     AuthFailed,
+    KeyExists,
     LocalProtocolError,
     RemoteProtocolError,
     SessionError,
@@ -184,7 +185,7 @@ class NoNodeError(ZooKeeperError):
     code = ErrorCode.NO_NODE
 
 
-class NodeExistsError(ZooKeeperError):
+class NodeExistsError(ZooKeeperError, KeyExists):
     """The node already exists (for a registration: another session holds the key)."""
 
     code = ErrorCode.NODE_EXISTS

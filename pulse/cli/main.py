@@ -17,7 +17,7 @@ from pulse import __version__
 from pulse.cli._run import only_interrupts
 from pulse.cli.logs import configure_logging
 
-COMMANDS = ("serve", "ping", "keepalive")
+COMMANDS = ("serve", "ping", "keepalive", "agent", "watch", "demo")
 
 
 def _load(name: str) -> ModuleType:

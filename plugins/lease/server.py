@@ -1,0 +1,359 @@
+"""The lease server: a thin trio driver around :class:`.state.LeaseState`.
+
+One task per connection reads and decodes requests (:class:`pulse.codec.MessageDecoder`) and
+applies them to the state; one writer task per connection sends responses and the session's
+pending watch events in order; one expiry task sleeps until the tracker's next bucket is due
+(its deadline moves earlier when a session with an earlier bucket appears). All state changes
+happen synchronously in the trio thread, so no request interleaves with another.
+
+A connection's first request must be ``connect``. A frame that cannot be decoded, or a
+request whose envelope is unreadable, closes only that connection (after an ``error`` notice);
+a request with bad arguments gets an error response and the connection carries on. When a
+session ends, its connection gets a ``session`` notice and is closed.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import trio
+
+from pulse._core.sessions import SessionTracker
+from pulse.codec import MessageDecoder, encode_message
+from pulse.errors import LocalProtocolError, RemoteProtocolError
+
+from .protocol import (
+    MAX_KEY_LENGTH,
+    BadRequest,
+    Connect,
+    ErrorCode,
+    ErrorNotice,
+    Response,
+    SessionNotice,
+    notice_to_wire,
+    parse_request,
+    response_to_wire,
+    watch_event_to_wire,
+)
+from .state import Ended, LeaseState, Limits, Outcome, RequestFailed, ServerSession
+from .store import Store
+
+log = structlog.get_logger("pulse.lease")
+
+DEFAULT_TICK = 2.0
+CLIENT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+MAX_QUEUED_RESPONSES = 10_000
+FINAL_SEND_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything a lease server is configured with."""
+
+    tick: float = DEFAULT_TICK
+    min_timeout: float | None = None
+    max_timeout: float | None = None
+    limits: Limits = field(default_factory=Limits)
+    server_id: int = 1
+    data_dir: str | None = None
+    handshake_timeout: float = 10.0
+
+    @property
+    def max_message_size(self) -> int:
+        """The decoder limit for requests: the largest data plus room for the envelope."""
+        return self.limits.max_data_size + 4 * MAX_KEY_LENGTH + 1024
+
+
+class _Connection:
+    """One client connection: its stream, its session and what waits to be written."""
+
+    def __init__(self, stream: trio.abc.Stream, peer: str) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.session: ServerSession | None = None
+        self.sent_seq = 0
+        self.client_limit = CLIENT_MAX_MESSAGE_SIZE
+        self.queued: deque[bytes] = deque()
+        self.finishing = False
+        self._wake = trio.Event()
+        self.scope = trio.CancelScope()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def wait(self) -> None:
+        await self._wake.wait()
+        self._wake = trio.Event()
+
+    def queue(self, message: list[Any]) -> None:
+        try:
+            self.queued.append(encode_message(message, max_message_size=self.client_limit))
+        except LocalProtocolError as exc:
+            if message[0] != 1:  # not a response: nothing smaller to send instead
+                raise
+            too_large = Response(message[1], error=ErrorCode.RESPONSE_TOO_LARGE, message=str(exc))
+            self.queued.append(encode_message(response_to_wire(too_large)))
+        if len(self.queued) > MAX_QUEUED_RESPONSES:  # the peer sends but does not read
+            self.finish(ErrorNotice(ErrorCode.PROTOCOL_ERROR, "too many unread responses"))
+        self.wake()
+
+    def finish(self, notice: SessionNotice | ErrorNotice) -> None:
+        """Send ``notice`` after everything queued, then close (within FINAL_SEND_TIMEOUT
+        even if the peer stopped reading)."""
+        if not self.finishing:
+            self.finishing = True
+            self.queued.append(encode_message(notice_to_wire(notice)))
+            self.scope.deadline = min(self.scope.deadline,
+                                      trio.current_time() + FINAL_SEND_TIMEOUT)
+            self.wake()
+
+
+class LeaseServer:
+    """A lease server; run :meth:`serve_tcp` (or feed streams to :meth:`handle_stream`)."""
+
+    def __init__(self, config: ServerConfig | None = None, *,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.config = config or ServerConfig()
+        self._wall_clock = wall_clock
+        self.store: Store | None = None
+        secret = secrets.token_bytes(32)
+        last_id = 0
+        snapshot = None
+        if self.config.data_dir is not None:
+            self.store = Store(self.config.data_dir)
+            snapshot = self.store.load()
+            secret, last_id = snapshot.secret, snapshot.last_session_id
+        tracker = SessionTracker(
+            secret=secret, server_id=self.config.server_id, tick=self.config.tick,
+            min_timeout=self.config.min_timeout, max_timeout=self.config.max_timeout,
+            last_session_id=last_id,
+        )
+        self.state = LeaseState(tracker, self.config.limits, self.store)
+        self._snapshot = snapshot
+        self._connections: dict[int, _Connection] = {}  # session id -> its connection
+        self._expiry_scope: trio.CancelScope | None = None
+        self.restored = 0
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Restore durable state, then expire sessions until cancelled."""
+        if self._snapshot is not None:
+            snapshot, self._snapshot = self._snapshot, None
+            self.state.restore(snapshot.sessions, snapshot.registrations, trio.current_time())
+            self.restored = len(snapshot.sessions)
+            if self.restored:
+                log.info("sessions_restored", count=self.restored,
+                         keys=len(snapshot.registrations))
+        task_status.started()
+        try:
+            while True:
+                deadline = self.state.next_deadline()
+                with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                    self._expiry_scope = scope
+                    await trio.sleep_forever()
+                self._expiry_scope = None
+                self._apply(self.state.expire(trio.current_time()))
+        finally:
+            if self.store is not None:
+                self.store.close()
+
+    async def serve_tcp(
+        self, host: str, port: int, *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` (0 picks a free port) and serve until cancelled.
+
+        ``task_status.started`` receives the listeners, as with :func:`trio.serve_tcp` (and
+        the other transport plugins); :func:`bound_address` gives the first one's address.
+        """
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.run)
+            listeners = await trio.open_tcp_listeners(port, host=host)
+            bound = bound_address(listeners)
+            log.info("lease_server_listening", host=bound[0], port=bound[1],
+                     tick=self.config.tick, data_dir=self.config.data_dir)
+            task_status.started(listeners)
+            await trio.serve_listeners(self._handle_tcp, listeners)
+
+    async def _handle_tcp(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = stream.socket.getpeername()
+            address = str(peer[0])
+        except OSError:
+            address = "unknown"
+        try:
+            await self.handle_stream(stream, address)
+        except Exception as exc:  # a bug must cost one connection, never the server
+            log.exception("connection_handler_failed", peer=address, reason=repr(exc))
+
+    def _rearm(self) -> None:
+        scope = self._expiry_scope
+        deadline = self.state.next_deadline()
+        if scope is not None and deadline is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    # -- one connection ------------------------------------------------------------------
+
+    async def handle_stream(self, stream: trio.abc.Stream, address: str) -> None:
+        """Serve one client connection until it closes, fails or its session ends."""
+        conn = _Connection(stream, address)
+        try:
+            with conn.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop, conn)
+                    await self._read_loop(conn)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._detach(conn)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _read_loop(self, conn: _Connection) -> None:
+        decoder = MessageDecoder(self.config.max_message_size)
+        handshake = trio.current_time() + self.config.handshake_timeout
+        while not conn.finishing:
+            try:
+                with trio.fail_at(handshake) if conn.session is None else nullcontext():
+                    data = await conn.stream.receive_some(65536)
+            except trio.TooSlowError:
+                conn.finish(ErrorNotice(ErrorCode.PROTOCOL_ERROR, "no connect request in time"))
+                break
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                break
+            try:
+                if not data:
+                    decoder.feed_eof()
+                    break
+                messages = decoder.feed(data)
+                for message in messages:
+                    self._on_message(conn, message)
+                    if conn.finishing:
+                        break
+            except RemoteProtocolError as exc:
+                log.info("protocol_error", peer=conn.peer, reason=str(exc),
+                         session_id=None if conn.session is None else conn.session.id)
+                conn.finish(ErrorNotice(ErrorCode.PROTOCOL_ERROR, str(exc)))
+                break
+        if conn.finishing:
+            # Let the writer deliver the final notice (bounded), then the connection ends.
+            await trio.sleep_forever()
+
+    async def _write_loop(self, conn: _Connection) -> None:
+        while True:
+            await conn.wait()
+            chunks = list(conn.queued)
+            conn.queued.clear()
+            if conn.session is not None and not conn.finishing:
+                for event in conn.session.pending(conn.sent_seq):
+                    chunks.append(encode_message(watch_event_to_wire(event)))
+                    conn.sent_seq = event.seq
+            if chunks:
+                payload = b"".join(chunks)
+                try:
+                    await conn.stream.send_all(payload)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    conn.scope.cancel()
+                    return
+            if conn.finishing:
+                conn.scope.cancel()
+                return
+
+    def _detach(self, conn: _Connection) -> None:
+        session = conn.session
+        if session is not None and self._connections.get(session.id) is conn:
+            del self._connections[session.id]
+            log.debug("session_disconnected", session_id=session.id, peer=conn.peer)
+        conn.session = None
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _on_message(self, conn: _Connection, message: object) -> None:
+        try:
+            request = parse_request(message)
+        except BadRequest as exc:
+            if exc.xid is None:
+                raise
+            self._reply_error(conn, exc.xid, ErrorCode.BAD_REQUEST, str(exc))
+            return
+        now = trio.current_time()
+        if isinstance(request.body, Connect):
+            self._on_connect(conn, request.xid, request.body, now)
+            return
+        session = conn.session
+        if session is None:
+            self._reply_error(conn, request.xid, ErrorCode.NOT_CONNECTED,
+                              "the first request on a connection must be connect")
+            return
+        try:
+            outcome = self.state.handle(session.id, request, now)
+        except RequestFailed as exc:
+            if exc.code in (ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_KEYS,
+                            ErrorCode.TOO_MANY_WATCHES, ErrorCode.DATA_TOO_LARGE):
+                log.info("limit_exceeded", session_id=session.id, peer=conn.peer,
+                         reason=exc.message)
+            self._reply_error(conn, request.xid, exc.code, exc.message)
+            return
+        conn.queue(response_to_wire(Response(request.xid, outcome.result)))
+        self._apply(outcome)
+
+    def _on_connect(self, conn: _Connection, xid: int, body: Connect, now: float) -> None:
+        if conn.session is not None:
+            self._reply_error(conn, xid, ErrorCode.BAD_REQUEST,
+                              "this connection already has a session")
+            return
+        try:
+            session, result, ended = self.state.connect(body, conn.peer, now, self._wall_clock())
+        except RequestFailed as exc:
+            log.info("connect_refused", peer=conn.peer, reason=exc.message,
+                     session_id=body.session_id)
+            self._reply_error(conn, xid, exc.code, exc.message)
+            conn.finish(ErrorNotice(exc.code, exc.message))
+            return
+        self._apply(Outcome({}, set(), ended))
+        previous = self._connections.get(session.id)
+        if previous is not None and previous is not conn:
+            previous.session = None
+            previous.finish(SessionNotice("moved", "the session was re-attached elsewhere"))
+        self._connections[session.id] = conn
+        conn.session = session
+        conn.sent_seq = body.last_seq if body.session_id is not None else 0
+        if body.max_message_size is not None:
+            conn.client_limit = body.max_message_size
+        conn.queue(response_to_wire(Response(xid, result)))
+        conn.wake()
+        self._rearm()
+        log.info("session_reattached" if result["reattached"] else "session_opened",
+                 session_id=session.id, peer=conn.peer, timeout=session.timeout)
+
+    def _reply_error(self, conn: _Connection, xid: int, code: ErrorCode, message: str) -> None:
+        conn.queue(response_to_wire(Response(xid, error=code, message=message)))
+
+    def _apply(self, outcome: Outcome) -> None:
+        for session_id in outcome.woken:
+            conn = self._connections.get(session_id)
+            if conn is not None:
+                conn.wake()
+        for ended in outcome.ended:
+            self._on_ended(ended)
+
+    def _on_ended(self, ended: Ended) -> None:
+        log.info("session_" + ended.state, session_id=ended.session_id, reason=ended.reason)
+        conn = self._connections.pop(ended.session_id, None)
+        if conn is not None:
+            conn.session = None
+            conn.finish(SessionNotice(ended.state, ended.reason))
+
+
+def bound_address(listeners: list[trio.SocketListener]) -> tuple[str, int]:
+    """``(host, port)`` of the first listener (the port a ``:0`` listen was given)."""
+    sockname = listeners[0].socket.getsockname()
+    return str(sockname[0]), int(sockname[1])

@@ -1,0 +1,465 @@
+"""The lease server's state, without I/O: sessions, ephemeral keys, watches and outboxes.
+
+The trio driver (:mod:`.server`) owns the sockets; this module decides. Every method takes
+the time as an argument and returns what the driver must deliver, so the whole behaviour —
+limits, ordering, exactly-once notification — is testable with plain floats.
+
+Rules this module keeps:
+
+* Every request on a live session touches it (:class:`pulse._core.sessions.SessionTracker`).
+* Keys are flat: a key's *parent* is its path without the last segment and parents need not
+  exist. A key whose parent is a registered key is refused (ZooKeeper's ephemeral nodes have
+  no children), and so is a key that already has registered children.
+* Watch events for a session go into that session's *outbox* with consecutive sequence
+  numbers. The driver sends them; the client acknowledges them in every request and on
+  re-attach says which it has, so after a lost connection exactly the missing ones are sent
+  again. An event is therefore delivered once per watcher even across connection loss.
+* When a session ends (expiry, close, supersede) its watches are dropped first, then its
+  keys are deleted in registration order and each deletion is queued, in that order, to every
+  watcher of the key's parent in the order the watches were created.
+* Each limit breach is one :class:`RequestFailed` with its own :class:`~.protocol.ErrorCode`;
+  the state is unchanged by a refused request.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pulse._core.sessions import SessionGrant, SessionTracker
+from pulse.errors import AuthFailed, PulseError, SessionExpired
+
+from .protocol import (
+    CloseSession,
+    Connect,
+    ErrorCode,
+    Get,
+    ListChildren,
+    Ping,
+    Register,
+    Request,
+    Unregister,
+    Unwatch,
+    Watch,
+    WatchEvent,
+    name_of,
+    parent_of,
+)
+
+
+class RequestFailed(PulseError):
+    """A request the server refuses; ``code`` tells the client why."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Server limits against abuse; each breach is refused with its own error code.
+
+    ``max_request_rate`` is requests per second per session (a token bucket holding one
+    second's worth); 0 disables it. ``max_pending_notifications`` bounds the
+    unacknowledged watch events of one session: a watcher that falls further behind has its
+    session closed (its client sees it expire and can start over).
+    """
+
+    max_sessions: int = 100_000
+    max_sessions_per_address: int = 5_000
+    max_keys_per_session: int = 1_000
+    max_watches_per_session: int = 1_000
+    max_data_size: int = 64 * 1024
+    max_request_rate: float = 1_000.0
+    max_pending_notifications: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_sessions", "max_sessions_per_address", "max_keys_per_session",
+                     "max_watches_per_session", "max_data_size", "max_pending_notifications"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not self.max_request_rate >= 0:
+            raise ValueError(f"max_request_rate must be >= 0, got {self.max_request_rate!r}")
+
+
+class Journal(Protocol):
+    """Where durable state goes (see :mod:`.store`); every call is one committed change."""
+
+    def session_opened(self, session_id: int, timeout: float, last_session_id: int) -> None:
+        """A session was created."""
+
+    def session_ended(self, session_id: int) -> None:
+        """A session ended; its registrations are gone with it."""
+
+    def key_set(self, key: str, session_id: int, data: bytes) -> None:
+        """A key was registered or its data replaced."""
+
+    def key_deleted(self, key: str) -> None:
+        """A key was unregistered."""
+
+
+class ServerSession:
+    """One session as the server keeps it."""
+
+    __slots__ = ("address", "id", "keys", "next_seq", "outbox", "timeout", "token_time",
+                 "tokens", "watches")
+
+    def __init__(self, session_id: int, timeout: float, address: str, now: float,
+                 burst: float) -> None:
+        self.id = session_id
+        self.timeout = timeout
+        self.address = address
+        self.keys: dict[str, None] = {}  # registration order
+        self.watches: dict[int, str] = {}  # watch id -> prefix
+        self.outbox: deque[WatchEvent] = deque()
+        self.next_seq = 1
+        self.tokens = burst
+        self.token_time = now
+
+    def pending(self, after_seq: int) -> Iterator[WatchEvent]:
+        """Outbox events with a sequence number above ``after_seq``, in order."""
+        if not self.outbox:
+            return iter(())
+        start = max(0, after_seq + 1 - self.outbox[0].seq)
+        return itertools.islice(self.outbox, start, None)
+
+    def acknowledge(self, ack: int) -> None:
+        """Drop events the client has confirmed."""
+        outbox = self.outbox
+        while outbox and outbox[0].seq <= ack:
+            outbox.popleft()
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """An ephemeral key: its owner session and data."""
+
+    owner: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A session that ended and why (``expired``/``closed``) — its connection must be told."""
+
+    session_id: int
+    state: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a request caused: its result, sessions with new outbox events, sessions ended."""
+
+    result: dict[str, Any]
+    woken: set[int]
+    ended: list[Ended]
+
+
+class LeaseState:
+    """Sessions, keys and watches of one lease server."""
+
+    def __init__(self, tracker: SessionTracker, limits: Limits | None = None,
+                 journal: Journal | None = None) -> None:
+        self.tracker = tracker
+        self.limits = limits or Limits()
+        self.journal = journal
+        self.sessions: dict[int, ServerSession] = {}
+        self.keys: dict[str, Registration] = {}
+        self._children: dict[str, dict[str, None]] = {}  # prefix -> child keys (ordered)
+        self._watchers: dict[str, dict[tuple[int, int], None]] = {}  # prefix -> watchers
+        self._per_address: dict[str, int] = {}
+
+    # -- sessions ------------------------------------------------------------------------
+
+    @property
+    def _burst(self) -> float:
+        return max(self.limits.max_request_rate, 1.0)
+
+    def restore(self, sessions: Iterable[tuple[int, float]],
+                registrations: Iterable[tuple[str, int, bytes]], now: float) -> None:
+        """Load durable state: every session gets a fresh full timeout from ``now``."""
+        for session_id, timeout in sessions:
+            self.tracker.restore(session_id, timeout, now)
+            granted = self.tracker.timeout_of(session_id) or timeout
+            self.sessions[session_id] = ServerSession(session_id, granted, "", now, self._burst)
+        for key, owner, data in registrations:
+            session = self.sessions.get(owner)
+            if session is not None:
+                self._insert(key, owner, data)
+                session.keys[key] = None
+
+    def connect(self, body: Connect, address: str, now: float, wall: float
+                ) -> tuple[ServerSession, dict[str, Any], list[Ended]]:
+        """Open a session or re-attach to one; return it, the response result and any
+        session this one superseded."""
+        ended: list[Ended] = []
+        if body.session_id is not None:
+            try:
+                grant = self.tracker.reattach(body.session_id, body.password, now)
+            except AuthFailed as exc:
+                raise RequestFailed(ErrorCode.AUTH_FAILED, str(exc)) from None
+            except SessionExpired as exc:
+                raise RequestFailed(ErrorCode.SESSION_EXPIRED, str(exc)) from None
+            session = self.sessions[grant.session_id]
+            if session.address != address:
+                self._count_address(session.address, -1)
+                self._count_address(address, +1)
+                session.address = address
+            if body.last_seq >= session.next_seq:  # restored from disk: history unknown here
+                session.next_seq = body.last_seq + 1
+            session.acknowledge(body.last_seq)
+            return session, self._grant_result(grant, reattached=True), ended
+        if body.supersedes is not None:
+            old_id, old_password = body.supersedes
+            if self.tracker.check_password(old_id, old_password) and self.tracker.is_live(old_id):
+                ended.extend(self.end_session(old_id, "closed", "superseded by a new session"))
+        if len(self.sessions) >= self.limits.max_sessions:
+            raise RequestFailed(ErrorCode.TOO_MANY_SESSIONS,
+                                f"the server holds its maximum of {self.limits.max_sessions} sessions")
+        if self._per_address.get(address, 0) >= self.limits.max_sessions_per_address:
+            raise RequestFailed(
+                ErrorCode.TOO_MANY_SESSIONS,
+                f"address {address} holds its maximum of "
+                f"{self.limits.max_sessions_per_address} sessions",
+            )
+        grant = self.tracker.open(now, body.timeout, wall)
+        session = ServerSession(grant.session_id, grant.timeout, "", now, self._burst)
+        session.address = address
+        self._count_address(address, +1)
+        self.sessions[grant.session_id] = session
+        if self.journal is not None:
+            self.journal.session_opened(grant.session_id, grant.timeout,
+                                        self.tracker.last_session_id)
+        return session, self._grant_result(grant, reattached=False), ended
+
+    def _grant_result(self, grant: SessionGrant, *, reattached: bool) -> dict[str, Any]:
+        return {"session_id": grant.session_id, "password": grant.password,
+                "timeout": grant.timeout, "tick": self.tracker.tick, "reattached": reattached}
+
+    def _count_address(self, address: str, delta: int) -> None:
+        count = self._per_address.get(address, 0) + delta
+        if count > 0:
+            self._per_address[address] = count
+        else:
+            self._per_address.pop(address, None)
+
+    def sessions_from(self, address: str) -> int:
+        """How many sessions ``address`` holds."""
+        return self._per_address.get(address, 0)
+
+    def next_deadline(self) -> float | None:
+        """When the next session may expire."""
+        return self.tracker.next_deadline()
+
+    def expire(self, now: float) -> Outcome:
+        """End every session whose lease ran out at ``now``."""
+        outcome = Outcome({}, set(), [])
+        for action in self.tracker.expire(now):
+            timeout = self.tracker.timeout_of(action.session_id)
+            reason = f"no request for the session timeout ({timeout:g} s)"
+            outcome.ended.extend(self._end(action.session_id, "expired", reason, outcome.woken))
+        return outcome
+
+    def end_session(self, session_id: int, state: str, reason: str,
+                    woken: set[int] | None = None) -> list[Ended]:
+        """End ``session_id`` now (close, supersede, backlog); its keys vanish."""
+        if not self.tracker.set_closing(session_id):
+            return []
+        return self._end(session_id, state, reason, set() if woken is None else woken)
+
+    def _end(self, session_id: int, state: str, reason: str, woken: set[int]) -> list[Ended]:
+        session = self.sessions.pop(session_id, None)
+        ended = [Ended(session_id, state, reason)]
+        if session is not None:
+            for watch_id, prefix in session.watches.items():
+                self._drop_watcher(prefix, (session_id, watch_id))
+            session.watches.clear()
+            overflowed: list[int] = []
+            for key in list(session.keys):
+                self._remove(key)
+                overflowed.extend(self._notify(parent_of(key), "offline", name_of(key), b"",
+                                               woken))
+            session.keys.clear()
+            self._count_address(session.address, -1)
+            woken.discard(session_id)
+            for other in overflowed:
+                ended.extend(self._end_backlogged(other, woken))
+        self.tracker.remove(session_id)
+        if self.journal is not None:
+            self.journal.session_ended(session_id)
+        return ended
+
+    def _end_backlogged(self, session_id: int, woken: set[int]) -> list[Ended]:
+        if not self.tracker.set_closing(session_id):
+            return []
+        reason = (f"more than {self.limits.max_pending_notifications} unacknowledged "
+                  "notifications")
+        return self._end(session_id, "closed", reason, woken)
+
+    # -- requests ------------------------------------------------------------------------
+
+    def handle(self, session_id: int, request: Request, now: float) -> Outcome:
+        """Serve one request of a connected session (connect is handled by :meth:`connect`)."""
+        session = self.sessions.get(session_id)
+        if session is None or not self.tracker.touch(session_id, now):
+            raise RequestFailed(ErrorCode.SESSION_CLOSING, f"session {session_id:#x} is closing")
+        session.acknowledge(request.ack)
+        self._take_token(session, now)
+        outcome = Outcome({}, set(), [])
+        body = request.body
+        if isinstance(body, Ping):
+            pass
+        elif isinstance(body, Register):
+            self._register(session, body.key, body.data, outcome)
+        elif isinstance(body, Unregister):
+            self._unregister(session, body.key, outcome)
+        elif isinstance(body, Get):
+            found = self.keys.get(body.key)
+            outcome.result["data"] = None if found is None else found.data
+        elif isinstance(body, ListChildren):
+            outcome.result["children"] = self.children(body.prefix)
+        elif isinstance(body, Watch):
+            self._watch(session, body.prefix, body.watch_id, outcome)
+        elif isinstance(body, Unwatch):
+            prefix = session.watches.pop(body.watch_id, None)
+            if prefix is not None:
+                self._drop_watcher(prefix, (session_id, body.watch_id))
+        elif isinstance(body, CloseSession):
+            outcome.ended.extend(self.end_session(session_id, "closed", "closed by the client",
+                                                  outcome.woken))
+        else:
+            raise RequestFailed(ErrorCode.BAD_REQUEST, "connect is only valid as the first request")
+        return outcome
+
+    def _take_token(self, session: ServerSession, now: float) -> None:
+        rate = self.limits.max_request_rate
+        if rate <= 0:
+            return
+        burst = self._burst
+        session.tokens = min(burst, session.tokens + (now - session.token_time) * rate)
+        session.token_time = now
+        if session.tokens < 1.0:
+            raise RequestFailed(ErrorCode.RATE_LIMITED,
+                                f"more than {rate:g} requests per second on this session")
+        session.tokens -= 1.0
+
+    def _register(self, session: ServerSession, key: str, data: bytes, outcome: Outcome) -> None:
+        limits = self.limits
+        if len(data) > limits.max_data_size:
+            raise RequestFailed(ErrorCode.DATA_TOO_LARGE,
+                                f"data of {len(data)} bytes exceeds the limit of "
+                                f"{limits.max_data_size} bytes")
+        existing = self.keys.get(key)
+        if existing is not None:
+            if existing.owner != session.id:
+                raise RequestFailed(ErrorCode.KEY_EXISTS,
+                                    f"{key} is registered by another session")
+            self.keys[key] = Registration(session.id, data)  # the owner updates its data
+            if self.journal is not None:
+                self.journal.key_set(key, session.id, data)
+            return
+        parent = parent_of(key)
+        if parent in self.keys:
+            raise RequestFailed(ErrorCode.BAD_REQUEST,
+                                f"{parent} is an ephemeral key and cannot have children")
+        if self._children.get(key):
+            raise RequestFailed(ErrorCode.KEY_EXISTS, f"{key} has registered children")
+        if len(session.keys) >= limits.max_keys_per_session:
+            raise RequestFailed(ErrorCode.TOO_MANY_KEYS,
+                                f"the session holds its maximum of "
+                                f"{limits.max_keys_per_session} keys")
+        self._insert(key, session.id, data)
+        session.keys[key] = None
+        if self.journal is not None:
+            self.journal.key_set(key, session.id, data)
+        overflowed = self._notify(parent, "online", name_of(key), data, outcome.woken)
+        for other in overflowed:
+            outcome.ended.extend(self._end_backlogged(other, outcome.woken))
+
+    def _unregister(self, session: ServerSession, key: str, outcome: Outcome) -> None:
+        existing = self.keys.get(key)
+        if existing is None:
+            return
+        if existing.owner != session.id:
+            raise RequestFailed(ErrorCode.NOT_OWNER, f"{key} is registered by another session")
+        self._remove(key)
+        session.keys.pop(key, None)
+        if self.journal is not None:
+            self.journal.key_deleted(key)
+        overflowed = self._notify(parent_of(key), "offline", name_of(key), b"", outcome.woken)
+        for other in overflowed:
+            outcome.ended.extend(self._end_backlogged(other, outcome.woken))
+
+    def _watch(self, session: ServerSession, prefix: str, watch_id: int, outcome: Outcome) -> None:
+        current = session.watches.get(watch_id)
+        if current is not None:
+            if current != prefix:
+                raise RequestFailed(ErrorCode.BAD_REQUEST,
+                                    f"watch id {watch_id} already watches {current}")
+            outcome.result["existing"] = True
+            return
+        if len(session.watches) >= self.limits.max_watches_per_session:
+            raise RequestFailed(ErrorCode.TOO_MANY_WATCHES,
+                                f"the session holds its maximum of "
+                                f"{self.limits.max_watches_per_session} watches")
+        session.watches[watch_id] = prefix
+        self._watchers.setdefault(prefix, {})[(session.id, watch_id)] = None
+        for key in self._children.get(prefix, {}):
+            self._enqueue(session, WatchEvent(0, watch_id, "online", name_of(key),
+                                              self.keys[key].data, initial=True))
+        self._enqueue(session, WatchEvent(0, watch_id, "synced"))
+        outcome.woken.add(session.id)
+        outcome.result["existing"] = False
+        if len(session.outbox) > self.limits.max_pending_notifications:
+            outcome.ended.extend(self._end_backlogged(session.id, outcome.woken))
+
+    # -- keys and watchers ---------------------------------------------------------------
+
+    def children(self, prefix: str) -> dict[str, bytes]:
+        """Direct children of ``prefix``: name → data."""
+        return {name_of(key): self.keys[key].data for key in self._children.get(prefix, {})}
+
+    def _insert(self, key: str, owner: int, data: bytes) -> None:
+        self.keys[key] = Registration(owner, data)
+        self._children.setdefault(parent_of(key), {})[key] = None
+
+    def _remove(self, key: str) -> None:
+        del self.keys[key]
+        parent = parent_of(key)
+        siblings = self._children.get(parent)
+        if siblings is not None:
+            siblings.pop(key, None)
+            if not siblings:
+                del self._children[parent]
+
+    def _drop_watcher(self, prefix: str, watcher: tuple[int, int]) -> None:
+        watchers = self._watchers.get(prefix)
+        if watchers is not None:
+            watchers.pop(watcher, None)
+            if not watchers:
+                del self._watchers[prefix]
+
+    def _enqueue(self, session: ServerSession, event: WatchEvent) -> None:
+        session.outbox.append(WatchEvent(session.next_seq, event.watch_id, event.event,
+                                         event.id, event.data, event.initial))
+        session.next_seq += 1
+
+    def _notify(self, prefix: str, event: str, name: str, data: bytes,
+                woken: set[int]) -> list[int]:
+        """Queue one event to every watcher of ``prefix``; return sessions now backlogged."""
+        overflowed: list[int] = []
+        for session_id, watch_id in list(self._watchers.get(prefix, {})):
+            session = self.sessions.get(session_id)
+            if session is None:
+                continue
+            self._enqueue(session, WatchEvent(0, watch_id, event, name, data))
+            woken.add(session_id)
+            if len(session.outbox) > self.limits.max_pending_notifications:
+                overflowed.append(session_id)
+        return overflowed

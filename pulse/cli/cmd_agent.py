@@ -1,0 +1,144 @@
+"""``pulse agent``: hold a session and a presence registration until stopped.
+
+The agent registers ``<prefix>/<id>`` (default prefix ``/pulse/presence``) with its host,
+pid, start time, measured round-trip time, negotiated timeout and ``--meta`` pairs, then
+keeps the session alive. If the session expires (the agent was paused, or cut off for longer
+than the timeout) it starts a new one and registers again. SIGTERM or Ctrl-C closes the
+session, so watchers see the agent go offline at once. Only the backend-neutral presence API
+is used: ``--server`` may be ``pulse://host:port`` or ``zk://host:port``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+
+import trio
+
+from pulse.cli._presence import (
+    PRESENCE_PREFIX,
+    child_key,
+    encode_presence,
+    parse_meta,
+    wall_time,
+)
+from pulse.errors import ConnectionClosed, NoPlugin, PulseError, SessionExpired
+from pulse.presence import PresenceSession, SessionState
+from pulse.registry import connect_session
+
+HELP = "hold a session and register this process as online until stopped"
+
+MAX_RETRY_PAUSE = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``pulse agent``."""
+    parser.add_argument("--server", required=True, metavar="URL",
+                        help="session backend, e.g. pulse://127.0.0.1:7400 or zk://host:2181")
+    parser.add_argument("--id", required=True, dest="agent_id", metavar="NAME",
+                        help="the name registered under the prefix")
+    parser.add_argument("--session-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="proposed session timeout (the server clamps it; default 10)")
+    parser.add_argument("--meta", action="append", default=[], metavar="K=V",
+                        help="extra key=value published with the registration (repeatable)")
+    parser.add_argument("--prefix", default=PRESENCE_PREFIX,
+                        help=f"where to register (default {PRESENCE_PREFIX})")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def _register(session: PresenceSession, key: str, meta: dict[str, str],
+                    started: float) -> None:
+    """Measure one round trip, then register; retry while an old session still holds the
+    key (it expires within one timeout)."""
+    before = trio.current_time()
+    await session.get(key)
+    rtt = trio.current_time() - before
+    data = encode_presence(host=socket.gethostname(), pid=os.getpid(), started=started,
+                           rtt=rtt, timeout=session.session_timeout, meta=meta)
+    give_up = trio.current_time() + 2 * session.session_timeout + 1.0
+    while True:
+        try:
+            await session.register(key, data)
+            return
+        except SessionExpired:
+            raise
+        except PulseError as exc:
+            if trio.current_time() >= give_up:
+                raise
+            _say(f"register {key} refused ({exc}); retrying")
+            await trio.sleep(0.25)
+
+
+async def _hold(args: argparse.Namespace, key: str, meta: dict[str, str]) -> None:
+    pause = 0.5
+    while True:
+        started = wall_time()
+        try:
+            async with connect_session(args.server,
+                                       session_timeout=args.session_timeout) as session:
+                changes = session.state_changes()
+                await _register(session, key, meta, started)
+                sid = session.session_id
+                _say(f"registered {key} session={sid:#x} "
+                     f"timeout={session.session_timeout:g}s" if sid is not None
+                     else f"registered {key}")
+                pause = 0.5
+                async for change in changes:
+                    _say(f"session {change.state.value}: {change.reason}")
+                    if change.state in (SessionState.EXPIRED, SessionState.CLOSED):
+                        break
+        except (SessionExpired, ConnectionClosed, OSError) as exc:
+            _say(f"session lost: {exc}")
+        except PulseError as exc:
+            _say(f"error: {exc}")
+        await trio.sleep(pause)
+        pause = min(pause * 2, MAX_RETRY_PAUSE)
+        _say("starting a new session")
+
+
+async def _main(args: argparse.Namespace) -> int:
+    meta = parse_meta(args.meta)
+    key = child_key(args.prefix, args.agent_id)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    _say(f"stopping on {signal.Signals(signum).name}")
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            await _hold(args, key, meta)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the agent until SIGTERM / Ctrl-C; the exit status is 0, or 2 for bad options."""
+    try:
+        parse_meta(args.meta)
+        connect_check(args.server)
+    except (ValueError, NoPlugin) as exc:
+        print(f"pulse agent: {exc}", file=sys.stderr)
+        return 2
+    return trio.run(_main, args)
+
+
+def connect_check(url: str) -> None:
+    """Fail early (ValueError / NoPlugin) if ``url`` names no session backend."""
+    from pulse.registry import get_plugin, parse_url
+
+    plugin = get_plugin(parse_url(url).scheme)
+    if plugin.connect_session is None:
+        raise NoPlugin(f"the {plugin.name} plugin cannot hold sessions")
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m pulse.cli.cmd_agent`
+    from pulse.cli._standalone import standalone
+
+    sys.exit(standalone(sys.modules[__name__], "agent"))

@@ -1,0 +1,197 @@
+"""``pulse watch``: who is online under a prefix, live.
+
+Without ``--json`` a table is redrawn in place (on a terminal; elsewhere each change is
+printed as a line). With ``--json`` every change is one JSON object on its own line:
+``{"event": "online"|"offline", "id": …, "time": unix seconds, "initial": bool, "data": {…}}``.
+If the watcher's own session expires, a new one is started and only real differences from
+what was already reported are printed. Uses only the backend-neutral presence API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import trio
+
+from pulse.cli._presence import PRESENCE_PREFIX, PresenceTable, event_json, wall_time
+from pulse.errors import ConnectionClosed, NoPlugin, PulseError, SessionExpired
+from pulse.presence import PresenceEvent, PresenceSession
+from pulse.registry import connect_session
+
+HELP = "show live who is online under a presence prefix (table or JSON lines)"
+
+RESYNC_QUIET = 0.5
+RTT_INTERVAL = 2.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``pulse watch``."""
+    parser.add_argument("--server", required=True, metavar="URL",
+                        help="session backend, e.g. pulse://127.0.0.1:7400 or zk://host:2181")
+    parser.add_argument("--prefix", default=PRESENCE_PREFIX,
+                        help=f"the prefix whose children are watched (default {PRESENCE_PREFIX})")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per line and per change")
+    parser.add_argument("--session-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="the watcher's own session timeout (default 10)")
+
+
+async def _close_iterator(events: AsyncIterator[PresenceEvent]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        with trio.CancelScope(shield=True):
+            await aclose()
+
+
+async def follow(session: PresenceSession, prefix: str, table: PresenceTable,
+                 emit: Callable[[PresenceEvent], None], *, resync: bool) -> None:
+    """Apply the watch of ``prefix`` to ``table`` and ``emit`` each real change.
+
+    With ``resync`` (a new session after an expiry) members the table still shows online but
+    missing from the new session's initial snapshot are reported offline once the snapshot
+    has been delivered (the first non-initial event, or half a second of quiet). The watch
+    is iterated in its own task, so the quiet timer never cancels the iterator itself (an
+    async generator would not survive that).
+    """
+    stale = table.online_ids() if resync else set()
+    send, receive = trio.open_memory_channel[PresenceEvent](math.inf)
+
+    async def pump() -> None:
+        events = aiter(session.watch(prefix))
+        try:
+            async with send:
+                async for event in events:
+                    await send.send(event)
+        finally:
+            await _close_iterator(events)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump)
+        async with receive:
+            while True:
+                event: PresenceEvent | None = None
+                try:
+                    if stale:
+                        with trio.move_on_after(RESYNC_QUIET):
+                            event = await receive.receive()
+                    else:
+                        event = await receive.receive()
+                except trio.EndOfChannel:
+                    return
+                if stale and (event is None or not event.initial):
+                    for name in sorted(stale):
+                        gone = PresenceEvent("offline", name)
+                        if table.apply(gone, wall_time()):
+                            emit(gone)
+                    stale = set()
+                if event is None:
+                    continue
+                if event.initial:
+                    stale.discard(event.id)
+                if table.apply(event, wall_time()):
+                    emit(event)
+
+
+class _Screen:
+    """Where changes go: JSON lines, plain lines, or a live rich table."""
+
+    def __init__(self, args: argparse.Namespace, table: PresenceTable) -> None:
+        self.args = args
+        self.table = table
+        self.rtt: float | None = None
+        self.live = None
+        if not args.json and sys.stdout.isatty():
+            from rich.live import Live
+
+            self.live = Live(self._render(), auto_refresh=False, transient=False)
+
+    def _render(self) -> Any:
+        online = len(self.table.online_ids())
+        rtt = "-" if self.rtt is None else f"{self.rtt * 1000:.1f} ms"
+        title = (f"{self.args.prefix} on {self.args.server} — {online} online, "
+                 f"watcher RTT {rtt}")
+        return self.table.render(title, wall_time())
+
+    def emit(self, event: PresenceEvent) -> None:
+        if self.args.json:
+            print(event_json(event, wall_time()), flush=True)
+        elif self.live is None:
+            suffix = " (initial)" if event.initial else ""
+            print(f"{event.event:7} {event.id}{suffix}", flush=True)
+        self.refresh()
+
+    def refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render(), refresh=True)
+
+
+async def _measure_rtt(session: PresenceSession, prefix: str, screen: _Screen) -> None:
+    while True:
+        before = trio.current_time()
+        await session.get(prefix)
+        screen.rtt = trio.current_time() - before
+        screen.refresh()
+        await trio.sleep(RTT_INTERVAL)
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    table = PresenceTable()
+    screen = _Screen(args, table)
+    resync = False
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as outer:
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    outer.cancel_scope.cancel()
+                    return
+
+            outer.start_soon(stop_on_signal)
+            if screen.live is not None:
+                screen.live.start()
+            try:
+                while True:
+                    try:
+                        async with connect_session(
+                            args.server, session_timeout=args.session_timeout
+                        ) as session, trio.open_nursery() as nursery:
+                            nursery.start_soon(_measure_rtt, session, args.prefix, screen)
+                            await follow(session, args.prefix, table, screen.emit,
+                                         resync=resync)
+                            nursery.cancel_scope.cancel()
+                    except* (SessionExpired, ConnectionClosed, OSError) as group:
+                        print(f"pulse watch: session lost ({group.exceptions[0]}); "
+                              "starting a new one", file=sys.stderr)
+                    resync = True
+                    await trio.sleep(1.0)
+            finally:
+                if screen.live is not None:
+                    screen.live.stop()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Watch until SIGTERM / Ctrl-C; exit status 0, 2 for bad options, 1 on other errors."""
+    from pulse.cli.cmd_agent import connect_check
+
+    try:
+        connect_check(args.server)
+    except (ValueError, NoPlugin) as exc:
+        print(f"pulse watch: {exc}", file=sys.stderr)
+        return 2
+    status = 1
+    try:
+        status = trio.run(_watch, args)
+    except* PulseError as group:
+        print(f"pulse watch: {group.exceptions[0]}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m pulse.cli.cmd_watch`
+    from pulse.cli._standalone import standalone
+
+    sys.exit(standalone(sys.modules[__name__], "watch"))
