@@ -31,7 +31,7 @@ def connect(
 ) -> AbstractAsyncContextManager[PresenceSession]:
     """Open a lease session on ``servers`` (``"host:port,…"`` or ``[(host, port), …]``).
 
-    Options: ``renew=True`` starts a new session after an expiry and restores its
+    Options: ``reregister=True`` starts a new session after an expiry and restores its
     registrations and watches. See :func:`pulse.plugins.lease.client.connect`.
     """
     client = importlib.import_module("pulse.plugins.lease.client")

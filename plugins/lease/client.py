@@ -10,7 +10,7 @@ States (:class:`pulse.presence.SessionState`) and their transitions::
     DISCONNECTED --re-attached (same id + password)--> CONNECTED
     DISCONNECTED --server says expired, or no server reached for a whole timeout--> EXPIRED
     CONNECTED --server says expired/closed--> EXPIRED
-    EXPIRED --renew=True--> CONNECTING (a new session; registrations and watches restored)
+    EXPIRED --reregister=True--> CONNECTING (a new session; registrations and watches restored)
     any --aclose()--> CLOSED
 
 Rules this module keeps:
@@ -287,7 +287,7 @@ class LeaseSession:
         servers: Sequence[tuple[str, int]],
         session_timeout: float = 10.0,
         *,
-        renew: bool = False,
+        reregister: bool = False,
         open_stream: StreamOpener | None = None,
         shuffle: bool = True,
         rng: random.Random | None = None,
@@ -305,7 +305,7 @@ class LeaseSession:
         self._server_index = 0
         self._proposed = float(session_timeout)
         self._timeout = float(session_timeout)
-        self._renew = renew
+        self._reregister = reregister
         self._open_stream = open_stream or _open_tcp
         self._max_message_size = max_message_size
         self._state = SessionState.CONNECTING
@@ -437,7 +437,7 @@ class LeaseSession:
     def _check_usable(self) -> None:
         if self._state is SessionState.CLOSED or self._closing:
             raise ConnectionClosed("the session is closed")
-        if self._state is SessionState.EXPIRED and not self._renew:
+        if self._state is SessionState.EXPIRED and not self._reregister:
             raise SessionExpired(f"session {self._session_id:#x} has expired"
                                  if self._session_id is not None else "the session has expired")
 
@@ -478,7 +478,7 @@ class LeaseSession:
     def _expire(self, reason: str) -> None:
         self._set_state(SessionState.EXPIRED, reason)
         self._fail_pending(SessionExpired(reason))
-        if self._renew:
+        if self._reregister:
             if self._session_id is not None:
                 self._superseded = (self._session_id, self._password)
             self._session_id = None
@@ -509,7 +509,7 @@ class LeaseSession:
             first_deadline = trio.current_time() + self._proposed
             started = False
             while not self._closing:
-                if self._state is SessionState.EXPIRED and not self._renew:
+                if self._state is SessionState.EXPIRED and not self._reregister:
                     await self._close_requested.wait()
                     return
                 if self._session_id is not None:
@@ -805,7 +805,7 @@ async def connect(
     """Open a lease session and keep it alive for the duration of the ``async with`` block.
 
     ``servers`` is a list of ``(host, port)`` pairs or a ``"host:port,host:port"`` string.
-    Options: ``renew`` (start a new session and restore registrations and watches after an
+    Options: ``reregister`` (start a new session and restore registrations and watches after an
     expiry), ``open_stream`` (for tests), ``shuffle``, ``rng``, ``max_message_size``.
     Leaving the block closes the session. Errors come out as themselves, not wrapped in
     exception groups.

@@ -238,16 +238,16 @@ async def test_server_side_expiry_is_reported_and_watches_end(
         assert member.state is SessionState.EXPIRED
 
 
-async def test_renew_starts_a_new_session_and_restores_registrations_and_watches(
+async def test_reregister_starts_a_new_session_and_restores_registrations_and_watches(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """renew=True: after an expiry a new session re-registers the keys and the old session's
+    """reregister=True: after an expiry a new session re-registers the keys and the old session's
     leftovers are superseded; its watch keeps reporting."""
     async with network(tick=0.5) as net, client(net, 30.0) as observer:
         seen: list[PresenceEvent] = []
         async with trio.open_nursery() as nursery:
             await nursery.start(collect, observer, "/p", seen)
-            async with client(net, 3.0, renew=True) as member:
+            async with client(net, 3.0, reregister=True) as member:
                 own: list[PresenceEvent] = []
                 await nursery.start(collect, member, "/p", own)
                 await member.register("/p/m", b"1")
@@ -273,7 +273,7 @@ async def test_supersede_closes_the_old_session_at_once(
 ) -> None:
     """If the old session is still alive on the server, the renewed one replaces it without
     waiting for its expiry (no key_exists conflict)."""
-    async with network(tick=5.0, min_timeout=1.0) as net, client(net, 3.0, renew=True) as member:
+    async with network(tick=5.0, min_timeout=1.0) as net, client(net, 3.0, reregister=True) as member:
         await member.register("/p/m", b"1")
         old_id = member.session_id
         net.links[-1].cut()
