@@ -1,0 +1,245 @@
+"""One contract, two session backends: the embedded lease server and Apache ZooKeeper.
+
+Every test here runs twice, against ``pulse serve --listen pulse://…`` (a real server
+process) and against a real ZooKeeper server, through nothing but
+``pulse.registry.connect_session`` and the :class:`pulse.presence.PresenceSession` API —
+the only things users and the ``pulse agent`` / ``pulse watch`` commands touch.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from pulse.errors import KeyExists, NotOwner
+from pulse.presence import PresenceEvent, PresenceSession, SessionState
+from pulse.registry import connect_session
+
+pytestmark = pytest.mark.e2e
+
+TICK = 0.2  # both backends: lease --tick 0.2, ZooKeeper tickTime=200
+TIMEOUT = 1.0  # session timeout used throughout
+SLACK = 0.35  # scheduling slack on a loaded 2-core machine, on top of timeout + tick
+PULSE = [sys.executable, "-m", "pulse.cli.main"]
+
+
+@pytest.fixture(scope="module")
+def lease_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `pulse serve` lease server process on a free loopback port."""
+    workdir = tmp_path_factory.mktemp("lease")
+    proc = subprocess.Popen(
+        [*PULSE, "serve", "--listen", "pulse://127.0.0.1:0", "--tick", str(TICK)],
+        stdout=subprocess.PIPE, cwd=workdir,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready, "pulse serve printed nothing within 20 s"
+        banner = proc.stdout.readline().decode()
+        assert "listening on pulse://" in banner, banner
+        yield banner.strip().rsplit(" ", 1)[-1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(params=["lease", "zookeeper"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The URL of the backend under test."""
+    name = "lease_url" if request.param == "lease" else "zookeeper_url"
+    url: str = request.getfixturevalue(name)
+    return url
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh presence prefix per test (the ZooKeeper server is shared)."""
+    return f"/contract/{uuid.uuid4().hex[:12]}"
+
+
+class Watcher:
+    """Consumes a watch in the background and records every event."""
+
+    def __init__(self) -> None:
+        self.events: list[PresenceEvent] = []
+        self.times: list[float] = []
+        self._changed = trio.Event()
+
+    async def run(self, session: PresenceSession, prefix: str) -> None:
+        async for event in session.watch(prefix):
+            self.events.append(event)
+            self.times.append(trio.current_time())
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_for(self, kind: str, name: str, limit: float = 10.0) -> float:
+        with trio.fail_after(limit):
+            while True:
+                for event, at in zip(self.events, self.times, strict=True):
+                    if (event.event, event.id) == (kind, name):
+                        return at
+                await self._changed.wait()
+
+    def seen(self) -> list[tuple[str, str, bool]]:
+        return [(e.event, e.id, e.initial) for e in self.events]
+
+
+async def start_watch(nursery: trio.Nursery, session: PresenceSession, prefix: str,
+                      sentinel: PresenceSession) -> Watcher:
+    """Start a watch and wait until it is armed (its snapshot shows the sentinel member)."""
+    await sentinel.register(f"{prefix}/sentinel", b"s")
+    watcher = Watcher()
+    nursery.start_soon(watcher.run, session, prefix)
+    await watcher.wait_for("online", "sentinel")
+    return watcher
+
+
+@pytest.fixture
+async def two_sessions(backend: str) -> AsyncIterator[tuple[PresenceSession, PresenceSession]]:
+    async with connect_session(backend, session_timeout=TIMEOUT) as first, \
+            connect_session(backend, session_timeout=TIMEOUT) as second:
+        yield first, second
+
+
+async def test_session_is_connected_with_a_negotiated_timeout(backend: str) -> None:
+    """A new session is CONNECTED, has an id, and reports the timeout it was granted."""
+    async with connect_session(backend, session_timeout=TIMEOUT) as session:
+        assert session.state is SessionState.CONNECTED
+        assert session.session_id is not None
+        assert 2 * TICK <= session.session_timeout <= 20 * TICK
+        assert session.session_timeout == pytest.approx(TIMEOUT)
+    assert session.state is SessionState.CLOSED
+
+
+async def test_timeout_is_negotiated_into_the_server_bounds(backend: str) -> None:
+    """Asking for far more than 20 ticks yields at most 20 ticks; far less, at least 2."""
+    async with connect_session(backend, session_timeout=600) as session:
+        assert session.session_timeout == pytest.approx(20 * TICK)
+    async with connect_session(backend, session_timeout=0.01) as session:
+        assert session.session_timeout == pytest.approx(2 * TICK)
+
+
+async def test_register_get_list_unregister(backend: str, prefix: str) -> None:
+    """A registration is visible through get and list and disappears when unregistered."""
+    async with connect_session(backend, session_timeout=TIMEOUT) as session:
+        assert await session.get(f"{prefix}/a") is None
+        assert await session.list(prefix) == {}
+        await session.register(f"{prefix}/a", b"alpha")
+        await session.register(f"{prefix}/b", b"")
+        assert await session.get(f"{prefix}/a") == b"alpha"
+        assert await session.list(prefix) == {"a": b"alpha", "b": b""}
+        await session.unregister(f"{prefix}/a")
+        assert await session.get(f"{prefix}/a") is None
+        assert await session.list(prefix) == {"b": b""}
+
+
+async def test_another_session_cannot_take_or_remove_a_live_key(
+    two_sessions: tuple[PresenceSession, PresenceSession], prefix: str,
+) -> None:
+    """A key held by a live session raises KeyExists for others, and NotOwner on unregister."""
+    first, second = two_sessions
+    await first.register(f"{prefix}/held", b"1")
+    with pytest.raises(KeyExists):
+        await second.register(f"{prefix}/held", b"2")
+    with pytest.raises(NotOwner):
+        await second.unregister(f"{prefix}/held")
+    assert await second.get(f"{prefix}/held") == b"1"
+
+
+async def test_watch_reports_snapshot_then_changes_in_order(
+    two_sessions: tuple[PresenceSession, PresenceSession], prefix: str,
+) -> None:
+    """Initial members come first (initial=True), then online/offline in order, once each."""
+    observer, member = two_sessions
+    await member.register(f"{prefix}/early", b"e")
+    async with trio.open_nursery() as nursery:
+        watcher = await start_watch(nursery, observer, prefix, member)
+        await member.register(f"{prefix}/late", b"l")
+        await watcher.wait_for("online", "late")
+        await member.unregister(f"{prefix}/early")
+        await watcher.wait_for("offline", "early")
+        await trio.sleep(3 * TICK)  # room for any duplicate to show up
+        nursery.cancel_scope.cancel()
+    seen = watcher.seen()
+    initial = sorted(e for e in seen if e[2])
+    assert initial == [("online", "early", True), ("online", "sentinel", True)]
+    changes = [e for e in seen if not e[2]]
+    assert changes == [("online", "late", False), ("offline", "early", False)]
+    late = next(e for e in watcher.events if e.id == "late")
+    assert late.data == b"l"
+
+
+async def test_closing_a_session_removes_its_registrations_at_once(
+    backend: str, prefix: str,
+) -> None:
+    """Closing a session deletes its keys immediately (not after the timeout)."""
+    async with connect_session(backend, session_timeout=TIMEOUT) as observer, \
+            connect_session(backend, session_timeout=TIMEOUT) as sentinel, trio.open_nursery() as nursery:
+        watcher = await start_watch(nursery, observer, prefix, sentinel)
+        async with connect_session(backend, session_timeout=TIMEOUT) as leaving:
+            await leaving.register(f"{prefix}/leaving", b"")
+            await watcher.wait_for("online", "leaving")
+        closed_at = trio.current_time()
+        gone_at = await watcher.wait_for("offline", "leaving")
+        nursery.cancel_scope.cancel()
+    assert gone_at - closed_at < TIMEOUT / 2
+
+
+async def test_killed_agent_goes_offline_within_timeout_plus_tick(
+    backend: str, prefix: str, tmp_path: Path,
+) -> None:
+    """`pulse agent` SIGKILLed: watchers see it offline within session timeout + tick."""
+    async with connect_session(backend, session_timeout=TIMEOUT) as observer, \
+            connect_session(backend, session_timeout=TIMEOUT) as sentinel, trio.open_nursery() as nursery:
+        watcher = await start_watch(nursery, observer, prefix, sentinel)
+        agent = await trio.lowlevel.open_process(
+            [*PULSE, "agent", "--server", backend, "--id", "victim", "--prefix", prefix,
+             "--session-timeout", str(TIMEOUT), "--meta", "role=contract"],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            await watcher.wait_for("online", "victim", limit=20)
+            await trio.sleep(TIMEOUT)  # a few heartbeats, so the session is steady
+            os.kill(agent.pid, signal.SIGKILL)
+            killed_at = trio.current_time()
+            gone_at = await watcher.wait_for("offline", "victim", limit=10)
+        finally:
+            agent.kill()
+            with trio.move_on_after(10):
+                await agent.wait()
+        nursery.cancel_scope.cancel()
+    latency = gone_at - killed_at
+    assert latency <= TIMEOUT + TICK + SLACK, f"offline after {latency:.3f} s"
+    assert latency > 0
+
+
+async def test_state_changes_report_close(backend: str) -> None:
+    """state_changes() reports the transition to CLOSED when the session is closed."""
+    states: list[SessionState] = []
+    closed = trio.Event()
+    async with connect_session(backend, session_timeout=TIMEOUT) as session:
+        changes = session.state_changes()
+
+        async def record() -> None:
+            async for change in changes:
+                states.append(change.state)
+                if change.state is SessionState.CLOSED:
+                    closed.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(record)
+            await trio.sleep(0.05)
+            await session.aclose()
+            with trio.move_on_after(5):
+                await closed.wait()
+            nursery.cancel_scope.cancel()
+    assert SessionState.CLOSED in states
