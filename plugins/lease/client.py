@@ -43,6 +43,7 @@ from typing import Any
 import structlog
 import trio
 
+from pulse._trio.util import background_nursery
 from pulse.codec import MessageDecoder, encode_message
 from pulse.errors import (
     ConnectionClosed,
@@ -813,30 +814,14 @@ async def connect(
     if isinstance(servers, str):
         servers = parse_servers(servers)
     client = LeaseSession(servers, session_timeout, **options)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(client.run)
-            try:
-                yield client
-            finally:
-                with trio.CancelScope(shield=True):
-                    await client.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        single = single_exception(group)
-        if single is None:
-            raise
-        raise single from single.__cause__
-
-
-def single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception inside (possibly nested) single-member groups, else None."""
-    inner: BaseException = group
-    while isinstance(inner, BaseExceptionGroup):
-        if len(inner.exceptions) != 1:
-            return None
-        inner = inner.exceptions[0]
-    return inner
+    async with background_nursery() as nursery:
+        await nursery.start(client.run)
+        try:
+            yield client
+        finally:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+            nursery.cancel_scope.cancel()
 
 
 def parse_servers(text: str) -> list[tuple[str, int]]:
@@ -850,5 +835,4 @@ def parse_servers(text: str) -> list[tuple[str, int]]:
     return servers
 
 
-__all__ = ["LeaseSession", "StateChanges", "WatchStream", "connect", "parse_servers",
-           "single_exception"]
+__all__ = ["LeaseSession", "StateChanges", "WatchStream", "connect", "parse_servers"]

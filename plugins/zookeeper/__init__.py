@@ -4,7 +4,8 @@ URL: ``zk://host1:2181,host2:2181,host3:2181/optional/chroot[?reregister=1]``. T
 speaks ZooKeeper's own wire protocol (no JVM needed on the client side) with ZooKeeper's
 client timing; see ``docs/zookeeper.md``.
 
-    from pulse.registry import connect_session
+    from pulse._trio.util import background_nursery
+from pulse.registry import connect_session
 
     async with connect_session("zk://127.0.0.1:2181/pulse", session_timeout=4) as session:
         await session.register("/presence/device-7", b"rack 3")
@@ -20,6 +21,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import trio
 
+from pulse._trio.util import background_nursery
 from pulse.registry import Endpoint, Plugin, parse_url
 
 from .client import NotOwnedError, StreamOpener, ZooKeeperSession, open_tcp
@@ -77,36 +79,17 @@ def connect(
 
 @asynccontextmanager
 async def _running(session: ZooKeeperSession, wait: float) -> AsyncIterator[ZooKeeperSession]:
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(session.run)
-            try:
-                await session.wait_connected(wait)
-                yield session
-            finally:
-                with trio.CancelScope(shield=True):
-                    await session.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The session's background nursery must not turn the caller's own exception (or a
-        # start-up failure) into an ExceptionGroup: re-raise a lone exception as itself.
-        lone = _lone_exception(group)
-        if lone is None:
-            raise
-        raise lone from None
-
-
-def _lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The single leaf exception of a (nested) group, or None if there are several."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else None
+    # The session's background tasks must not turn the caller's own exception (or a start-up
+    # failure) into an ExceptionGroup: background_nursery re-raises a lone one as itself.
+    async with background_nursery() as nursery:
+        await nursery.start(session.run)
+        try:
+            await session.wait_connected(wait)
+            yield session
+        finally:
+            with trio.CancelScope(shield=True):
+                await session.aclose()
+            nursery.cancel_scope.cancel()
 
 
 plugin = Plugin(

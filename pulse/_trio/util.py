@@ -13,14 +13,25 @@ async def background_nursery() -> AsyncIterator[trio.Nursery]:
     """A nursery for a context manager's background tasks that re-raises a lone error bare.
 
     Drivers hand the user an object inside ``async with``; the user's block runs inside
-    this nursery. trio wraps errors in an ``ExceptionGroup``; when there is exactly one
-    (the usual case: the user's own exception, or a cancellation), it is re-raised as is,
-    so ``except ValueError`` in user code keeps working.
+    this nursery. trio wraps errors in an ``ExceptionGroup`` (nested, when nurseries nest);
+    when there is exactly one (the usual case: the user's own exception, or a cancellation),
+    it is re-raised as is, so ``except ValueError`` in user code keeps working.
     """
     try:
         async with trio.open_nursery() as nursery:
             yield nursery
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from group.exceptions[0].__cause__
-        raise
+        lone = lone_exception(group)
+        if lone is None:
+            raise
+        raise lone from lone.__cause__
+
+
+def lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The single leaf of a (possibly nested) exception group, or None if there are several."""
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup):
+        if len(inner.exceptions) != 1:
+            return None
+        inner = inner.exceptions[0]
+    return inner
