@@ -1,4 +1,9 @@
-"""Dubbo's per-channel heartbeat rules, as a pure state machine (both sides of an RPC link).
+"""Dubbo's per-channel heartbeat rules (both sides of an RPC link), on the shared core.
+
+:class:`ChannelHeartbeat` is :class:`~pulse._core.liveness.Liveness` configured with Dubbo's
+timing (``IdleMode.EITHER``, a fixed read timeout, ids from the framework's allocator), so the
+heartbeat, suspicion, verdict and local-pause rules are the very ones every other transport
+uses.
 
 Rules this machine keeps (Apache Dubbo's ``HeartbeatTimerTask``, ``ReconnectTimerTask`` and
 ``CloseTimerTask``, with exact deadlines instead of Dubbo's ``heartbeat / 3`` polling):
@@ -31,25 +36,15 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from pulse._core.detectors import FixedTimeout
+from pulse._core.liveness import Liveness, LivenessState
+from pulse._core.policy import HeartbeatPolicy, IdleMode
 from pulse._core.stats import RttStats, RttSummary
-from pulse.actions import (
-    Action,
-    Close,
-    LocalPause,
-    PeerAlive,
-    PeerDead,
-    PeerSuspect,
-    Reconnect,
-    SendPing,
-)
-
-#: How many unanswered heartbeat ids are remembered for RTT matching.
-MAX_HEARTBEATS_IN_FLIGHT = 64
+from pulse.actions import Action, Reconnect
 
 
 class Role(enum.Enum):
@@ -66,6 +61,13 @@ class ChannelState(enum.Enum):
     SUSPECT = "suspect"
     DEAD = "dead"  # declared dead by the timeout; a Close was issued
     CLOSED = "closed"  # closed for another reason (EOF, local close, protocol error)
+
+
+_STATES = {
+    LivenessState.ALIVE: ChannelState.ALIVE,
+    LivenessState.SUSPECT: ChannelState.SUSPECT,
+    LivenessState.DEAD: ChannelState.DEAD,
+}
 
 
 def _seconds(name: str, value: float) -> float:
@@ -129,6 +131,12 @@ class ChannelTiming:
         assert self.max_local_pause is not None
         return self.max_local_pause
 
+    def policy(self) -> HeartbeatPolicy:
+        """The same timing as a core :class:`HeartbeatPolicy` (idle in *either* direction)."""
+        if not self.enabled:
+            return HeartbeatPolicy(0, 0)
+        return HeartbeatPolicy(self.heartbeat, self.timeout, IdleMode.EITHER, self.pause_limit)
+
 
 @dataclass(frozen=True, slots=True)
 class ChannelStats:
@@ -145,12 +153,24 @@ class ChannelStats:
     write_idle_for: float
 
 
+class _ReadTimeout(FixedTimeout):
+    """Dubbo's verdict: nothing read for ``heartbeat_timeout``, worded as Dubbo users know it."""
+
+    __slots__ = ()
+
+    def explain(self, now: float) -> str:
+        return (f"nothing read for {self.silent_for(now):.3f} s "
+                f"(heartbeat_timeout {self.timeout:g} s)")
+
+
 class ChannelHeartbeat:
     """The heartbeat rules of one channel (see the module docstring).
 
+    A thin layer over :class:`~pulse._core.liveness.Liveness` with Dubbo's timing: heartbeats
+    when idle in *either* direction, a fixed read timeout, ids from the framework's request-id
+    allocator, plus a ``CLOSED`` state for channels that end for reasons of their own.
     ``now`` is the time the channel opened; it counts as both a read and a write, as Dubbo
-    stamps both when a channel connects. ``next_request_id`` allocates heartbeat request
-    ids from the framework's own request-id space.
+    stamps both when a channel connects.
     """
 
     def __init__(
@@ -165,22 +185,21 @@ class ChannelHeartbeat:
             raise ValueError(f"role must be a Role, got {role!r}")
         self.role = role
         self.timing = timing
-        self.state = ChannelState.ALIVE
-        self._next_request_id = next_request_id
-        self._last_read = now
-        self._last_write = now
-        self._last_heartbeat = -math.inf
-        self._in_flight: OrderedDict[int, float] = OrderedDict()
-        self._unanswered = 0  # heartbeats sent since the last read
-        self._missed = 0
-        self._armed: float | None = None
-        self._withheld_until = -math.inf
-        self.rtt = RttStats()
-        self.heartbeats_sent = 0
-        self.heartbeats_answered = 0
+        self._liveness = Liveness(
+            timing.policy(), now, next_seq=next_request_id,
+            detector=_ReadTimeout(timing.timeout) if timing.enabled else None,
+        )
+        self._closed = False
         self.heartbeats_received = 0
 
     # -- events ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ChannelState:
+        """``alive``, ``suspect``, ``dead`` (declared by the timeout) or ``closed``."""
+        if self._closed:
+            return ChannelState.CLOSED
+        return _STATES[self._liveness.state]
 
     @property
     def open(self) -> bool:
@@ -189,20 +208,11 @@ class ChannelHeartbeat:
 
     def read(self, now: float) -> list[Action]:
         """A frame (of any kind) was read from the peer."""
-        if not self.open:
-            return []
-        silent = max(0.0, now - self._last_read)
-        self._last_read = max(self._last_read, now)
-        self._unanswered = 0
-        self._missed = 0
-        if self.state is ChannelState.SUSPECT:
-            self.state = ChannelState.ALIVE
-            return [PeerAlive(after=silent)]
-        return []
+        return self._liveness.data_received(now) if self.open else []
 
     def write(self, now: float) -> None:
         """A write to the peer completed (any frame, heartbeats included)."""
-        self._last_write = max(self._last_write, now)
+        self._liveness.data_sent(now)
 
     def heartbeat_request(self, now: float) -> list[Action]:
         """The peer sent a heartbeat request (the caller answers it); counts as a read."""
@@ -212,98 +222,59 @@ class ChannelHeartbeat:
 
     def heartbeat_response(self, now: float, request_id: int) -> list[Action]:
         """A heartbeat response arrived; if it answers one of ours its RTT is recorded."""
-        sent = self._in_flight.pop(request_id, None)
-        if sent is not None and self.open:
-            self.rtt.add(now - sent)
-            self.heartbeats_answered += 1
-        return self.read(now)
+        return self._liveness.pong(now, request_id) if self.open else []
 
     def is_heartbeat_id(self, request_id: int) -> bool:
         """True if ``request_id`` is one of this channel's unanswered heartbeats."""
-        return request_id in self._in_flight
+        return self._liveness.is_in_flight(request_id)
 
     def close(self) -> None:
         """The channel was closed for a reason of its own (EOF, local close, bad frame)."""
         if self.open:
-            self.state = ChannelState.CLOSED
-        self._armed = None
+            self._closed = True
 
     def tick(self, now: float) -> list[Action]:
         """Return what is due at ``now``: heartbeats to send, or the verdict."""
-        if not self.open or not self.timing.enabled:
-            return []
-        actions: list[Action] = []
-        force_heartbeat = False
-        armed, self._armed = self._armed, None
-        if armed is not None and now - armed > self.timing.pause_limit:
-            actions.append(LocalPause(late_by=now - armed))
-            self._withheld_until = now + self.timing.heartbeat
-            force_heartbeat = True
-        if now >= self._dead_at():
-            silent = now - self._last_read
-            reason = (
-                f"nothing read for {silent:.3f} s (heartbeat_timeout {self.timing.timeout:g} s, "
-                f"{self._unanswered} heartbeat(s) unanswered)"
-            )
-            self.state = ChannelState.DEAD
-            self._missed = max(self._missed, self._unanswered)
-            actions += [PeerDead(reason, self._missed, silent), Close(reason)]
-            return actions
-        if force_heartbeat or now >= self._heartbeat_due():
-            actions += self._send_heartbeat(now)
-        return actions
-
-    def _send_heartbeat(self, now: float) -> list[Action]:
-        request_id = self._next_request_id()
-        if self._unanswered > 0:
-            self._missed = self._unanswered
-        self._unanswered += 1
-        self._in_flight[request_id] = now
-        while len(self._in_flight) > MAX_HEARTBEATS_IN_FLIGHT:
-            self._in_flight.popitem(last=False)
-        self._last_heartbeat = now
-        self.heartbeats_sent += 1
-        actions: list[Action] = [SendPing(request_id, now)]
-        if self._missed >= 1 and self.state is ChannelState.ALIVE:
-            self.state = ChannelState.SUSPECT
-            actions.append(PeerSuspect(self._missed, now - self._last_read))
-        return actions
+        return self._liveness.tick(now) if self.open else []
 
     # -- queries --------------------------------------------------------------------------
-
-    def _heartbeat_due(self) -> float:
-        # Idle in either direction since the later of that activity and our last heartbeat.
-        idle_since = max(min(self._last_read, self._last_write), self._last_heartbeat)
-        return idle_since + self.timing.heartbeat
-
-    def _dead_at(self) -> float:
-        return max(self._last_read + self.timing.timeout, self._withheld_until)
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` must next be called (None: never, the channel is done or off).
 
         The value is remembered: a tick much later than it is how a local pause is noticed.
         """
-        if not self.open or not self.timing.enabled:
-            self._armed = None
-            return None
-        self._armed = min(self._heartbeat_due(), self._dead_at())
-        return self._armed
+        return self._liveness.next_deadline() if self.open else None
+
+    @property
+    def rtt(self) -> RttStats:
+        """Round-trip times of answered heartbeats."""
+        return self._liveness.rtt
+
+    @property
+    def heartbeats_sent(self) -> int:
+        """Heartbeat requests sent."""
+        return self._liveness.pings_sent
+
+    @property
+    def heartbeats_answered(self) -> int:
+        """Heartbeat responses that matched one of ours."""
+        return self._liveness.pongs_received
 
     @property
     def last_read(self) -> float:
         """When anything was last read from the peer (or the open time)."""
-        return self._last_read
+        return self._liveness.last_received
 
     @property
     def last_write(self) -> float:
         """When a write last completed (or the open time)."""
-        return self._last_write
+        return self._liveness.last_sent
 
     @property
     def missed(self) -> int:
         """Heartbeats that went unanswered in a row (0 once anything is read)."""
-        return self._missed
+        return self._liveness.missed
 
     def stats(self, now: float) -> ChannelStats:
         """A snapshot at ``now``."""
@@ -311,12 +282,12 @@ class ChannelHeartbeat:
             self.role,
             self.state,
             self.rtt.summary(),
-            self._missed,
+            self.missed,
             self.heartbeats_sent,
             self.heartbeats_answered,
             self.heartbeats_received,
-            max(0.0, now - self._last_read),
-            max(0.0, now - self._last_write),
+            max(0.0, now - self.last_read),
+            max(0.0, now - self.last_write),
         )
 
 

@@ -21,12 +21,12 @@ Rules this machine keeps:
 from __future__ import annotations
 
 import enum
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pulse._core.detectors import FailureDetector, FixedTimeout
-from pulse._core.idle import IdleDetector
 from pulse._core.policy import HeartbeatPolicy, IdleMode
 from pulse._core.stats import ArrivalWindow, RttStats, RttSummary
 from pulse.actions import (
@@ -79,6 +79,7 @@ class Liveness:
         now: float,
         *,
         detector: FailureDetector | None = None,
+        next_seq: Callable[[], int] | None = None,
     ) -> None:
         self.policy = policy
         self.state = LivenessState.ALIVE
@@ -87,20 +88,15 @@ class Liveness:
         self.detector = detector
         if detector is not None:
             detector.heartbeat(now)
-        interval = policy.interval
-        self._idle = IdleDetector(
-            now,
-            reader_idle=interval if policy.idle_mode is IdleMode.READER else 0.0,
-            writer_idle=interval if policy.idle_mode is IdleMode.WRITER else 0.0,
-            all_idle=interval if policy.idle_mode is IdleMode.ALL else 0.0,
-            observe_output=True,
-        )
+        self._last_written = now  # completed writes and write progress (observe output)
+        self._last_ping = -math.inf
         self.rtt = RttStats()
         #: Gaps between arrivals (the last 100), for a picture of the peer's rhythm.
         self.arrivals = ArrivalWindow(max_size=100)
         self.arrivals.arrival(now)
         self._last_received = now
         self._seq = 0
+        self._next_seq = next_seq or self._count
         self._in_flight: OrderedDict[int, float] = OrderedDict()
         self._unanswered = 0
         self._missed = 0
@@ -129,7 +125,6 @@ class Liveness:
         silent = max(0.0, now - self._last_received)
         self._last_received = max(self._last_received, now)
         self.arrivals.arrival(now)
-        self._idle.read(now)
         if self.detector is not None:
             self.detector.heartbeat(now)
         self._unanswered = 0
@@ -149,12 +144,12 @@ class Liveness:
 
     def data_sent(self, now: float) -> list[Action]:
         """A write to the peer completed."""
-        self._idle.write(now)
+        self._last_written = max(self._last_written, now)
         return []
 
     def output_progress(self, now: float) -> list[Action]:
         """A long write is still making progress (so the writer is not idle)."""
-        self._idle.output_progress(now)
+        self._last_written = max(self._last_written, now)
         return []
 
     def tick(self, now: float) -> list[Action]:
@@ -169,7 +164,7 @@ class Liveness:
             self._verdict_withheld_until = now + self.policy.interval
             force_ping = True
         self._armed = None
-        idle_events = self._idle.tick(now)
+        ping_due = now >= self._ping_due()
         if (
             self.detector is not None
             and now >= self._verdict_withheld_until
@@ -177,12 +172,11 @@ class Liveness:
         ):
             reason = self.detector.explain(now)
             self.state = LivenessState.DEAD
-            self._idle = IdleDetector(now)
             silent = now - self._last_received
             self._missed = max(self._missed, self._unanswered)
             actions += [PeerDead(reason, self._missed, silent), Close(reason)]
             return actions
-        if idle_events or force_ping:
+        if ping_due or force_ping:
             actions += self._send_ping(now)
         return actions
 
@@ -194,25 +188,28 @@ class Liveness:
         """
         if self.state is LivenessState.DEAD:
             return []
-        self._seq += 1
-        self._in_flight[self._seq] = now
+        return [self._track_ping(now)]
+
+    def _track_ping(self, now: float) -> SendPing:
+        seq = self._next_seq()
+        self._in_flight[seq] = now
         while len(self._in_flight) > MAX_PINGS_IN_FLIGHT:
             self._in_flight.popitem(last=False)
         self.pings_sent += 1
-        return [SendPing(self._seq, now)]
+        return SendPing(seq, now)
+
+    def _count(self) -> int:
+        self._seq += 1
+        return self._seq
 
     def _send_ping(self, now: float) -> list[Action]:
         actions: list[Action] = []
         if self._unanswered > 0:
             self._missed = self._unanswered
-        self._seq += 1
-        self._in_flight[self._seq] = now
-        while len(self._in_flight) > MAX_PINGS_IN_FLIGHT:
-            self._in_flight.popitem(last=False)
         self._unanswered += 1
-        self.pings_sent += 1
-        self._idle.write(now)
-        actions.append(SendPing(self._seq, now))
+        self._last_ping = now
+        self._last_written = max(self._last_written, now)
+        actions.append(self._track_ping(now))
         if self._missed >= 1 and self.state is LivenessState.ALIVE:
             self.state = LivenessState.SUSPECT
             actions.append(PeerSuspect(self._missed, now - self._last_received))
@@ -229,14 +226,26 @@ class Liveness:
         if self.state is LivenessState.DEAD or not self.policy.enabled:
             self._armed = None
             return None
-        candidates = [self._idle.next_deadline()]
+        due = self._ping_due()
         if self.detector is not None:
             dead_at = self.detector.dead_at()
             if dead_at is not None:
-                candidates.append(max(dead_at, self._verdict_withheld_until))
-        due = [c for c in candidates if c is not None]
-        self._armed = min(due) if due else None
-        return self._armed
+                due = min(due, max(dead_at, self._verdict_withheld_until))
+        self._armed = due
+        return due
+
+    def _ping_due(self) -> float:
+        # Lazy, as Netty's idle handler: only timestamps are stored; the deadline is derived.
+        # A heartbeat is due one interval after the later of the relevant activity and the
+        # last heartbeat, so while the silence lasts heartbeats repeat every interval.
+        read, written = self._last_received, self._last_written
+        activity = {
+            IdleMode.READER: read,
+            IdleMode.WRITER: written,
+            IdleMode.ALL: max(read, written),
+            IdleMode.EITHER: min(read, written),
+        }[self.policy.idle_mode]
+        return max(activity, self._last_ping) + self.policy.interval
 
     @property
     def missed(self) -> int:
@@ -247,6 +256,15 @@ class Liveness:
     def last_received(self) -> float:
         """When anything last arrived from the peer."""
         return self._last_received
+
+    @property
+    def last_sent(self) -> float:
+        """When a write to the peer last completed (heartbeats included)."""
+        return self._last_written
+
+    def is_in_flight(self, seq: int) -> bool:
+        """True if ``seq`` is one of the (last 64) heartbeats still awaiting an answer."""
+        return seq in self._in_flight
 
     def stats(self, now: float) -> PeerStats:
         """A snapshot of the statistics at ``now``."""

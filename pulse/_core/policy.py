@@ -14,13 +14,14 @@ class IdleMode(enum.Enum):
 
     ``READER``: nothing received for ``interval`` (the default: it proves the peer alive).
     ``WRITER``: nothing sent for ``interval`` (keeps the peer's read timeout satisfied, as
-    ZooKeeper's client does). ``ALL``: nothing received *and* nothing sent (Dubbo, Netty
-    ``ALL_IDLE``).
+    ZooKeeper's client does). ``ALL``: nothing received *and* nothing sent (Netty
+    ``ALL_IDLE``). ``EITHER``: nothing received *or* nothing sent (Dubbo's heartbeat test).
     """
 
     READER = "reader"
     WRITER = "writer"
     ALL = "all"
+    EITHER = "either"
 
 
 def _check_duration(name: str, value: float) -> None:

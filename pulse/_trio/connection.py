@@ -150,14 +150,19 @@ class HeartbeatConnection:
             raise error from error.__cause__
 
     def __aiter__(self) -> AsyncIterator[Any]:
+        """Messages until the connection closes.
+
+        The loop ends quietly when the peer closes or the connection drops (``close_reason``
+        says which); it raises :class:`PeerTimeout` when the peer was declared dead and
+        :class:`ConnectionClosed` (caused by the :class:`RemoteProtocolError`) when the peer
+        broke the protocol.
+        """
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
         while True:
             try:
                 yield await self.receive()
-            except PeerTimeout:
-                raise
             except ConnectionClosed:
                 if self._close_error is not None:
                     raise
@@ -219,7 +224,7 @@ class HeartbeatConnection:
             while True:
                 chunk = await self.stream.receive_some(READ_CHUNK)
                 if not chunk:
-                    await self._finish("connection closed by peer", ConnectionClosed("eof"))
+                    await self._finish("connection closed by peer", None)
                     return
                 for frame in self._decoder.feed(chunk):
                     await self._on_frame(frame)
@@ -235,7 +240,7 @@ class HeartbeatConnection:
                     pass
             await self._finish(f"protocol error: {exc}", exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            await self._finish(f"connection lost: {exc!r}", ConnectionClosed(f"connection lost: {exc!r}"))
+            await self._finish(f"connection lost: {exc!r}", None)
 
     async def _on_frame(self, frame: object) -> None:
         if isinstance(frame, Pong):
@@ -310,9 +315,7 @@ class HeartbeatConnection:
                     if progress and start + WRITE_CHUNK < len(view):
                         self._runner.progress()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                if not self.closed:
-                    await self._finish(f"connection lost: {exc!r}",
-                                       ConnectionClosed(f"connection lost: {exc!r}"))
+                await self._finish(f"connection lost: {exc!r}", None)
                 raise self._closed_error() from exc
             self._runner.sent()
 
