@@ -205,3 +205,24 @@ def test_every_event_is_accepted_in_every_state(steps: list[tuple[str, float, in
             assert deadline is None
         elif kind == "tick":
             assert deadline is not None and deadline > now
+
+
+def test_either_mode_pings_when_one_direction_is_idle() -> None:
+    """EITHER (Dubbo): a ping is due once reads *or* writes stop, one interval later."""
+    policy = HeartbeatPolicy(interval=2.0, timeout=10.0, idle_mode=IdleMode.EITHER)
+    machine = Liveness(policy, now=0.0)
+    machine.data_received(1.0)
+    machine.data_sent(1.5)
+    assert machine.next_deadline() == 3.0  # reads stopped at 1.0
+    assert machine.tick(3.0) == [SendPing(1, 3.0)]
+    machine.data_received(3.1)
+    assert machine.next_deadline() == 5.0  # never two heartbeats closer than the interval
+
+
+def test_all_mode_needs_both_directions_idle() -> None:
+    """ALL (Netty ALL_IDLE): writes alone keep the link from being idle."""
+    policy = HeartbeatPolicy(interval=2.0, timeout=10.0, idle_mode=IdleMode.ALL)
+    machine = Liveness(policy, now=0.0)
+    machine.data_sent(1.5)
+    assert machine.next_deadline() == 3.5
+    assert machine.tick(3.5) == [SendPing(1, 3.5)]
