@@ -125,8 +125,8 @@ class Plugin:
     ``ping(endpoint, options)`` yields one :class:`PingReply` per answered heartbeat and
     raises a :class:`pulse.errors.PulseError` (or ``OSError``) when the peer is dead or
     unreachable; ``connect_session(endpoint, *, session_timeout, **options)`` returns an async
-    context manager yielding a :class:`PresenceSession`. ``default_port`` fills in URLs that
-    name no port (2181 for ``zk://``).
+    context manager yielding a :class:`PresenceSession`. ``default_ports`` fills in URLs that
+    name no port, per scheme (``{"zk": 2181}``, ``{"ws": 80, "wss": 443}``).
     """
 
     name: str
@@ -134,7 +134,7 @@ class Plugin:
     serve: ServeFn | None = None
     ping: PingFn | None = None
     connect_session: SessionFn | None = None
-    default_port: int | None = None
+    default_ports: Mapping[str, int] = field(default_factory=dict)
 
 
 def available_schemes() -> dict[str, str]:
@@ -160,7 +160,7 @@ def _capability(url: str, name: str) -> tuple[Endpoint, Any]:
     if not separator or not scheme:
         raise ValueError(f"not a URL with a scheme: {url!r} (expected e.g. tcp://127.0.0.1:7070)")
     plugin = get_plugin(scheme)
-    endpoint = parse_url(url, plugin.default_port)
+    endpoint = parse_url(url, plugin.default_ports.get(scheme.lower()))
     fn = getattr(plugin, name)
     if fn is None:
         raise NoPlugin(f"the {plugin.name} plugin ({endpoint.scheme}://) cannot {name.replace('_', ' ')}")

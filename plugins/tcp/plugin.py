@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
 
 from pulse._core.policy import HeartbeatPolicy
+from pulse._trio.tls import client_context, server_context
 from pulse.errors import PeerTimeout
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions
 
 from .client import connect_tcp
 from .server import echo_handler, serve_tcp
-
-
-def _server_ssl(endpoint: Endpoint, options: ServeOptions) -> ssl.SSLContext | None:
-    if endpoint.scheme != "tls":
-        return None
-    certfile = options.extra.get("certfile")
-    if not certfile:
-        raise ValueError("tls:// needs a certificate: pass certfile (and keyfile)")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certfile, options.extra.get("keyfile"))
-    return context
-
-
-def _client_ssl(endpoint: Endpoint) -> ssl.SSLContext | None:
-    if endpoint.scheme != "tls":
-        return None
-    context = ssl.create_default_context()
-    cafile = endpoint.query.get("cafile")
-    if cafile:
-        context.load_verify_locations(cafile)
-    return context
 
 
 async def _serve(
@@ -44,7 +23,7 @@ async def _serve(
     policy = HeartbeatPolicy(options.interval, options.timeout)
     await serve_tcp(
         echo_handler, endpoint.port, host=endpoint.host, policy=policy,
-        ssl_context=_server_ssl(endpoint, options), task_status=task_status,
+        ssl_context=server_context(endpoint, options, "tls"), task_status=task_status,
     )
 
 
@@ -53,7 +32,7 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
     policy = HeartbeatPolicy(interval=max(options.interval, options.timeout) * 10,
                              timeout=max(options.interval, options.timeout) * 30)
     async with connect_tcp(
-        endpoint.host, endpoint.port, policy, ssl_context=_client_ssl(endpoint),
+        endpoint.host, endpoint.port, policy, ssl_context=client_context(endpoint, "tls"),
         connect_timeout=options.timeout, peer_id="pulse-ping",
     ) as conn:
         seq = 0

@@ -96,7 +96,7 @@ plugin = Plugin(
     name="zookeeper",
     description="sessions and presence on Apache ZooKeeper (zk://host:2181,host:2181/chroot)",
     connect_session=connect,
-    default_port=DEFAULT_PORT,
+    default_ports={"zk": DEFAULT_PORT},
 )
 
 __all__ = [

@@ -1,0 +1,95 @@
+"""Received messages waiting for the application.
+
+The bound applies to the connection's reader: when ``maxsize`` messages wait, :meth:`put`
+blocks and the reader stops reading the socket (backpressure reaches the peer through TCP).
+Messages a connection had already received when it ended are appended beyond the bound
+(:meth:`put_leftover`), so closing never waits for a slow application and never loses what
+arrived; they keep their place, after what came before them and before anything a later
+connection delivers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import trio
+
+from .outbox import Payload
+
+
+class Inbox:
+    """A FIFO of received messages, bounded for the reader, unbounded for leftovers."""
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be at least 1, got {maxsize!r}")
+        self.maxsize = maxsize
+        self._items: deque[Payload] = deque()
+        self._closed = False
+        self._data = trio.Event()
+        self._space = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (what is queued can still be taken)."""
+        return self._closed
+
+    def put_nowait(self, message: Payload) -> bool:
+        """Queue ``message`` if there is room; False (nothing queued) when full."""
+        if self._closed:
+            raise trio.ClosedResourceError("the inbox is closed")
+        if len(self._items) >= self.maxsize:
+            return False
+        self._append(message)
+        return True
+
+    async def put(self, message: Payload) -> None:
+        """Queue ``message``, waiting while the inbox is full."""
+        while True:
+            if self.put_nowait(message):
+                await trio.lowlevel.checkpoint()
+                return
+            if self._space.is_set():
+                self._space = trio.Event()
+            await self._space.wait()
+
+    def put_leftover(self, message: Payload) -> None:
+        """Queue ``message`` beyond the bound (a closing connection's last messages)."""
+        if not self._closed:
+            self._append(message)
+
+    async def get(self) -> Payload:
+        """The oldest message; waits for one; raises ``trio.EndOfChannel`` once closed and
+        empty."""
+        while not self._items:
+            if self._closed:
+                raise trio.EndOfChannel
+            if self._data.is_set():
+                self._data = trio.Event()
+            await self._data.wait()
+        message = self._items.popleft()
+        self._space.set()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return message
+
+    def get_nowait(self) -> Payload:
+        """The oldest message, or ``trio.WouldBlock`` when there is none."""
+        if not self._items:
+            raise trio.WouldBlock
+        message = self._items.popleft()
+        self._space.set()
+        return message
+
+    def close(self) -> None:
+        """No more messages: getters drain what is queued, then see ``EndOfChannel``;
+        waiting putters get ``trio.ClosedResourceError``."""
+        self._closed = True
+        self._data.set()
+        self._space.set()
+
+    def _append(self, message: Payload) -> None:
+        self._items.append(message)
+        self._data.set()

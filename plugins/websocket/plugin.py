@@ -1,0 +1,108 @@
+"""The ``ws://`` and ``wss://`` entries of the plugin registry: an echo server and a pinger."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import trio
+
+from pulse._core.policy import HeartbeatPolicy
+from pulse._trio.tls import client_context, server_context
+from pulse.errors import PeerTimeout
+from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions
+
+from .connection import (
+    CloseReceived,
+    PingReceived,
+    PongReceived,
+    WebSocketConnection,
+)
+from .errors import WebSocketClosed
+from .handshake import client_handshake
+from .heartbeat import ping_payload, pong_seq
+from .server import echo, serve
+from .transport import open_stream, parse_ws_url
+
+
+async def _serve(
+    endpoint: Endpoint, options: ServeOptions, *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Echo every message back and heartbeat every client (``pulse serve --listen ws://…``).
+
+    ``task_status.started`` receives the listeners, as the other transport plugins do.
+    """
+    policy = HeartbeatPolicy(options.interval, options.timeout)
+    context = server_context(endpoint, options, "wss")
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            partial(serve, echo, endpoint.host, endpoint.port, policy=policy, ssl_context=context)
+        )
+        task_status.started(server.listeners)
+
+
+async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingReply]:
+    """RFC 6455 pings whose payload carries the sequence number; one reply per pong.
+
+    Raises :class:`~pulse.errors.PeerTimeout` when a pong does not arrive within
+    ``options.timeout`` and :class:`~.errors.WebSocketClosed` when the server closes.
+    """
+    url = parse_ws_url(endpoint.raw) if endpoint.raw else parse_ws_url(
+        f"{endpoint.scheme}://{endpoint.host}:{endpoint.port}{endpoint.path}")
+    context = client_context(endpoint, "wss")
+    with trio.fail_after(options.timeout):
+        stream = await open_stream(url.host, url.port, context, url.host)
+        try:
+            ws, _ = await client_handshake(stream, host=url.host_header, target=url.target)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+    conn = WebSocketConnection(stream, ws)
+    try:
+        seq = 0
+        while options.count is None or seq < options.count:
+            seq += 1
+            started = trio.current_time()
+            rtt = await _one_ping(conn, seq, started + options.timeout)
+            if rtt is None:
+                raise PeerTimeout(f"no pong from {url.peer} within {options.timeout:g}s")
+            yield PingReply(seq, rtt, url.peer)
+            if options.count is None or seq < options.count:
+                await trio.sleep_until(started + options.interval)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(1.0) as scope:
+            try:
+                if conn.can_send_close:
+                    await conn.write(conn.encode_close(1000, "pulse ping done"),
+                                     deadline=scope.deadline)
+            except WebSocketClosed:
+                pass
+        await conn.aclose()
+
+
+async def _one_ping(conn: WebSocketConnection, seq: int, deadline: float) -> float | None:
+    """Send ping ``seq`` and wait for its pong until ``deadline``; the RTT, or None."""
+    started = trio.current_time()
+    with trio.move_on_at(deadline):
+        await conn.write(conn.encode_ping(ping_payload(seq)), deadline=deadline)
+        while True:
+            event = await conn.receive_event()
+            if isinstance(event, PingReceived):
+                await conn.write(conn.encode_pong(event.payload), deadline=deadline)
+            elif isinstance(event, PongReceived) and pong_seq(event.payload) == seq:
+                return trio.current_time() - started
+            elif isinstance(event, CloseReceived):
+                raise WebSocketClosed(f"server closed with code {event.code}: {event.reason}",
+                                      event.code)
+    return None
+
+
+plugin = Plugin(
+    name="websocket",
+    description="WebSocket (RFC 6455) with ping/pong heartbeats and resilient reconnects",
+    serve=_serve,
+    ping=_ping,
+    default_ports={"ws": 80, "wss": 443},
+)

@@ -1,0 +1,352 @@
+"""A WebSocket server that heartbeats every client and drops dead ones.
+
+Each client gets its own session (reader, writer, liveness; see :mod:`.session`), its own
+bounded outgoing queue and receive buffer, and its own handler task. Whatever one client
+does — a stalled handshake, garbage bytes, an oversized message, a frozen process, a handler
+that raises — ends only that client's connection:
+
+* handshake (TLS + HTTP upgrade) bounded by ``handshake_timeout``; a bad upgrade gets HTTP
+  400 and the socket is closed;
+* a protocol error is answered with its close code (1002, 1007; 1009 for a message over
+  ``max_message_size``);
+* a client declared dead (no frame within ``policy.timeout``) is closed with code **1011**
+  and the detector's reason (1011, "internal error", is what the websockets library sends
+  on a keepalive timeout, so clients of either library see the same code; 1001 is kept for
+  its RFC meaning, the server going away, and is what clients get when the server stops);
+* an exception in the handler is logged and closes that connection with 1011.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from pulse._core.detectors import FailureDetector
+from pulse._core.liveness import PeerStats
+from pulse._core.policy import HeartbeatPolicy
+from pulse.errors import ConnectionClosed, PeerTimeout, PulseError
+
+from .connection import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
+from .errors import WebSocketClosed
+from .handshake import Headers, RequestCheck, UpgradeRequest, server_handshake
+from .heartbeat import HeartbeatMode
+from .inbox import Inbox
+from .outbox import DropHandler, Dropped, Outbox, Overflow, Payload
+from .session import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    DEFAULT_FRAGMENT_SIZE,
+    Initiator,
+    Session,
+    SessionEnd,
+)
+
+log = structlog.get_logger("pulse.websocket")
+
+DEFAULT_SERVER_POLICY = HeartbeatPolicy(interval=10.0, timeout=30.0)
+"""Ping a client after 10 s of silence; drop it after 30 s (three intervals)."""
+
+
+def peer_name(stream: trio.abc.Stream) -> str:
+    """``host:port`` of a socket stream's remote end ("?" when unknown)."""
+    sock = getattr(stream, "socket", None)
+    try:
+        address = sock.getpeername() if sock is not None else None
+    except OSError:
+        address = None
+    if not address or not isinstance(address, tuple):
+        return "?"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ServerConnection:
+    """One connected client, as the handler sees it."""
+
+    def __init__(self, session: Session, inbox: Inbox,
+                 outbox: Outbox, request: UpgradeRequest, subprotocol: str | None,
+                 remote: str) -> None:
+        self._session = session
+        self._inbox = inbox
+        self._outbox = outbox
+        self.request = request
+        """The upgrade request (path, headers, offered subprotocols)."""
+        self.subprotocol = subprotocol
+        self.remote = remote
+        """The client's ``host:port``."""
+
+    @property
+    def path(self) -> str:
+        """The request target (path and query)."""
+        return self.request.path
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection ended."""
+        return self._session.ended is not None
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code the connection ended with (None while open)."""
+        end = self._session.ended
+        return end.code if end is not None else None
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the connection ended (None while open)."""
+        end = self._session.ended
+        return end.reason if end is not None else None
+
+    def stats(self) -> PeerStats:
+        """Liveness statistics of this client."""
+        return self._session.stats()
+
+    @property
+    def pending(self) -> int:
+        """Messages queued for this client and not yet handed to its socket."""
+        return len(self._outbox)
+
+    async def send(self, message: Payload) -> None:
+        """Queue a message for this client (the overflow policy applies when full).
+
+        Raises :class:`~pulse.errors.PeerTimeout` once the client was declared dead and
+        :class:`~.errors.WebSocketClosed` once the connection closed otherwise.
+        """
+        await self._outbox.put(message)
+
+    def send_nowait(self, message: Payload) -> None:
+        """Queue without waiting (a full ``wait`` queue raises ``QueueFull``)."""
+        self._outbox.put_nowait(message)
+
+    async def receive(self) -> Payload:
+        """The next message from this client; raises once the connection ended."""
+        try:
+            return await self._inbox.get()
+        except trio.EndOfChannel:
+            raise closed_error(self._session.ended) from None
+
+    def __aiter__(self) -> AsyncIterator[Payload]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Payload]:
+        while True:
+            try:
+                message = await self.receive()
+            except ConnectionClosed:
+                return
+            yield message
+
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Start closing this connection with ``code`` and ``reason``."""
+        self._session.end(reason or "closed by server", code, Initiator.LOCAL)
+
+
+def closed_error(end: SessionEnd | None) -> ConnectionClosed:
+    """The exception that tells a handler how its connection ended."""
+    if end is None:
+        return WebSocketClosed("closed", 1006)
+    if end.peer_dead:
+        return PeerTimeout(end.reason)
+    return WebSocketClosed(end.reason, end.code)
+
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class WebSocketServer:
+    """A running server: where it listens and who is connected."""
+
+    listeners: list[trio.SocketListener]
+    connections: set[ServerConnection] = field(default_factory=set)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self.listeners[0].socket.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """What the server applies to every client (see :func:`serve` for the meaning)."""
+
+    policy: HeartbeatPolicy = DEFAULT_SERVER_POLICY
+    heartbeat: HeartbeatMode = HeartbeatMode.CONTROL
+    detector_factory: Callable[[HeartbeatPolicy], FailureDetector] | None = None
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    queue_size: int = 256
+    overflow: Overflow = Overflow.WAIT
+    on_drop: DropHandler | None = None
+    receive_buffer: int = 64
+    handshake_timeout: float = 10.0
+    close_timeout: float = 2.0
+    ssl_context: ssl.SSLContext | None = None
+    subprotocols: Sequence[str] = ()
+    headers: Headers = ()
+    check: RequestCheck | None = None
+    fragment_size: int = DEFAULT_FRAGMENT_SIZE
+
+    def __post_init__(self) -> None:
+        for name in ("queue_size", "receive_buffer", "max_message_size"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value!r}")
+        if not self.handshake_timeout > 0 or math.isnan(self.handshake_timeout):
+            raise ValueError(f"handshake_timeout must be positive, got {self.handshake_timeout!r}")
+        if self.close_timeout < 0:
+            raise ValueError(f"close_timeout must not be negative, got {self.close_timeout!r}")
+        if self.fragment_size < 0:
+            raise ValueError(f"fragment_size must be >= 0, got {self.fragment_size!r}")
+
+
+async def serve_stream(
+    stream: trio.abc.Stream,
+    handler: Handler,
+    settings: ServerSettings | None = None,
+    *,
+    peer: str | None = None,
+    server: WebSocketServer | None = None,
+) -> None:
+    """Serve one client on an accepted ``stream`` (TCP, or memory streams in tests).
+
+    Never raises for anything the client does; returns when the connection is over (the
+    stream is closed by then).
+    """
+    options = settings or ServerSettings()
+    peer = peer or peer_name(stream)
+    transport = "wss" if options.ssl_context is not None else "ws"
+    wrapped: trio.abc.Stream = stream
+    try:
+        with trio.fail_after(options.handshake_timeout):
+            if options.ssl_context is not None:
+                wrapped = trio.SSLStream(stream, options.ssl_context, server_side=True,
+                                         https_compatible=True)
+                await wrapped.do_handshake()
+            ws, request, subprotocol = await server_handshake(
+                wrapped, subprotocols=options.subprotocols, headers=options.headers,
+                check=options.check,
+            )
+    except (trio.TooSlowError, PulseError, OSError, trio.BrokenResourceError,
+            trio.ClosedResourceError) as exc:
+        reason = "handshake timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+        log.info("handshake_failed", peer=peer, transport=transport, reason=reason)
+        await trio.aclose_forcefully(wrapped)
+        return
+    conn = WebSocketConnection(wrapped, ws, max_message_size=options.max_message_size)
+    inbox = Inbox(options.receive_buffer)
+    outbox = Outbox(options.queue_size, options.overflow, options.on_drop or _log_drop, peer=peer)
+    detector = (options.detector_factory(options.policy)
+                if options.detector_factory is not None else None)
+    session = Session(
+        conn, policy=options.policy, outbox=outbox, inbox=inbox, heartbeat=options.heartbeat,
+        detector=detector, fragment_size=options.fragment_size,
+        close_timeout=options.close_timeout, peer=peer, transport=transport,
+    )
+    client = ServerConnection(session, inbox, outbox, request, subprotocol, peer)
+    connections = server.connections if server is not None else set()
+    connections.add(client)
+    log.info("client_connected", peer=peer, transport=transport, path=request.path)
+    handler_done = trio.Event()
+
+    async def run_handler() -> None:
+        try:
+            await handler(client)
+        except ConnectionClosed:
+            pass  # the client went away; the session knows why
+        except Exception as exc:  # a bug in one handler must not take the server down
+            log.exception("handler_failed", peer=peer, transport=transport)
+            session.end(f"handler failed: {type(exc).__name__}", CLOSE_INTERNAL_ERROR)
+        else:
+            with trio.move_on_after(options.close_timeout):
+                await outbox.wait_empty()
+            session.end("handler finished", CLOSE_NORMAL)
+        finally:
+            handler_done.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_handler)
+            end = await session.run()
+            inbox.close()
+            error = closed_error(end)
+            outbox.close(error, f"not sent: connection closed ({end.reason})")
+            outbox.report(session.unconfirmed(), f"unconfirmed when the connection ended: "
+                          f"{end.reason}", possibly_delivered=True)
+            log.info("client_gone", peer=peer, transport=transport, reason=end.reason,
+                     code=end.code, initiator=end.initiator.value)
+            with trio.move_on_after(options.close_timeout):
+                await handler_done.wait()
+            nursery.cancel_scope.cancel()
+    except Exception:  # pragma: no cover - last line of defence for the other clients
+        log.exception("connection_failed", peer=peer, transport=transport)
+    finally:
+        connections.discard(client)
+        await trio.aclose_forcefully(wrapped)
+
+
+def _log_drop(dropped: Dropped) -> None:
+    log.warning("message_dropped", peer=dropped.peer, reason=dropped.reason,
+                possibly_delivered=dropped.possibly_delivered, size=len(dropped.message))
+
+
+async def serve(
+    handler: Handler,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    policy: HeartbeatPolicy | None = None,
+    heartbeat: HeartbeatMode = HeartbeatMode.CONTROL,
+    detector_factory: Callable[[HeartbeatPolicy], FailureDetector] | None = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    queue_size: int = 256,
+    overflow: Overflow = Overflow.WAIT,
+    on_drop: DropHandler | None = None,
+    receive_buffer: int = 64,
+    handshake_timeout: float = 10.0,
+    close_timeout: float = 2.0,
+    ssl_context: ssl.SSLContext | None = None,
+    subprotocols: Sequence[str] = (),
+    headers: Headers = (),
+    check: RequestCheck | None = None,
+    fragment_size: int = DEFAULT_FRAGMENT_SIZE,
+    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve WebSocket clients on ``host:port`` until cancelled; ``handler(conn)`` per client.
+
+    ``task_status.started`` receives the :class:`WebSocketServer` (its ``port`` is the bound
+    one when ``port`` is 0). ``policy`` defaults to :data:`DEFAULT_SERVER_POLICY`.
+    Per client: ``queue_size`` outgoing messages under ``overflow``, ``receive_buffer``
+    received messages not yet taken by the handler (beyond that the server stops reading
+    that client and pauses its liveness verdict), messages up to ``max_message_size`` bytes.
+    ``check(request)`` may refuse an upgrade by returning an HTTP status. When the handler
+    returns, queued messages are flushed (up to ``close_timeout``) and the connection closes
+    with 1000. When the server is cancelled every client gets 1001 (going away).
+    """
+    settings = ServerSettings(
+        policy=policy or DEFAULT_SERVER_POLICY, heartbeat=heartbeat,
+        detector_factory=detector_factory, max_message_size=max_message_size,
+        queue_size=queue_size, overflow=overflow, on_drop=on_drop,
+        receive_buffer=receive_buffer, handshake_timeout=handshake_timeout,
+        close_timeout=close_timeout, ssl_context=ssl_context, subprotocols=subprotocols,
+        headers=headers, check=check, fragment_size=fragment_size,
+    )
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    server = WebSocketServer(listeners)
+
+    async def accept(stream: trio.SocketStream) -> None:
+        await serve_stream(stream, handler, settings, server=server)
+
+    async with trio.open_nursery() as nursery:
+        task_status.started(server)
+        await trio.serve_listeners(accept, listeners, handler_nursery=nursery)
+
+
+async def echo(conn: ServerConnection) -> None:
+    """A handler that sends every message back to its client."""
+    async for message in conn:
+        await conn.send(message)

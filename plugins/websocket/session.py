@@ -1,0 +1,647 @@
+"""One WebSocket connection's life under heartbeat supervision: reader, writer, liveness.
+
+Three tasks run per connection, and only the writer ever writes:
+
+* the **reader** feeds every received chunk to the liveness core first (any byte proves the
+  peer alive), then handles the frame: pings are answered, pongs are matched to the ping
+  they name, messages go to the inbox, a close frame ends the session;
+* the **writer** sends queued control frames first (between two fragments of a long message
+  too), then messages from the :class:`~.outbox.Outbox`. A message leaves the outbox only
+  after its last byte was handed to the socket;
+* the **liveness runner** (:class:`pulse._trio.runner.LivenessRunner`) sleeps until the
+  core's next deadline, asks for pings and finally declares the peer dead. Asking for a ping
+  never blocks it: the ping is queued for the writer, so a peer that stopped reading (and
+  filled our socket buffer) is still declared dead on time.
+
+Delivery bookkeeping: a ping written after message *n* proves, once its pong arrives, that
+the peer's WebSocket layer read messages up to *n* (TCP keeps order and a peer answers a ping
+after reading what came before it). Messages written but not yet covered by a pong are the
+*unconfirmed window*; the writer asks for one confirmation ping at a time while the window
+is not empty. When the connection dies, the owner either reports the window as possibly lost
+or sends it again (:class:`Delivery`).
+
+When the application stops consuming and the inbox is full, the reader stops reading. The
+liveness core then asks the kernel instead (``evidence_pending``): bytes that keep arriving
+in the socket prove the peer alive, a receive queue that may be full withholds the verdict
+(the peer cannot send, so its silence means nothing), and a small queue that does not grow
+is real silence, judged as such. Over a stream without a socket (memory streams) pulse
+cannot tell and withholds the verdict.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+import trio
+
+from pulse._core.detectors import FailureDetector
+from pulse._core.liveness import Liveness, PeerStats
+from pulse._core.policy import HeartbeatPolicy
+from pulse._trio.runner import LivenessRunner
+from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
+from pulse.frames import Ping as FramePing
+
+from .connection import (
+    CloseReceived,
+    MessageReceived,
+    PingReceived,
+    PongReceived,
+    WebSocketConnection,
+)
+from .errors import WebSocketClosed, WebSocketProtocolError
+from .heartbeat import HeartbeatMode, classify_inband, inband_ping, inband_pong, ping_payload, pong_seq
+from .inbox import Inbox
+from .outbox import Entry, Outbox, Payload
+
+log = structlog.get_logger("pulse.websocket")
+
+DEFAULT_FRAGMENT_SIZE: Final = 64 * 1024
+"""Messages longer than this are sent as fragments, so pings can pass between them."""
+
+DEFAULT_WINDOW: Final = 1024
+"""Default bound on the unconfirmed window, in messages."""
+
+BATCH_BYTES: Final = 64 * 1024
+"""Small frames ready at the same time are written together, up to about this many bytes."""
+
+BATCH_MESSAGES: Final = 256
+"""At most this many messages per write."""
+
+LEFTOVER_READ_TIME: Final = 0.05
+"""After a session ended without a close handshake, how long to read what the socket still
+holds (it is already here: this only bounds a read that would wait for more)."""
+
+BACKLOG_FULL_FRACTION: Final = 4
+"""Unread bytes above 1/4 of the socket's receive buffer (as the kernel reports it, i.e.
+doubled) may mean the buffer is full and the peer flow-controlled."""
+
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_INTERNAL_ERROR: Final = 1011
+CLOSE_NORMAL: Final = 1000
+CLOSE_ABNORMAL: Final = 1006
+CLOSE_PEER_TIMEOUT: Final = CLOSE_INTERNAL_ERROR
+"""The close code sent to a peer declared dead (as the websockets library does)."""
+
+
+class Delivery(enum.Enum):
+    """What happens to the unconfirmed window when a connection dies.
+
+    ``AT_MOST_ONCE``: each message is sent once; messages the peer had not confirmed are
+    reported as :class:`~.outbox.Dropped` with ``possibly_delivered=True``. The window is
+    bounded: beyond ``window`` unconfirmed messages the oldest is presumed delivered and no
+    longer tracked (the writer never stalls).
+
+    ``AT_LEAST_ONCE``: unconfirmed messages are sent again on the next connection, ahead of
+    the queue, so nothing handed to pulse is lost while the client keeps reconnecting; the
+    peer may see a message twice. The writer stalls when ``window`` messages are unconfirmed.
+    """
+
+    AT_MOST_ONCE = "at-most-once"
+    AT_LEAST_ONCE = "at-least-once"
+
+
+class Initiator(enum.Enum):
+    """Who ended a session."""
+
+    PEER = "peer"        # the peer sent a close frame
+    LOCAL = "local"      # we closed: the application, a protocol error, a dead peer
+    NETWORK = "network"  # the transport broke (close code 1006)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    """Why a connection ended: the close code, who ended it, and whether the peer was dead."""
+
+    reason: str
+    code: int
+    initiator: Initiator
+    peer_dead: bool = False
+
+
+class _Kind(enum.Enum):
+    PING = "ping"
+    PONG = "pong"
+    INBAND = "inband"  # a data frame (in-band heartbeat): only between whole messages
+
+
+@dataclass(frozen=True, slots=True)
+class _Control:
+    kind: _Kind
+    payload: bytes
+    seq: int | None = None  # the ping's sequence number, for delivery confirmation
+
+
+@dataclass(slots=True)
+class _Direct:
+    message: Payload
+    done: trio.Event
+
+
+class Session:
+    """Runs one open :class:`~.connection.WebSocketConnection` until it ends."""
+
+    def __init__(
+        self,
+        conn: WebSocketConnection,
+        *,
+        policy: HeartbeatPolicy,
+        outbox: Outbox,
+        inbox: Inbox,
+        heartbeat: HeartbeatMode = HeartbeatMode.CONTROL,
+        detector: FailureDetector | None = None,
+        delivery: Delivery = Delivery.AT_MOST_ONCE,
+        window: int = DEFAULT_WINDOW,
+        fragment_size: int = DEFAULT_FRAGMENT_SIZE,
+        close_timeout: float = 2.0,
+        hold_outbox: bool = False,
+        peer: str = "",
+        transport: str = "ws",
+        on_liveness: Callable[[Action], None] | None = None,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window!r}")
+        if fragment_size < 0:
+            raise ValueError(f"fragment_size must be >= 0 (0: never fragment), got {fragment_size!r}")
+        self.conn = conn
+        self.policy = policy
+        self.outbox = outbox
+        self.heartbeat = heartbeat
+        self.delivery = delivery
+        self.window = window
+        self.fragment_size = fragment_size
+        self.close_timeout = close_timeout
+        self.peer = peer
+        self.transport = transport
+        self._on_liveness = on_liveness
+        self._inbox = inbox
+        self._target = inbox
+        self.liveness = Liveness(policy, trio.current_time(), detector=detector)
+        self.runner = LivenessRunner(self.liveness, self._send_ping, self._on_action,
+                                     evidence_pending=self._evidence_pending)
+        conn.on_receive = self.runner.received
+        self._control: deque[_Control] = deque()
+        self._direct: deque[_Direct] = deque()
+        self._work = trio.Event()
+        self._gate = trio.Event()
+        if not hold_outbox:
+            self._gate.set()
+        self._unconfirmed: deque[tuple[Entry, int]] = deque()
+        self._markers: deque[tuple[int, int]] = deque()  # (ping seq, messages written before)
+        self._written = 0
+        self._confirm_pending = False
+        self._confirm_seq: int | None = None
+        self.presumed_delivered = 0
+        self._inbox_blocked = False
+        self._backlog_seen: int | None = None
+        self._inbound_pending: Payload | None = None
+        self._end: SessionEnd | None = None
+        self._ended = trio.Event()
+        self._unsubscribe = outbox.subscribe(self._wake)
+        self.opened_at = trio.current_time()
+
+    # -- public controls ------------------------------------------------------------------
+
+    @property
+    def ended(self) -> SessionEnd | None:
+        """Why the session ended, once it has."""
+        return self._end
+
+    def end(
+        self,
+        reason: str,
+        code: int = CLOSE_NORMAL,
+        initiator: Initiator = Initiator.LOCAL,
+        *,
+        peer_dead: bool = False,
+    ) -> None:
+        """End the session (idempotent: the first reason wins)."""
+        if self._end is None:
+            self._end = SessionEnd(reason, code, initiator, peer_dead)
+            self._ended.set()
+
+    def release_outbox(self) -> None:
+        """Let the writer start on the outbox (after an ``on_connect`` hook)."""
+        self._gate.set()
+        self._wake()
+
+    async def send_direct(self, message: Payload) -> None:
+        """Send ``message`` ahead of the outbox; return once it was handed to the socket."""
+        item = _Direct(message, trio.Event())
+        self._direct.append(item)
+        self._wake()
+        async with trio.open_nursery() as nursery:
+            async def watch_end() -> None:
+                await self._ended.wait()
+                nursery.cancel_scope.cancel()
+            nursery.start_soon(watch_end)
+            await item.done.wait()
+            nursery.cancel_scope.cancel()
+        if not item.done.is_set():
+            raise WebSocketClosed(self._end.reason if self._end else "closed", self.close_code)
+
+    def divert(self, inbox: Inbox) -> None:
+        """Deliver received messages to ``inbox`` until :meth:`undivert`."""
+        self._target = inbox
+
+    def undivert(self) -> None:
+        """Move what is left in the diverted inbox to the main one, in order, and deliver
+        there again (nothing is lost or reordered: no await happens in between)."""
+        diverted = self._target
+        if diverted is self._inbox:
+            return
+        while True:
+            try:
+                message = diverted.get_nowait()
+            except trio.WouldBlock:
+                break
+            self._inbox.put_leftover(message)
+        self._target = self._inbox
+
+    @property
+    def close_code(self) -> int:
+        """The close code the session ended with (1006 until it ends)."""
+        return self._end.code if self._end else CLOSE_ABNORMAL
+
+    def stats(self) -> PeerStats:
+        """RTT, missed beats and silence of the peer now."""
+        return self.liveness.stats(trio.current_time())
+
+    def unconfirmed(self) -> list[Entry]:
+        """Messages written but not yet confirmed by a pong, oldest first."""
+        return [entry for entry, _ in self._unconfirmed]
+
+    # -- running --------------------------------------------------------------------------
+
+    async def run(self) -> SessionEnd:
+        """Run until the session ends; closes the connection; returns why it ended."""
+        writer_done = trio.Event()
+
+        async def writer() -> None:
+            try:
+                await self._writer()
+            finally:
+                writer_done.set()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader)
+                nursery.start_soon(writer)
+                nursery.start_soon(self.runner.run)
+                try:
+                    await self._ended.wait()
+                except trio.Cancelled:
+                    self.conn.abort_write(self._grace())  # a frame in flight may finish
+                    raise
+                # Let the writer finish the frame it is writing (a frame cut short breaks
+                # the stream for the close frame), unless the socket is stuck.
+                self._wake()
+                with trio.move_on_after(self._grace()):
+                    await writer_done.wait()
+                self.conn.abort_write()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._unsubscribe()
+            self.outbox.release(interrupted=self.conn.write_interrupted)
+            with trio.CancelScope(shield=True):
+                await self._shutdown()
+        assert self._end is not None
+        return self._end
+
+    async def _shutdown(self) -> None:
+        cancelled = self._end is None
+        end = self._end or SessionEnd("going away", CLOSE_GOING_AWAY, Initiator.LOCAL)
+        self._end = end
+        self._ended.set()
+        conn = self.conn
+        graceful = not cancelled and end.initiator is Initiator.LOCAL and not end.peer_dead
+        deadline = trio.current_time() + self._grace()
+        if end.initiator is not Initiator.NETWORK and not conn.write_interrupted:
+            with trio.move_on_at(deadline):
+                try:
+                    if conn.can_send_close:
+                        code = CLOSE_NORMAL if end.code in (1005, 1006) else end.code
+                        await conn.write(conn.encode_close(code, end.reason), deadline=deadline)
+                except WebSocketClosed:
+                    pass
+        # What the peer sent before the end is still the application's: read what is
+        # already here (after our close frame: up to the peer's answer) and queue it beyond
+        # the inbox's bound, so closing never waits for a slow application.
+        if cancelled:
+            leftovers = [self._inbound_pending] if self._inbound_pending is not None else []
+        else:
+            leftovers = await self._read_leftovers(deadline, until_close=graceful)
+        for message in leftovers:
+            self._target.put_leftover(message)
+        await conn.aclose()
+        log.debug("closed", peer=self.peer, transport=self.transport, reason=end.reason,
+                  code=end.code, initiator=end.initiator.value)
+
+    def _grace(self) -> float:
+        """How long closing may wait on the peer: short when it is dead or gone."""
+        end = self._end
+        if end is not None and end.initiator is Initiator.LOCAL and not end.peer_dead:
+            return self.close_timeout
+        return min(self.close_timeout, 0.25)
+
+    async def _read_leftovers(self, deadline: float, *, until_close: bool) -> list[Payload]:
+        """Messages received but not delivered when the session ended: the one the reader
+        held, those wsproto already parsed, and those still in the socket (read until
+        ``deadline``, or only what is already there unless ``until_close``)."""
+        leftovers: list[Payload] = []
+        if self._inbound_pending is not None:
+            leftovers.append(self._inbound_pending)
+            self._inbound_pending = None
+        if not until_close:
+            deadline = min(deadline, trio.current_time() + LEFTOVER_READ_TIME)
+        with trio.move_on_at(deadline):
+            try:
+                while True:
+                    event = await self.conn.receive_event()
+                    if isinstance(event, CloseReceived):
+                        if until_close and event.code != CLOSE_ABNORMAL:
+                            # The peer answered our close frame: it read all we sent before.
+                            self._unconfirmed.clear()
+                        break
+                    if isinstance(event, MessageReceived) and not self._is_heartbeat(event.data):
+                        leftovers.append(event.data)
+            except (WebSocketClosed, WebSocketProtocolError):
+                pass
+        return leftovers
+
+    def _is_heartbeat(self, data: Payload) -> bool:
+        return (self.heartbeat is HeartbeatMode.FRAMES and isinstance(data, bytes)
+                and classify_inband(data) is not None)
+
+    # -- reader ---------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                event = await self.conn.receive_event()
+                if isinstance(event, MessageReceived):
+                    await self._on_message(event.data)
+                elif isinstance(event, PingReceived):
+                    self._queue_control(_Control(_Kind.PONG, event.payload))
+                elif isinstance(event, PongReceived):
+                    seq = pong_seq(event.payload)
+                    if seq is not None:
+                        self._on_pong(seq)
+                else:
+                    if event.code == CLOSE_ABNORMAL:
+                        self.end("connection lost (no close frame)", CLOSE_ABNORMAL,
+                                 Initiator.NETWORK)
+                    else:
+                        text = f"closed by peer with code {event.code}"
+                        self.end(text + (f": {event.reason}" if event.reason else ""),
+                                 event.code, Initiator.PEER)
+                    return
+        except WebSocketProtocolError as exc:
+            log.warning("protocol_error", peer=self.peer, transport=self.transport, reason=str(exc))
+            self.end(f"protocol error from peer: {exc}", exc.code, Initiator.LOCAL)
+        except WebSocketClosed as exc:
+            self.end(exc.reason, CLOSE_ABNORMAL, Initiator.NETWORK)
+
+    async def _on_message(self, data: Payload) -> None:
+        if self.heartbeat is HeartbeatMode.FRAMES and isinstance(data, bytes):
+            frame = classify_inband(data)
+            if isinstance(frame, FramePing):
+                self._queue_control(_Control(_Kind.INBAND, inband_pong(frame)))
+                return
+            if frame is not None:
+                self._on_pong(frame.seq)
+                return
+        try:
+            if self._target.put_nowait(data):
+                return
+        except trio.ClosedResourceError:
+            return  # nobody reads any more
+        self._inbox_blocked = True  # we stop reading until the application catches up
+        self._inbound_pending = data  # not lost if the session ends meanwhile
+        backlog = self.conn.receive_backlog()
+        self._backlog_seen = backlog[0] if backlog is not None else None
+        try:
+            await self._target.put(data)
+        except trio.ClosedResourceError:
+            pass
+        finally:
+            self._inbox_blocked = False
+        self._inbound_pending = None
+
+    def _on_pong(self, seq: int) -> None:
+        self.runner.pong(seq)
+        confirmed = None
+        while self._markers and self._markers[0][0] <= seq:
+            confirmed = self._markers.popleft()[1]
+        if confirmed is not None:
+            while self._unconfirmed and self._unconfirmed[0][1] < confirmed:
+                self._unconfirmed.popleft()
+            if self._confirm_seq is not None and seq >= self._confirm_seq:
+                self._confirm_pending = False
+                self._confirm_seq = None
+            if self._confirmation_due(0):
+                self._request_confirmation()
+            self._wake()
+
+    # -- liveness -------------------------------------------------------------------------
+
+    def _evidence_pending(self) -> bool:
+        """Asked before each liveness tick. While the application is behind and we are not
+        reading, the kernel's receive queue tells: bytes that arrived since the last look
+        prove the peer alive; a queue that may be full (the peer is flow-controlled, so its
+        silence says nothing) withholds the verdict; a small queue that did not grow is real
+        silence. A stream without a socket (memory streams) withholds the verdict."""
+        if not self._inbox_blocked:
+            return False
+        backlog = self.conn.receive_backlog()
+        if backlog is None:
+            return True
+        unread, capacity = backlog
+        grew = self._backlog_seen is None or unread > self._backlog_seen
+        self._backlog_seen = unread
+        return grew or unread >= capacity // BACKLOG_FULL_FRACTION
+
+    async def _send_ping(self, action: SendPing) -> None:
+        # Never blocks: the writer sends it (a stuck writer must not stall the verdict).
+        self._queue_ping(action)
+
+    def _queue_ping(self, action: SendPing) -> None:
+        self._queue_control(self._ping_control(action))
+
+    def _ping_control(self, action: SendPing) -> _Control:
+        if self.heartbeat is HeartbeatMode.CONTROL:
+            return _Control(_Kind.PING, ping_payload(action.seq), action.seq)
+        return _Control(_Kind.INBAND, inband_ping(action.seq, action.now), action.seq)
+
+    def _on_action(self, action: Action) -> None:
+        fields: dict[str, Any] = {"peer": self.peer, "transport": self.transport}
+        if isinstance(action, PeerSuspect):
+            log.info("peer_suspect", missed=action.missed, silent_for=round(action.silent_for, 3),
+                     **fields)
+        elif isinstance(action, PeerAlive):
+            log.info("peer_alive", after=round(action.after, 3), **fields)
+        elif isinstance(action, LocalPause):
+            log.warning("local_pause", late_by=round(action.late_by, 3), **fields)
+        elif isinstance(action, PeerDead):
+            log.warning("peer_dead", reason=action.reason, missed=action.missed, **fields)
+        elif isinstance(action, Close):
+            self.end(f"peer timeout: {action.reason}", CLOSE_PEER_TIMEOUT, Initiator.LOCAL,
+                     peer_dead=True)
+        if self._on_liveness is not None:
+            self._on_liveness(action)
+
+    # -- writer ---------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._work.set()
+
+    def _queue_control(self, item: _Control) -> None:
+        self._control.append(item)
+        self._wake()
+
+    def _room(self) -> int:
+        """How many more messages the unconfirmed window admits now."""
+        if self.delivery is Delivery.AT_LEAST_ONCE:
+            return max(0, self.window - len(self._unconfirmed))
+        return self.window
+
+    def _is_long(self, message: Payload) -> bool:
+        return self.fragment_size > 0 and len(message) > self.fragment_size
+
+    async def _writer(self) -> None:
+        try:
+            while self._end is None:
+                if not await self._write_some():
+                    await self._work.wait()
+                    self._work = trio.Event()
+        except WebSocketClosed as exc:
+            self.end(exc.reason, CLOSE_ABNORMAL, Initiator.NETWORK)
+
+    async def _write_some(self) -> bool:
+        """Write what is ready, small frames batched into one write; False when idle.
+
+        Order: control frames, then messages of the ``on_connect`` hook, then the outbox.
+        A long message is written alone, in fragments, with control frames between them.
+        """
+        conn = self.conn
+        buffer = bytearray()
+        while self._control and len(buffer) < BATCH_BYTES:
+            buffer += self._encode_control(self._control.popleft())
+        directs: list[_Direct] = []
+        for item in self._direct:
+            if self._is_long(item.message) or len(buffer) >= BATCH_BYTES:
+                break
+            buffer += conn.encode_message(item.message)
+            directs.append(item)
+        entries: list[Entry] = []
+        if len(directs) == len(self._direct) and self._gate.is_set():
+            head = self.outbox.peek()
+            if head is not None and not self._is_long(head.message):
+                room = min(self._room(), BATCH_MESSAGES)
+                for entry in self.outbox.begin_batch(room, BATCH_BYTES - len(buffer)):
+                    if self._is_long(entry.message):  # stays pinned for the next round
+                        self.outbox.release()
+                        break
+                    buffer += conn.encode_message(entry.message)
+                    entries.append(entry)
+        if entries and self._confirmation_due(len(entries)):
+            # The confirmation ping travels in the same write, right behind the messages.
+            ping = self._confirmation_ping()
+            if ping is not None:
+                buffer += self._encode_control(ping, written=self._written + len(entries))
+        if buffer:
+            await conn.write(bytes(buffer))
+            self.runner.sent()
+            for _ in directs:
+                self._direct.popleft().done.set()
+            for entry in entries:
+                self.outbox.sent(entry)
+                self._track(entry)
+            if self._confirmation_due(0):
+                self._request_confirmation()
+            return True
+        return await self._write_long()
+
+    async def _write_long(self) -> bool:
+        """Write the next message if it is a long one; False when there is nothing to do."""
+        if self._direct:
+            item = self._direct[0]
+            if await self._write_fragments(item.message):
+                self._direct.popleft()
+                item.done.set()
+            return True
+        if not self._gate.is_set() or self._room() == 0:
+            return False
+        entry = self.outbox.begin()
+        if entry is None:
+            return False
+        if await self._write_fragments(entry.message):
+            self.outbox.sent(entry)
+            self._track(entry)
+            if self._confirmation_due(0):
+                self._request_confirmation()
+        return True
+
+    def _track(self, entry: Entry) -> None:
+        self._unconfirmed.append((entry, self._written))
+        self._written += 1
+        if len(self._unconfirmed) > self.window:  # only AT_MOST_ONCE gets here
+            self._unconfirmed.popleft()
+            self.presumed_delivered += 1
+
+    def _confirmation_due(self, pending: int) -> bool:
+        """True when a confirmation ping should follow what is written now (``pending``
+        more messages than tracked): the writer is about to go idle or half the window is
+        unconfirmed, so a burst costs one ping per half window, not one per message."""
+        if self._confirm_pending or not (self._unconfirmed or pending):
+            return False
+        idle = not self._direct and (len(self.outbox) <= pending or not self._gate.is_set())
+        return idle or len(self._unconfirmed) + pending >= max(1, self.window // 2)
+
+    def _confirmation_ping(self) -> _Control | None:
+        """A new confirmation ping (registered with the liveness machine), or None."""
+        action = self.runner.request_ping()
+        if action is None:
+            return None
+        self._confirm_pending = True
+        self._confirm_seq = action.seq
+        return self._ping_control(action)
+
+    def _request_confirmation(self) -> None:
+        if self._unconfirmed and not self._confirm_pending:
+            ping = self._confirmation_ping()
+            if ping is not None:
+                self._queue_control(ping)
+
+    def _encode_control(self, item: _Control, *, written: int | None = None) -> bytes:
+        conn = self.conn
+        if item.seq is not None:
+            # Messages written before this ping are confirmed by its pong.
+            self._markers.append((item.seq, self._written if written is None else written))
+        if item.kind is _Kind.PING:
+            return conn.encode_ping(item.payload)
+        if item.kind is _Kind.PONG:
+            return conn.encode_pong(item.payload)
+        return conn.encode_message(item.payload)
+
+    async def _write_fragments(self, message: Payload) -> bool:
+        """Write a long message in fragments; False if the session ended first."""
+        conn = self.conn
+        size = self.fragment_size
+        for start in range(0, len(message), size):
+            final = start + size >= len(message)
+            if self._end is not None:
+                return False  # it stays queued; a close frame may follow a fragment
+            await conn.write(conn.encode_message(message[start:start + size], final=final))
+            self.runner.progress()
+            # RFC 6455 lets control frames (not data frames) pass between fragments.
+            control = bytearray()
+            while self._control and self._control[0].kind is not _Kind.INBAND:
+                control += self._encode_control(self._control.popleft())
+            await conn.write(bytes(control))
+        self.runner.sent()
+        return True
