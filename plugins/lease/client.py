@@ -43,6 +43,7 @@ from typing import Any
 import structlog
 import trio
 
+from pulse._core.session_timing import ClientTiming
 from pulse._trio.util import background_nursery
 from pulse.codec import MessageDecoder, encode_message
 from pulse.errors import (
@@ -77,7 +78,6 @@ from .protocol import (
     parse_server_message,
     request_to_wire,
 )
-from .timing import ClientTiming
 
 log = structlog.get_logger("pulse.lease.client")
 

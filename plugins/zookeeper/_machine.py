@@ -33,15 +33,11 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pulse._core.session_timing import ClientTiming
 from pulse.errors import LocalProtocolError
 from pulse.presence import SessionEvent, SessionState
 
 from .jute import PASSWORD_LENGTH, ConnectRequest, ConnectResponse
-
-#: ZooKeeper never lets an idle connection go more than this long without a ping.
-MAX_PING_INTERVAL = 10.0
-#: Upper bound of the random delay before a reconnect attempt.
-MAX_RECONNECT_JITTER = 1.0
 
 Host = tuple[str, int]
 
@@ -140,24 +136,31 @@ class SessionMachine:
         return self.requested_timeout
 
     @property
+    def timing(self) -> ClientTiming:
+        """ZooKeeper's client timing for the current timeout and host list (shared with the
+        lease client: read timeout 2/3, ping at half of it capped at 10 s, connect timeout
+        = timeout / hosts, retry pause at most min(1 s, timeout / 10))."""
+        return ClientTiming(self.session_timeout, len(self.hosts))
+
+    @property
     def read_timeout(self) -> float:
         """Two thirds of the session timeout."""
-        return self.session_timeout * 2.0 / 3.0
+        return self.timing.read_timeout
 
     @property
     def ping_interval(self) -> float:
         """Send idle time after which a ping goes out: half the read timeout, at most 10 s."""
-        return min(self.read_timeout / 2.0, MAX_PING_INTERVAL)
+        return self.timing.ping_interval
 
     @property
     def connect_timeout(self) -> float:
         """Time allowed to one connection attempt: session timeout / number of hosts."""
-        return self.session_timeout / len(self.hosts)
+        return self.timing.connect_timeout
 
     @property
     def reconnect_jitter(self) -> float:
         """Upper bound of the random pause before a reconnect."""
-        return min(MAX_RECONNECT_JITTER, self.session_timeout / 10.0)
+        return self.timing.max_retry_pause
 
     @property
     def expires_at(self) -> float | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pulse.plugins.lease.timing import MAX_PING_INTERVAL, ClientTiming
+from pulse._core.session_timing import MAX_PING_INTERVAL, ClientTiming
 
 
 def test_read_timeout_is_two_thirds_of_the_session_timeout() -> None:

@@ -1,4 +1,6 @@
-"""The lease client's timing rules (ZooKeeper's), as pure arithmetic on seconds.
+"""Session clients' timing rules (ZooKeeper's), as pure arithmetic on seconds.
+
+Both session backends follow them: the lease client and the ZooKeeper client.
 
 * read timeout = 2/3 of the negotiated session timeout: a connection that delivered nothing
   for that long is taken for lost and the client moves to the next server;
@@ -50,6 +52,11 @@ class ClientTiming:
         """Time allowed for one server to accept the connection and answer ``connect``."""
         return self.session_timeout / self.servers
 
+    @property
+    def max_retry_pause(self) -> float:
+        """Upper bound of the random pause between connection attempts."""
+        return min(MAX_RETRY_PAUSE, self.session_timeout / 10.0)
+
     def retry_pause(self, fraction: float) -> float:
         """The pause before the next attempt for a random ``fraction`` in [0, 1)."""
-        return fraction * min(MAX_RETRY_PAUSE, self.session_timeout / 10.0)
+        return fraction * self.max_retry_pause
