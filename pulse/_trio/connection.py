@@ -102,6 +102,7 @@ class HeartbeatConnection:
         self._close_published = False
         self._early_frames: list[Frame] = []
         self._pong_waiters: dict[int, trio.Event] = {}
+        self._pong_rtts: dict[int, float] = {}
         self._nursery: trio.Nursery | None = None
         self._log = log.bind(peer=peer, transport=transport)
 
@@ -183,15 +184,15 @@ class HeartbeatConnection:
         try:
             await self._write(encode_frame(Ping(request.seq, request.now)), progress=False)
             with trio.move_on_after(limit if limit > 0 else math.inf):
-                await self._either(done)
+                await done.wait()  # set by the pong, or by the connection closing
         finally:
             self._pong_waiters.pop(request.seq, None)
-        if not done.is_set():
-            if self.closed:
-                raise self._closed_error()
-            raise PeerTimeout(f"no pong for heartbeat {request.seq} within {limit:g}s")
-        rtt = self._liveness.rtt.summary().last
-        return rtt if rtt is not None else 0.0
+        rtt = self._pong_rtts.pop(request.seq, None)
+        if rtt is not None:
+            return rtt
+        if self.closed:
+            raise self._closed_error()
+        raise PeerTimeout(f"no pong for heartbeat {request.seq} within {limit:g}s")
 
     async def aclose(self, reason: str = "closed by application") -> None:
         """Say goodbye (a CLOSE frame, best effort) and close the stream."""
@@ -247,6 +248,7 @@ class HeartbeatConnection:
             self._runner.pong(frame.seq)
             waiter = self._pong_waiters.get(frame.seq)
             if waiter is not None:
+                self._pong_rtts[frame.seq] = trio.current_time() - frame.ts
                 waiter.set()
             return
         self._runner.received()
@@ -319,20 +321,14 @@ class HeartbeatConnection:
                 raise self._closed_error() from exc
             self._runner.sent()
 
-    async def _either(self, done: trio.Event) -> None:
-        async with trio.open_nursery() as nursery:
-            async def wait(event: trio.Event) -> None:
-                await event.wait()
-                nursery.cancel_scope.cancel()
-            nursery.start_soon(wait, done)
-            nursery.start_soon(wait, self._closed)
-
     async def _finish(self, reason: str, error: PulseError | None) -> None:
         if self.closed:
             return
         self._close_reason = reason
         self._close_error = error
         self._closed.set()
+        for waiter in self._pong_waiters.values():
+            waiter.set()  # wake pending pings: they report the close
         self._log.info("connection_closed", reason=reason)
         if not self._close_published:
             self._publish(Close(reason))
