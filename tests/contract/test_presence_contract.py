@@ -243,3 +243,44 @@ async def test_state_changes_report_close(backend: str) -> None:
                 await closed.wait()
             nursery.cancel_scope.cancel()
     assert SessionState.CLOSED in states
+
+
+async def test_pulse_watch_json_reports_online_and_offline(
+    backend: str, prefix: str, tmp_path: Path,
+) -> None:
+    """`pulse watch --json` prints one object per change with `event` and `id`, on both backends."""
+    import json
+
+    watch = await trio.lowlevel.open_process(
+        [*PULSE, "watch", "--server", backend, "--prefix", prefix, "--json",
+         "--session-timeout", str(TIMEOUT)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    assert watch.stdout is not None
+    lines: list[dict[str, object]] = []
+    buffer = b""
+
+    async def read_until(kind: str, name: str) -> None:
+        nonlocal buffer
+        with trio.fail_after(20):
+            while not any(line.get("event") == kind and line.get("id") == name
+                          for line in lines):
+                assert watch.stdout is not None
+                chunk = await watch.stdout.receive_some(4096)
+                assert chunk, "pulse watch ended early"
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                lines.extend(json.loads(line) for line in complete if line.strip())
+
+    try:
+        async with connect_session(backend, session_timeout=TIMEOUT) as member:
+            await member.register(f"{prefix}/first", b"")
+            await read_until("online", "first")
+            await member.register(f"{prefix}/second", b"")
+            await read_until("online", "second")
+        await read_until("offline", "first")
+        await read_until("offline", "second")
+    finally:
+        watch.terminate()
+        with trio.move_on_after(10):
+            await watch.wait()
