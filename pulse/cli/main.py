@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from pulse import __version__
+from pulse._trio.util import lone_exception
 from pulse.cli._run import only_interrupts
 from pulse.cli.logs import configure_logging
+from pulse.errors import NoPlugin, PulseError
 
 COMMANDS = ("serve", "ping", "keepalive", "agent", "watch", "demo")
 
@@ -56,10 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args._run(args)
     except BaseException as error:
-        if not only_interrupts(error):
-            raise
-        print("interrupted", file=sys.stderr)
-        return 130
+        if only_interrupts(error):
+            print("interrupted", file=sys.stderr)
+            return 130
+        lone = lone_exception(error) if isinstance(error, BaseExceptionGroup) else error
+        if isinstance(lone, PulseError | ValueError | OSError):
+            # A bad URL, an unknown scheme, a capability a plugin lacks, a port in use:
+            # one line saying what is wrong, not a traceback.
+            print(f"pulse {args.command}: {lone}", file=sys.stderr)
+            return 2 if isinstance(lone, ValueError | NoPlugin) else 1
+        raise
     return status
 
 

@@ -140,3 +140,19 @@ async def test_ctrl_c_ends_serve_and_ping_cleanly(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
     assert b"pulse statistics" in seen and b"0.0% lost" in seen
     assert b"Traceback" not in errors
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["ping", "foo"], "not a URL with a scheme"),
+    (["ping", "gopher://127.0.0.1:1"], "no plugin for scheme 'gopher'"),
+    (["serve", "--listen", "gopher://127.0.0.1:1"], "no plugin for scheme 'gopher'"),
+    (["ping", "zk://127.0.0.1:2181"], "cannot ping"),
+])
+def test_bad_urls_get_one_line_and_status_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bad URL, unknown scheme or missing capability: one line on stderr, exit status 2."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
