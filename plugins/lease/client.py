@@ -619,8 +619,13 @@ class LeaseSession:
         self._superseded = None
         self._last_heard = now
         self.server = server
-        for message in messages[1:]:
-            self._on_message(conn, message)
+        try:
+            for message in messages[1:]:  # what came with the answer (re-sent watch events)
+                self._on_message(conn, message)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+            raise
         for call in list(self._pending.values()):  # requests that waited for a connection
             conn.send(Request(call.xid, call.body, self._last_seq))
         self._conn = conn

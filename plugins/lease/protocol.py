@@ -382,8 +382,10 @@ def _parse_body(op: Op, args: Mapping[str, Any], xid: int) -> RequestBody:
     if op is Op.PING:
         return Ping()
     if op is Op.REGISTER:
-        data = args.get("data", b"")
-        return Register(_key(args.get("key"), "register: key", xid), _bytes(data, "register: data", xid))
+        key = _key(args.get("key"), "register: key", xid)
+        if key == "/":
+            raise BadRequest("register: key must not be the root '/'", xid)
+        return Register(key, _bytes(args.get("data", b""), "register: data", xid))
     if op is Op.UNREGISTER:
         return Unregister(_key(args.get("key"), "unregister: key", xid))
     if op is Op.GET:

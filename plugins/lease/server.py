@@ -310,15 +310,17 @@ class LeaseServer:
             self._reply_error(conn, xid, ErrorCode.BAD_REQUEST,
                               "this connection already has a session")
             return
+        woken: set[int] = set()
         try:
-            session, result, ended = self.state.connect(body, conn.peer, now, self._wall_clock())
+            session, result, ended = self.state.connect(body, conn.peer, now, self._wall_clock(),
+                                                        woken)
         except RequestFailed as exc:
             log.info("connect_refused", peer=conn.peer, reason=exc.message,
                      session_id=body.session_id)
             self._reply_error(conn, xid, exc.code, exc.message)
             conn.finish(ErrorNotice(exc.code, exc.message))
             return
-        self._apply(Outcome({}, set(), ended))
+        self._apply(Outcome({}, woken, ended))  # watchers of a superseded session's keys
         previous = self._connections.get(session.id)
         if previous is not None and previous is not conn:
             previous.session = None

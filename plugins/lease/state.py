@@ -194,10 +194,12 @@ class LeaseState:
                 self._insert(key, owner, data)
                 session.keys[key] = None
 
-    def connect(self, body: Connect, address: str, now: float, wall: float
+    def connect(self, body: Connect, address: str, now: float, wall: float,
+                woken: set[int] | None = None,
                 ) -> tuple[ServerSession, dict[str, Any], list[Ended]]:
         """Open a session or re-attach to one; return it, the response result and any
-        session this one superseded."""
+        session this one superseded (sessions given watch events by that are added to
+        ``woken``). A refused connect changes nothing, not even the superseded session."""
         ended: list[Ended] = []
         if body.session_id is not None:
             try:
@@ -215,19 +217,26 @@ class LeaseState:
                 session.next_seq = body.last_seq + 1
             session.acknowledge(body.last_seq)
             return session, self._grant_result(grant, reattached=True), ended
+        superseded: ServerSession | None = None
         if body.supersedes is not None:
             old_id, old_password = body.supersedes
             if self.tracker.check_password(old_id, old_password) and self.tracker.is_live(old_id):
-                ended.extend(self.end_session(old_id, "closed", "superseded by a new session"))
-        if len(self.sessions) >= self.limits.max_sessions:
+                superseded = self.sessions.get(old_id)
+        # The limits count the superseded session as gone: it ends only if this one opens.
+        freed = superseded is not None
+        freed_here = superseded is not None and superseded.address == address
+        if len(self.sessions) - freed >= self.limits.max_sessions:
             raise RequestFailed(ErrorCode.TOO_MANY_SESSIONS,
                                 f"the server holds its maximum of {self.limits.max_sessions} sessions")
-        if self._per_address.get(address, 0) >= self.limits.max_sessions_per_address:
+        if self._per_address.get(address, 0) - freed_here >= self.limits.max_sessions_per_address:
             raise RequestFailed(
                 ErrorCode.TOO_MANY_SESSIONS,
                 f"address {address} holds its maximum of "
                 f"{self.limits.max_sessions_per_address} sessions",
             )
+        if superseded is not None:
+            ended.extend(self.end_session(superseded.id, "closed", "superseded by a new session",
+                                          set() if woken is None else woken))
         grant = self.tracker.open(now, body.timeout, wall)
         session = ServerSession(grant.session_id, grant.timeout, "", now, self._burst)
         session.address = address
@@ -296,8 +305,11 @@ class LeaseState:
         return ended
 
     def _end_backlogged(self, session_id: int, woken: set[int]) -> list[Ended]:
-        if not self.tracker.set_closing(session_id):
+        # A session already closing (due in the same expiry pass, or being ended) is ended by
+        # whoever flagged it; ending it here too would end it twice.
+        if not self.tracker.is_live(session_id):
             return []
+        self.tracker.set_closing(session_id)
         reason = (f"more than {self.limits.max_pending_notifications} unacknowledged "
                   "notifications")
         return self._end(session_id, "closed", reason, woken)
