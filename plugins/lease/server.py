@@ -51,6 +51,9 @@ log = structlog.get_logger("pulse.lease")
 DEFAULT_TICK = 2.0
 CLIENT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 MAX_QUEUED_RESPONSES = 10_000
+#: Bytes of unread responses a connection may hold before it is closed (a peer that sends
+#: requests but never reads must not make the server buffer without bound).
+MAX_QUEUED_BYTES = 32 * 1024 * 1024
 FINAL_SEND_TIMEOUT = 1.0
 
 
@@ -82,6 +85,7 @@ class _Connection:
         self.sent_seq = 0
         self.client_limit = CLIENT_MAX_MESSAGE_SIZE
         self.queued: deque[bytes] = deque()
+        self.queued_bytes = 0
         self.finishing = False
         self._wake = trio.Event()
         self.scope = trio.CancelScope()
@@ -95,13 +99,16 @@ class _Connection:
 
     def queue(self, message: list[Any]) -> None:
         try:
-            self.queued.append(encode_message(message, max_message_size=self.client_limit))
+            encoded = encode_message(message, max_message_size=self.client_limit)
         except LocalProtocolError as exc:
             if message[0] != 1:  # not a response: nothing smaller to send instead
                 raise
             too_large = Response(message[1], error=ErrorCode.RESPONSE_TOO_LARGE, message=str(exc))
-            self.queued.append(encode_message(response_to_wire(too_large)))
-        if len(self.queued) > MAX_QUEUED_RESPONSES:  # the peer sends but does not read
+            encoded = encode_message(response_to_wire(too_large))
+        self.queued.append(encoded)
+        self.queued_bytes += len(encoded)
+        # The peer sends but does not read: bounded by count and by bytes.
+        if len(self.queued) > MAX_QUEUED_RESPONSES or self.queued_bytes > MAX_QUEUED_BYTES:
             self.finish(ErrorNotice(ErrorCode.PROTOCOL_ERROR, "too many unread responses"))
         self.wake()
 
@@ -252,6 +259,7 @@ class LeaseServer:
             await conn.wait()
             chunks = list(conn.queued)
             conn.queued.clear()
+            conn.queued_bytes = 0
             if conn.session is not None and not conn.finishing:
                 for event in conn.session.pending(conn.sent_seq):
                     chunks.append(encode_message(watch_event_to_wire(event)))

@@ -116,3 +116,32 @@ async def test_backlogged_watcher_expiring_with_the_watched_session_does_not_kil
         await late.drain()
         assert 4.0 < trio.current_time() - start <= 5.0
         assert all(isinstance(e, WatchEvent) for e in watcher.events)
+
+
+async def test_unread_responses_are_bounded_in_bytes_too(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Large unread answers close the connection at the byte bound, long before the count bound."""
+    from pulse.codec import encode_message
+    from pulse.plugins.lease import server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_QUEUED_BYTES", 1024 * 1024)
+    async with network(ServerConfig(tick=1.0)) as net:
+        client_end, server_end = trio.testing.lockstep_stream_pair()
+        net.nursery.start_soon(net.server().handle_stream, server_end, "10.0.0.9")
+        sent = 0
+        closed = False
+        with trio.move_on_after(30):
+            try:
+                await client_end.send_all(encode_message([0, 1, 0, "connect", {"timeout": 10.0}]))
+                await client_end.send_all(encode_message(
+                    [0, 2, 0, "register", {"key": "/big/one", "data": b"x" * 60_000}]))
+                for request_id in range(3, 3 + server_module.MAX_QUEUED_RESPONSES):
+                    await client_end.send_all(encode_message(
+                        [0, request_id, 0, "get", {"key": "/big/one"}]))
+                    sent += 1
+                await trio.sleep_forever()
+            except trio.BrokenResourceError:
+                closed = True
+        assert closed
+        assert sent < 100  # ~17 answers of 60 kB fill 1 MiB; the count bound is 10,000
