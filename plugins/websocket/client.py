@@ -44,7 +44,7 @@ from .errors import HandshakeRejected
 from .handshake import Accepted, Headers, client_handshake
 from .heartbeat import HeartbeatMode
 from .inbox import Inbox
-from .outbox import DropHandler, Dropped, Outbox, Overflow, Payload
+from .outbox import DropHandler, Outbox, Overflow, Payload, log_drop
 from .session import (
     CLOSE_NORMAL,
     DEFAULT_FRAGMENT_SIZE,
@@ -179,6 +179,7 @@ class ResilientWebSocket:
         self.last_end: SessionEnd | None = None
         self._session: Session | None = None
         self._sleep_scope: trio.CancelScope | None = None
+        self._attempt_scope: trio.CancelScope | None = None
         self._closing = False
         self._close_reason = "closed by application"
         self._failure: PulseError | None = None
@@ -287,10 +288,10 @@ class ResilientWebSocket:
         Messages still queued after the flush are reported through ``on_drop``.
         """
         if not self._closing and not self._finished.is_set():
-            session = self._session
-            if self.state is ClientState.OPEN and session is not None:
-                with trio.move_on_after(self._options.close_timeout):
-                    await self._outbox.wait_empty()
+            # Also while (re)connecting: a connection that opens within close_timeout
+            # still carries what was queued.
+            with trio.move_on_after(self._options.close_timeout):
+                await self._outbox.wait_empty()
             self._stop(reason)
         await self._finished.wait()
 
@@ -301,6 +302,8 @@ class ResilientWebSocket:
             self._session.end(reason, CLOSE_NORMAL, Initiator.LOCAL)
         if self._sleep_scope is not None:
             self._sleep_scope.cancel()
+        if self._attempt_scope is not None:
+            self._attempt_scope.cancel()
 
     # -- the supervisor -------------------------------------------------------------------
 
@@ -343,8 +346,12 @@ class ResilientWebSocket:
         while not self._closing:
             self.attempts_total += 1
             code: int | None = None
+            opened: tuple[WebSocketConnection, Accepted] | None = None
+            attempt = self._attempt_scope = trio.CancelScope()
             try:
-                conn, accepted = await self._open()
+                with attempt:  # cancelled by _stop: closing never waits for a connect
+                    opened = await self._open()
+                self._attempt_scope = None
             except HandshakeRejected as exc:
                 if exc.status_code in options.give_up_statuses:
                     self._fail(f"handshake refused with HTTP {exc.status_code}; not retrying")
@@ -353,7 +360,9 @@ class ResilientWebSocket:
             except (OSError, trio.TooSlowError, PulseError, trio.BrokenResourceError) as exc:
                 reason = _describe(exc)
             else:
-                end = await self._run_connection(conn, accepted)
+                if opened is None:  # the attempt was cancelled: the client is closing
+                    return
+                end = await self._run_connection(*opened)
                 if end is None:  # on_connect gave up
                     return
                 self.last_end = end
@@ -467,8 +476,12 @@ class ResilientWebSocket:
             return
         inbox = Inbox(self._receive_buffer)
         session.divert(inbox)
-        await hook(ConnectionHandle(session, inbox, accepted, self.connects + 1))
-        session.undivert()
+        try:
+            await hook(ConnectionHandle(session, inbox, accepted, self.connects + 1))
+        finally:
+            # Also when the hook failed or the connection ended under it: what the server
+            # sent and the hook did not read goes to the application, in order.
+            session.undivert()
 
     def _settle_window(self, session: Session) -> None:
         unconfirmed = session.unconfirmed()
@@ -493,10 +506,6 @@ def _describe(exc: BaseException) -> str:
         return f"{type(exc).__name__}: {exc.strerror}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
-
-def _log_drop(dropped: Dropped) -> None:
-    log.warning("message_dropped", peer=dropped.peer, reason=dropped.reason,
-                possibly_delivered=dropped.possibly_delivered, size=len(dropped.message))
 
 
 @asynccontextmanager
@@ -575,7 +584,7 @@ async def connect(
         give_up_statuses=frozenset(give_up_statuses), opener=opener or open_stream,
         on_connect=on_connect, on_liveness=on_liveness,
     )
-    outbox = Outbox(queue_size, overflow, on_drop or _log_drop, peer=parsed.peer)
+    outbox = Outbox(queue_size, overflow, on_drop or log_drop, peer=parsed.peer)
     client = ResilientWebSocket(parsed, options, backoff or Backoff(), outbox, receive_buffer,
                                 on_event)
     async with trio.open_nursery() as nursery:

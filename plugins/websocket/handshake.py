@@ -150,7 +150,8 @@ async def server_handshake(
     The subprotocol chosen is the first of ``subprotocols`` (in the server's order of
     preference) the client offered. Raises :class:`~pulse.errors.RemoteProtocolError` for a
     request that is not a valid WebSocket upgrade (answered with HTTP 400) and
-    :class:`HandshakeRejected` when ``check`` refused it.
+    :class:`HandshakeRejected` when ``check`` refused it (HTTP 500 when ``check`` raised;
+    the exception is the ``__cause__``).
     """
     ws = WSConnection(ConnectionType.SERVER)
     while True:
@@ -161,7 +162,11 @@ async def server_handshake(
                 path=event.target, host=event.host,
                 headers=encode_headers(event.extra_headers), subprotocols=list(event.subprotocols),
             )
-            status = check(request) if check is not None else None
+            try:
+                status = check(request) if check is not None else None
+            except Exception as exc:  # a bug in the check costs this client, not the server
+                await _refuse(stream, 500, "internal error\n")
+                raise HandshakeRejected(500, [], f"check failed: {exc!r}".encode()) from exc
             if status is not None:
                 await _refuse(stream, status, f"refused with HTTP {status}\n")
                 raise HandshakeRejected(status, [], b"")

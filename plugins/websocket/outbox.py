@@ -24,9 +24,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import structlog
 import trio
 
 from pulse.errors import PulseError, QueueFull
+
+log = structlog.get_logger("pulse.websocket")
 
 Payload = str | bytes
 
@@ -66,6 +69,12 @@ class Entry:
 
 
 DropHandler = Callable[[Dropped], None]
+
+
+def log_drop(dropped: Dropped) -> None:
+    """The default ``on_drop`` of client and server: one structlog warning per message."""
+    log.warning("message_dropped", peer=dropped.peer, reason=dropped.reason,
+                possibly_delivered=dropped.possibly_delivered, size=len(dropped.message))
 
 
 class Outbox:
@@ -165,6 +174,13 @@ class Outbox:
             total += len(entry.message)
             self._pinned += 1
         return batch
+
+    def unpin_last(self, count: int = 1) -> None:
+        """The writer will not write the newest ``count`` pinned messages now after all:
+        unpin them (they stay queued, next in line); those pinned before stay pinned."""
+        if not 0 <= count <= self._pinned:
+            raise ValueError(f"unpin_last({count}) with {self._pinned} pinned messages")
+        self._pinned -= count
 
     def peek(self) -> Entry | None:
         """The next message to write, without pinning it."""

@@ -36,7 +36,7 @@ from .errors import WebSocketClosed
 from .handshake import Headers, RequestCheck, UpgradeRequest, server_handshake
 from .heartbeat import HeartbeatMode
 from .inbox import Inbox
-from .outbox import DropHandler, Dropped, Outbox, Overflow, Payload
+from .outbox import DropHandler, Outbox, Overflow, Payload, log_drop
 from .session import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
@@ -239,7 +239,7 @@ async def serve_stream(
         return
     conn = WebSocketConnection(wrapped, ws, max_message_size=options.max_message_size)
     inbox = Inbox(options.receive_buffer)
-    outbox = Outbox(options.queue_size, options.overflow, options.on_drop or _log_drop, peer=peer)
+    outbox = Outbox(options.queue_size, options.overflow, options.on_drop or log_drop, peer=peer)
     detector = (options.detector_factory(options.policy)
                 if options.detector_factory is not None else None)
     session = Session(
@@ -288,10 +288,6 @@ async def serve_stream(
         connections.discard(client)
         await trio.aclose_forcefully(wrapped)
 
-
-def _log_drop(dropped: Dropped) -> None:
-    log.warning("message_dropped", peer=dropped.peer, reason=dropped.reason,
-                possibly_delivered=dropped.possibly_delivered, size=len(dropped.message))
 
 
 async def serve(

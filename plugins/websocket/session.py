@@ -542,9 +542,10 @@ class Session:
             head = self.outbox.peek()
             if head is not None and not self._is_long(head.message):
                 room = min(self._room(), BATCH_MESSAGES)
-                for entry in self.outbox.begin_batch(room, BATCH_BYTES - len(buffer)):
-                    if self._is_long(entry.message):  # stays pinned for the next round
-                        self.outbox.release()
+                batch = self.outbox.begin_batch(room, BATCH_BYTES - len(buffer))
+                for index, entry in enumerate(batch):
+                    if self._is_long(entry.message):  # written alone, in the next round
+                        self.outbox.unpin_last(len(batch) - index)
                         break
                     buffer += conn.encode_message(entry.message)
                     entries.append(entry)
