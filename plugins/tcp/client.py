@@ -115,8 +115,7 @@ class ReconnectingClient:
         self._options = options
         self.state = ClientState.CONNECTING
         self.connection: HeartbeatConnection | None = None
-        self._connected = trio.Event()
-        self._finished = trio.Event()
+        self._changed = trio.Event()  # set (and replaced) at every state change
         self._failure: PulseError | None = None
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[Any](256)
         self._events: EventFeed[StateChange] = EventFeed()
@@ -132,9 +131,18 @@ class ReconnectingClient:
         log.info("client_state", peer=f"{self.host}:{self.port}", transport="tcp",
                  state=change.state.value, reason=change.reason, attempt=change.attempt,
                  delay=round(change.delay, 3))
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def send(self, payload: object, timeout: float = math.inf) -> None:
-        """Send on the current connection, waiting up to ``timeout`` s for one to be open."""
+        """Send on the current connection, waiting up to ``timeout`` s for one to be open.
+
+        A connection that has closed but is not yet replaced is not retried in a loop: the
+        send waits for the client's next state change (reconnecting, open, failed, closed).
+        """
         with trio.fail_after(timeout):
             while True:
                 if self._failure is not None:
@@ -142,21 +150,14 @@ class ReconnectingClient:
                 if self.state is ClientState.CLOSED:
                     raise ConnectionClosed("client closed")
                 conn = self.connection
+                changed = self._changed
                 if conn is not None and not conn.closed:
                     try:
                         await conn.send(payload)
                         return
                     except ConnectionClosed:
                         pass
-                await self._next_connection()
-
-    async def _next_connection(self) -> None:
-        async with trio.open_nursery() as nursery:
-            async def wait(event: trio.Event) -> None:
-                await event.wait()
-                nursery.cancel_scope.cancel()
-            nursery.start_soon(wait, self._connected)
-            nursery.start_soon(wait, self._finished)
+                await changed.wait()
 
     async def receive(self) -> Any:
         """The next message from the server (across reconnects)."""
@@ -176,6 +177,7 @@ class ReconnectingClient:
                 return
 
     async def _run(self) -> None:
+        self._set(StateChange(ClientState.CONNECTING, f"connecting to {self.host}:{self.port}"))
         try:
             while True:
                 try:
@@ -184,7 +186,6 @@ class ReconnectingClient:
                         self.connects += 1
                         self.backoff.connected(trio.current_time())
                         self.connection = conn
-                        self._connected.set()
                         self._set(StateChange(ClientState.OPEN, "connected"))
                         async for message in conn:
                             await self._inbound_send.send(message)
@@ -192,7 +193,6 @@ class ReconnectingClient:
                 except (PulseError, OSError, trio.TooSlowError, ssl.SSLError) as exc:
                     reason = str(exc) or type(exc).__name__
                 self.connection = None
-                self._connected = trio.Event()
                 self.backoff.disconnected(trio.current_time())
                 delay = self.backoff.next_delay()
                 if delay is None:
@@ -205,7 +205,7 @@ class ReconnectingClient:
                                       self.backoff.attempts, delay))
                 await trio.sleep(delay)
         finally:
-            self._finished.set()
+            self._wake()
             self._inbound_send.close()
             self._events.close()
 

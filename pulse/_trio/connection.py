@@ -31,7 +31,6 @@ from pulse.errors import (
     AuthFailed,
     ConnectionClosed,
     PeerTimeout,
-    ProtocolError,
     PulseError,
     RemoteProtocolError,
 )
@@ -54,6 +53,9 @@ log = structlog.get_logger("pulse.connection")
 WRITE_CHUNK = 64 * 1024
 #: Largest read per ``receive_some``.
 READ_CHUNK = 64 * 1024
+#: How long a graceful close (a CLOSE frame, a TLS close_notify) may take before the stream
+#: is closed forcefully.
+CLOSE_TIMEOUT = 1.0
 
 DetectorFactory = Callable[[HeartbeatPolicy], FailureDetector]
 Authenticator = Callable[[str | None], bool]
@@ -99,7 +101,7 @@ class HeartbeatConnection:
         self._close_error: PulseError | None = None
         self._closed = trio.Event()
         self._delivering = False
-        self._close_published = False
+        self._goodbye: tuple[str, PulseError | None] | None = None
         self._early_frames: list[Frame] = []
         self._pong_waiters: dict[int, trio.Event] = {}
         self._pong_rtts: dict[int, float] = {}
@@ -198,13 +200,7 @@ class HeartbeatConnection:
         """Say goodbye (a CLOSE frame, best effort) and close the stream."""
         if self.closed:
             return
-        with trio.move_on_after(1.0) as scope:
-            scope.shield = True
-            try:
-                await self._write(encode_frame(CloseFrame(reason)), progress=False)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
-                pass
-        await self._finish(reason, None)
+        await self._say_goodbye(reason, reason, None, shield=True)
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -233,15 +229,10 @@ class HeartbeatConnection:
                     return
         except RemoteProtocolError as exc:
             self._log.warning("protocol_error", reason=str(exc))
-            with trio.move_on_after(1.0):
-                try:
-                    await self._write(encode_frame(CloseFrame(f"protocol error: {exc}")),
-                                      progress=False)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
-                    pass
-            await self._finish(f"protocol error: {exc}", exc)
+            reason = f"protocol error: {exc}"
+            await self._say_goodbye(reason, reason, exc, shield=False)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            await self._finish(f"connection lost: {exc!r}", None)
+            await self._finish(f"connection lost: {exc!r}", None, graceful=False)
 
     async def _on_frame(self, frame: object) -> None:
         if isinstance(frame, Pong):
@@ -272,9 +263,8 @@ class HeartbeatConnection:
         async for frame in self._control_receive:
             try:
                 await self._write(encode_frame(frame), progress=False)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed) as exc:
-                await self._finish(f"connection lost: {exc!r}", None)
-                return
+            except ConnectionClosed:
+                return  # _write has closed the connection and said why
 
     async def _queue_ping(self, action: SendPing) -> None:
         try:
@@ -292,21 +282,36 @@ class HeartbeatConnection:
         elif isinstance(action, PeerDead):
             self._log.warning("peer_dead", reason=action.reason, missed=action.missed)
         elif isinstance(action, Close):
-            self._publish(action)
+            # The peer is dead: no goodbye can reach it, so the stream is closed at once.
+            # Scheduled first, so that the stream is released even if a callback raises.
             assert self._nursery is not None
-            self._nursery.start_soon(self._finish, action.reason, PeerTimeout(action.reason))
+            self._nursery.start_soon(self._release, False)
+            self._mark_closed(action.reason, PeerTimeout(action.reason))
             return
         self._publish(action)
 
     def _publish(self, action: Action) -> None:
-        self._close_published = self._close_published or isinstance(action, Close)
         self._events.publish(action)
         if self._on_event is not None:
             self._on_event(action)
 
     # -- helpers -------------------------------------------------------------------------
 
+    async def _say_goodbye(self, said: str, reason: str, error: PulseError | None, *,
+                           shield: bool) -> None:
+        """Send CLOSE(``said``) for at most :data:`CLOSE_TIMEOUT`, then close for ``reason``."""
+        self._goodbye = (reason, error)  # the reason even if the CLOSE frame is cut short
+        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            scope.shield = shield
+            try:
+                await self._write(encode_frame(CloseFrame(said)), progress=False)
+            except ConnectionClosed:
+                pass
+        await self._finish(reason, error)
+
     async def _write(self, data: bytes, *, progress: bool) -> None:
+        """Write one whole frame, or close the connection: a frame cut short (an error, or a
+        cancellation in the middle of ``send_all``) leaves the stream unframed for good."""
         async with self._send_lock:
             if self.closed:
                 raise self._closed_error()
@@ -317,11 +322,28 @@ class HeartbeatConnection:
                     if progress and start + WRITE_CHUNK < len(view):
                         self._runner.progress()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                await self._finish(f"connection lost: {exc!r}", None)
+                await self._finish(f"connection lost: {exc!r}", None, graceful=False)
                 raise self._closed_error() from exc
+            except trio.Cancelled:
+                reason, error = self._goodbye or ("a write was cancelled part-way through a frame",
+                                                  None)
+                await self._finish(reason, error, graceful=False)
+                raise
             self._runner.sent()
 
-    async def _finish(self, reason: str, error: PulseError | None) -> None:
+    async def _finish(self, reason: str, error: PulseError | None, *, graceful: bool = True) -> None:
+        """Close for ``reason`` (first caller wins); ``graceful`` lets a transport say goodbye
+        (TLS close_notify) for at most :data:`CLOSE_TIMEOUT` before the stream is dropped."""
+        if self.closed:
+            return
+        try:
+            self._mark_closed(reason, error)
+        finally:
+            await self._release(graceful)
+
+    def _mark_closed(self, reason: str, error: PulseError | None) -> None:
+        """The synchronous half of closing: record why, wake and end every waiter, then
+        publish the final :class:`~pulse.actions.Close` (whose callback may raise)."""
         if self.closed:
             return
         self._close_reason = reason
@@ -329,14 +351,25 @@ class HeartbeatConnection:
         self._closed.set()
         for waiter in self._pong_waiters.values():
             waiter.set()  # wake pending pings: they report the close
-        self._log.info("connection_closed", reason=reason)
-        if not self._close_published:
-            self._publish(Close(reason))
-        self._events.close()
         self._inbound_send.close()
         self._control_send.close()
+        self._log.info("connection_closed", reason=reason)
+        try:
+            self._publish(Close(reason))
+        finally:
+            self._events.close()
+
+    async def _release(self, graceful: bool) -> None:
+        """Close the stream (never hanging: a stuck graceful close becomes a forceful one) and
+        stop the connection's tasks."""
         with trio.CancelScope(shield=True):
-            await self.stream.aclose()
+            if graceful:
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    try:
+                        await self.stream.aclose()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
+            await trio.aclose_forcefully(self.stream)
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -406,26 +439,26 @@ async def heartbeat(
     policy = policy or HeartbeatPolicy()
     decoder = FrameDecoder(max_frame_size=max_frame_size)
     hello = Hello(PROTOCOL_VERSION, policy.interval, policy.dead_after, peer_id, token)
+    # The stream is ours from here on: whatever ends the set-up (a refusal, a lost link, a
+    # cancellation, an error in a callback) closes it.
     try:
         remote, early_frames = await _handshake(stream, decoder, hello, handshake_timeout)
         if authenticate is not None and not authenticate(remote.token):
-            with trio.move_on_after(1.0):
+            with trio.move_on_after(CLOSE_TIMEOUT):
                 await stream.send_all(encode_frame(CloseFrame("authentication failed")))
             raise AuthFailed(f"peer {remote.peer_id!r} presented a bad token")
-    except (PulseError, ProtocolError):
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
-        raise
+        agreed = negotiate(policy, remote.interval, remote.timeout, bounds)
+        conn = HeartbeatConnection(
+            stream, agreed, remote, decoder,
+            detector=detector(agreed) if detector is not None and agreed.enabled else None,
+            receive_buffer=receive_buffer, peer=peer, transport=transport, on_event=on_event,
+        )
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
+        await trio.aclose_forcefully(stream)
         raise ConnectionClosed(f"connection lost during the HELLO exchange: {exc!r}") from exc
-    agreed = negotiate(policy, remote.interval, remote.timeout, bounds)
-    conn = HeartbeatConnection(
-        stream, agreed, remote, decoder,
-        detector=detector(agreed) if detector is not None and agreed.enabled else None,
-        receive_buffer=receive_buffer, peer=peer, transport=transport, on_event=on_event,
-    )
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
     conn._early_frames = early_frames
     log.info("connection_open", peer=peer, transport=transport, remote_id=remote.peer_id,
              interval=agreed.interval, timeout=agreed.timeout)
