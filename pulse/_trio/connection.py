@@ -189,7 +189,7 @@ class HeartbeatConnection:
                 await done.wait()  # set by the pong, or by the connection closing
         finally:
             self._pong_waiters.pop(request.seq, None)
-        rtt = self._pong_rtts.pop(request.seq, None)
+            rtt = self._pong_rtts.pop(request.seq, None)  # also when cancelled: no leak
         if rtt is not None:
             return rtt
         if self.closed:
