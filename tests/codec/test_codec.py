@@ -15,25 +15,10 @@ from pulse.codec import (
     unpack_body,
 )
 from pulse.errors import FrameTooLarge, LocalProtocolError, ProtocolError, RemoteProtocolError
+from tests.codec.strategies import msgpack_values
 
 # --- helpers ---------------------------------------------------------------------------------
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-    | st.binary(max_size=20)
-)
-msgpack_values = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=5)
-        | st.dictionaries(st.text(max_size=8) | st.binary(max_size=8), children, max_size=5)
-    ),
-    max_leaves=20,
-)
 
 
 def frame_raw(body: bytes) -> bytes:

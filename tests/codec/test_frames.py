@@ -28,28 +28,14 @@ from pulse.frames import (
     frame_from_wire,
     frame_to_wire,
 )
+from tests.codec.strategies import msgpack_values
 
 # --- strategies ------------------------------------------------------------------------------
 
 seqs = st.integers(min_value=0, max_value=MAX_SEQ)
 finite = st.floats(allow_nan=False, allow_infinity=False)
 non_negative = st.floats(min_value=0.0, allow_nan=False, allow_infinity=False)
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-    | st.binary(max_size=20)
-)
-payloads = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=5)
-        | st.dictionaries(st.text(max_size=8) | st.binary(max_size=8), children, max_size=5)
-    ),
-    max_leaves=20,
-)
+payloads = msgpack_values
 frames: st.SearchStrategy[Frame] = st.one_of(
     st.builds(
         Hello,
