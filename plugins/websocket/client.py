@@ -41,7 +41,7 @@ from pulse.errors import ConnectionClosed, PulseError, ReconnectGaveUp
 
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 from .errors import HandshakeRejected
-from .handshake import Accepted, Headers, client_handshake
+from .handshake import Accepted, Headers, open_connection
 from .heartbeat import HeartbeatMode
 from .inbox import Inbox
 from .outbox import DropHandler, Outbox, Overflow, Payload, log_drop
@@ -394,18 +394,11 @@ class ResilientWebSocket:
         options = self._options
         url = self.url
         with trio.fail_after(options.handshake_timeout):
-            stream = await options.opener(url.host, url.port, options.ssl_context,
-                                          options.server_hostname)
-            try:
-                ws, accepted = await client_handshake(
-                    stream, host=url.host_header, target=url.target,
-                    headers=options.headers, subprotocols=options.subprotocols,
-                )
-            except BaseException:
-                await trio.aclose_forcefully(stream)
-                raise
-        conn = WebSocketConnection(stream, ws, max_message_size=options.max_message_size)
-        return conn, accepted
+            return await open_connection(
+                url, options.opener, options.ssl_context,
+                server_hostname=options.server_hostname, headers=options.headers,
+                subprotocols=options.subprotocols, max_message_size=options.max_message_size,
+            )
 
     async def _run_connection(
         self, conn: WebSocketConnection, accepted: Accepted

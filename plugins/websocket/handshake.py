@@ -9,6 +9,7 @@ handshake has no clock of its own).
 from __future__ import annotations
 
 import http
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -20,7 +21,9 @@ from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from pulse.errors import RemoteProtocolError
 
+from .connection import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 from .errors import HandshakeRejected, WebSocketClosed
+from .transport import Opener, WebSocketURL
 
 Headers = Sequence[tuple[str | bytes, str | bytes]]
 
@@ -179,3 +182,27 @@ async def server_handshake(
         except RemoteProtocolError as exc:
             await _refuse(stream, 400, f"{exc}\n")
             raise
+
+
+async def open_connection(
+    url: WebSocketURL,
+    opener: Opener,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    server_hostname: str | None = None,
+    headers: Headers = (),
+    subprotocols: Sequence[str] = (),
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+) -> tuple[WebSocketConnection, Accepted]:
+    """Dial ``url`` with ``opener``, run the client handshake and wrap the result; the stream
+    is closed if anything fails (the caller bounds the time)."""
+    stream = await opener(url.host, url.port, ssl_context, server_hostname or url.host)
+    try:
+        ws, accepted = await client_handshake(
+            stream, host=url.host_header, target=url.target,
+            headers=headers, subprotocols=subprotocols,
+        )
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return WebSocketConnection(stream, ws, max_message_size=max_message_size), accepted

@@ -20,7 +20,7 @@ from .connection import (
     WebSocketConnection,
 )
 from .errors import WebSocketClosed
-from .handshake import client_handshake
+from .handshake import open_connection
 from .heartbeat import ping_payload, pong_seq
 from .server import echo, serve
 from .transport import open_stream, parse_ws_url
@@ -53,13 +53,7 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
         f"{endpoint.scheme}://{endpoint.host}:{endpoint.port}{endpoint.path}")
     context = client_context(endpoint, "wss")
     with trio.fail_after(options.timeout):
-        stream = await open_stream(url.host, url.port, context, url.host)
-        try:
-            ws, _ = await client_handshake(stream, host=url.host_header, target=url.target)
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
-    conn = WebSocketConnection(stream, ws)
+        conn, _ = await open_connection(url, open_stream, context)
     try:
         seq = 0
         while options.count is None or seq < options.count:
