@@ -11,17 +11,7 @@ from pulse._core.liveness import Liveness, LivenessState
 from pulse._core.policy import HeartbeatPolicy, IdleMode
 from pulse.actions import Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
 from pulse.events import DataReceived, DataSent, PongReceived, Tick
-
-
-def run_until(machine: Liveness, end: float) -> list[tuple[float, object]]:
-    """Tick the machine at each deadline up to ``end`` (as a driver would)."""
-    out: list[tuple[float, object]] = []
-    for _ in range(1000):
-        deadline = machine.next_deadline()
-        if deadline is None or deadline > end:
-            break
-        out += [(deadline, a) for a in machine.tick(deadline)]
-    return out
+from pulse.testing import run_until
 
 
 def test_silent_peer_is_pinged_suspected_then_declared_dead() -> None:
