@@ -46,7 +46,7 @@ def new_core(now: float, ids: Callable[[], int]) -> ChannelHeartbeat:
 
 
 def handle(core: ChannelHeartbeat, now: float) -> None:
-    for action in core.tick(now):
+    for action in core.handle_timer(now):
         if isinstance(action, SendPing):
             core.write(now)
             core.heartbeat_response(now, action.seq)  # the peer answers at once
@@ -75,7 +75,7 @@ async def run_wheel(n: int, minutes: float, result: Result) -> None:
             await trio.sleep_until(deadline if deadline is not None else float("inf"))
             now = trio.current_time()
             result.wakeups += 1
-            for core in wheel.advance(now):
+            for core in wheel.handle_timer(now):
                 handle(core, now)
                 nd = core.next_deadline()
                 if nd is not None:

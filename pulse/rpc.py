@@ -217,7 +217,7 @@ class RpcChannel(Generic[M]):
 
     def _fire(self, now: float) -> None:
         self._entry = None
-        self._apply(self.core.tick(now))
+        self._apply(self.core.handle_timer(now))
         if self.core.open:
             self._timer._arm(self)
 
@@ -327,7 +327,7 @@ class HeartbeatTimer:
             self._sleep = None
             now = trio.current_time()
             self.wakeups += 1
-            for channel in self._wheel.advance(now):
+            for channel in self._wheel.handle_timer(now):
                 self.fired += 1
                 try:
                     channel._fire(now)

@@ -2,6 +2,8 @@
 
 * :func:`run_until` drives a pure machine at its own deadlines, as a driver would, and
   returns every action with the time it happened — core tests need nothing else.
+  :func:`run_all_until` does the same for several machines sharing one clock, in deadline
+  order, as the engine does.
 * :func:`heartbeat_pair` gives two connected :class:`~pulse.HeartbeatConnection` objects
   over in-memory streams (use with ``trio.testing.MockClock(autojump_threshold=0)`` to run
   minutes of heartbeats in milliseconds).
@@ -27,22 +29,38 @@ from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOption
 
 
 class Machine(Protocol):
-    """Anything with ``next_deadline()`` and ``tick(now)`` (every pulse core machine)."""
+    """The timer contract every pulse core machine keeps: ``next_deadline()`` says when
+    ``handle_timer(now)`` is due next (None: never); ``handle_timer`` returns the actions."""
 
     def next_deadline(self) -> float | None: ...
 
-    def tick(self, now: float) -> list[Any]: ...
+    def handle_timer(self, now: float) -> Any: ...
 
 
 def run_until(machine: Machine, end: float, *, max_steps: int = 100_000) -> list[tuple[float, Any]]:
-    """Tick ``machine`` at each of its deadlines up to ``end``; return ``(time, action)`` pairs."""
-    out: list[tuple[float, Any]] = []
+    """Call ``handle_timer`` at each of ``machine``'s deadlines up to ``end``; return
+    ``(time, action)`` pairs."""
+    return [(when, action) for when, _, action in run_all_until([machine], end, max_steps=max_steps)]
+
+
+def run_all_until(
+    machines: list[Machine], end: float, *, max_steps: int = 100_000,
+) -> list[tuple[float, Machine, Any]]:
+    """Drive several machines on one virtual clock up to ``end``: always the machine with
+    the earliest deadline next (ties in list order), as the engine does; return
+    ``(time, machine, action)`` triples in the order they happened."""
+    out: list[tuple[float, Machine, Any]] = []
     for _ in range(max_steps):
-        deadline = machine.next_deadline()
-        if deadline is None or deadline > end:
+        due: tuple[float, Machine] | None = None
+        for machine in machines:
+            deadline = machine.next_deadline()
+            if deadline is not None and deadline <= end and (due is None or deadline < due[0]):
+                due = (deadline, machine)
+        if due is None:
             return out
-        out += [(deadline, action) for action in machine.tick(deadline)]
-    raise AssertionError(f"machine still busy after {max_steps} steps (a deadline that never moves?)")
+        when, machine = due
+        out += [(when, machine, action) for action in machine.handle_timer(when) or ()]
+    raise AssertionError(f"machines still busy after {max_steps} steps (a deadline that never moves?)")
 
 
 @asynccontextmanager

@@ -233,14 +233,14 @@ class ChannelHeartbeat:
         if self.open:
             self._closed = True
 
-    def tick(self, now: float) -> list[Action]:
+    def handle_timer(self, now: float) -> list[Action]:
         """Return what is due at ``now``: heartbeats to send, or the verdict."""
-        return self._liveness.tick(now) if self.open else []
+        return self._liveness.handle_timer(now) if self.open else []
 
     # -- queries --------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        """When :meth:`tick` must next be called (None: never, the channel is done or off).
+        """When :meth:`handle_timer` must next be called (None: never, the channel is done or off).
 
         The value is remembered: a tick much later than it is how a local pause is noticed.
         """

@@ -44,7 +44,7 @@ class IdleDetector:
     """Reader / writer / all idle detection for one connection.
 
     Construct with the connection's open time; feed ``read(now)``, ``write(now)`` and (with
-    ``observe_output``) ``output_progress(now)``; call ``tick(now)`` at ``next_deadline()``.
+    ``observe_output``) ``output_progress(now)``; call ``handle_timer(now)`` at ``next_deadline()``.
     """
 
     __slots__ = ("_last_progress", "_last_read", "_last_write", "_timers", "observe_output")
@@ -110,10 +110,10 @@ class IdleDetector:
         elif isinstance(event, OutputProgress):
             self.output_progress(event.now)
         elif isinstance(event, Tick):
-            return self.tick(event.now)
+            return self.handle_timer(event.now)
         return []
 
-    def tick(self, now: float) -> list[Idle]:
+    def handle_timer(self, now: float) -> list[Idle]:
         """Return the idle events due at ``now`` (at most one per timer)."""
         out: list[Idle] = []
         for timer in self._timers:

@@ -109,7 +109,7 @@ class Liveness:
             DataSent: lambda e: self.data_sent(e.now),
             OutputProgress: lambda e: self.output_progress(e.now),
             PongReceived: lambda e: self.pong(e.now, e.seq),
-            Tick: lambda e: self.tick(e.now),
+            Tick: lambda e: self.handle_timer(e.now),
         }
 
     # -- events ---------------------------------------------------------------------------
@@ -152,7 +152,7 @@ class Liveness:
         self._last_written = max(self._last_written, now)
         return []
 
-    def tick(self, now: float) -> list[Action]:
+    def handle_timer(self, now: float) -> list[Action]:
         """The driver woke up; returns what is due at ``now``."""
         if self.state is LivenessState.DEAD or not self.policy.enabled:
             return []
@@ -218,7 +218,7 @@ class Liveness:
     # -- queries --------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        """When the driver must call :meth:`tick` next (None: nothing will ever be due).
+        """When the driver must call :meth:`handle_timer` next (None: nothing will ever be due).
 
         The value returned is remembered: waking much later than it is how the machine
         notices a local pause.

@@ -5,19 +5,19 @@ Rules this module keeps:
 * Time is an argument. The wheel counts ticks of ``tick`` seconds from ``origin`` (the
   ``now`` it was built with). Tick ``t`` happens at ``origin + t * tick``.
 * A timer due at ``deadline`` is filed under the first tick at or after ``deadline`` and
-  fires when :meth:`HashedWheel.advance` reaches that tick: **never early, at most one tick
+  fires when :meth:`HashedWheel.handle_timer` reaches that tick: **never early, at most one tick
   late**. A deadline that has already passed fires on the next tick.
 * ``schedule`` and ``cancel`` cost O(1): the timer goes into slot ``tick mod slots``, a
   dict, and leaves it by a dict deletion. A timer more than one revolution away shares its
   slot with nearer ones and is skipped until its own revolution comes (as Netty's and
   Dubbo's ``HashedWheelTimer`` keep ``remainingRounds``).
-* ``advance(now)`` visits only the slots of the ticks that passed (at most ``slots``), and
+* ``handle_timer(now)`` visits only the slots of the ticks that passed (at most ``slots``), and
   returns the due items in deadline order (ties in scheduling order).
 * ``next_deadline()`` is exact: the tick time of the earliest pending timer, or None when
   the wheel is empty, so a driver sleeps until then and not a tick longer or shorter.
 
 The wheel knows nothing about what it holds; drivers put channel objects in it and call
-them back when :meth:`advance` returns them.
+them back when :meth:`handle_timer` returns them.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class HashedWheel(Generic[T]):
 
     @property
     def current_tick(self) -> int:
-        """Index of the last tick processed by :meth:`advance`."""
+        """Index of the last tick processed by :meth:`handle_timer`."""
         return self._current
 
     def __len__(self) -> int:
@@ -155,7 +155,7 @@ class HashedWheel(Generic[T]):
         self.cancel(timer)
         return self.schedule(deadline, timer.item)
 
-    def advance(self, now: float) -> list[T]:
+    def handle_timer(self, now: float) -> list[T]:
         """Process every tick up to ``now`` and return the items that fell due, in order.
 
         Time never runs backwards for the wheel: a ``now`` earlier than the last one processed

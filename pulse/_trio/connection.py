@@ -3,11 +3,17 @@
 
 The wire format is pulse's msgpack frames (:mod:`pulse.frames`). Both sides send ``HELLO``
 first and agree on one policy (:func:`pulse._core.policy.negotiate`); then application data
-travels in ``DATA`` frames and heartbeats in ``PING``/``PONG`` frames. Three tasks run per
-connection: a reader (never blocked by writes), a control sender (pings and pongs) and the
-liveness runner that sleeps until the core's next deadline. Application writes and control
-frames share one lock so frames never interleave; a long application write reports its
-progress to the core so it is not taken for idleness.
+travels in ``DATA`` frames and heartbeats in ``PING``/``PONG`` frames.
+
+One task runs per connection: the reader. Its timer is the process's one engine
+(:mod:`pulse._trio.engine`): the connection is a timer client whose deadline is the liveness
+machine's, and an arriving byte only stores a timestamp. Control frames never hop tasks: a
+pong is written by the reader that read the ping, a heartbeat by the engine when it falls
+due, both straight to the non-blocking socket (:class:`ControlWriter`); only when the socket
+buffer is full (or the stream is not a plain socket: TLS, memory streams) does a short-lived
+task finish the write. Application writes and control frames share one lock so frames never
+interleave; a long application write reports its progress to the core so it is not taken
+for idleness.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import trio
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import Liveness, LivenessState, PeerStats
 from pulse._core.policy import HeartbeatPolicy, NegotiationBounds, negotiate
+from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
-from pulse._trio.runner import LivenessRunner
 from pulse._trio.util import background_nursery
+from pulse._trio.writer import ControlWriter
 from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
 from pulse.errors import (
     AuthFailed,
@@ -90,10 +97,8 @@ class HeartbeatConnection:
         self.transport = transport
         self._decoder = decoder
         self._liveness = Liveness(policy, trio.current_time(), detector=detector)
-        self._runner = LivenessRunner(self._liveness, self._queue_ping, self._on_action,
-                                      evidence_pending=lambda: self._delivering)
         self._send_lock = trio.StrictFIFOLock()
-        self._control_send, self._control_receive = trio.open_memory_channel[Ping | Pong](32)
+        self._control = ControlWriter(stream, self._send_lock, self._control_failed)
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[Any](receive_buffer)
         self._events: EventFeed[Action] = EventFeed()
         self._on_event = on_event
@@ -107,6 +112,8 @@ class HeartbeatConnection:
         self._pong_rtts: dict[int, float] = {}
         self._nursery: trio.Nursery | None = None
         self._log = log.bind(peer=peer, transport=transport)
+        self._engine = current_engine()
+        self._failure: Exception | None = None
 
     # -- public API ----------------------------------------------------------------------
 
@@ -178,8 +185,8 @@ class HeartbeatConnection:
         policy's timeout) and :class:`ConnectionClosed` if the connection closes first.
         """
         self._raise_if_closed()
-        request = self._runner.request_ping()
-        if request is None:
+        request = next(iter(self._liveness.request_ping(trio.current_time())), None)
+        if not isinstance(request, SendPing):
             raise self._closed_error()
         done = self._pong_waiters[request.seq] = trio.Event()
         limit = self.policy.dead_after if timeout is None else timeout
@@ -202,29 +209,64 @@ class HeartbeatConnection:
             return
         await self._say_goodbye(reason, reason, None, shield=True)
 
-    # -- tasks ---------------------------------------------------------------------------
+    # -- the timer (called by the engine) ------------------------------------------------
 
-    async def _supervise(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        # The connection's own tasks live in a nursery of their own: closing the connection
-        # cancels them, never the application code using the connection.
+    def next_deadline(self) -> float | None:
+        """The liveness machine's next deadline (None once closed)."""
+        return None if self.closed else self._liveness.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        """Carry out what the liveness machine says is due at ``now`` (synchronously)."""
+        if self.closed:
+            return
+        if self._delivering:
+            # Bytes from the peer wait for our own slow consumer: the peer is alive.
+            self._carry_out(self._liveness.data_received(now), now)
+        self._carry_out(self._liveness.handle_timer(now), now)
+
+    def timer_failed(self, exc: Exception) -> None:
+        """A callback (``on_event``) raised inside the engine: the connection closes and the
+        error surfaces from the connection's task, into the application's block."""
+        self._failure = exc
+        self._drop(f"error in a callback: {exc!r}", None)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _carry_out(self, actions: list[Action], now: float) -> None:
+        for action in actions:
+            if isinstance(action, SendPing):
+                if self._control.send(encode_frame(Ping(action.seq, action.now))):
+                    self._liveness.data_sent(now)
+            else:
+                self._on_action(action)
+
+    # -- the one task --------------------------------------------------------------------
+
+    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # The reader owns a nursery for the rare control write that must wait for room:
+        # closing the connection cancels both, never the application code using it.
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._read_loop)
-            nursery.start_soon(self._control_loop)
-            nursery.start_soon(self._runner.run)
+            self._control.nursery = nursery
+            self._engine.watch(self)
             task_status.started()
+            await self._read_loop()
+        if self._failure is not None:
+            raise self._failure
 
     async def _read_loop(self) -> None:
         try:
+            now = trio.current_time()
             for frame in self._early_frames:
-                await self._on_frame(frame)
+                await self._on_frame(frame, now)
             while True:
                 chunk = await self.stream.receive_some(READ_CHUNK)
+                now = trio.current_time()
                 if not chunk:
                     await self._finish("connection closed by peer", None)
                     return
                 for frame in self._decoder.feed(chunk):
-                    await self._on_frame(frame)
+                    await self._on_frame(frame, now)
                 if self.closed:
                     return
         except RemoteProtocolError as exc:
@@ -234,20 +276,24 @@ class HeartbeatConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             await self._finish(f"connection lost: {exc!r}", None, graceful=False)
 
-    async def _on_frame(self, frame: object) -> None:
+    async def _on_frame(self, frame: object, now: float) -> None:
         if isinstance(frame, Pong):
-            self._runner.pong(frame.seq)
+            actions = self._liveness.pong(now, frame.seq)
+            if actions:
+                self._carry_out(actions, now)
             waiter = self._pong_waiters.get(frame.seq)
             if waiter is not None:
-                self._pong_rtts[frame.seq] = trio.current_time() - frame.ts
+                self._pong_rtts[frame.seq] = now - frame.ts
                 waiter.set()
             return
-        self._runner.received()
+        actions = self._liveness.data_received(now)
+        if actions:
+            self._carry_out(actions, now)
         if isinstance(frame, Ping):
-            try:
-                self._control_send.send_nowait(frame.pong())
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                pass  # the peer pings faster than we can answer; the next pong serves
+            # Answered from this task, at once; a peer that pings faster than it reads our
+            # pongs fills the control backlog and the surplus pongs are dropped.
+            if self._control.send(encode_frame(frame.pong())):
+                self._liveness.data_sent(now)
         elif isinstance(frame, Data):
             self._delivering = True
             try:
@@ -259,18 +305,18 @@ class HeartbeatConnection:
         elif isinstance(frame, Hello):
             raise RemoteProtocolError("HELLO received twice")
 
-    async def _control_loop(self) -> None:
-        async for frame in self._control_receive:
-            try:
-                await self._write(encode_frame(frame), progress=False)
-            except ConnectionClosed:
-                return  # _write has closed the connection and said why
+    def _control_failed(self, exc: BaseException) -> None:
+        """The control writer lost the stream."""
+        self._drop(f"connection lost: {exc!r}", None)
 
-    async def _queue_ping(self, action: SendPing) -> None:
-        try:
-            self._control_send.send_nowait(Ping(action.seq, action.now))
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            pass  # a full queue already holds a ping; a closed one means we are done
+    def _drop(self, reason: str, error: PulseError | None) -> None:
+        """Close at once from synchronous code: record why, release the stream in the
+        connection's nursery."""
+        if self.closed:
+            return
+        if self._nursery is not None:
+            self._nursery.start_soon(self._release, False)
+        self._mark_closed(reason, error)
 
     def _on_action(self, action: Action) -> None:
         if isinstance(action, PeerSuspect):
@@ -283,10 +329,7 @@ class HeartbeatConnection:
             self._log.warning("peer_dead", reason=action.reason, missed=action.missed)
         elif isinstance(action, Close):
             # The peer is dead: no goodbye can reach it, so the stream is closed at once.
-            # Scheduled first, so that the stream is released even if a callback raises.
-            assert self._nursery is not None
-            self._nursery.start_soon(self._release, False)
-            self._mark_closed(action.reason, PeerTimeout(action.reason))
+            self._drop(action.reason, PeerTimeout(action.reason))
             return
         self._publish(action)
 
@@ -317,10 +360,11 @@ class HeartbeatConnection:
                 raise self._closed_error()
             view = memoryview(data)
             try:
+                await self._control.flush_locked()  # control bytes owed go first, whole
                 for start in range(0, len(view), WRITE_CHUNK):
                     await self.stream.send_all(view[start:start + WRITE_CHUNK])
                     if progress and start + WRITE_CHUNK < len(view):
-                        self._runner.progress()
+                        self._liveness.output_progress(trio.current_time())
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 await self._finish(f"connection lost: {exc!r}", None, graceful=False)
                 raise self._closed_error() from exc
@@ -329,7 +373,7 @@ class HeartbeatConnection:
                                                   None)
                 await self._finish(reason, error, graceful=False)
                 raise
-            self._runner.sent()
+            self._liveness.data_sent(trio.current_time())
 
     async def _finish(self, reason: str, error: PulseError | None, *, graceful: bool = True) -> None:
         """Close for ``reason`` (first caller wins); ``graceful`` lets a transport say goodbye
@@ -349,10 +393,11 @@ class HeartbeatConnection:
         self._close_reason = reason
         self._close_error = error
         self._closed.set()
+        self._engine.forget(self)
+        self._control.close()
         for waiter in self._pong_waiters.values():
             waiter.set()  # wake pending pings: they report the close
         self._inbound_send.close()
-        self._control_send.close()
         self._log.info("connection_closed", reason=reason)
         try:
             self._publish(Close(reason))
@@ -463,7 +508,7 @@ async def heartbeat(
     log.info("connection_open", peer=peer, transport=transport, remote_id=remote.peer_id,
              interval=agreed.interval, timeout=agreed.timeout)
     async with background_nursery() as nursery:
-        await nursery.start(conn._supervise)
+        await nursery.start(conn._run)
         try:
             yield conn
         finally:

@@ -36,7 +36,7 @@ def run_until(ch: ChannelHeartbeat, end: float, *, answer: bool = False) -> list
         nd = ch.next_deadline()
         if nd is None or nd > end:
             break
-        for action in ch.tick(nd):
+        for action in ch.handle_timer(nd):
             log.append((nd, action))
             if answer and isinstance(action, SendPing):
                 ch.write(nd)
@@ -69,8 +69,8 @@ def test_idle_channel_sends_a_heartbeat_after_one_period() -> None:
     """Nothing read or written for ``heartbeat`` seconds: a heartbeat with a fresh id."""
     ch = machine()
     assert ch.next_deadline() == 60.0
-    assert ch.tick(59.9) == []
-    assert ch.tick(60.0) == [SendPing(100, 60.0)]
+    assert ch.handle_timer(59.9) == []
+    assert ch.handle_timer(60.0) == [SendPing(100, 60.0)]
     assert ch.is_heartbeat_id(100)
 
 
@@ -81,8 +81,8 @@ def test_either_direction_idle_triggers_a_heartbeat() -> None:
     for t in range(5, 60, 5):
         reader_busy.read(float(t))
         writer_busy.write(float(t))
-    assert [type(a) for a in reader_busy.tick(60.0)] == [SendPing]
-    assert [type(a) for a in writer_busy.tick(60.0)] == [SendPing]
+    assert [type(a) for a in reader_busy.handle_timer(60.0)] == [SendPing]
+    assert [type(a) for a in writer_busy.handle_timer(60.0)] == [SendPing]
 
 
 def test_two_way_traffic_suppresses_heartbeats() -> None:
@@ -93,7 +93,7 @@ def test_two_way_traffic_suppresses_heartbeats() -> None:
         ch.write(float(t))
         nd = ch.next_deadline()
         assert nd is not None and nd > t
-        assert ch.tick(float(t)) == []
+        assert ch.handle_timer(float(t)) == []
     assert ch.heartbeats_sent == 0
 
 
@@ -114,7 +114,7 @@ def test_silent_peer_is_dead_after_the_timeout_consumer() -> None:
     assert "heartbeat_timeout 180" in dead.reason
     assert ch.state is ChannelState.DEAD
     assert ch.next_deadline() is None
-    assert ch.tick(1000.0) == []
+    assert ch.handle_timer(1000.0) == []
 
 
 def test_silent_peer_is_closed_after_the_timeout_provider() -> None:
@@ -169,7 +169,7 @@ def test_a_late_tick_is_a_local_pause_not_a_dead_peer() -> None:
     """Waking long after the deadline withholds the verdict and sends a heartbeat at once."""
     ch = machine(heartbeat=10.0)
     assert ch.next_deadline() == 10.0
-    actions = ch.tick(500.0)  # the process was stopped for minutes
+    actions = ch.handle_timer(500.0)  # the process was stopped for minutes
     assert isinstance(actions[0], LocalPause) and actions[0].late_by == 490.0
     assert [type(a) for a in actions[1:]] == [SendPing]
     assert ch.state is ChannelState.ALIVE
@@ -184,7 +184,7 @@ def test_no_answer_after_a_local_pause_still_ends_in_a_verdict() -> None:
     """The pause guard only postpones: a peer that stays silent is declared dead."""
     ch = machine(heartbeat=10.0)
     ch.next_deadline()
-    ch.tick(500.0)
+    ch.handle_timer(500.0)
     log = run_until(ch, 600.0)
     assert [t for t, a in log if isinstance(a, Close)] == [510.0]
 
@@ -194,7 +194,7 @@ def test_disabled_heartbeat_never_fires() -> None:
     ch = machine(heartbeat=0.0)
     assert ch.timing.heartbeat_timeout == 0.0
     assert ch.next_deadline() is None
-    assert ch.tick(1e9) == []
+    assert ch.handle_timer(1e9) == []
 
 
 def test_closed_channel_is_inert() -> None:
@@ -203,7 +203,7 @@ def test_closed_channel_is_inert() -> None:
     ch.close()
     assert ch.state is ChannelState.CLOSED
     assert ch.next_deadline() is None
-    assert ch.read(5.0) == [] and ch.tick(1000.0) == []
+    assert ch.read(5.0) == [] and ch.handle_timer(1000.0) == []
 
 
 def test_stats_snapshot() -> None:
@@ -250,7 +250,7 @@ def test_verdict_and_heartbeat_invariants(
             if nd is None:
                 break
             now = max(now, nd) if gap < 25 else now  # mostly tick on time, sometimes early
-            for action in ch.tick(now):
+            for action in ch.handle_timer(now):
                 if isinstance(action, PeerDead):
                     assert now - before >= heartbeat * factor - 1e-9
                 if isinstance(action, SendPing):

@@ -48,7 +48,7 @@ def test_peer_that_keeps_sending_is_never_pinged() -> None:
         deadline = machine.next_deadline()
         assert deadline is not None and deadline > t - 0.5
         if deadline <= t:
-            actions += machine.tick(deadline)
+            actions += machine.handle_timer(deadline)
         actions += machine.data_received(t)
     assert actions == []
     assert machine.pings_sent == 0
@@ -57,8 +57,8 @@ def test_peer_that_keeps_sending_is_never_pinged() -> None:
 def test_pong_measures_rtt_and_restores_a_suspect_peer() -> None:
     """A late pong ends suspicion with PeerAlive and records the round trip."""
     machine = Liveness(HeartbeatPolicy(interval=1.0, timeout=5.0), now=0.0)
-    assert machine.tick(1.0) == [SendPing(1, 1.0)]
-    assert machine.tick(2.0) == [SendPing(2, 2.0), PeerSuspect(missed=1, silent_for=2.0)]
+    assert machine.handle_timer(1.0) == [SendPing(1, 1.0)]
+    assert machine.handle_timer(2.0) == [SendPing(2, 2.0), PeerSuspect(missed=1, silent_for=2.0)]
     assert machine.state is LivenessState.SUSPECT
     assert machine.handle(PongReceived(2.25, 2)) == [PeerAlive(after=2.25)]
     assert machine.state is LivenessState.ALIVE
@@ -72,21 +72,21 @@ def test_writer_idle_mode_pings_only_when_nothing_was_sent() -> None:
     machine = Liveness(policy, now=0.0)
     machine.handle(DataSent(1.5))
     assert machine.next_deadline() == 3.5
-    assert machine.tick(3.5) == [SendPing(1, 3.5)]
+    assert machine.handle_timer(3.5) == [SendPing(1, 3.5)]
 
 
 def test_disabled_policy_never_acts() -> None:
     """interval=0 and timeout=0 turn heartbeats off entirely."""
     machine = Liveness(HeartbeatPolicy(interval=0, timeout=0), now=0.0)
     assert machine.next_deadline() is None
-    assert machine.tick(1e6) == []
+    assert machine.handle_timer(1e6) == []
 
 
 def test_local_pause_withholds_the_verdict_until_fresh_evidence() -> None:
     """Waking 60 s late is a local stall: ping at once, give the peer one interval to answer."""
     machine = Liveness(HeartbeatPolicy(interval=1.0, timeout=3.0), now=0.0)
     assert machine.next_deadline() == 1.0
-    actions = machine.tick(61.0)
+    actions = machine.handle_timer(61.0)
     assert actions == [LocalPause(late_by=60.0), SendPing(1, 61.0)]
     assert machine.state is LivenessState.ALIVE
     assert machine.next_deadline() == 62.0
@@ -98,10 +98,10 @@ def test_local_pause_then_silence_is_still_detected() -> None:
     """After a stall, a peer that stays silent is declared dead one interval later."""
     machine = Liveness(HeartbeatPolicy(interval=1.0, timeout=3.0), now=0.0)
     machine.next_deadline()
-    machine.tick(61.0)
+    machine.handle_timer(61.0)
     deadline = machine.next_deadline()
     assert deadline == 62.0
-    actions = machine.tick(deadline)
+    actions = machine.handle_timer(deadline)
     assert isinstance(actions[0], PeerDead)
 
 
@@ -134,7 +134,7 @@ def test_on_demand_ping_is_tracked_for_rtt() -> None:
 def test_stats_snapshot() -> None:
     """stats() reports state, pings, pongs, silence and suspicion."""
     machine = Liveness(HeartbeatPolicy(interval=1.0, timeout=4.0), now=0.0)
-    machine.tick(1.0)
+    machine.handle_timer(1.0)
     machine.pong(1.5, 1)
     stats = machine.stats(3.5)
     assert (stats.pings_sent, stats.pongs_received, stats.missed) == (1, 1, 0)
@@ -163,7 +163,7 @@ def test_never_dead_while_data_arrives_within_timeout(
             deadline = machine.next_deadline()
             if deadline is None or deadline > target:
                 break
-            machine.tick(deadline)
+            machine.handle_timer(deadline)
         t = target
         machine.data_received(t)
         assert machine.state is not LivenessState.DEAD
@@ -204,7 +204,7 @@ def test_either_mode_pings_when_one_direction_is_idle() -> None:
     machine.data_received(1.0)
     machine.data_sent(1.5)
     assert machine.next_deadline() == 3.0  # reads stopped at 1.0
-    assert machine.tick(3.0) == [SendPing(1, 3.0)]
+    assert machine.handle_timer(3.0) == [SendPing(1, 3.0)]
     machine.data_received(3.1)
     assert machine.next_deadline() == 5.0  # never two heartbeats closer than the interval
 
@@ -215,4 +215,4 @@ def test_all_mode_needs_both_directions_idle() -> None:
     machine = Liveness(policy, now=0.0)
     machine.data_sent(1.5)
     assert machine.next_deadline() == 3.5
-    assert machine.tick(3.5) == [SendPing(1, 3.5)]
+    assert machine.handle_timer(3.5) == [SendPing(1, 3.5)]

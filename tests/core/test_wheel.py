@@ -16,8 +16,8 @@ def test_fires_at_the_first_tick_at_or_after_the_deadline() -> None:
     wheel: HashedWheel[str] = HashedWheel(0.0, tick=1.0, slots=8)
     wheel.schedule(2.5, "a")
     assert wheel.next_deadline() == 3.0
-    assert wheel.advance(2.99) == []
-    assert wheel.advance(3.0) == ["a"]
+    assert wheel.handle_timer(2.99) == []
+    assert wheel.handle_timer(3.0) == ["a"]
     assert len(wheel) == 0
     assert wheel.next_deadline() is None
 
@@ -29,7 +29,7 @@ def test_deadline_on_a_tick_fires_on_that_tick() -> None:
         wheel.schedule(deadline, i)
     fired = []
     while (nd := wheel.next_deadline()) is not None:
-        fired += [(nd, item) for item in wheel.advance(nd)]
+        fired += [(nd, item) for item in wheel.handle_timer(nd)]
     assert [item for _, item in fired] == [0, 2, 1, 3]
     for when, item in fired:
         deadline = [0.3, 0.7, 0.6, 1.1][item]
@@ -39,11 +39,11 @@ def test_deadline_on_a_tick_fires_on_that_tick() -> None:
 def test_past_deadline_fires_on_the_next_tick() -> None:
     """A deadline that already passed is not lost: it fires on the next tick."""
     wheel: HashedWheel[str] = HashedWheel(10.0, tick=1.0)
-    wheel.advance(15.0)
+    wheel.handle_timer(15.0)
     wheel.schedule(3.0, "late")
     assert wheel.next_deadline() == 16.0
-    assert wheel.advance(15.5) == []
-    assert wheel.advance(16.0) == ["late"]
+    assert wheel.handle_timer(15.5) == []
+    assert wheel.handle_timer(16.0) == ["late"]
 
 
 def test_cancel_is_final_and_idempotent() -> None:
@@ -54,7 +54,7 @@ def test_cancel_is_final_and_idempotent() -> None:
     assert wheel.cancel(drop) is True
     assert wheel.cancel(drop) is False
     assert not drop.pending and keep.pending
-    assert wheel.advance(100.0) == ["keep"]
+    assert wheel.handle_timer(100.0) == ["keep"]
     assert wheel.cancel(keep) is False
 
 
@@ -63,10 +63,10 @@ def test_timers_beyond_one_revolution_wait_for_their_round() -> None:
     wheel: HashedWheel[str] = HashedWheel(0.0, tick=1.0, slots=4)
     wheel.schedule(2.0, "near")
     wheel.schedule(10.0, "far")  # same slot as tick 2 (10 mod 4 == 2)
-    assert wheel.advance(2.0) == ["near"]
+    assert wheel.handle_timer(2.0) == ["near"]
     assert wheel.next_deadline() == 10.0
-    assert wheel.advance(9.0) == []
-    assert wheel.advance(10.0) == ["far"]
+    assert wheel.handle_timer(9.0) == []
+    assert wheel.handle_timer(10.0) == ["far"]
 
 
 def test_big_jump_returns_everything_due_in_deadline_order() -> None:
@@ -75,7 +75,7 @@ def test_big_jump_returns_everything_due_in_deadline_order() -> None:
     deadlines = [37.0, 3.0, 12.5, 5.0, 100.0]
     for d in deadlines:
         wheel.schedule(d, d)
-    assert wheel.advance(50.0) == [3.0, 5.0, 12.5, 37.0]
+    assert wheel.handle_timer(50.0) == [3.0, 5.0, 12.5, 37.0]
     assert wheel.next_deadline() == 100.0
 
 
@@ -85,16 +85,16 @@ def test_reschedule_moves_the_item() -> None:
     timer = wheel.schedule(5.0, "x")
     moved = wheel.reschedule(timer, 2.0)
     assert not timer.pending and moved.pending
-    assert wheel.advance(2.0) == ["x"]
-    assert wheel.advance(10.0) == []
+    assert wheel.handle_timer(2.0) == ["x"]
+    assert wheel.handle_timer(10.0) == []
 
 
 def test_time_does_not_run_backwards() -> None:
     """An earlier ``now`` than already processed does nothing."""
     wheel: HashedWheel[str] = HashedWheel(0.0, tick=1.0)
-    wheel.advance(5.0)
+    wheel.handle_timer(5.0)
     wheel.schedule(7.0, "x")
-    assert wheel.advance(3.0) == []
+    assert wheel.handle_timer(3.0) == []
     assert wheel.current_tick == 5
 
 
@@ -166,7 +166,7 @@ def test_wheel_matches_a_naive_model(
                 target = nd
             else:
                 target = now + value
-            fired = wheel.advance(target)
+            fired = wheel.handle_timer(target)
             assert set(fired) <= set(model)
             for ident in fired:
                 assert model[ident] <= target + 1e-9  # never early

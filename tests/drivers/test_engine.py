@@ -1,0 +1,209 @@
+"""The engine: one timer for many machines, lazy rescheduling, failures isolated."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from pulse import HeartbeatPolicy
+from pulse._trio.engine import Engine, current_engine
+from pulse._trio.writer import ControlWriter
+from pulse.testing import heartbeat_pair
+
+
+class Clock:
+    """A timer client firing at the times in ``plan`` (one after the other)."""
+
+    def __init__(self, *plan: float) -> None:
+        self.plan = list(plan)
+        self.calls: list[float] = []
+
+    def next_deadline(self) -> float | None:
+        return self.plan[0] if self.plan else None
+
+    def handle_timer(self, now: float) -> None:
+        self.calls.append(now)
+        while self.plan and self.plan[0] <= now:
+            self.plan.pop(0)
+
+
+def test_due_clients_are_called_in_deadline_order_with_one_now() -> None:
+    """run_due calls every due client once with the same now, and none that is not due."""
+    engine = Engine()
+    early, late, future = Clock(1.0), Clock(2.0), Clock(9.0)
+    for client in (late, future, early):
+        engine.watch(client)
+    engine.run_due(2.5)
+    assert early.calls == [2.5] and late.calls == [2.5] and future.calls == []
+    assert len(engine) == 1 and engine.timer_calls == 2
+
+
+def test_a_deadline_that_moved_later_is_requeued_without_a_call() -> None:
+    """Lazy rescheduling: an entry whose client moved its deadline on costs no handle_timer."""
+    engine = Engine()
+    client = Clock(1.0)
+    engine.watch(client)
+    client.plan = [5.0]  # data arrived: the deadline moved later, the engine was not told
+    engine.run_due(1.0)
+    assert client.calls == []
+    engine.run_due(4.9)
+    assert client.calls == []
+    engine.run_due(5.0)
+    assert client.calls == [5.0]
+
+
+def test_watch_is_free_when_the_queued_entry_is_not_later() -> None:
+    """Watching again with an unchanged or later deadline adds no heap entry."""
+    engine = Engine()
+    client = Clock(1.0)
+    engine.watch(client)
+    client.plan = [3.0]
+    engine.watch(client)
+    engine.watch(client)
+    assert len(engine._heap) == 1
+
+
+def test_a_raising_client_is_dropped_and_told_and_others_go_on() -> None:
+    """An exception in one client's handle_timer reaches its timer_failed only."""
+    engine = Engine()
+    failures: list[Exception] = []
+
+    class Broken(Clock):
+        def handle_timer(self, now: float) -> None:
+            raise ValueError("boom")
+
+        def timer_failed(self, exc: Exception) -> None:
+            failures.append(exc)
+
+    broken, healthy = Broken(1.0), Clock(1.0, 2.0)
+    engine.watch(broken)
+    engine.watch(healthy)
+    engine.run_due(1.0)
+    engine.run_due(2.0)
+    assert [str(f) for f in failures] == ["boom"]
+    assert healthy.calls == [1.0, 2.0]
+    assert len(engine) == 0
+
+
+def test_forgotten_clients_are_never_called() -> None:
+    """forget() discards a client's pending entry."""
+    engine = Engine()
+    client = Clock(1.0)
+    engine.watch(client)
+    engine.forget(client)
+    engine.run_due(10.0)
+    assert client.calls == []
+
+
+def test_late_wakeups_are_counted_as_stalls() -> None:
+    """A wake-up later than stall_threshold after its deadline counts as a stall."""
+    engine = Engine(stall_threshold=0.5)
+    engine.watch(Clock(1.0))
+    engine.watch(Clock(2.0))
+    engine.run_due(1.2)
+    assert engine.stalls == 0
+    engine.run_due(4.0)
+    assert engine.stalls == 1 and engine.worst_stall == pytest.approx(2.0)
+
+
+async def test_the_running_engine_sleeps_until_the_earliest_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Under trio, clients are called at their deadlines, and a new earlier deadline wakes
+    the sleeping engine early."""
+    engine = current_engine()
+    base = trio.current_time()
+    slow = Clock(base + 10.0)
+    engine.watch(slow)
+    await trio.sleep(1.0)
+    fast = Clock(base + 2.0, base + 3.0)
+    engine.watch(fast)
+    await trio.sleep(20.0)
+    assert fast.calls == [base + 2.0, base + 3.0]
+    assert slow.calls == [base + 10.0]
+    assert current_engine() is engine  # one per run
+
+
+def _count_tasks() -> int:
+    stack = [trio.lowlevel.current_root_task()]
+    count = 0
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
+
+
+async def test_a_heartbeat_connection_costs_one_task(autojump_clock: trio.testing.MockClock) -> None:
+    """Heartbeat connections run one reader task each and share the one engine: no timer
+    task or cancel scope per connection."""
+    policy = HeartbeatPolicy(interval=1.0, timeout=3.0)
+    current_engine()
+    before = _count_tasks()
+    async with heartbeat_pair(policy, policy) as (left, right):
+        during = _count_tasks()
+        await trio.sleep(30)  # heartbeats flow; nobody is declared dead
+        assert not left.closed and not right.closed
+        assert left.stats().pongs_received >= 10 and right.stats().pongs_received >= 10
+    # heartbeat_pair's own task for the right side, plus one reader per connection.
+    assert during - before <= 3
+
+
+def _socketpair() -> tuple[trio.SocketStream, socket.socket]:
+    ours, theirs = socket.socketpair()
+    return trio.SocketStream(trio.socket.from_stdlib_socket(ours)), theirs
+
+
+async def test_control_frames_reach_the_socket_without_a_checkpoint() -> None:
+    """A control frame is written synchronously: the peer can read it before we await."""
+    stream, peer = _socketpair()
+    writer = ControlWriter(stream, trio.StrictFIFOLock(), lambda exc: None)
+    assert writer.send(b"ping-16-bytes!!!")
+    assert peer.recv(100) == b"ping-16-bytes!!!"
+    await stream.aclose()
+    peer.close()
+
+
+async def test_owed_frames_are_finished_by_a_task_and_never_cut() -> None:
+    """When the socket buffer is full the rest of a frame is owed whole, later frames are
+    bounded by the backlog, and a task writes them once the peer reads."""
+    stream, peer = _socketpair()
+    peer.setblocking(False)
+    failures: list[BaseException] = []
+    writer = ControlWriter(stream, trio.StrictFIFOLock(), failures.append, backlog=64)
+    async with trio.open_nursery() as nursery:
+        writer.nursery = nursery
+        big = b"x" * (1 << 20)
+        assert not writer.send(big)  # the buffer fills part-way: the rest is owed
+        assert writer.owed > 64  # a started frame is kept whole, beyond the backlog
+        assert not writer.send(b"y" * 16)
+        assert writer.dropped == 1
+        received = bytearray()
+        with trio.fail_after(5):
+            while len(received) < len(big):
+                await trio.lowlevel.checkpoint()
+                try:
+                    received += peer.recv(1 << 16)
+                except BlockingIOError:
+                    await trio.sleep(0.001)
+        assert received == big and writer.owed == 0
+        assert writer.send(b"z" * 16)
+    assert failures == []
+    await stream.aclose()
+    peer.close()
+
+
+async def test_a_broken_socket_is_reported_once() -> None:
+    """A write to a socket whose peer is gone calls on_error once; later sends drop."""
+    stream, peer = _socketpair()
+    failures: list[BaseException] = []
+    writer = ControlWriter(stream, trio.StrictFIFOLock(), failures.append)
+    peer.close()
+    for _ in range(3):
+        writer.send(b"0123456789abcdef")
+    assert len(failures) == 1 and isinstance(failures[0], OSError)
+    await stream.aclose()
