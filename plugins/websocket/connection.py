@@ -216,6 +216,11 @@ class WebSocketConnection:
         return self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
 
     @property
+    def writing(self) -> bool:
+        """True while a :meth:`write` is handing bytes to the stream."""
+        return self._write_scope is not None
+
+    @property
     def open(self) -> bool:
         """True while data frames may be sent."""
         return self.ws.state is ConnectionState.OPEN

@@ -1,17 +1,23 @@
 """One WebSocket connection's life under heartbeat supervision: reader, writer, liveness.
 
-Three tasks run per connection, and only the writer ever writes:
+Two tasks run per connection; the session's timer is the process's one engine
+(:mod:`pulse._trio.engine`):
 
 * the **reader** feeds every received chunk to the liveness core first (any byte proves the
-  peer alive), then handles the frame: pings are answered, pongs are matched to the ping
-  they name, messages go to the inbox, a close frame ends the session;
+  peer alive: a timestamp, nothing re-armed), then handles the frame: pings are answered,
+  pongs are matched to the ping they name, messages go to the inbox, a close frame ends the
+  session;
 * the **writer** sends queued control frames first (between two fragments of a long message
   too), then messages from the :class:`~.outbox.Outbox`. A message leaves the outbox only
   after its last byte was handed to the socket;
-* the **liveness runner** (:class:`pulse._trio.runner.LivenessRunner`) sleeps until the
-  core's next deadline, asks for pings and finally declares the peer dead. Asking for a ping
-  never blocks it: the ping is queued for the writer, so a peer that stopped reading (and
-  filled our socket buffer) is still declared dead on time.
+* the **engine** calls :meth:`Session.handle_timer` when the liveness core's deadline falls
+  due: pings, and finally the verdict. Never blocked by the writer, so a peer that stopped
+  reading (and filled our socket buffer) is still declared dead on time.
+
+Control frames skip the writer when it is idle: a pong (written by the reader) or a
+heartbeat (written by the engine) goes straight to the non-blocking socket; only when the
+writer is busy, the socket buffer is full or the stream is not a plain socket (``wss://``)
+is it queued for the writer.
 
 Delivery bookkeeping: a ping written after message *n* proves, once its pong arrives, that
 the peer's WebSocket layer read messages up to *n* (TCP keeps order and a peer answers a ping
@@ -42,7 +48,8 @@ import trio
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import Liveness, PeerStats
 from pulse._core.policy import HeartbeatPolicy
-from pulse._trio.runner import LivenessRunner
+from pulse._trio.engine import current_engine
+from pulse._trio.writer import raw_socket
 from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
 from pulse.frames import Ping as FramePing
 
@@ -181,9 +188,11 @@ class Session:
         self._inbox = inbox
         self._target = inbox
         self.liveness = Liveness(policy, trio.current_time(), detector=detector)
-        self.runner = LivenessRunner(self.liveness, self._send_ping, self._on_action,
-                                     evidence_pending=self._evidence_pending)
-        conn.on_receive = self.runner.received
+        conn.on_receive = self._received
+        self._engine = current_engine()
+        self._raw = raw_socket(conn.stream)
+        self._owed = b""  # the rest of a control frame the socket took only part of
+        self._failure: Exception | None = None
         self._control: deque[_Control] = deque()
         self._direct: deque[_Direct] = deque()
         self._work = trio.Event()
@@ -291,7 +300,7 @@ class Session:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader)
                 nursery.start_soon(writer)
-                nursery.start_soon(self.runner.run)
+                self._engine.watch(self)
                 try:
                     await self._ended.wait()
                 except trio.Cancelled:
@@ -305,10 +314,13 @@ class Session:
                 self.conn.abort_write()
                 nursery.cancel_scope.cancel()
         finally:
+            self._engine.forget(self)
             self._unsubscribe()
             self.outbox.release(interrupted=self.conn.write_interrupted)
             with trio.CancelScope(shield=True):
                 await self._shutdown()
+        if self._failure is not None:
+            raise self._failure
         assert self._end is not None
         return self._end
 
@@ -325,7 +337,9 @@ class Session:
                 try:
                     if conn.can_send_close:
                         code = CLOSE_NORMAL if end.code in (1005, 1006) else end.code
-                        await conn.write(conn.encode_close(code, end.reason), deadline=deadline)
+                        owed, self._owed = self._owed, b""  # a control frame's rest first
+                        await conn.write(owed + conn.encode_close(code, end.reason),
+                                         deadline=deadline)
                 except WebSocketClosed:
                     pass
         # What the peer sent before the end is still the application's: read what is
@@ -386,7 +400,7 @@ class Session:
                 if isinstance(event, MessageReceived):
                     await self._on_message(event.data)
                 elif isinstance(event, PingReceived):
-                    self._queue_control(_Control(_Kind.PONG, event.payload))
+                    self._send_control(_Control(_Kind.PONG, event.payload))
                 elif isinstance(event, PongReceived):
                     seq = pong_seq(event.payload)
                     if seq is not None:
@@ -410,7 +424,7 @@ class Session:
         if self.heartbeat is HeartbeatMode.FRAMES and isinstance(data, bytes):
             frame = classify_inband(data)
             if isinstance(frame, FramePing):
-                self._queue_control(_Control(_Kind.INBAND, inband_pong(frame)))
+                self._send_control(_Control(_Kind.INBAND, inband_pong(frame)))
                 return
             if frame is not None:
                 self._on_pong(frame.seq)
@@ -433,7 +447,8 @@ class Session:
         self._inbound_pending = None
 
     def _on_pong(self, seq: int) -> None:
-        self.runner.pong(seq)
+        now = trio.current_time()
+        self._carry_out(self.liveness.pong(now, seq), now)
         confirmed = None
         while self._markers and self._markers[0][0] <= seq:
             confirmed = self._markers.popleft()[1]
@@ -447,7 +462,34 @@ class Session:
                 self._request_confirmation()
             self._wake()
 
-    # -- liveness -------------------------------------------------------------------------
+    # -- liveness (the engine calls next_deadline and handle_timer) ----------------------
+
+    def next_deadline(self) -> float | None:
+        """The liveness core's next deadline (None once the session ended)."""
+        return None if self._end is not None else self.liveness.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        """Carry out what the liveness core says is due at ``now`` (synchronously)."""
+        if self._end is not None:
+            return
+        if self._evidence_pending():
+            self._carry_out(self.liveness.data_received(now), now)
+        self._carry_out(self.liveness.handle_timer(now), now)
+
+    def timer_failed(self, exc: Exception) -> None:
+        """A callback raised inside the engine: end the session; :meth:`run` re-raises."""
+        self._failure = exc
+        self.end(f"internal error: {exc!r}", CLOSE_INTERNAL_ERROR, Initiator.LOCAL)
+
+    def _received(self) -> None:
+        self.liveness.data_received(trio.current_time())
+
+    def _carry_out(self, actions: list[Action], now: float) -> None:
+        for action in actions:
+            if isinstance(action, SendPing):
+                self._send_control(self._ping_control(action))
+            else:
+                self._on_action(action)
 
     def _evidence_pending(self) -> bool:
         """Asked before each liveness tick. While the application is behind and we are not
@@ -464,13 +506,6 @@ class Session:
         grew = self._backlog_seen is None or unread > self._backlog_seen
         self._backlog_seen = unread
         return grew or unread >= capacity // BACKLOG_FULL_FRACTION
-
-    async def _send_ping(self, action: SendPing) -> None:
-        # Never blocks: the writer sends it (a stuck writer must not stall the verdict).
-        self._queue_ping(action)
-
-    def _queue_ping(self, action: SendPing) -> None:
-        self._queue_control(self._ping_control(action))
 
     def _ping_control(self, action: SendPing) -> _Control:
         if self.heartbeat is HeartbeatMode.CONTROL:
@@ -503,6 +538,32 @@ class Session:
         self._control.append(item)
         self._wake()
 
+    def _send_control(self, item: _Control) -> None:
+        """Write a control frame now when the writer is idle, else queue it for the writer.
+        Never blocks, so a stuck writer cannot stall a pong or the verdict."""
+        conn = self.conn
+        if (self._raw is None or conn.writing or self._control or self._owed
+                or self._end is not None or conn.write_interrupted):
+            self._queue_control(item)
+            return
+        try:
+            data = self._encode_control(item)
+        except WebSocketClosed:
+            return  # closing: no more control frames
+        try:
+            sent = self._raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.end(f"connection lost while sending: {exc}", CLOSE_ABNORMAL, Initiator.NETWORK)
+            return
+        conn.bytes_sent += sent
+        if sent < len(data):
+            self._owed = data[sent:]
+            self._wake()
+        else:
+            self.liveness.data_sent(trio.current_time())
+
     def _room(self) -> int:
         """How many more messages the unconfirmed window admits now."""
         if self.delivery is Delivery.AT_LEAST_ONCE:
@@ -528,7 +589,8 @@ class Session:
         A long message is written alone, in fragments, with control frames between them.
         """
         conn = self.conn
-        buffer = bytearray()
+        buffer = bytearray(self._owed)
+        self._owed = b""
         while self._control and len(buffer) < BATCH_BYTES:
             buffer += self._encode_control(self._control.popleft())
         directs: list[_Direct] = []
@@ -556,7 +618,7 @@ class Session:
                 buffer += self._encode_control(ping, written=self._written + len(entries))
         if buffer:
             await conn.write(bytes(buffer))
-            self.runner.sent()
+            self.liveness.data_sent(trio.current_time())
             for _ in directs:
                 self._direct.popleft().done.set()
             for entry in entries:
@@ -605,8 +667,8 @@ class Session:
 
     def _confirmation_ping(self) -> _Control | None:
         """A new confirmation ping (registered with the liveness machine), or None."""
-        action = self.runner.request_ping()
-        if action is None:
+        action = next(iter(self.liveness.request_ping(trio.current_time())), None)
+        if not isinstance(action, SendPing):
             return None
         self._confirm_pending = True
         self._confirm_seq = action.seq
@@ -638,11 +700,11 @@ class Session:
             if self._end is not None:
                 return False  # it stays queued; a close frame may follow a fragment
             await conn.write(conn.encode_message(message[start:start + size], final=final))
-            self.runner.progress()
+            self.liveness.output_progress(trio.current_time())
             # RFC 6455 lets control frames (not data frames) pass between fragments.
             control = bytearray()
             while self._control and self._control[0].kind is not _Kind.INBAND:
                 control += self._encode_control(self._control.popleft())
             await conn.write(bytes(control))
-        self.runner.sent()
+        self.liveness.data_sent(trio.current_time())
         return True
