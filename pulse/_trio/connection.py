@@ -19,7 +19,9 @@ for idleness.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,7 +34,7 @@ from pulse._core.policy import HeartbeatPolicy, NegotiationBounds, negotiate
 from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
 from pulse._trio.util import background_nursery
-from pulse._trio.writer import ControlWriter
+from pulse._trio.writer import ControlWriter, raw_socket
 from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
 from pulse.errors import (
     AuthFailed,
@@ -89,6 +91,7 @@ class HeartbeatConnection:
         peer: str,
         transport: str,
         on_event: Callable[[Action], None] | None,
+        hold_limit: int = 1024 * 1024,
     ) -> None:
         self.stream = stream
         self.policy = policy
@@ -105,7 +108,13 @@ class HeartbeatConnection:
         self._close_reason: str | None = None
         self._close_error: PulseError | None = None
         self._closed = trio.Event()
-        self._delivering = False
+        self._held: deque[Any] = deque()  # messages the application's queue had no room for
+        self._held_bytes = 0  # bytes read since the first of them
+        #: Bytes read past a full receive queue before reading stops (TCP then pushes back).
+        self.hold_limit = hold_limit
+        self._paused = False
+        self._resumed = trio.Event()
+        self._raw: socket.socket | None = None  # set while the engine reads for us
         self._goodbye: tuple[str, PulseError | None] | None = None
         self._early_frames: list[Frame] = []
         self._pong_waiters: dict[int, trio.Event] = {}
@@ -113,7 +122,6 @@ class HeartbeatConnection:
         self._nursery: trio.Nursery | None = None
         self._log = log.bind(peer=peer, transport=transport)
         self._engine = current_engine()
-        self._failure: Exception | None = None
 
     # -- public API ----------------------------------------------------------------------
 
@@ -154,10 +162,15 @@ class HeartbeatConnection:
         """The next application message; raises :class:`ConnectionClosed` (or its subclass
         :class:`PeerTimeout` when the peer was declared dead) once closed and drained."""
         try:
-            return await self._inbound_receive.receive()
+            message = await self._inbound_receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
+            if self._held:  # what arrived before the end is still the application's
+                return self._held.popleft()
             error = self._closed_error()
             raise error from error.__cause__
+        if self._held or self._paused:
+            self._refill()
+        return message
 
     def __aiter__(self) -> AsyncIterator[Any]:
         """Messages until the connection closes.
@@ -219,18 +232,17 @@ class HeartbeatConnection:
         """Carry out what the liveness machine says is due at ``now`` (synchronously)."""
         if self.closed:
             return
-        if self._delivering:
-            # Bytes from the peer wait for our own slow consumer: the peer is alive.
+        if self._paused:
+            # We stopped reading for our own slow consumer: the peer's silence means nothing.
             self._carry_out(self._liveness.data_received(now), now)
         self._carry_out(self._liveness.handle_timer(now), now)
 
     def timer_failed(self, exc: Exception) -> None:
         """A callback (``on_event``) raised inside the engine: the connection closes and the
-        error surfaces from the connection's task, into the application's block."""
-        self._failure = exc
+        error surfaces in the application's block."""
         self._drop(f"error in a callback: {exc!r}", None)
         if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+            self._nursery.start_soon(_reraise, exc)
 
     def _carry_out(self, actions: list[Action], now: float) -> None:
         for action in actions:
@@ -240,43 +252,78 @@ class HeartbeatConnection:
             else:
                 self._on_action(action)
 
-    # -- the one task --------------------------------------------------------------------
+    # -- reading: the engine's readiness set, or one task ---------------------------------
 
-    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        # The reader owns a nursery for the rare control write that must wait for room:
-        # closing the connection cancels both, never the application code using it.
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self._control.nursery = nursery
+    def _start(self, nursery: trio.Nursery) -> None:
+        """Start reading and heartbeating; ``nursery`` runs the rare task the connection
+        needs (a write that must wait for room, a goodbye, a task reader)."""
+        self._nursery = nursery
+        self._control.nursery = nursery
+        now = trio.current_time()
+        for frame in self._early_frames:
+            self._on_frame(frame, now)
+        self._early_frames = []
+        if not self.closed:
             self._engine.watch(self)
-            task_status.started()
-            await self._read_loop()
-        if self._failure is not None:
-            raise self._failure
+            raw = raw_socket(self.stream)
+            if raw is not None and self._engine.can_read:
+                self._raw = raw
+                self._engine.add_reader(raw, self)
+            else:
+                nursery.start_soon(self._read_task)
 
-    async def _read_loop(self) -> None:
+    def on_readable(self, now: float) -> None:
+        """The engine saw bytes (or the end) waiting in the socket: read once, act."""
+        assert self._raw is not None
         try:
-            now = trio.current_time()
-            for frame in self._early_frames:
-                await self._on_frame(frame, now)
-            while True:
+            chunk = self._raw.recv(READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._drop(f"connection lost: {exc!r}", None)
+            return
+        if not chunk:
+            self._stop_reading()
+            self._spawn(self._finish("connection closed by peer", None))
+            return
+        self._feed(chunk, now)
+
+    async def _read_task(self) -> None:
+        """For streams without a plain socket (TLS, memory streams)."""
+        try:
+            while not self.closed:
+                if self._paused:
+                    await self._resumed.wait()
+                    continue
                 chunk = await self.stream.receive_some(READ_CHUNK)
-                now = trio.current_time()
                 if not chunk:
                     await self._finish("connection closed by peer", None)
                     return
-                for frame in self._decoder.feed(chunk):
-                    await self._on_frame(frame, now)
-                if self.closed:
-                    return
-        except RemoteProtocolError as exc:
-            self._log.warning("protocol_error", reason=str(exc))
-            reason = f"protocol error: {exc}"
-            await self._say_goodbye(reason, reason, exc, shield=False)
+                self._feed(chunk, trio.current_time())
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             await self._finish(f"connection lost: {exc!r}", None, graceful=False)
 
-    async def _on_frame(self, frame: object, now: float) -> None:
+    def _feed(self, chunk: bytes | bytearray, now: float) -> None:
+        try:
+            frames = self._decoder.feed(chunk)
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        for frame in frames:
+            if self.closed:
+                return
+            self._on_frame(frame, now)
+        if self._held:
+            # Reading goes on (pings are answered) while what waits for the application
+            # stays under the bound; past it, reading stops and TCP pushes back.
+            self._held_bytes += len(chunk)
+            if self._held_bytes > self.hold_limit and not self._paused:
+                self._paused = True
+                self._resumed = trio.Event()
+                if self._raw is not None:
+                    self._engine.pause_reader(self._raw)
+
+    def _on_frame(self, frame: Frame, now: float) -> None:
         if isinstance(frame, Pong):
             actions = self._liveness.pong(now, frame.seq)
             if actions:
@@ -290,20 +337,62 @@ class HeartbeatConnection:
         if actions:
             self._carry_out(actions, now)
         if isinstance(frame, Ping):
-            # Answered from this task, at once; a peer that pings faster than it reads our
-            # pongs fills the control backlog and the surplus pongs are dropped.
+            # Answered at once, from wherever the ping was read; a peer that pings faster
+            # than it reads our pongs fills the control backlog and surplus pongs are dropped.
             if self._control.send(encode_frame(frame.pong())):
                 self._liveness.data_sent(now)
         elif isinstance(frame, Data):
-            self._delivering = True
-            try:
-                await self._inbound_send.send(frame.payload)
-            finally:
-                self._delivering = False
+            self._deliver(frame.payload)
         elif isinstance(frame, CloseFrame):
-            await self._finish(f"closed by peer: {frame.reason}", None)
+            self._stop_reading()
+            self._spawn(self._finish(f"closed by peer: {frame.reason}", None))
         elif isinstance(frame, Hello):
-            raise RemoteProtocolError("HELLO received twice")
+            self._protocol_error(RemoteProtocolError("HELLO received twice"))
+
+    def _deliver(self, payload: Any) -> None:
+        """Hand a message to the application; when its queue is full, hold it (and every
+        later one, to keep the order) until the application catches up."""
+        if not self._held:
+            try:
+                self._inbound_send.send_nowait(payload)
+                return
+            except trio.WouldBlock:
+                pass
+            except trio.ClosedResourceError:
+                return  # closed: nobody will read it
+        self._held.append(payload)
+
+    def _refill(self) -> None:
+        """After the application took a message: move held ones in, read again if all fit."""
+        held = self._held
+        while held:
+            try:
+                self._inbound_send.send_nowait(held[0])
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                return
+            held.popleft()
+        self._held_bytes = 0
+        if self._paused and not self.closed:
+            self._paused = False
+            self._resumed.set()
+            if self._raw is not None:
+                self._engine.resume_reader(self._raw)
+
+    def _protocol_error(self, exc: RemoteProtocolError) -> None:
+        self._log.warning("protocol_error", reason=str(exc))
+        self._stop_reading()
+        reason = f"protocol error: {exc}"
+        self._spawn(self._say_goodbye(reason, reason, exc, shield=False))
+
+    def _stop_reading(self) -> None:
+        if self._raw is not None:
+            self._engine.remove_reader(self._raw)
+            self._raw = None
+        self._resumed.set()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(_await, work)
 
     def _control_failed(self, exc: BaseException) -> None:
         """The control writer lost the stream."""
@@ -394,6 +483,7 @@ class HeartbeatConnection:
         self._close_error = error
         self._closed.set()
         self._engine.forget(self)
+        self._stop_reading()
         self._control.close()
         for waiter in self._pong_waiters.values():
             waiter.set()  # wake pending pings: they report the close
@@ -415,8 +505,6 @@ class HeartbeatConnection:
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         pass
             await trio.aclose_forcefully(self.stream)
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
 
     def _raise_if_closed(self) -> None:
         if self.closed:
@@ -469,6 +557,7 @@ async def heartbeat(
     handshake_timeout: float = 10.0,
     max_frame_size: int = 1024 * 1024,
     receive_buffer: int = 256,
+    hold_limit: int = 1024 * 1024,
     peer: str = "?",
     transport: str = "stream",
     on_event: Callable[[Action], None] | None = None,
@@ -480,6 +569,11 @@ async def heartbeat(
     :class:`~pulse.errors.AuthFailed`. The negotiated policy is the lower non-zero proposal,
     clamped by ``bounds``. ``detector(policy)`` builds a custom failure detector (fixed
     timeout by default). Leaving the block closes the connection.
+
+    Memory is bounded: a frame body is at most ``max_frame_size`` bytes; at most
+    ``receive_buffer`` messages wait for the application, and when those are taken up the
+    connection goes on reading (and answering heartbeats) for at most ``hold_limit`` more
+    bytes, then stops reading so that TCP pushes back on the peer. Nothing is dropped.
     """
     policy = policy or HeartbeatPolicy()
     decoder = FrameDecoder(max_frame_size=max_frame_size)
@@ -497,6 +591,7 @@ async def heartbeat(
             stream, agreed, remote, decoder,
             detector=detector(agreed) if detector is not None and agreed.enabled else None,
             receive_buffer=receive_buffer, peer=peer, transport=transport, on_event=on_event,
+            hold_limit=hold_limit,
         )
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         await trio.aclose_forcefully(stream)
@@ -508,9 +603,18 @@ async def heartbeat(
     log.info("connection_open", peer=peer, transport=transport, remote_id=remote.peer_id,
              interval=agreed.interval, timeout=agreed.timeout)
     async with background_nursery() as nursery:
-        await nursery.start(conn._run)
+        conn._start(nursery)
+        await trio.lowlevel.checkpoint()  # let the peer's side of the HELLO exchange settle
         try:
             yield conn
         finally:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
+
+
+async def _await(work: Coroutine[Any, Any, None]) -> None:
+    await work
+
+
+async def _reraise(exc: Exception) -> None:
+    raise exc

@@ -13,12 +13,22 @@ Rules this module keeps:
   its deadline again; a deadline that moved on is re-queued without calling ``handle_timer``.
   :meth:`Engine.watch` is needed only when a deadline may have moved *earlier* (a new
   machine, an action from the application); it costs one comparison when nothing changed.
+* **Coalesced wake-ups.** Deadlines are rounded up to the engine's ``resolution`` (20 ms by
+  default): heartbeats of thousands of connections that fall due within one step share one
+  wake-up, and their answers arrive together too. A verdict is at most one step late.
 * **Synchronous dispatch.** ``handle_timer`` runs inside the engine's task and must not
   await: a driver writes a heartbeat straight to a non-blocking socket and falls back to its
   connection's own task only when the socket buffer is full.
 * **A failing client costs only itself.** An exception from a client's ``handle_timer`` is
   reported to the client's ``timer_failed`` (when it has one) and the client is dropped; the
   engine and every other client go on.
+* **One reader for many sockets** (where the platform has epoll). A connection over a plain
+  socket registers it with :meth:`Engine.add_reader`; the engine waits on one level-triggered
+  epoll set next to its timer and, when sockets are readable, calls each one's ``on_readable
+  (now)`` in turn — one ``recv`` per socket per pass, so one busy peer cannot starve the
+  others. No task wakes and nothing is re-registered per message. A reader that must stop
+  (its application is behind) is paused and resumed, never blocked. Streams without a plain
+  socket (TLS, memory streams) read in a task of their own instead.
 * **Quiet.** Nothing is logged per wake-up or per client. A wake-up that comes later than
   ``stall_threshold`` after its deadline (a blocked loop, a stopped process) is counted in
   :attr:`Engine.stalls`; the machines themselves decide what a stall means for their peers.
@@ -32,6 +42,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import os
+import select
+import socket
 from typing import Protocol
 
 import structlog
@@ -52,11 +65,33 @@ class TimerClient(Protocol):
         ...
 
 
-class Engine:
-    """One heap of deadlines and one sleeping task for any number of timer clients."""
+class Reader(Protocol):
+    """What the engine calls when a registered socket is readable."""
 
-    def __init__(self, *, stall_threshold: float = 0.5) -> None:
+    def on_readable(self, now: float) -> None:
+        """Read once from the socket (it will not block) and act on it, synchronously."""
+        ...
+
+
+#: Deadlines are rounded up to a multiple of this many seconds, so that many machines share
+#: a wake-up (override with the environment variable ``PULSE_ENGINE_RESOLUTION``; 0: exact).
+#: A verdict can come this much later than the machine asked for.
+DEFAULT_RESOLUTION = 0.02
+
+#: Sockets handled per wake-up at most; the rest wait for the next pass.
+MAX_READY = 1024
+
+
+class Engine:
+    """One heap of deadlines, one readiness set and one task for any number of clients."""
+
+    def __init__(self, *, resolution: float = 0.0, stall_threshold: float = 0.5) -> None:
+        if resolution < 0:
+            raise ValueError(f"resolution must be >= 0, got {resolution!r}")
+        self.resolution = resolution
         self.stall_threshold = stall_threshold
+        self._epoll: select.epoll | None = select.epoll() if hasattr(select, "epoll") else None
+        self._readers: dict[int, Reader] = {}
         self._heap: list[tuple[float, int, TimerClient]] = []
         self._queued: dict[TimerClient, float] = {}  # client -> the deadline it is queued at
         self._order = itertools.count()
@@ -85,8 +120,15 @@ class Engine:
         self._queued[client] = deadline
         heapq.heappush(self._heap, (deadline, next(self._order), client))
         if deadline < self._sleep_until and self._scope is not None:
+            if self.resolution:
+                deadline = self._coalesce(deadline)
             self._sleep_until = deadline
             self._scope.deadline = deadline
+
+    def _coalesce(self, deadline: float) -> float:
+        """``deadline`` moved up to the next multiple of the resolution (never earlier, even
+        by a rounding error), so deadlines close together share one wake-up."""
+        return max(deadline, math.ceil(deadline / self.resolution) * self.resolution)
 
     def forget(self, client: TimerClient) -> None:
         """Stop driving ``client`` (its heap entry is discarded when it falls due)."""
@@ -96,17 +138,80 @@ class Engine:
         """How many clients are scheduled."""
         return len(self._queued)
 
+    # -- readiness ------------------------------------------------------------------------
+
+    @property
+    def can_read(self) -> bool:
+        """True when sockets can be handed to :meth:`add_reader` on this platform."""
+        return self._epoll is not None
+
+    def add_reader(self, sock: socket.socket, reader: Reader) -> None:
+        """Call ``reader.on_readable(now)`` whenever ``sock`` has bytes (or an EOF) to read."""
+        assert self._epoll is not None, "no readiness set on this platform (check can_read)"
+        fd = sock.fileno()
+        self._readers[fd] = reader
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def pause_reader(self, sock: socket.socket) -> None:
+        """Stop calling the reader of ``sock`` until :meth:`resume_reader`."""
+        self._modify(sock, 0)
+
+    def resume_reader(self, sock: socket.socket) -> None:
+        """Call the reader of ``sock`` again when it is readable."""
+        self._modify(sock, select.EPOLLIN)
+
+    def remove_reader(self, sock: socket.socket) -> None:
+        """Forget ``sock`` (before it is closed)."""
+        fd = sock.fileno()
+        if self._readers.pop(fd, None) is not None and self._epoll is not None:
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass  # already closed: the kernel dropped it
+
+    def _modify(self, sock: socket.socket, events: int) -> None:
+        fd = sock.fileno()
+        if fd in self._readers and self._epoll is not None:
+            self._epoll.modify(fd, events)
+
+    def run_ready(self, now: float) -> None:
+        """Call the reader of every readable socket once."""
+        assert self._epoll is not None
+        for fd, _ in self._epoll.poll(0, MAX_READY):
+            reader = self._readers.get(fd)
+            if reader is None:
+                continue
+            try:
+                reader.on_readable(now)
+            except Exception as exc:
+                self._readers.pop(fd, None)
+                try:
+                    self._epoll.unregister(fd)
+                except OSError:
+                    pass
+                self._client_failed(reader, exc)
+
     # -- the one task ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Sleep until the earliest deadline, call every due client, forever."""
+        """Wait for the earliest deadline or a readable socket; act on both, forever."""
+        epoll = self._epoll
+        resolution = self.resolution
         while True:
             deadline = self._heap[0][0] if self._heap else math.inf
+            if resolution and deadline != math.inf:
+                deadline = self._coalesce(deadline)
             with trio.CancelScope(deadline=deadline) as scope:
                 self._scope, self._sleep_until = scope, deadline
-                await trio.sleep_forever()
+                if epoll is None:
+                    await trio.sleep_forever()
+                else:
+                    await trio.lowlevel.wait_readable(epoll)
             self._scope, self._sleep_until = None, math.inf
-            self.run_due(trio.current_time())
+            now = trio.current_time()
+            if epoll is not None:
+                self.run_ready(now)  # fresh evidence first, then verdicts
+            self.run_due(now)
 
     def run_due(self, now: float) -> None:
         """Call ``handle_timer(now)`` on every client due at ``now`` (one ``now`` for all of
@@ -138,8 +243,8 @@ class Engine:
             except Exception as exc:
                 self._client_failed(client, exc)
 
-    def _client_failed(self, client: TimerClient, exc: Exception) -> None:
-        self.forget(client)
+    def _client_failed(self, client: TimerClient | Reader, exc: Exception) -> None:
+        self._queued.pop(client, None)  # type: ignore[arg-type]  # a reader may be a client too
         report = getattr(client, "timer_failed", None)
         if report is None:
             log.error("timer_client_failed", client=type(client).__name__, error=repr(exc))
@@ -159,7 +264,7 @@ def current_engine() -> Engine:
         return _ENGINE.get()
     except LookupError:
         pass
-    engine = Engine()
+    engine = Engine(resolution=float(os.environ.get("PULSE_ENGINE_RESOLUTION", DEFAULT_RESOLUTION)))
     _ENGINE.set(engine)
     trio.lowlevel.spawn_system_task(engine.run, name="pulse.engine")
     return engine

@@ -207,3 +207,86 @@ async def test_a_broken_socket_is_reported_once() -> None:
         writer.send(b"0123456789abcdef")
     assert len(failures) == 1 and isinstance(failures[0], OSError)
     await stream.aclose()
+
+
+def test_close_deadlines_share_one_wakeup() -> None:
+    """With a resolution, deadlines within one step are handled in one wake-up, never early."""
+    engine = Engine(resolution=0.02)
+    a, b = Clock(1.001), Clock(1.015)
+    engine.watch(a)
+    engine.watch(b)
+    assert engine._coalesce(1.001) == pytest.approx(1.02)
+    assert engine._coalesce(0.06) >= 0.06  # never before the deadline, even by rounding
+    engine.run_due(engine._coalesce(1.001))
+    assert a.calls == b.calls == [pytest.approx(1.02)]
+    assert engine.wakeups == 1
+
+
+async def _socket_pair_connections(
+    policy: HeartbeatPolicy, **options: object,
+) -> tuple[trio.SocketStream, trio.SocketStream]:
+    a, b = socket.socketpair()
+    return (trio.SocketStream(trio.socket.from_stdlib_socket(a)),
+            trio.SocketStream(trio.socket.from_stdlib_socket(b)))
+
+
+async def test_socket_connections_are_read_by_the_engine_without_tasks() -> None:
+    """Over plain sockets the engine's readiness set reads for every connection: no reader
+    task at all, and messages and heartbeats still flow both ways."""
+    from pulse import heartbeat
+
+    policy = HeartbeatPolicy(interval=0.05, timeout=1.0)
+    left_stream, right_stream = await _socket_pair_connections(policy)
+    current_engine()
+    before = _count_tasks()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            ready: trio.Event = trio.Event()
+
+            async def right_side() -> None:
+                async with heartbeat(right_stream, policy) as conn:
+                    ready.set()
+                    async for message in conn:
+                        await conn.send(message * 2)
+
+            nursery.start_soon(right_side)
+            async with heartbeat(left_stream, policy) as left:
+                await ready.wait()
+                during = _count_tasks()
+                await left.send(21)
+                assert await left.receive() == 42
+                await trio.sleep(0.3)  # idle: a few heartbeats each way
+                assert left.stats().pongs_received >= 2
+            nursery.cancel_scope.cancel()
+    assert during - before <= 1  # right_side only
+
+
+async def test_a_slow_application_stops_reading_past_the_hold_limit_and_loses_nothing() -> None:
+    """Past a full receive queue the engine keeps reading up to hold_limit bytes, then
+    stops (TCP pushes back on the sender); once the application reads, every message
+    arrives in order, including those sent right before the peer said goodbye."""
+    from pulse import heartbeat
+
+    policy = HeartbeatPolicy(interval=0.5, timeout=5.0)
+    left_stream, right_stream = await _socket_pair_connections(policy)
+    payload = b"m" * 1000
+    count = 3000  # 3 MB: far more than the hold limit and the socket buffers
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            sent = 0
+
+            async def sender() -> None:
+                nonlocal sent
+                async with heartbeat(left_stream, policy) as conn:
+                    for i in range(count):
+                        await conn.send([i, payload])
+                        sent += 1
+
+            nursery.start_soon(sender)
+            async with heartbeat(right_stream, policy, receive_buffer=4,
+                                 hold_limit=64 * 1024) as right:
+                await trio.sleep(0.5)  # the application reads nothing for a while
+                assert sent < count  # the sender is held back by TCP
+                assert len(right._held) * 1000 <= right.hold_limit + 64 * 1024 + 8000
+                got = [(await right.receive())[0] for _ in range(count)]
+                assert got == list(range(count))
