@@ -128,21 +128,31 @@ class WebSocketConnection:
         """The next event from the peer; after a :class:`CloseReceived` it raises
         :class:`~.errors.WebSocketClosed`."""
         while True:
-            if self._closed:
-                raise WebSocketClosed("connection closed", 1006)
-            # Events are taken from wsproto's generator one at a time, so its state (e.g.
-            # REMOTE_CLOSING) never runs ahead of what the caller has seen.
-            for event in self._parsed:
-                result = self._interpret(event)
-                if result is not None:
-                    return result
-            await self._read_more()
+            event = self.next_event()
+            if event is not None:
+                return event
+            try:
+                data = await self.stream.receive_some(READ_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""  # the transport is gone: wsproto reports close code 1006
+            self.feed(data)
 
-    async def _read_more(self) -> None:
-        try:
-            data = await self.stream.receive_some(READ_CHUNK)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""  # the transport is gone: wsproto reports close code 1006
+    def next_event(self) -> ReceivedEvent | None:
+        """The next event among the bytes already fed (None: more bytes are needed); after a
+        :class:`CloseReceived` it raises :class:`~.errors.WebSocketClosed`."""
+        if self._closed:
+            raise WebSocketClosed("connection closed", 1006)
+        # Events are taken from wsproto's generator one at a time, so its state (e.g.
+        # REMOTE_CLOSING) never runs ahead of what the caller has seen.
+        for event in self._parsed:
+            result = self._interpret(event)
+            if result is not None:
+                return result
+        return None
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Bytes read from the stream (empty: the stream ended); then call :meth:`next_event`
+        until it returns None."""
         if data:
             self.bytes_received += len(data)
             if self.on_receive is not None:

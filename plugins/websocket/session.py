@@ -37,6 +37,7 @@ cannot tell and withholds the verdict.
 from __future__ import annotations
 
 import enum
+import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,10 +55,12 @@ from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSu
 from pulse.frames import Ping as FramePing
 
 from .connection import (
+    READ_CHUNK,
     CloseReceived,
     MessageReceived,
     PingReceived,
     PongReceived,
+    ReceivedEvent,
     WebSocketConnection,
 )
 from .errors import WebSocketClosed, WebSocketProtocolError
@@ -192,6 +195,8 @@ class Session:
         self._engine = current_engine()
         self._raw = raw_socket(conn.stream)
         self._owed = b""  # the rest of a control frame the socket took only part of
+        self._reading: socket.socket | None = None  # set while the engine reads for us
+        self._nursery: trio.Nursery | None = None
         self._failure: Exception | None = None
         self._control: deque[_Control] = deque()
         self._direct: deque[_Direct] = deque()
@@ -298,7 +303,14 @@ class Session:
 
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._reader)
+                self._nursery = nursery
+                raw = self._raw if self._engine.can_read else None
+                if raw is not None:
+                    self._reading = raw
+                    self._engine.add_reader(raw, self)
+                    self._drain()  # events that came with the handshake
+                else:
+                    nursery.start_soon(self._reader)
                 nursery.start_soon(writer)
                 self._engine.watch(self)
                 try:
@@ -315,6 +327,7 @@ class Session:
                 nursery.cancel_scope.cancel()
         finally:
             self._engine.forget(self)
+            self._stop_reading()
             self._unsubscribe()
             self.outbox.release(interrupted=self.conn.write_interrupted)
             with trio.CancelScope(shield=True):
@@ -391,53 +404,73 @@ class Session:
         return (self.heartbeat is HeartbeatMode.FRAMES and isinstance(data, bytes)
                 and classify_inband(data) is not None)
 
-    # -- reader ---------------------------------------------------------------------------
+    # -- reading: the engine's readiness set, or a task -----------------------------------
 
-    async def _reader(self) -> None:
+    def on_readable(self, now: float) -> None:
+        """The engine saw bytes (or the end) in the socket: read once, handle the events."""
+        assert self._reading is not None
         try:
-            while True:
-                event = await self.conn.receive_event()
-                if isinstance(event, MessageReceived):
-                    await self._on_message(event.data)
-                elif isinstance(event, PingReceived):
-                    self._send_control(_Control(_Kind.PONG, event.payload))
-                elif isinstance(event, PongReceived):
-                    seq = pong_seq(event.payload)
-                    if seq is not None:
-                        self._on_pong(seq)
-                else:
-                    if event.code == CLOSE_ABNORMAL:
-                        self.end("connection lost (no close frame)", CLOSE_ABNORMAL,
-                                 Initiator.NETWORK)
-                    else:
-                        text = f"closed by peer with code {event.code}"
-                        self.end(text + (f": {event.reason}" if event.reason else ""),
-                                 event.code, Initiator.PEER)
+            data = self._reading.recv(READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # reset: wsproto reports 1006
+        if not data:
+            self._stop_reading()
+        self.conn.feed(data)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Handle every event already parsed, until one must wait for the application."""
+        try:
+            while self._end is None and not self._inbox_blocked:
+                event = self.conn.next_event()
+                if event is None:
                     return
+                self._on_event(event)
         except WebSocketProtocolError as exc:
-            log.warning("protocol_error", peer=self.peer, transport=self.transport, reason=str(exc))
-            self.end(f"protocol error from peer: {exc}", exc.code, Initiator.LOCAL)
+            self._protocol_error(exc)
         except WebSocketClosed as exc:
             self.end(exc.reason, CLOSE_ABNORMAL, Initiator.NETWORK)
 
-    async def _on_message(self, data: Payload) -> None:
-        if self.heartbeat is HeartbeatMode.FRAMES and isinstance(data, bytes):
-            frame = classify_inband(data)
-            if isinstance(frame, FramePing):
-                self._send_control(_Control(_Kind.INBAND, inband_pong(frame)))
-                return
-            if frame is not None:
-                self._on_pong(frame.seq)
-                return
+    def _stop_reading(self) -> None:
+        if self._reading is not None:
+            self._engine.remove_reader(self._reading)
+            self._reading = None
+
+    def _on_event(self, event: ReceivedEvent) -> None:
+        if isinstance(event, MessageReceived):
+            self._on_message_now(event.data)
+        elif isinstance(event, PingReceived):
+            self._send_control(_Control(_Kind.PONG, event.payload))
+        elif isinstance(event, PongReceived):
+            seq = pong_seq(event.payload)
+            if seq is not None:
+                self._on_pong(seq)
+        elif event.code == CLOSE_ABNORMAL:
+            self.end("connection lost (no close frame)", CLOSE_ABNORMAL, Initiator.NETWORK)
+        else:
+            text = f"closed by peer with code {event.code}"
+            self.end(text + (f": {event.reason}" if event.reason else ""), event.code,
+                     Initiator.PEER)
+
+    def _on_message_now(self, data: Payload) -> None:
+        """A message, handled without waiting: heartbeats at once, the rest to the inbox;
+        a full inbox stops reading until a task has handed the message over."""
+        if self._heartbeat_frame(data):
+            return
         try:
             if self._target.put_nowait(data):
                 return
         except trio.ClosedResourceError:
             return  # nobody reads any more
-        self._inbox_blocked = True  # we stop reading until the application catches up
-        self._inbound_pending = data  # not lost if the session ends meanwhile
-        backlog = self.conn.receive_backlog()
-        self._backlog_seen = backlog[0] if backlog is not None else None
+        self._block_inbox(data)
+        if self._reading is not None:
+            self._engine.pause_reader(self._reading)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._hand_over, data)
+
+    async def _hand_over(self, data: Payload) -> None:
         try:
             await self._target.put(data)
         except trio.ClosedResourceError:
@@ -445,6 +478,62 @@ class Session:
         finally:
             self._inbox_blocked = False
         self._inbound_pending = None
+        if self._reading is not None and self._end is None:
+            self._engine.resume_reader(self._reading)
+            self._drain()
+
+    def _block_inbox(self, data: Payload) -> None:
+        self._inbox_blocked = True  # we stop reading until the application catches up
+        self._inbound_pending = data  # not lost if the session ends meanwhile
+        backlog = self.conn.receive_backlog()
+        self._backlog_seen = backlog[0] if backlog is not None else None
+
+    def _protocol_error(self, exc: WebSocketProtocolError) -> None:
+        log.warning("protocol_error", peer=self.peer, transport=self.transport, reason=str(exc))
+        self.end(f"protocol error from peer: {exc}", exc.code, Initiator.LOCAL)
+
+    async def _reader(self) -> None:
+        """For streams without a plain socket (``wss://``, memory streams)."""
+        try:
+            while self._end is None:
+                event = await self.conn.receive_event()
+                if isinstance(event, MessageReceived):
+                    await self._on_message(event.data)
+                else:
+                    self._on_event(event)
+        except WebSocketProtocolError as exc:
+            self._protocol_error(exc)
+        except WebSocketClosed as exc:
+            self.end(exc.reason, CLOSE_ABNORMAL, Initiator.NETWORK)
+
+    async def _on_message(self, data: Payload) -> None:
+        if self._heartbeat_frame(data):
+            return
+        try:
+            if self._target.put_nowait(data):
+                return
+        except trio.ClosedResourceError:
+            return  # nobody reads any more
+        self._block_inbox(data)
+        try:
+            await self._target.put(data)
+        except trio.ClosedResourceError:
+            pass
+        finally:
+            self._inbox_blocked = False
+        self._inbound_pending = None
+
+    def _heartbeat_frame(self, data: Payload) -> bool:
+        """Answer or account an in-band heartbeat; False for an application message."""
+        if self.heartbeat is HeartbeatMode.FRAMES and isinstance(data, bytes):
+            frame = classify_inband(data)
+            if isinstance(frame, FramePing):
+                self._send_control(_Control(_Kind.INBAND, inband_pong(frame)))
+                return True
+            if frame is not None:
+                self._on_pong(frame.seq)
+                return True
+        return False
 
     def _on_pong(self, seq: int) -> None:
         now = trio.current_time()
