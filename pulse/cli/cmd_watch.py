@@ -109,14 +109,16 @@ class _Screen:
         if not args.json and sys.stdout.isatty():
             from rich.live import Live
 
-            self.live = Live(self._render(), auto_refresh=False, transient=False)
+            self.live = Live(auto_refresh=False, transient=False)
+            self.live.update(self._render())
 
     def _render(self) -> Any:
         online = len(self.table.online_ids())
         rtt = "-" if self.rtt is None else f"{self.rtt * 1000:.1f} ms"
         title = (f"{self.args.prefix} on {self.args.server} — {online} online, "
                  f"watcher RTT {rtt}")
-        return self.table.render(title, wall_time())
+        width = self.live.console.width if self.live is not None else None
+        return self.table.render(title, wall_time(), width=width)
 
     def emit(self, event: PresenceEvent) -> None:
         if self.args.json:
