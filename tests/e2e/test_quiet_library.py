@@ -89,8 +89,8 @@ async def test_capture_logs_sees_library_events() -> None:
     assert "connection_closed" in [entry["event"] for entry in logs]
 
 
-def test_silent_logger_does_no_work_per_event(capsys: pytest.CaptureFixture[str]) -> None:
-    """Unconfigured: a library logger never evaluates processors (nothing printed)."""
+def test_silent_logger_prints_nothing_until_configured(capsys: pytest.CaptureFixture[str]) -> None:
+    """Unconfigured: a bound library logger prints nothing; once configured, events flow."""
     structlog.reset_defaults()
     assert not structlog.is_configured()
     log = get_logger("pulse.test").bind(peer="x")
