@@ -28,5 +28,15 @@ async def main(url: str, name: str, seconds: float) -> None:
                       flush=True)
 
 
+USAGE = "usage: python examples/presence.py URL NAME [SECONDS]   (e.g. pulse://127.0.0.1:7070 alpha)"
+
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 30.0)
+    if len(sys.argv) not in (3, 4) or sys.argv[1] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    status = 0
+    try:
+        trio.run(main, sys.argv[1], sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 30.0)
+    except* KeyboardInterrupt:  # Ctrl-C: stop quietly (trio may wrap it in a group)
+        status = 130
+    sys.exit(status)

@@ -139,7 +139,9 @@ if __name__ == "__main__":
     parser.add_argument("--exit-after-reconnect", action="store_true")
     parser.add_argument("--deadline", type=float, default=0.0, help="give up after S seconds")
     configure_logging("console", "warning")
+    arguments = parser.parse_args()
     try:
-        sys.exit(trio.run(main, parser.parse_args()))
-    except KeyboardInterrupt:
-        sys.exit(130)
+        status = trio.run(main, arguments)
+    except* KeyboardInterrupt:  # Ctrl-C: stop quietly (trio may wrap it in a group)
+        status = 130
+    sys.exit(status)

@@ -10,6 +10,7 @@ three heartbeats without a word, and each close is reported with its heartbeat c
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import trio
@@ -68,7 +69,9 @@ if __name__ == "__main__":
     parser.add_argument("--heartbeat", type=float, default=1.0)
     args = parser.parse_args()
     configure_logging("console", "warning")
+    status = 0
     try:
         trio.run(main, args.port, args.heartbeat)
-    except KeyboardInterrupt:
-        pass
+    except* KeyboardInterrupt:  # Ctrl-C: stop quietly (trio may wrap it in a group)
+        status = 130
+    sys.exit(status)

@@ -37,4 +37,9 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 7070)
+    status = 0
+    try:
+        trio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 7070)
+    except* KeyboardInterrupt:  # Ctrl-C: stop quietly (trio may wrap it in a group)
+        status = 130
+    sys.exit(status)

@@ -69,4 +69,8 @@ async def main(url: str, count: int) -> int:
 
 if __name__ == "__main__":
     target = sys.argv[1] if len(sys.argv) > 1 else "ws://127.0.0.1:8765/"
-    sys.exit(trio.run(main, target, int(sys.argv[2]) if len(sys.argv) > 2 else 20))
+    try:
+        status = trio.run(main, target, int(sys.argv[2]) if len(sys.argv) > 2 else 20)
+    except* KeyboardInterrupt:  # Ctrl-C: stop quietly (trio may wrap it in a group)
+        status = 130
+    sys.exit(status)

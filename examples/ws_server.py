@@ -30,9 +30,20 @@ async def handle(conn: ServerConnection) -> None:
 
 
 def report_drop(dropped: Dropped) -> None:
-    """Nothing is lost silently: the server says which echoes it could not deliver."""
-    certainty = "possibly lost" if dropped.possibly_delivered else "not sent"
-    print(f"{dropped.peer} {certainty}: {dropped.message!r} ({dropped.reason})", flush=True)
+    """Nothing is dropped silently: the server says which echoes it could not deliver.
+
+    Two different things reach ``on_drop``. An echo that never left the server (the queue
+    overflowed, or the client was gone first) is lost for sure. An echo that was written to
+    the socket but not yet confirmed when the connection ended (``possibly_delivered``) is
+    usually *not* lost: a client that closes right after reading its last echo closes before
+    the server's confirmation ping comes back, and a frozen client finds the echoes in its
+    socket buffer when it wakes up. The server cannot tell, so it says "unconfirmed".
+    """
+    if dropped.possibly_delivered:
+        print(f"{dropped.peer} unconfirmed (written, the client may have it): "
+              f"{dropped.message!r} ({dropped.reason})", flush=True)
+    else:
+        print(f"{dropped.peer} not sent: {dropped.message!r} ({dropped.reason})", flush=True)
 
 
 async def main(port: int) -> None:
@@ -45,7 +56,9 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
+    status = 0
     try:
         trio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 8765)
-    except KeyboardInterrupt:
-        pass
+    except* KeyboardInterrupt:  # Ctrl-C: stop quietly (trio may wrap it in a group)
+        status = 130
+    sys.exit(status)

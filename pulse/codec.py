@@ -47,6 +47,15 @@ __all__ = [
 HEADER_SIZE: Final = 4
 """Bytes in the length prefix."""
 
+# First bytes of other protocols met on a pulse port by mistake: named in the error instead
+# of reporting an absurd body length (b"HTTP" reads as a 1,213,486,160-byte body).
+_FOREIGN_PREFIXES: Final = {
+    b"HTTP": "HTTP (a WebSocket or web server? try ws://)",
+    b"GET ": "HTTP (a browser or WebSocket client?)",
+    b"POST": "HTTP",
+    b"SSH-": "SSH",
+}
+
 MAX_WIRE_LENGTH: Final = 2**32 - 1
 """The largest body length the 4-byte prefix can express."""
 
@@ -213,6 +222,12 @@ class MessageDecoder:
         if length == 0:
             raise RemoteProtocolError("zero-length message: a body must hold a msgpack object")
         if length > self._max_message_size:
+            protocol = _FOREIGN_PREFIXES.get(length.to_bytes(HEADER_SIZE, "big"))
+            if protocol is not None:
+                raise FrameTooLarge(
+                    f"the peer speaks {protocol}, not pulse frames (its first bytes read as a "
+                    f"{length}-byte length prefix)"
+                )
             raise FrameTooLarge(
                 f"message declares a {length}-byte body; the limit is {self._max_message_size} bytes"
             )

@@ -100,6 +100,9 @@ class PingOptions:
     interval: float = 1.0
     timeout: float = 5.0
     count: int | None = None
+    #: Called with the peer's name once the connection is up (before the first heartbeat),
+    #: so the caller can tell "never connected" from "connected, then no answer".
+    on_connected: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

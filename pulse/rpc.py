@@ -40,7 +40,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
-import structlog
 import trio
 
 from pulse._core.backoff import Backoff
@@ -54,6 +53,7 @@ from pulse._core.channel_heartbeat import (
 )
 from pulse._core.stats import RttSummary
 from pulse._core.wheel import DEFAULT_SLOTS, DEFAULT_TICK, HashedWheel, Timer
+from pulse._log import get_logger
 from pulse.actions import (
     Action,
     Close,
@@ -81,7 +81,7 @@ __all__ = [
     "tick_for",
 ]
 
-log = structlog.get_logger("pulse.rpc")
+log = get_logger("pulse.rpc")
 
 M = TypeVar("M")
 M_co = TypeVar("M_co", covariant=True)

@@ -30,9 +30,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     log "creating virtualenv $VENV"
     "$PY" -m venv "$VENV"
 fi
-log "pip install -e .[test]"
+log "pip install -e .[test,docs]"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$VENV/bin/python" -m pip install -q -e '.[test]'
+"$VENV/bin/python" -m pip install -q -e '.[test,docs]'
 export PATH="$PWD/$VENV/bin:$PATH"
 
 # Third-party Dubbo 2 peers for the interop tests. Both install a package named "dubbo", so
@@ -46,8 +46,26 @@ export PULSE_DUBBO_PEERS="$PEERS"
 
 log "ruff"
 ruff check .
-log "mypy (strict)"
+log "mypy (strict, package and tests)"
 mypy
+log "docs (mkdocs build --strict: broken links and references fail)"
+mkdir -p build
+if ! NO_MKDOCS_2_WARNING=1 mkdocs build --strict >build/mkdocs.log 2>&1; then
+    grep -E "WARNING|ERROR|Aborted" build/mkdocs.log >&2
+    exit 1
+fi
+log "packaging (the wheel ships LICENSE and py.typed)"
+wheel_dir=$(mktemp -d)
+"$VENV/bin/python" -m pip wheel -q --no-deps -w "$wheel_dir" . >/dev/null
+"$VENV/bin/python" - "$wheel_dir" <<'PY'
+import pathlib, sys, zipfile
+wheel = next(pathlib.Path(sys.argv[1]).glob("*.whl"))
+names = zipfile.ZipFile(wheel).namelist()
+missing = [want for want in ("licenses/LICENSE", "pulse/py.typed")
+           if not any(name.endswith(want) for name in names)]
+sys.exit(f"{wheel.name} lacks {missing}" if missing else 0)
+PY
+rm -rf "$wheel_dir"
 log "pytest"
 set +e
 pytest -q -p no:cacheprovider "$@"

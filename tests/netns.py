@@ -38,6 +38,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.ci import in_ci
+
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
@@ -115,16 +117,12 @@ def netns_available() -> bool:
     return netns_unavailable_reason() is None
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
 def require_netns() -> None:
     """Skip the calling test when namespaces are unavailable; under ``CI=true``, fail it."""
     reason = netns_unavailable_reason()
     if reason is None:
         return
-    if _in_ci():
+    if in_ci():
         pytest.fail(f"network namespaces are required in CI: {reason}", pytrace=False)
     pytest.skip(reason)
 

@@ -39,6 +39,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.ci import in_ci
+
 TICK_MS = 200
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 LOGGER_JAR = Path("/usr/share/java/slf4j-simple.jar")
@@ -86,8 +88,8 @@ def require_zookeeper() -> ZooKeeperInstall:
     install = find_zookeeper()
     if install is None:
         message = "Apache ZooKeeper (java + /usr/share/java/zookeeper.jar) is not installed"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{message}, and CI=true requires the ZooKeeper tests to run")
+        if in_ci():
+            pytest.fail(f"{message}, and CI requires the ZooKeeper tests to run")
         pytest.skip(message)
     return install
 

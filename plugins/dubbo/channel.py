@@ -15,17 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import structlog
 import trio
 
 from pulse._core.channel_heartbeat import ChannelTiming, Role
+from pulse._log import get_logger
 from pulse.errors import ConnectionClosed, PeerTimeout
 from pulse.rpc import HeartbeatTimer, RpcChannel
 
 from . import codec
 from .codec import DEFAULT_MAX_BODY, HESSIAN2, DubboProtocolError, Frame, FrameDecoder
 
-log = structlog.get_logger("pulse.dubbo")
+log = get_logger("pulse.dubbo")
 
 #: Largest read per ``receive_some``.
 READ_CHUNK = 64 * 1024

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import NoReturn
 
-import structlog
 import trio
 
 from pulse._core.backoff import Backoff
 from pulse._core.channel_heartbeat import ChannelTiming, Role
+from pulse._log import get_logger
 from pulse.errors import ConnectionClosed, PulseError
 from pulse.rpc import (
     HeartbeatTimer,
@@ -33,7 +33,7 @@ from . import codec
 from .channel import DubboChannel
 from .codec import DEFAULT_MAX_BODY, HESSIAN2, Frame
 
-log = structlog.get_logger("pulse.dubbo")
+log = get_logger("pulse.dubbo")
 
 #: Called for frames from the provider that are not responses (read-only notices, requests).
 PushHandler = Callable[[Frame], Awaitable[None]]

@@ -46,6 +46,8 @@ async def ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingRe
         raise OSError(errno.ETIMEDOUT, f"connect to {peer} timed out after {options.timeout} s")
     ids = RequestIds()
     decoder = FrameDecoder()
+    if options.on_connected is not None:
+        options.on_connected(peer)
     async with stream:
         seq = 0
         while options.count is None or seq < options.count:

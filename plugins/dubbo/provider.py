@@ -16,10 +16,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import structlog
 import trio
 
 from pulse._core.channel_heartbeat import ChannelTiming, Role
+from pulse._log import get_logger
 from pulse.errors import ConnectionClosed
 from pulse.rpc import HeartbeatTimer, RequestIds
 
@@ -27,7 +27,7 @@ from . import codec
 from .channel import DubboChannel
 from .codec import DEFAULT_MAX_BODY, Frame, Status
 
-log = structlog.get_logger("pulse.dubbo")
+log = get_logger("pulse.dubbo")
 
 #: Application handler: called for each non-heartbeat frame, with the channel to reply on.
 RequestHandler = Callable[[Frame, DubboChannel], Awaitable[None]]

@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-import structlog
 import trio
 
 from pulse._core.session_timing import ClientTiming
+from pulse._log import get_logger
 from pulse._trio.util import background_nursery
 from pulse.codec import MessageDecoder, encode_message
 from pulse.errors import (
@@ -79,7 +79,7 @@ from .protocol import (
     request_to_wire,
 )
 
-log = structlog.get_logger("pulse.lease.client")
+log = get_logger("pulse.lease.client")
 
 StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
 

@@ -23,10 +23,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
 import trio
 
 from pulse._core.sessions import SessionTracker
+from pulse._log import get_logger
 from pulse.codec import MessageDecoder, encode_message
 from pulse.errors import LocalProtocolError, RemoteProtocolError
 
@@ -46,7 +46,7 @@ from .protocol import (
 from .state import Ended, LeaseState, Limits, Outcome, RequestFailed, ServerSession
 from .store import Store
 
-log = structlog.get_logger("pulse.lease")
+log = get_logger("pulse.lease")
 
 DEFAULT_TICK = 2.0
 CLIENT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import structlog
+from pulse._log import get_logger
 
-log = structlog.get_logger("pulse.lease")
+log = get_logger("pulse.lease")
 
 F = TypeVar("F", bound=Callable[..., None])
 

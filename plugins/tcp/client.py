@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 import trio
 
 from pulse._core.backoff import Backoff
 from pulse._core.policy import HeartbeatPolicy
+from pulse._log import get_logger
 from pulse._trio.connection import HeartbeatConnection, heartbeat
 from pulse._trio.feed import EventFeed
 from pulse.errors import ConnectionClosed, PulseError, ReconnectGaveUp
@@ -22,7 +22,7 @@ from pulse.errors import ConnectionClosed, PulseError, ReconnectGaveUp
 from .keepalive import TcpKeepalive
 from .server import peer_name, tune_socket
 
-log = structlog.get_logger("pulse.tcp")
+log = get_logger("pulse.tcp")
 
 
 async def open_stream(

@@ -35,6 +35,13 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
         endpoint.host, endpoint.port, policy, ssl_context=client_context(endpoint, "tls"),
         connect_timeout=options.timeout, peer_id="pulse-ping",
     ) as conn:
+        if options.on_connected is not None:
+            options.on_connected(conn.peer)
+        # The peer may have negotiated a shorter timeout than asked: the connection then
+        # gives up on a silent peer sooner, and the report says so.
+        limit = options.timeout
+        if conn.policy.enabled and 0 < conn.policy.dead_after < limit:
+            limit = conn.policy.dead_after
         seq = 0
         while options.count is None or seq < options.count:
             seq += 1
@@ -42,6 +49,12 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
             try:
                 rtt = await conn.ping(timeout=options.timeout)
             except PeerTimeout:
+                if limit < options.timeout and conn.closed:
+                    raise PeerTimeout(
+                        f"no answer from {endpoint.host}:{endpoint.port} within {limit:g}s, the "
+                        f"timeout negotiated with the peer (shorter than the {options.timeout:g}s "
+                        "asked for)"
+                    ) from None
                 raise PeerTimeout(
                     f"no answer from {endpoint.host}:{endpoint.port} within {options.timeout:g}s"
                 ) from None

@@ -7,16 +7,16 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
 import trio
 
 from pulse._core.policy import HeartbeatPolicy
+from pulse._log import get_logger
 from pulse._trio.connection import HeartbeatConnection, heartbeat
 from pulse.errors import PulseError
 
 from .keepalive import TcpKeepalive
 
-log = structlog.get_logger("pulse.tcp")
+log = get_logger("pulse.tcp")
 
 Handler = Callable[[HeartbeatConnection], Awaitable[None]]
 

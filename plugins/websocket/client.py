@@ -28,13 +28,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final
 
-import structlog
 import trio
 
 from pulse._core.backoff import Backoff
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import PeerStats
 from pulse._core.policy import HeartbeatPolicy
+from pulse._log import get_logger
 from pulse._trio.feed import EventFeed
 from pulse.actions import Action
 from pulse.errors import ConnectionClosed, PulseError, ReconnectGaveUp
@@ -56,7 +56,7 @@ from .session import (
 )
 from .transport import Opener, WebSocketURL, open_stream, parse_ws_url
 
-log = structlog.get_logger("pulse.websocket")
+log = get_logger("pulse.websocket")
 
 DEFAULT_POLICY: Final = HeartbeatPolicy(interval=10.0, timeout=20.0)
 """Ping after 10 s without hearing from the peer; dead after 20 s of silence."""

@@ -18,9 +18,11 @@ class HandshakeRejected(PulseError):
     """The server answered the opening handshake with an HTTP status other than 101."""
 
     def __init__(self, status_code: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        preview = body[:200].decode("utf-8", "replace").strip()
+        # One line: the status, never the page the server sent along (it is kept in .body).
+        hint = " (not a WebSocket endpoint?)" if 200 <= status_code < 300 else ""
         super().__init__(
-            f"handshake rejected with HTTP {status_code}" + (f": {preview}" if preview else "")
+            f"handshake rejected: the server answered HTTP {status_code} instead of "
+            f"101 Switching Protocols{hint}"
         )
         self.status_code = status_code
         self.headers = headers

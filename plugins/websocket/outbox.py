@@ -24,12 +24,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import structlog
 import trio
 
+from pulse._log import get_logger
 from pulse.errors import PulseError, QueueFull
 
-log = structlog.get_logger("pulse.websocket")
+log = get_logger("pulse.websocket")
 
 Payload = str | bytes
 

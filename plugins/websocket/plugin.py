@@ -54,6 +54,8 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
     context = client_context(endpoint, "wss")
     with trio.fail_after(options.timeout):
         conn, _ = await open_connection(url, open_stream, context)
+    if options.on_connected is not None:
+        options.on_connected(url.peer)
     try:
         seq = 0
         while options.count is None or seq < options.count:

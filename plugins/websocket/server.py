@@ -23,12 +23,12 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import structlog
 import trio
 
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import PeerStats
 from pulse._core.policy import HeartbeatPolicy
+from pulse._log import get_logger
 from pulse.errors import ConnectionClosed, PeerTimeout, PulseError
 
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
@@ -46,7 +46,7 @@ from .session import (
     SessionEnd,
 )
 
-log = structlog.get_logger("pulse.websocket")
+log = get_logger("pulse.websocket")
 
 DEFAULT_SERVER_POLICY = HeartbeatPolicy(interval=10.0, timeout=30.0)
 """Ping a client after 10 s of silence; drop it after 30 s (three intervals)."""

@@ -43,12 +43,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import structlog
 import trio
 
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import Liveness, PeerStats
 from pulse._core.policy import HeartbeatPolicy
+from pulse._log import get_logger
 from pulse._trio.engine import current_engine
 from pulse._trio.writer import raw_socket
 from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
@@ -68,7 +68,7 @@ from .heartbeat import HeartbeatMode, classify_inband, inband_ping, inband_pong,
 from .inbox import Inbox
 from .outbox import Entry, Outbox, Payload
 
-log = structlog.get_logger("pulse.websocket")
+log = get_logger("pulse.websocket")
 
 DEFAULT_FRAGMENT_SIZE: Final = 64 * 1024
 """Messages longer than this are sent as fragments, so pings can pass between them."""

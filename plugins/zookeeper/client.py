@@ -21,9 +21,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
 import trio
 
+from pulse._log import get_logger
 from pulse.errors import NotOwner, RemoteProtocolError
 from pulse.presence import PresenceEvent, SessionEvent, SessionState
 
@@ -66,7 +66,7 @@ from .protocol import (
     ZooKeeperSessionExpired,
 )
 
-log = structlog.get_logger("pulse.zookeeper")
+log = get_logger("pulse.zookeeper")
 
 # Aliases: inside ZooKeeperSession the name ``list`` is the presence method.
 _Actions = list[Action]

@@ -25,12 +25,12 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
-import structlog
 import trio
 
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import Liveness, LivenessState, PeerStats
 from pulse._core.policy import HeartbeatPolicy, NegotiationBounds, negotiate
+from pulse._log import get_logger
 from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
 from pulse._trio.util import background_nursery
@@ -55,7 +55,7 @@ from pulse.frames import (
 )
 from pulse.frames import Close as CloseFrame
 
-log = structlog.get_logger("pulse.connection")
+log = get_logger("pulse.connection")
 
 #: Bytes handed to the stream per ``send_all`` call for application frames, so that a long
 #: write reports progress (Netty's ``observeOutput``).

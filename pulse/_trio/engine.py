@@ -47,10 +47,11 @@ import select
 import socket
 from typing import Protocol
 
-import structlog
 import trio
 
-log = structlog.get_logger("pulse.engine")
+from pulse._log import get_logger
+
+log = get_logger("pulse.engine")
 
 
 class TimerClient(Protocol):

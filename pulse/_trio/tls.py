@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import ssl
 
 from pulse.registry import Endpoint, ServeOptions
@@ -17,8 +19,16 @@ def server_context(endpoint: Endpoint, options: ServeOptions, secure_scheme: str
     certfile = options.extra.get("certfile")
     if not certfile:
         raise ValueError(f"{secure_scheme}:// needs a certificate: pass certfile (and keyfile)")
+    keyfile = options.extra.get("keyfile")
+    for path in (certfile, keyfile):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(errno.ENOENT, "certificate or key file not found", path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certfile, options.extra.get("keyfile"))
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except ssl.SSLError as exc:
+        raise ValueError(f"cannot load the certificate {certfile}"
+                         + (f" with key {keyfile}" if keyfile else "") + f": {exc.reason or exc}") from exc
     return context
 
 

@@ -104,6 +104,10 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds / 60:.0f} min"
 
 
+#: Consoles at least this wide get the full presence table (host, pid, meta).
+WIDE = 110
+
+
 class PresenceTable:
     """Who is online under a prefix, built from presence events."""
 
@@ -132,21 +136,27 @@ class PresenceTable:
         return {m.id for m in self.members.values() if m.online}
 
     def render(self, title: str, now: float, extra_columns: Mapping[str, Mapping[str, str]]
-               | None = None) -> Any:
-        """A :class:`rich.table.Table` of the members (rich is imported here, lazily)."""
+               | None = None, *, width: int | None = None) -> Any:
+        """A :class:`rich.table.Table` of the members (rich is imported here, lazily).
+
+        On a console narrower than :data:`WIDE` columns (``width``) the host, pid and meta
+        columns are left out and the headers shortened, so that ids and states stay whole.
+        """
         from rich.table import Table
 
+        compact = width is not None and width < WIDE
         table = Table(title=title, title_justify="left", expand=False)
         extra_columns = extra_columns or {}
         extra_names = sorted({k for cols in extra_columns.values() for k in cols})
         table.add_column("ID", no_wrap=True, min_width=8)
         table.add_column("STATE", no_wrap=True, min_width=7)
         for name in extra_names:
-            table.add_column(name.upper(), no_wrap=True, min_width=7)
-        for name in ("SESSION AGE", "LAST SEEN", "RTT"):
+            table.add_column(name.upper(), no_wrap=not compact, min_width=7, overflow="fold")
+        for name in (("AGE", "SEEN", "RTT") if compact else ("SESSION AGE", "LAST SEEN", "RTT")):
             table.add_column(name, no_wrap=True)
-        for name in ("HOST", "PID", "META"):
-            table.add_column(name, no_wrap=True, overflow="ellipsis")
+        if not compact:
+            for name in ("HOST", "PID", "META"):
+                table.add_column(name, no_wrap=True, overflow="ellipsis")
         for member in sorted(self.members.values(), key=lambda m: m.id):
             info = member.info
             started = member.started
@@ -158,8 +168,9 @@ class PresenceTable:
                          if isinstance(meta, dict) else "")
             cells = [member.id, state]
             cells += [extra_columns.get(member.id, {}).get(name, "") for name in extra_names]
-            cells += [age, last_seen, format_seconds(member.rtt), str(info.get("host", "-")),
-                      str(info.get("pid", "-")), meta_text]
+            cells += [age, last_seen, format_seconds(member.rtt)]
+            if not compact:
+                cells += [str(info.get("host", "-")), str(info.get("pid", "-")), meta_text]
             table.add_row(*cells)
         return table
 

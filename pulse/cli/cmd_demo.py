@@ -155,7 +155,8 @@ class Demo:
         online = len(self.table.online_ids())
         title = (f"pulse demo — {online}/{len(self.agents)} online, session timeout "
                  f"{self.timeout:.3g} s, tick {self.tick:.3g} s, bound {self.bound:.3g} s")
-        table = self.table.render(title, wall_time(), extra)
+        width = self.live.console.width if self.live is not None else None
+        table = self.table.render(title, wall_time(), extra, width=width)
         return Group(table, Text("\n".join(self.log_lines)))
 
     # -- watching ------------------------------------------------------------------------
@@ -328,7 +329,12 @@ class Demo:
                 rows.append((agent, "stays online", happened, not early))
         return rows
 
-    def summary(self) -> bool:
+    def summary(self, console: Any = None) -> bool:
+        """Print the verdict table, latencies and PASS/FAIL on ``console``; True if passed.
+
+        The table fits 80 columns: agent and OK never wrap, long cells wrap inside their
+        column instead of being cut off.
+        """
         from rich.console import Console
         from rich.table import Table
 
@@ -336,13 +342,19 @@ class Demo:
         table = Table(title=f"failure detection (session timeout {self.timeout:.3g} s + tick "
                             f"{self.tick:.3g} s = bound {self.bound:.3g} s)",
                       title_justify="left")
-        for name, width in (("AGENT", 8), ("FAULT", 12), ("EXPECTED", 12), ("OBSERVED", 20),
-                            ("OK", 3)):
-            table.add_column(name, min_width=width)
+        table.add_column("AGENT", no_wrap=True, min_width=8)
+        table.add_column("FAULT", overflow="fold")
+        table.add_column("EXPECTED", overflow="fold")
+        table.add_column("OBSERVED", overflow="fold", ratio=2)
+        table.add_column("OK", no_wrap=True, min_width=3)
         for agent, expected, happened, ok in rows:
             table.add_row(agent.name, agent.fault or "-", expected, happened,
                           "[green]yes[/green]" if ok else "[red]NO[/red]")
-        console = Console() if sys.stdout.isatty() else Console(width=120)
+        if console is None:
+            # On a terminal, its width; in a pipe, COLUMNS if set, else wide enough for one
+            # line per agent.
+            console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ \
+                else Console(width=120)
         console.print(table)
         measured = []
         for agent in self.agents:
@@ -397,7 +409,10 @@ class Demo:
                         self.scenario_over = min(self.scenario_over, trio.current_time())
                         self.stop_live()
                         await self.cleanup()
-                        if all(a.online_at for a in self.agents):
+                        if self.interrupted:
+                            # A run cut short proves nothing: no table, no PASS/FAIL.
+                            print("interrupted before the scenario ended: no verdict", flush=True)
+                        elif all(a.online_at for a in self.agents):
                             passed = self.summary() and self.completed
                 nursery.cancel_scope.cancel()
         if self.interrupted:
@@ -408,7 +423,8 @@ class Demo:
         if sys.stdout.isatty():
             from rich.live import Live
 
-            self.live = Live(self.render(), auto_refresh=False)
+            self.live = Live(auto_refresh=False)
+            self.live.update(self.render())   # rendered for the live console's width
             self.live.start()
 
     def stop_live(self) -> None:

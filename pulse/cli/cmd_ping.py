@@ -10,8 +10,8 @@ import sys
 import trio
 
 from pulse._core.stats import RttStats
+from pulse.cli._errors import REPORTABLE, describe
 from pulse.cli._run import until_interrupted
-from pulse.errors import PulseError
 from pulse.registry import PingOptions, ping_function
 
 HELP = "measure round trips to a pulse peer (tcp://, tls://, ws://, wss://, dubbo://)"
@@ -36,14 +36,23 @@ def _ms(value: float | None) -> float:
 async def ping(args: argparse.Namespace) -> int:
     """Run the pings; print one line per answer and a summary; return the exit status."""
     endpoint, ping_fn = ping_function(args.url)
-    options = PingOptions(interval=args.interval, timeout=args.timeout, count=args.count)
+    connected = False
+
+    def on_connected(peer: str) -> None:
+        nonlocal connected
+        connected = True
+
+    options = PingOptions(interval=args.interval, timeout=args.timeout, count=args.count,
+                          on_connected=on_connected)
     stats = RttStats()
     sent = 0
     reason = ""
+
     async def pings() -> None:
-        nonlocal sent, reason
+        nonlocal sent, reason, connected
         try:
             async for reply in ping_fn(endpoint, options):
+                connected = True
                 sent = reply.seq
                 stats.add(reply.rtt)
                 if args.json:
@@ -52,9 +61,10 @@ async def ping(args: argparse.Namespace) -> int:
                 else:
                     print(f"pong from {reply.peer}: seq={reply.seq} rtt={_ms(reply.rtt)} ms",
                           flush=True)
-        except (PulseError, OSError, trio.TooSlowError) as exc:
-            sent += 1
-            reason = str(exc) or type(exc).__name__
+        except REPORTABLE as exc:
+            if connected:
+                sent += 1   # the heartbeat that went unanswered
+            reason = describe(exc, timeout=args.timeout)
 
     # Ctrl-C ends the run; the summary still prints, as ping(8) does.
     await until_interrupted(pings)
@@ -68,7 +78,7 @@ async def ping(args: argparse.Namespace) -> int:
             "avg_ms": _ms(summary.avg), "max_ms": _ms(summary.max), "mdev_ms": _ms(summary.mdev),
             "reason": reason or None,
         }), flush=True)
-    else:
+    elif connected or received:
         print(f"--- {args.url} pulse statistics ---")
         print(f"{sent} heartbeats sent, {received} answered, {loss:.1f}% lost")
         if received:

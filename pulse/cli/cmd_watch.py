@@ -18,8 +18,9 @@ from typing import Any
 
 import trio
 
+from pulse.cli._errors import describe, reportable
 from pulse.cli._presence import PRESENCE_PREFIX, PresenceTable, event_json, wall_time
-from pulse.errors import ConnectionClosed, NoPlugin, PulseError, SessionExpired
+from pulse.errors import ConnectionClosed, NoPlugin, SessionExpired
 from pulse.presence import PresenceEvent, PresenceSession
 from pulse.registry import connect_session
 
@@ -108,14 +109,16 @@ class _Screen:
         if not args.json and sys.stdout.isatty():
             from rich.live import Live
 
-            self.live = Live(self._render(), auto_refresh=False, transient=False)
+            self.live = Live(auto_refresh=False, transient=False)
+            self.live.update(self._render())
 
     def _render(self) -> Any:
         online = len(self.table.online_ids())
         rtt = "-" if self.rtt is None else f"{self.rtt * 1000:.1f} ms"
         title = (f"{self.args.prefix} on {self.args.server} — {online} online, "
                  f"watcher RTT {rtt}")
-        return self.table.render(title, wall_time())
+        width = self.live.console.width if self.live is not None else None
+        return self.table.render(title, wall_time(), width=width)
 
     def emit(self, event: PresenceEvent) -> None:
         if self.args.json:
@@ -180,14 +183,20 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         connect_check(args.server)
+        if not args.prefix.startswith("/"):
+            raise ValueError(f"--prefix must be an absolute path starting with '/', "
+                             f"got {args.prefix!r}")
     except (ValueError, NoPlugin) as exc:
         print(f"pulse watch: {exc}", file=sys.stderr)
         return 2
-    status = 1
     try:
-        status = trio.run(_watch, args)
-    except* PulseError as group:
-        print(f"pulse watch: {group.exceptions[0]}", file=sys.stderr)
+        status: int = trio.run(_watch, args)
+    except BaseException as error:
+        lone = reportable(error)
+        if lone is None:
+            raise
+        print(f"pulse watch: {describe(lone, timeout=args.session_timeout)}", file=sys.stderr)
+        return 2 if isinstance(lone, ValueError) else 1
     return status
 
 

@@ -182,10 +182,11 @@ def test_every_event_is_accepted_in_every_state(steps: list[tuple[str, float, in
     was_dead = False
     for kind, gap, seq in steps:
         now += gap
-        event = {
+        inputs: dict[str, DataReceived | DataSent | PongReceived | Tick] = {
             "data": DataReceived(now), "sent": DataSent(now), "pong": PongReceived(now, seq),
             "tick": Tick(now),
-        }.get(kind)
+        }
+        event = inputs.get(kind)
         actions = machine.request_ping(now) if event is None else machine.handle(event)
         if was_dead:
             assert actions == [] and machine.state is LivenessState.DEAD

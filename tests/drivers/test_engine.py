@@ -128,7 +128,9 @@ async def test_the_running_engine_sleeps_until_the_earliest_deadline(
 
 
 def _count_tasks() -> int:
-    stack = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    stack = [root]
     count = 0
     while stack:
         task = stack.pop()

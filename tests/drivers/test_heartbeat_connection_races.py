@@ -26,12 +26,6 @@ POLICY = HeartbeatPolicy(1.0, 3.0)
 BIG = b"x" * 20_000_000  # far more than a socketpair buffers
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    """Virtual time that jumps whenever every task is blocked."""
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 def socket_streams() -> tuple[trio.SocketStream, trio.SocketStream]:
     """A connected pair of real (local) socket streams with small kernel buffers."""
     a, b = trio.socket.socketpair()

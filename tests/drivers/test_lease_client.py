@@ -26,11 +26,6 @@ S1 = ("s1", 1)
 S2 = ("s2", 2)
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 class Spy(trio.abc.Stream):
     """Records every request the client sends: (time, op)."""
 

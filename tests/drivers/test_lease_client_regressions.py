@@ -11,11 +11,6 @@ from pulse.errors import ConnectionClosed
 from pulse.plugins.lease.client import LeaseSession
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 async def test_stream_is_closed_when_a_message_after_the_connect_answer_is_bad(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -20,11 +20,6 @@ from pulse.plugins.lease.state import Limits
 from ._lease_harness import Network, Raw
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 @asynccontextmanager
 async def network(**kwargs: object) -> AsyncIterator[Network]:
     async with trio.open_nursery() as nursery:

@@ -17,11 +17,6 @@ from pulse.plugins.lease.state import Limits
 from ._lease_harness import Network, Raw
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 @asynccontextmanager
 async def network(config: ServerConfig) -> AsyncIterator[Network]:
     async with trio.open_nursery() as nursery:
@@ -98,14 +93,16 @@ async def test_backlogged_watcher_expiring_with_the_watched_session_does_not_kil
     async with network(ServerConfig(tick=1.0, limits=limits)) as net:
         owner, owner_grant = await connected(net, 4.0)
         watcher, watcher_grant = await connected(net, 4.0)
-        assert owner_grant["session_id"] < watcher_grant["session_id"]  # ended in this order
+        owner_id, watcher_id = owner_grant["session_id"], watcher_grant["session_id"]
+        assert isinstance(owner_id, int) and isinstance(watcher_id, int)
+        assert owner_id < watcher_id  # ended in this order
         await watcher.call("watch", {"prefix": "/p", "watch_id": 1})
         assert (await owner.call("register", {"key": "/p/a"})).error is None
         # Both go silent now, with the same bucket.
         assert (await owner.call("register", {"key": "/p/b"})).error is None
         await watcher.call("ping")  # touches the watcher into the owner's bucket, acks nothing
         server = net.server()
-        assert len(server.state.sessions[watcher_grant["session_id"]].outbox) == 3
+        assert len(server.state.sessions[watcher_id].outbox) == 3
         await owner.drain()
         await watcher.drain()
         assert [n.state for n in watcher.notices if isinstance(n, SessionNotice)] == ["expired"]

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import pytest
 import trio
 import trio.testing
 
 from pulse.cli._presence import PresenceTable
 from pulse.cli.cmd_watch import follow
 from pulse.presence import PresenceEvent
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 class Scripted:

@@ -25,12 +25,6 @@ POLICY = HeartbeatPolicy(1.0, 3.0)
 Script = Callable[[HeartbeatConnection], Awaitable[None]]
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    """Virtual time that jumps whenever every task is blocked."""
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 def fake_connect(scripts: list[Script]) -> Callable[..., Any]:
     """A stand-in for ``connect_tcp``: the n-th connection talks to ``scripts[n]``."""
 

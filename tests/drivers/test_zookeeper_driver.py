@@ -33,12 +33,6 @@ from pulse.presence import SessionEvent, SessionState
 from tests.zk_harness import poll_until
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    """Virtual time that jumps whenever every task is blocked."""
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 @dataclass
 class FakeZooKeeper:
     """A minimal ZooKeeper: sessions, pings, ephemeral/persistent nodes, no watches."""

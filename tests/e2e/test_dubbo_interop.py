@@ -19,7 +19,6 @@ Install both with::
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from functools import partial
@@ -32,13 +31,13 @@ from pulse._core.channel_heartbeat import ChannelState, ChannelTiming
 from pulse.plugins.dubbo.consumer import open_consumer
 from pulse.plugins.dubbo.provider import DubboProvider
 from pulse.rpc import open_heartbeat_timer
+from tests.ci import IN_CI
 
 from .dubbo_procs import PEER_SCRIPTS, peer_env, peer_installed
 
 pytestmark = pytest.mark.e2e
 
-# Under CI=true a missing peer is a failure, not a skip: scripts/test.sh installs both.
-IN_CI = os.environ.get("CI") == "true"
+# In CI a missing peer is a failure, not a skip: scripts/test.sh installs both.
 needs_apache = pytest.mark.skipif(
     not IN_CI and not peer_installed("apache", "dubbo/connection/connections.py"),
     reason="python-dubbo-support-python3 not installed (see this module's docstring)",

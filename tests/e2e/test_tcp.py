@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 import pytest
 import trio
@@ -27,7 +28,7 @@ FAST = HeartbeatPolicy(interval=0.1, timeout=0.4)
 
 
 async def start_server(nursery: trio.Nursery, handler: Handler = echo_handler, port: int = 0,
-                       **options: object) -> int:
+                       **options: Any) -> int:
     listeners = await nursery.start(lambda task_status: serve_tcp(
         handler, port, policy=FAST, task_status=task_status, **options))
     return int(listeners[0].socket.getsockname()[1])

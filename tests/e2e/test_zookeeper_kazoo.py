@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import kazoo.client as kazoo_client  # in the test extra: a missing kazoo is an error
+import kazoo.protocol.states as kazoo_states
 import pytest
 import trio
 
@@ -15,13 +16,6 @@ from pulse.plugins.zookeeper import ZooKeeperSessionExpired, connect
 from pulse.presence import SessionState
 from tests.e2e.test_zookeeper_presence import Recorder
 from tests.zk_harness import TICK_MS, BlackholeProxy, ZooKeeperServer, poll_until
-
-if os.environ.get("CI", "").lower() == "true":  # CI must run these: a missing kazoo fails
-    import kazoo.client as kazoo_client
-    import kazoo.protocol.states as kazoo_states
-else:
-    kazoo_client = pytest.importorskip("kazoo.client")
-    kazoo_states = pytest.importorskip("kazoo.protocol.states")
 
 pytestmark = [pytest.mark.zookeeper, pytest.mark.e2e]
 
