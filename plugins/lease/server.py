@@ -68,6 +68,11 @@ class ServerConfig:
     server_id: int = 1
     data_dir: str | None = None
     handshake_timeout: float = 10.0
+    #: The local-pause guard (:mod:`pulse._core.sessions`): a stall of the server's own loop
+    #: longer than ``max_local_pause`` (default ``tick / 2``) is given back to the sessions
+    #: that fell due during it instead of expiring them.
+    pause_guard: bool = True
+    max_local_pause: float | None = None
 
     @property
     def max_message_size(self) -> int:
@@ -142,6 +147,10 @@ class LeaseServer:
             secret=secret, server_id=self.config.server_id, tick=self.config.tick,
             min_timeout=self.config.min_timeout, max_timeout=self.config.max_timeout,
             last_session_id=last_id,
+            max_local_pause=(
+                None if not self.config.pause_guard
+                else self.config.max_local_pause or self.config.tick / 2
+            ),
         )
         self.state = LeaseState(tracker, self.config.limits, self.store)
         self._snapshot = snapshot
@@ -168,7 +177,13 @@ class LeaseServer:
                     self._expiry_scope = scope
                     await trio.sleep_forever()
                 self._expiry_scope = None
-                self._apply(self.state.expire(trio.current_time()))
+                stalls = self.state.tracker.stalls
+                now = trio.current_time()
+                self._apply(self.state.expire(now))
+                if self.state.tracker.stalls != stalls:
+                    log.warning("local_pause_detected", stalls=self.state.tracker.stalls,
+                                late_by=round(now - (deadline or now), 3),
+                                total_stalled=round(self.state.tracker.stalled_for, 3))
         finally:
             if self.store is not None:
                 self.store.close()
