@@ -96,6 +96,8 @@ class ErrorCode(enum.Enum):
     RATE_LIMITED = "rate_limited"
     RESPONSE_TOO_LARGE = "response_too_large"
     PROTOCOL_ERROR = "protocol_error"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    FORBIDDEN = "forbidden"
 
 
 # -- request bodies ----------------------------------------------------------------------

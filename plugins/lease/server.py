@@ -31,6 +31,7 @@ from pulse.codec import MessageDecoder, encode_message
 from pulse.errors import LocalProtocolError, RemoteProtocolError
 
 from .protocol import (
+    MAX_ID,
     MAX_KEY_LENGTH,
     BadRequest,
     Connect,
@@ -51,10 +52,12 @@ log = structlog.get_logger("pulse.lease")
 DEFAULT_TICK = 2.0
 CLIENT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 MAX_QUEUED_RESPONSES = 10_000
-#: Bytes of unread responses a connection may hold before it is closed (a peer that sends
-#: requests but never reads must not make the server buffer without bound).
-MAX_QUEUED_BYTES = 32 * 1024 * 1024
 FINAL_SEND_TIMEOUT = 1.0
+#: The writer never hands more than this (plus one message) to one ``send_all``: a large
+#: backlog of responses and watch events goes out in bounded pieces, never joined whole.
+WRITE_CHUNK = 256 * 1024
+#: Refused requests in a row (beyond the rate) after which a flooding connection is closed.
+MAX_RATE_REFUSALS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +83,20 @@ class ServerConfig:
         return self.limits.max_data_size + 4 * MAX_KEY_LENGTH + 1024
 
 
+class _Budget:
+    """Server-wide counters the connections share (bytes of unread responses)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.queued_bytes = 0
+        self.connections = 0
+
+
 class _Connection:
     """One client connection: its stream, its session and what waits to be written."""
 
-    def __init__(self, stream: trio.abc.Stream, peer: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, peer: str, budget: _Budget | None = None,
+                 now: float = 0.0) -> None:
         self.stream = stream
         self.peer = peer
         self.session: ServerSession | None = None
@@ -94,6 +107,45 @@ class _Connection:
         self.finishing = False
         self._wake = trio.Event()
         self.scope = trio.CancelScope()
+        self.budget = budget or _Budget(Limits())
+        rate = self.budget.limits.max_request_rate
+        self.tokens = max(rate, 1.0)
+        self.token_time = now
+        self.refusals = 0  # requests refused for the rate in a row
+        self.authenticated: str | None = None  # the client id proven at connect
+
+    def take_token(self, now: float) -> bool:
+        """One request's worth of this connection's rate (True if it may be served)."""
+        rate = self.budget.limits.max_request_rate
+        if rate <= 0:
+            return True
+        self.tokens = min(max(rate, 1.0), self.tokens + (now - self.token_time) * rate)
+        self.token_time = now
+        if self.tokens < 1.0:
+            self.refusals += 1
+            return False
+        self.tokens -= 1.0
+        self.refusals = 0
+        return True
+
+    def take_chunk(self) -> list[bytes]:
+        """Queued messages up to WRITE_CHUNK bytes (at least one), removed from the queue."""
+        parts: list[bytes] = []
+        size = 0
+        queued = self.queued
+        while queued and size < WRITE_CHUNK:
+            item = queued.popleft()
+            parts.append(item)
+            size += len(item)
+        self.queued_bytes -= size
+        self.budget.queued_bytes -= size
+        return parts
+
+    def release(self) -> None:
+        """Give the unsent bytes back to the server budget (the connection is gone)."""
+        self.budget.queued_bytes -= self.queued_bytes
+        self.queued_bytes = 0
+        self.queued.clear()
 
     def wake(self) -> None:
         self._wake.set()
@@ -110,11 +162,22 @@ class _Connection:
                 raise
             too_large = Response(message[1], error=ErrorCode.RESPONSE_TOO_LARGE, message=str(exc))
             encoded = encode_message(response_to_wire(too_large))
+        if self.finishing:
+            return  # only the final notice goes out now
         self.queued.append(encoded)
         self.queued_bytes += len(encoded)
-        # The peer sends but does not read: bounded by count and by bytes.
-        if len(self.queued) > MAX_QUEUED_RESPONSES or self.queued_bytes > MAX_QUEUED_BYTES:
-            self.finish(ErrorNotice(ErrorCode.PROTOCOL_ERROR, "too many unread responses"))
+        self.budget.queued_bytes += len(encoded)
+        # The peer sends but does not read: bounded by count and by bytes, per connection and
+        # for the whole server.
+        limits = self.budget.limits
+        if (len(self.queued) > MAX_QUEUED_RESPONSES
+                or self.queued_bytes > limits.max_queued_bytes_per_connection):
+            self.finish(ErrorNotice(ErrorCode.QUOTA_EXCEEDED,
+                                    f"more than {limits.max_queued_bytes_per_connection} bytes "
+                                    "of unread responses"))
+        elif self.budget.queued_bytes > limits.max_queued_bytes_total:
+            self.finish(ErrorNotice(ErrorCode.QUOTA_EXCEEDED,
+                                    "the server's buffer for unread responses is full"))
         self.wake()
 
     def finish(self, notice: SessionNotice | ErrorNotice) -> None:
@@ -122,7 +185,10 @@ class _Connection:
         even if the peer stopped reading)."""
         if not self.finishing:
             self.finishing = True
-            self.queued.append(encode_message(notice_to_wire(notice)))
+            final = encode_message(notice_to_wire(notice))
+            self.queued.append(final)
+            self.queued_bytes += len(final)
+            self.budget.queued_bytes += len(final)
             self.scope.deadline = min(self.scope.deadline,
                                       trio.current_time() + FINAL_SEND_TIMEOUT)
             self.wake()
@@ -155,6 +221,7 @@ class LeaseServer:
         self.state = LeaseState(tracker, self.config.limits, self.store)
         self._snapshot = snapshot
         self._connections: dict[int, _Connection] = {}  # session id -> its connection
+        self._budget = _Budget(self.config.limits)
         self._expiry_scope: trio.CancelScope | None = None
         self.restored = 0
 
@@ -227,7 +294,14 @@ class LeaseServer:
 
     async def handle_stream(self, stream: trio.abc.Stream, address: str) -> None:
         """Serve one client connection until it closes, fails or its session ends."""
-        conn = _Connection(stream, address)
+        conn = _Connection(stream, address, self._budget, trio.current_time())
+        budget = self._budget
+        budget.connections += 1
+        if budget.connections > self.config.limits.max_connections:
+            conn.finish(ErrorNotice(ErrorCode.QUOTA_EXCEEDED,
+                                    f"the server holds its maximum of "
+                                    f"{self.config.limits.max_connections} connections"))
+            log.info("connection_refused", peer=address, reason="max_connections")
         try:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
@@ -235,6 +309,8 @@ class LeaseServer:
                     await self._read_loop(conn)
                     nursery.cancel_scope.cancel()
         finally:
+            budget.connections -= 1
+            conn.release()
             self._detach(conn)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
@@ -272,23 +348,33 @@ class LeaseServer:
     async def _write_loop(self, conn: _Connection) -> None:
         while True:
             await conn.wait()
-            chunks = list(conn.queued)
-            conn.queued.clear()
-            conn.queued_bytes = 0
-            if conn.session is not None and not conn.finishing:
-                for event in conn.session.pending(conn.sent_seq):
-                    chunks.append(encode_message(watch_event_to_wire(event)))
-                    conn.sent_seq = event.seq
-            if chunks:
-                payload = b"".join(chunks)
+            while True:
+                chunks = self._next_chunk(conn)
+                if not chunks:
+                    break
                 try:
-                    await conn.stream.send_all(payload)
+                    await conn.stream.send_all(b"".join(chunks) if len(chunks) > 1 else chunks[0])
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     conn.scope.cancel()
                     return
             if conn.finishing:
                 conn.scope.cancel()
                 return
+
+    def _next_chunk(self, conn: _Connection) -> list[bytes]:
+        """At most WRITE_CHUNK bytes (plus one message) of responses, then watch events."""
+        chunks = conn.take_chunk()
+        size = sum(len(chunk) for chunk in chunks)
+        session = conn.session
+        if session is not None and not conn.finishing and size < WRITE_CHUNK:
+            for event in session.pending(conn.sent_seq):
+                encoded = encode_message(watch_event_to_wire(event))
+                chunks.append(encoded)
+                conn.sent_seq = event.seq
+                size += len(encoded)
+                if size >= WRITE_CHUNK:
+                    break
+        return chunks
 
     def _detach(self, conn: _Connection) -> None:
         session = conn.session
@@ -300,6 +386,19 @@ class LeaseServer:
     # -- requests ------------------------------------------------------------------------
 
     def _on_message(self, conn: _Connection, message: object) -> None:
+        now = trio.current_time()
+        if not conn.take_token(now):
+            rate = self.config.limits.max_request_rate
+            if conn.refusals > MAX_RATE_REFUSALS:
+                log.info("connection_flooding", peer=conn.peer, rate=rate)
+                conn.finish(ErrorNotice(ErrorCode.RATE_LIMITED,
+                                        f"kept sending beyond {rate:g} requests per second"))
+                return
+            xid = message[1] if isinstance(message, list) and len(message) == 5 else None
+            if isinstance(xid, int) and not isinstance(xid, bool) and 0 <= xid <= MAX_ID:
+                self._reply_error(conn, xid, ErrorCode.RATE_LIMITED,
+                                  f"more than {rate:g} requests per second on this connection")
+            return
         try:
             request = parse_request(message)
         except BadRequest as exc:
@@ -307,7 +406,6 @@ class LeaseServer:
                 raise
             self._reply_error(conn, exc.xid, ErrorCode.BAD_REQUEST, str(exc))
             return
-        now = trio.current_time()
         if isinstance(request.body, Connect):
             self._on_connect(conn, request.xid, request.body, now)
             return
@@ -320,7 +418,8 @@ class LeaseServer:
             outcome = self.state.handle(session.id, request, now)
         except RequestFailed as exc:
             if exc.code in (ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_KEYS,
-                            ErrorCode.TOO_MANY_WATCHES, ErrorCode.DATA_TOO_LARGE):
+                            ErrorCode.TOO_MANY_WATCHES, ErrorCode.DATA_TOO_LARGE,
+                            ErrorCode.QUOTA_EXCEEDED):
                 log.info("limit_exceeded", session_id=session.id, peer=conn.peer,
                          reason=exc.message)
             self._reply_error(conn, request.xid, exc.code, exc.message)
