@@ -45,6 +45,7 @@ _ERRORS: dict[ErrorCode, type[PulseError]] = {
     ErrorCode.PROTOCOL_ERROR: LocalProtocolError,
     ErrorCode.QUOTA_EXCEEDED: QuotaExceeded,
     ErrorCode.FORBIDDEN: AccessDenied,
+    ErrorCode.UNAUTHENTICATED: AuthFailed,
 }
 
 

@@ -14,11 +14,13 @@ session ends, its connection gets a ``session`` notice and is closed.
 
 from __future__ import annotations
 
+import hmac
 import math
 import secrets
+import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,7 @@ from .protocol import (
     Connect,
     ErrorCode,
     ErrorNotice,
+    Register,
     Response,
     SessionNotice,
     notice_to_wire,
@@ -60,6 +63,69 @@ WRITE_CHUNK = 256 * 1024
 MAX_RATE_REFUSALS = 100
 
 
+PRESENCE_PREFIX = "/pulse/presence"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """Who may connect and what they may register.
+
+    Authentication is required when ``token`` (one secret shared by every client) or
+    ``credentials`` (client id → that client's own secret) is set; a client presents its
+    ``client_id`` and ``token`` in ``connect`` and a client listed in ``credentials`` must
+    present its own secret (the shared token does not stand in for it). Comparisons are
+    constant-time (:func:`hmac.compare_digest`).
+
+    An authenticated client may register only ``<presence_prefix>/<its client id>``, plus
+    any key at or under one of its ``grants`` prefixes. On every server, authenticated or
+    not, the ``reserved`` prefixes and their ancestors (``/pulse/presence`` and ``/pulse``)
+    are structural and cannot be registered by anyone: an ephemeral key there would stop
+    every agent from registering beneath it.
+    """
+
+    token: bytes | None = None
+    credentials: Mapping[str, bytes] = field(default_factory=dict)
+    grants: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    presence_prefix: str = PRESENCE_PREFIX
+    reserved: tuple[str, ...] = (PRESENCE_PREFIX,)
+
+    @property
+    def required(self) -> bool:
+        """True if clients must authenticate."""
+        return self.token is not None or bool(self.credentials)
+
+    def authenticate(self, client_id: str | None, token: bytes) -> bool:
+        """True if ``token`` proves ``client_id`` (or the server is open)."""
+        if not self.required:
+            return True
+        if client_id is None:
+            return False
+        own = self.credentials.get(client_id)
+        if own is not None:
+            return hmac.compare_digest(own, token)
+        if self.token is not None:
+            return hmac.compare_digest(self.token, token)
+        hmac.compare_digest(b"\x00" * 32, token)  # unknown client: same work, refused
+        return False
+
+    def is_reserved(self, key: str) -> bool:
+        """True if ``key`` is a reserved prefix or an ancestor of one."""
+        return any(key == prefix or prefix.startswith(key + "/") for prefix in self.reserved)
+
+    def may_register(self, client_id: str | None, key: str) -> bool:
+        """True if ``client_id`` may register ``key`` (reserved keys: nobody)."""
+        if self.is_reserved(key):
+            return False
+        if not self.required:
+            return True
+        if client_id is None:
+            return False
+        if key == f"{self.presence_prefix.rstrip('/')}/{client_id}":
+            return True
+        return any(key == grant or key.startswith(grant.rstrip("/") + "/")
+                   for grant in self.grants.get(client_id, ()))
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything a lease server is configured with."""
@@ -76,6 +142,12 @@ class ServerConfig:
     #: that fell due during it instead of expiring them.
     pause_guard: bool = True
     max_local_pause: float | None = None
+    #: Authentication and who may register what (an open server by default; the reserved
+    #: structural prefixes are protected either way).
+    access: AccessPolicy = field(default_factory=AccessPolicy)
+    #: Serve TLS (``pulse serve --certfile/--keyfile``); the handshake must finish within
+    #: ``handshake_timeout``.
+    ssl_context: ssl.SSLContext | None = None
 
     @property
     def max_message_size(self) -> int:
@@ -279,8 +351,20 @@ class LeaseServer:
             address = str(peer[0])
         except OSError:
             address = "unknown"
+        served: trio.abc.Stream = stream
         try:
-            await self.handle_stream(stream, address)
+            if self.config.ssl_context is not None:
+                tls = trio.SSLStream(stream, self.config.ssl_context, server_side=True)
+                try:
+                    with trio.fail_after(self.config.handshake_timeout):
+                        await tls.do_handshake()
+                except (trio.TooSlowError, trio.BrokenResourceError,
+                        trio.ClosedResourceError) as exc:
+                    log.info("tls_handshake_failed", peer=address, reason=repr(exc))
+                    await trio.aclose_forcefully(stream)
+                    return
+                served = tls
+            await self.handle_stream(served, address)
         except Exception as exc:  # a bug must cost one connection, never the server
             log.exception("connection_handler_failed", peer=address, reason=repr(exc))
 
@@ -414,6 +498,15 @@ class LeaseServer:
             self._reply_error(conn, request.xid, ErrorCode.NOT_CONNECTED,
                               "the first request on a connection must be connect")
             return
+        body = request.body
+        if isinstance(body, Register) and not self.config.access.may_register(
+                session.client_id, body.key):
+            reason = (f"{body.key} is a reserved structural key"
+                      if self.config.access.is_reserved(body.key)
+                      else f"client {session.client_id!r} may not register {body.key}")
+            log.info("register_forbidden", session_id=session.id, peer=conn.peer, key=body.key)
+            self._reply_error(conn, request.xid, ErrorCode.FORBIDDEN, reason)
+            return
         try:
             outcome = self.state.handle(session.id, request, now)
         except RequestFailed as exc:
@@ -432,6 +525,21 @@ class LeaseServer:
             self._reply_error(conn, xid, ErrorCode.BAD_REQUEST,
                               "this connection already has a session")
             return
+        access = self.config.access
+        if not access.authenticate(body.client_id, body.token):
+            log.info("connect_unauthenticated", peer=conn.peer, client_id=body.client_id)
+            message = "authentication failed: a valid client_id and token are required"
+            self._reply_error(conn, xid, ErrorCode.UNAUTHENTICATED, message)
+            conn.finish(ErrorNotice(ErrorCode.UNAUTHENTICATED, message))
+            return
+        if body.session_id is not None:
+            existing = self.state.sessions.get(body.session_id)
+            if (existing is not None and access.required and existing.client_id is not None
+                    and existing.client_id != body.client_id):
+                message = "the session belongs to another client"
+                self._reply_error(conn, xid, ErrorCode.FORBIDDEN, message)
+                conn.finish(ErrorNotice(ErrorCode.FORBIDDEN, message))
+                return
         woken: set[int] = set()
         try:
             session, result, ended = self.state.connect(body, conn.peer, now, self._wall_clock(),
@@ -442,6 +550,8 @@ class LeaseServer:
             self._reply_error(conn, xid, exc.code, exc.message)
             conn.finish(ErrorNotice(exc.code, exc.message))
             return
+        if body.session_id is None or session.client_id is None:
+            session.client_id = body.client_id
         self._apply(Outcome({}, woken, ended))  # watchers of a superseded session's keys
         previous = self._connections.get(session.id)
         if previous is not None and previous is not conn:

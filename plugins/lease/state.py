@@ -166,7 +166,7 @@ class Journal(Protocol):
 class ServerSession:
     """One session as the server keeps it."""
 
-    __slots__ = ("address", "bytes", "id", "keys", "next_seq", "outbox", "outbox_bytes",
+    __slots__ = ("address", "bytes", "client_id", "id", "keys", "next_seq", "outbox", "outbox_bytes",
                  "timeout", "token_time", "tokens", "watches")
 
     def __init__(self, session_id: int, timeout: float, address: str, now: float,
@@ -178,6 +178,7 @@ class ServerSession:
         self.watches: dict[int, str] = {}  # watch id -> prefix
         self.outbox: deque[WatchEvent] = deque()
         self.outbox_bytes = 0  # what the unacknowledged events cost (event_cost)
+        self.client_id: str | None = None  # who opened it (authenticated, or as claimed)
         self.bytes = 0  # what its keys cost (key_cost)
         self.next_seq = 1
         self.tokens = burst

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 
 import pytest
 import trio
@@ -118,3 +120,45 @@ async def test_sigstopped_server_expires_no_session() -> None:
     expired, notices = await stalls_and_expiries()
     assert notices == []
     assert expired == 0
+
+
+async def test_tls_and_token_over_loopback(tmp_path: Path) -> None:
+    """A server built from serve options (certfile/keyfile, credentials file) speaks TLS and
+    refuses a wrong secret; a trusted client with its secret registers its presence id."""
+    import trustme
+
+    from pulse.errors import AuthFailed
+    from pulse.plugins.lease import server_config
+    from pulse.plugins.lease.client import connect
+    from pulse.plugins.lease.server import LeaseServer, bound_address
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    credentials = tmp_path / "clients"
+    credentials.write_text("# id:secret[:grants]\nagent-1:s3cret\nsvc:other:/services\n")
+    config = server_config({"certfile": certfile, "keyfile": keyfile,
+                            "credentials_file": credentials, "tick": 0.25})
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(LeaseServer(config).serve_tcp, "127.0.0.1", 0)
+        port = bound_address(listeners)[1]
+        with trio.fail_after(10):
+            async with connect([("127.0.0.1", port)], 2.0, client_id="agent-1", token="s3cret",
+                               ssl_context=client_context) as session:
+                await session.register("/pulse/presence/agent-1", b"hello")
+                assert await session.get("/pulse/presence/agent-1") == b"hello"
+            with pytest.raises(AuthFailed):
+                async with connect([("127.0.0.1", port)], 2.0, client_id="agent-1",
+                                   token="wrong", ssl_context=client_context):
+                    pass
+            # a plaintext client gets nowhere (the server expects a TLS handshake)
+            with pytest.raises(trio.TooSlowError):
+                with trio.fail_after(1.0):
+                    async with connect([("127.0.0.1", port)], 2.0, client_id="agent-1",
+                                       token="s3cret"):
+                        pass
+        nursery.cancel_scope.cancel()
