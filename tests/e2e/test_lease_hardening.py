@@ -162,3 +162,27 @@ async def test_tls_and_token_over_loopback(tmp_path: Path) -> None:
                                        token="s3cret"):
                         pass
         nursery.cancel_scope.cancel()
+
+
+async def test_cancelling_the_scope_closes_the_lease_session() -> None:
+    """Cancel the scope around connect_session(pulse://): watchers see the member leave within
+    1 s and leaving the scope takes under 1 s."""
+    from pulse.registry import connect_session
+
+    from ._lease_procs import Recorder, lease_server
+
+    async with lease_server(tick=0.5) as server, trio.open_nursery() as nursery:
+        watcher = Recorder()
+        await nursery.start(watcher.run, server.url, "/pulse/presence", 4.0)
+        with trio.CancelScope() as scope:
+            async with connect_session(server.url, session_timeout=4.0) as member:
+                await member.register("/pulse/presence/m", b"")
+                await watcher.wait_for("online", "m")
+                cancelled_at = trio.current_time()
+                scope.cancel()
+                await trio.sleep_forever()
+        left_after = trio.current_time() - cancelled_at
+        seen = await watcher.wait_for("offline", "m", after=cancelled_at, timeout=5.0)
+        assert left_after < 1.0, left_after
+        assert seen - cancelled_at < 1.0, seen - cancelled_at
+        nursery.cancel_scope.cancel()
