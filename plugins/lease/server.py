@@ -59,7 +59,9 @@ FINAL_SEND_TIMEOUT = 1.0
 #: The writer never hands more than this (plus one message) to one ``send_all``: a large
 #: backlog of responses and watch events goes out in bounded pieces, never joined whole.
 WRITE_CHUNK = 256 * 1024
-#: Refused requests in a row (beyond the rate) after which a flooding connection is closed.
+#: Refused requests in a row (beyond the rate) after which a flooding connection is closed:
+#: this many, or one second's worth of the rate if that is more (a client re-sending its
+#: registrations and watches after a reconnect may overshoot once without being cut off).
 MAX_RATE_REFUSALS = 100
 
 
@@ -473,7 +475,7 @@ class LeaseServer:
         now = trio.current_time()
         if not conn.take_token(now):
             rate = self.config.limits.max_request_rate
-            if conn.refusals > MAX_RATE_REFUSALS:
+            if conn.refusals > max(MAX_RATE_REFUSALS, rate):
                 log.info("connection_flooding", peer=conn.peer, rate=rate)
                 conn.finish(ErrorNotice(ErrorCode.RATE_LIMITED,
                                         f"kept sending beyond {rate:g} requests per second"))
