@@ -33,6 +33,12 @@ READ_CHUNK = 64 * 1024
 DEFAULT_QUEUE_SIZE = 128
 #: Frames the writer joins into one ``send_all`` when several are queued.
 WRITE_BATCH = 64
+#: Bytes the writer joins into one ``send_all`` at most (a larger frame is written alone).
+WRITE_BATCH_BYTES = 64 * 1024
+#: Bytes of encoded frames one channel may have queued for its writer; a send that would go
+#: above it waits (and so does the reader answering pipelined heartbeats: the peer's own TCP
+#: window then holds the rest). A single frame larger than this is still accepted alone.
+DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024
 
 FrameHandler = Callable[[Frame], Awaitable[None]]
 
@@ -81,6 +87,7 @@ class DubboChannel:
         max_body_size: int = DEFAULT_MAX_BODY,
         serialization: int = HESSIAN2,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
         peer: str = "",
     ) -> None:
         self.stream = stream
@@ -88,6 +95,9 @@ class DubboChannel:
         self.role = role
         self.max_body_size = max_body_size
         self._to_writer, self._outgoing = trio.open_memory_channel[bytes](queue_size)
+        self.max_queued_bytes = max_queued_bytes
+        self.queued_bytes = 0
+        self._drained = trio.Event()
         self._scope = trio.CancelScope()
         self.closed_reason: str | None = None
         self.closed = trio.Event()
@@ -112,16 +122,29 @@ class DubboChannel:
         """Queue an encoded frame for sending; waits while the queue is full."""
         if self.closed_reason is not None:
             raise self.error()
+        size = len(data)
+        while self.queued_bytes and self.queued_bytes + size > self.max_queued_bytes:
+            if self._drained.is_set():
+                self._drained = trio.Event()
+            await self._drained.wait()
+            if self.closed_reason is not None:
+                raise self.error()
+        self.queued_bytes += size
         try:
             await self._to_writer.send(data)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.queued_bytes -= size
             raise self.error() from None
+        except BaseException:
+            self.queued_bytes -= size
+            raise
 
     def close(self, reason: str = "closed locally") -> None:
         """Close the channel (returns at once; :meth:`run` finishes the teardown)."""
         if self.closed_reason is None:
             self.closed_reason = reason
         self._scope.cancel()
+        self._drained.set()  # senders waiting for room wake up and raise
 
     # -- driving ---------------------------------------------------------------------------
 
@@ -152,7 +175,10 @@ class DubboChannel:
 
     def _queue_heartbeat(self, message: bytes) -> None:
         try:
+            if self.queued_bytes + len(message) > self.max_queued_bytes:
+                raise trio.WouldBlock
             self._to_writer.send_nowait(message)
+            self.queued_bytes += len(message)
         except trio.WouldBlock:
             # The writer is busy with a backlog: the link is not write-idle, and the reply to
             # any of the queued requests will prove the peer alive as well as a heartbeat.
@@ -164,16 +190,22 @@ class DubboChannel:
         async with self._outgoing:
             async for first in self._outgoing:
                 batch = [first]
-                while len(batch) < WRITE_BATCH:
+                size = len(first)
+                while len(batch) < WRITE_BATCH and size < WRITE_BATCH_BYTES:
                     try:
-                        batch.append(self._outgoing.receive_nowait())
+                        item = self._outgoing.receive_nowait()
                     except trio.WouldBlock:
                         break
+                    batch.append(item)
+                    size += len(item)
                 try:
                     await self.stream.send_all(b"".join(batch) if len(batch) > 1 else first)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     self.close(f"write failed: {exc!r}")
                     return
+                finally:
+                    self.queued_bytes -= size
+                    self._drained.set()
                 self.rpc.wrote()
 
     async def _reader(self, on_frame: FrameHandler) -> None:
@@ -199,9 +231,15 @@ class DubboChannel:
                 if frame.is_heartbeat_request:
                     self.rpc.heartbeat_request(frame.request_id)
                     if frame.two_way:
-                        await self.send(codec.reply_to_heartbeat(frame))
+                        try:
+                            await self.send(codec.reply_to_heartbeat(frame))
+                        except ConnectionClosed:
+                            return  # the writer failed (a reset peer): only this channel ends
                 elif frame.is_heartbeat_response:
                     self.rpc.heartbeat_response(frame.request_id)
                 else:
                     self.rpc.read()
-                    await on_frame(frame)
+                    try:
+                        await on_frame(frame)
+                    except ConnectionClosed:
+                        return

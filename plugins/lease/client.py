@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -74,6 +75,7 @@ from .protocol import (
     Unwatch,
     Watch,
     WatchEvent,
+    check_client_id,
     check_key,
     parse_server_message,
     request_to_wire,
@@ -90,6 +92,22 @@ MAX_STATE_EVENTS = 1_000
 
 async def _open_tcp(host: str, port: int) -> trio.abc.Stream:
     return await trio.open_tcp_stream(host, port)
+
+
+def _tls_opener(inner: StreamOpener, context: ssl.SSLContext) -> StreamOpener:
+    """Open with ``inner``, then run a TLS handshake (server name = the host)."""
+
+    async def open_tls(host: str, port: int) -> trio.abc.Stream:
+        stream = await inner(host, port)
+        tls = trio.SSLStream(stream, context, server_hostname=host)
+        try:
+            await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return tls
+
+    return open_tls
 
 
 @dataclass(slots=True)
@@ -293,6 +311,9 @@ class LeaseSession:
         shuffle: bool = True,
         rng: random.Random | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        client_id: str | None = None,
+        token: bytes | str = b"",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not servers:
             raise ValueError("need at least one server")
@@ -307,7 +328,17 @@ class LeaseSession:
         self._proposed = float(session_timeout)
         self._timeout = float(session_timeout)
         self._reregister = reregister
-        self._open_stream = open_stream or _open_tcp
+        if client_id is not None:
+            try:
+                check_client_id(client_id)
+            except RemoteProtocolError as exc:
+                raise ValueError(str(exc)) from None
+        self._client_id = client_id
+        self._token = token.encode() if isinstance(token, str) else bytes(token)
+        opener = open_stream or _open_tcp
+        if ssl_context is not None:
+            opener = _tls_opener(opener, ssl_context)
+        self._open_stream = opener
         self._max_message_size = max_message_size
         self._state = SessionState.CONNECTING
         self._session_id: int | None = None
@@ -582,6 +613,8 @@ class LeaseSession:
                 last_seq=self._last_seq,
                 supersedes=self._superseded if self._session_id is None else None,
                 max_message_size=self._max_message_size,
+                client_id=self._client_id,
+                token=self._token,
             )
             xid = next(self._xids)
             await stream.send_all(encode_message(request_to_wire(Request(xid, body))))

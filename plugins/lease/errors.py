@@ -9,12 +9,24 @@ from pulse.errors import (
     LocalProtocolError,
     NotOwner,
     PulseError,
+    SessionError,
     SessionExpired,
 )
 
 from .protocol import ErrorCode
 
-__all__ = ["KeyExists", "NotOwner", "error_for"]
+__all__ = ["AccessDenied", "KeyExists", "NotOwner", "QuotaExceeded", "error_for"]
+
+
+class QuotaExceeded(LimitExceeded):
+    """The server refused a request that would take a byte or count quota past its limit
+    (per session, per client address, server-wide, or the server's connection cap)."""
+
+
+class AccessDenied(SessionError):
+    """The server refused a request this client is not allowed to make (a key outside its
+    own presence id and grants, or a reserved structural key)."""
+
 
 _ERRORS: dict[ErrorCode, type[PulseError]] = {
     ErrorCode.AUTH_FAILED: AuthFailed,
@@ -31,6 +43,9 @@ _ERRORS: dict[ErrorCode, type[PulseError]] = {
     ErrorCode.BAD_REQUEST: LocalProtocolError,
     ErrorCode.NOT_CONNECTED: LocalProtocolError,
     ErrorCode.PROTOCOL_ERROR: LocalProtocolError,
+    ErrorCode.QUOTA_EXCEEDED: QuotaExceeded,
+    ErrorCode.FORBIDDEN: AccessDenied,
+    ErrorCode.UNAUTHENTICATED: AuthFailed,
 }
 
 

@@ -51,6 +51,8 @@ NOTIFICATION: Final = 2
 
 MAX_KEY_LENGTH: Final = 1024
 MAX_ID: Final = 2**63 - 1
+MAX_CLIENT_ID_LENGTH: Final = 128
+MAX_TOKEN_LENGTH: Final = 1024
 
 
 class BadRequest(RemoteProtocolError):
@@ -96,6 +98,9 @@ class ErrorCode(enum.Enum):
     RATE_LIMITED = "rate_limited"
     RESPONSE_TOO_LARGE = "response_too_large"
     PROTOCOL_ERROR = "protocol_error"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    FORBIDDEN = "forbidden"
+    UNAUTHENTICATED = "unauthenticated"
 
 
 # -- request bodies ----------------------------------------------------------------------
@@ -111,6 +116,12 @@ class Connect:
     last_seq: int = 0
     supersedes: tuple[int, bytes] | None = None
     max_message_size: int | None = None
+    client_id: str | None = None
+    token: bytes = b""
+
+    def __repr__(self) -> str:  # never print the secrets
+        return (f"Connect(timeout={self.timeout!r}, session_id={self.session_id!r}, "
+                f"client_id={self.client_id!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +348,10 @@ def request_to_wire(request: Request) -> list[Any]:
             args["supersedes"] = list(body.supersedes)
         if body.max_message_size is not None:
             args["max_message_size"] = body.max_message_size
+        if body.client_id is not None:
+            args["client_id"] = body.client_id
+        if body.token:
+            args["token"] = body.token
     elif isinstance(body, Register):
         args = {"key": body.key, "data": body.data}
     elif isinstance(body, Unregister | Get):
@@ -373,7 +388,22 @@ def _parse_connect(args: Mapping[str, Any], xid: int) -> Connect:
     limit = args.get("max_message_size")
     if limit is not None:
         limit = _int(limit, "connect: max_message_size", xid, low=1024, high=2**32 - 1)
-    return Connect(timeout, session_id, password, last_seq, supersedes, limit)
+    client_id = args.get("client_id")
+    if client_id is not None:
+        client_id = check_client_id(client_id, xid)
+    token = _bytes(args.get("token", b""), "connect: token", xid)
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise BadRequest(f"connect: token is longer than {MAX_TOKEN_LENGTH} bytes", xid)
+    return Connect(timeout, session_id, password, last_seq, supersedes, limit, client_id, token)
+
+
+def check_client_id(value: object, xid: int | None = None) -> str:
+    """A client id is one key segment: 1–128 characters, no ``/``, NUL, ``.`` or ``..``."""
+    if (not isinstance(value, str) or not 1 <= len(value) <= MAX_CLIENT_ID_LENGTH
+            or "/" in value or "\x00" in value or value in (".", "..")):
+        raise BadRequest(f"connect: client_id must be one key segment of 1-"
+                         f"{MAX_CLIENT_ID_LENGTH} characters, got {value!r}", xid)
+    return value
 
 
 def _parse_body(op: Op, args: Mapping[str, Any], xid: int) -> RequestBody:

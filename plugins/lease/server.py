@@ -14,11 +14,13 @@ session ends, its connection gets a ``session`` notice and is closed.
 
 from __future__ import annotations
 
+import hmac
 import math
 import secrets
+import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,11 +33,13 @@ from pulse.codec import MessageDecoder, encode_message
 from pulse.errors import LocalProtocolError, RemoteProtocolError
 
 from .protocol import (
+    MAX_ID,
     MAX_KEY_LENGTH,
     BadRequest,
     Connect,
     ErrorCode,
     ErrorNotice,
+    Register,
     Response,
     SessionNotice,
     notice_to_wire,
@@ -51,10 +55,77 @@ log = get_logger("pulse.lease")
 DEFAULT_TICK = 2.0
 CLIENT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 MAX_QUEUED_RESPONSES = 10_000
-#: Bytes of unread responses a connection may hold before it is closed (a peer that sends
-#: requests but never reads must not make the server buffer without bound).
-MAX_QUEUED_BYTES = 32 * 1024 * 1024
 FINAL_SEND_TIMEOUT = 1.0
+#: The writer never hands more than this (plus one message) to one ``send_all``: a large
+#: backlog of responses and watch events goes out in bounded pieces, never joined whole.
+WRITE_CHUNK = 256 * 1024
+#: Refused requests in a row (beyond the rate) after which a flooding connection is closed:
+#: this many, or one second's worth of the rate if that is more (a client re-sending its
+#: registrations and watches after a reconnect may overshoot once without being cut off).
+MAX_RATE_REFUSALS = 100
+
+
+PRESENCE_PREFIX = "/pulse/presence"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """Who may connect and what they may register.
+
+    Authentication is required when ``token`` (one secret shared by every client) or
+    ``credentials`` (client id → that client's own secret) is set; a client presents its
+    ``client_id`` and ``token`` in ``connect`` and a client listed in ``credentials`` must
+    present its own secret (the shared token does not stand in for it). Comparisons are
+    constant-time (:func:`hmac.compare_digest`).
+
+    An authenticated client may register only ``<presence_prefix>/<its client id>``, plus
+    any key at or under one of its ``grants`` prefixes. On every server, authenticated or
+    not, the ``reserved`` prefixes and their ancestors (``/pulse/presence`` and ``/pulse``)
+    are structural and cannot be registered by anyone: an ephemeral key there would stop
+    every agent from registering beneath it.
+    """
+
+    token: bytes | None = None
+    credentials: Mapping[str, bytes] = field(default_factory=dict)
+    grants: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    presence_prefix: str = PRESENCE_PREFIX
+    reserved: tuple[str, ...] = (PRESENCE_PREFIX,)
+
+    @property
+    def required(self) -> bool:
+        """True if clients must authenticate."""
+        return self.token is not None or bool(self.credentials)
+
+    def authenticate(self, client_id: str | None, token: bytes) -> bool:
+        """True if ``token`` proves ``client_id`` (or the server is open)."""
+        if not self.required:
+            return True
+        if client_id is None:
+            return False
+        own = self.credentials.get(client_id)
+        if own is not None:
+            return hmac.compare_digest(own, token)
+        if self.token is not None:
+            return hmac.compare_digest(self.token, token)
+        hmac.compare_digest(b"\x00" * 32, token)  # unknown client: same work, refused
+        return False
+
+    def is_reserved(self, key: str) -> bool:
+        """True if ``key`` is a reserved prefix or an ancestor of one."""
+        return any(key == prefix or prefix.startswith(key + "/") for prefix in self.reserved)
+
+    def may_register(self, client_id: str | None, key: str) -> bool:
+        """True if ``client_id`` may register ``key`` (reserved keys: nobody)."""
+        if self.is_reserved(key):
+            return False
+        if not self.required:
+            return True
+        if client_id is None:
+            return False
+        if key == f"{self.presence_prefix.rstrip('/')}/{client_id}":
+            return True
+        return any(key == grant or key.startswith(grant.rstrip("/") + "/")
+                   for grant in self.grants.get(client_id, ()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +139,17 @@ class ServerConfig:
     server_id: int = 1
     data_dir: str | None = None
     handshake_timeout: float = 10.0
+    #: The local-pause guard (:mod:`pulse._core.sessions`): a stall of the server's own loop
+    #: longer than ``max_local_pause`` (default ``tick / 2``) is given back to the sessions
+    #: that fell due during it instead of expiring them.
+    pause_guard: bool = True
+    max_local_pause: float | None = None
+    #: Authentication and who may register what (an open server by default; the reserved
+    #: structural prefixes are protected either way).
+    access: AccessPolicy = field(default_factory=AccessPolicy)
+    #: Serve TLS (``pulse serve --certfile/--keyfile``); the handshake must finish within
+    #: ``handshake_timeout``.
+    ssl_context: ssl.SSLContext | None = None
 
     @property
     def max_message_size(self) -> int:
@@ -75,10 +157,20 @@ class ServerConfig:
         return self.limits.max_data_size + 4 * MAX_KEY_LENGTH + 1024
 
 
+class _Budget:
+    """Server-wide counters the connections share (bytes of unread responses)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.queued_bytes = 0
+        self.connections = 0
+
+
 class _Connection:
     """One client connection: its stream, its session and what waits to be written."""
 
-    def __init__(self, stream: trio.abc.Stream, peer: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, peer: str, budget: _Budget | None = None,
+                 now: float = 0.0) -> None:
         self.stream = stream
         self.peer = peer
         self.session: ServerSession | None = None
@@ -89,6 +181,45 @@ class _Connection:
         self.finishing = False
         self._wake = trio.Event()
         self.scope = trio.CancelScope()
+        self.budget = budget or _Budget(Limits())
+        rate = self.budget.limits.max_request_rate
+        self.tokens = max(rate, 1.0)
+        self.token_time = now
+        self.refusals = 0  # requests refused for the rate in a row
+        self.authenticated: str | None = None  # the client id proven at connect
+
+    def take_token(self, now: float) -> bool:
+        """One request's worth of this connection's rate (True if it may be served)."""
+        rate = self.budget.limits.max_request_rate
+        if rate <= 0:
+            return True
+        self.tokens = min(max(rate, 1.0), self.tokens + (now - self.token_time) * rate)
+        self.token_time = now
+        if self.tokens < 1.0:
+            self.refusals += 1
+            return False
+        self.tokens -= 1.0
+        self.refusals = 0
+        return True
+
+    def take_chunk(self) -> list[bytes]:
+        """Queued messages up to WRITE_CHUNK bytes (at least one), removed from the queue."""
+        parts: list[bytes] = []
+        size = 0
+        queued = self.queued
+        while queued and size < WRITE_CHUNK:
+            item = queued.popleft()
+            parts.append(item)
+            size += len(item)
+        self.queued_bytes -= size
+        self.budget.queued_bytes -= size
+        return parts
+
+    def release(self) -> None:
+        """Give the unsent bytes back to the server budget (the connection is gone)."""
+        self.budget.queued_bytes -= self.queued_bytes
+        self.queued_bytes = 0
+        self.queued.clear()
 
     def wake(self) -> None:
         self._wake.set()
@@ -105,11 +236,22 @@ class _Connection:
                 raise
             too_large = Response(message[1], error=ErrorCode.RESPONSE_TOO_LARGE, message=str(exc))
             encoded = encode_message(response_to_wire(too_large))
+        if self.finishing:
+            return  # only the final notice goes out now
         self.queued.append(encoded)
         self.queued_bytes += len(encoded)
-        # The peer sends but does not read: bounded by count and by bytes.
-        if len(self.queued) > MAX_QUEUED_RESPONSES or self.queued_bytes > MAX_QUEUED_BYTES:
-            self.finish(ErrorNotice(ErrorCode.PROTOCOL_ERROR, "too many unread responses"))
+        self.budget.queued_bytes += len(encoded)
+        # The peer sends but does not read: bounded by count and by bytes, per connection and
+        # for the whole server.
+        limits = self.budget.limits
+        if (len(self.queued) > MAX_QUEUED_RESPONSES
+                or self.queued_bytes > limits.max_queued_bytes_per_connection):
+            self.finish(ErrorNotice(ErrorCode.QUOTA_EXCEEDED,
+                                    f"more than {limits.max_queued_bytes_per_connection} bytes "
+                                    "of unread responses"))
+        elif self.budget.queued_bytes > limits.max_queued_bytes_total:
+            self.finish(ErrorNotice(ErrorCode.QUOTA_EXCEEDED,
+                                    "the server's buffer for unread responses is full"))
         self.wake()
 
     def finish(self, notice: SessionNotice | ErrorNotice) -> None:
@@ -117,7 +259,10 @@ class _Connection:
         even if the peer stopped reading)."""
         if not self.finishing:
             self.finishing = True
-            self.queued.append(encode_message(notice_to_wire(notice)))
+            final = encode_message(notice_to_wire(notice))
+            self.queued.append(final)
+            self.queued_bytes += len(final)
+            self.budget.queued_bytes += len(final)
             self.scope.deadline = min(self.scope.deadline,
                                       trio.current_time() + FINAL_SEND_TIMEOUT)
             self.wake()
@@ -142,10 +287,15 @@ class LeaseServer:
             secret=secret, server_id=self.config.server_id, tick=self.config.tick,
             min_timeout=self.config.min_timeout, max_timeout=self.config.max_timeout,
             last_session_id=last_id,
+            max_local_pause=(
+                None if not self.config.pause_guard
+                else self.config.max_local_pause or self.config.tick / 2
+            ),
         )
         self.state = LeaseState(tracker, self.config.limits, self.store)
         self._snapshot = snapshot
         self._connections: dict[int, _Connection] = {}  # session id -> its connection
+        self._budget = _Budget(self.config.limits)
         self._expiry_scope: trio.CancelScope | None = None
         self.restored = 0
 
@@ -168,7 +318,13 @@ class LeaseServer:
                     self._expiry_scope = scope
                     await trio.sleep_forever()
                 self._expiry_scope = None
-                self._apply(self.state.expire(trio.current_time()))
+                stalls = self.state.tracker.stalls
+                now = trio.current_time()
+                self._apply(self.state.expire(now))
+                if self.state.tracker.stalls != stalls:
+                    log.warning("local_pause_detected", stalls=self.state.tracker.stalls,
+                                late_by=round(now - (deadline or now), 3),
+                                total_stalled=round(self.state.tracker.stalled_for, 3))
         finally:
             if self.store is not None:
                 self.store.close()
@@ -197,8 +353,20 @@ class LeaseServer:
             address = str(peer[0])
         except OSError:
             address = "unknown"
+        served: trio.abc.Stream = stream
         try:
-            await self.handle_stream(stream, address)
+            if self.config.ssl_context is not None:
+                tls = trio.SSLStream(stream, self.config.ssl_context, server_side=True)
+                try:
+                    with trio.fail_after(self.config.handshake_timeout):
+                        await tls.do_handshake()
+                except (trio.TooSlowError, trio.BrokenResourceError,
+                        trio.ClosedResourceError) as exc:
+                    log.info("tls_handshake_failed", peer=address, reason=repr(exc))
+                    await trio.aclose_forcefully(stream)
+                    return
+                served = tls
+            await self.handle_stream(served, address)
         except Exception as exc:  # a bug must cost one connection, never the server
             log.exception("connection_handler_failed", peer=address, reason=repr(exc))
 
@@ -212,7 +380,14 @@ class LeaseServer:
 
     async def handle_stream(self, stream: trio.abc.Stream, address: str) -> None:
         """Serve one client connection until it closes, fails or its session ends."""
-        conn = _Connection(stream, address)
+        conn = _Connection(stream, address, self._budget, trio.current_time())
+        budget = self._budget
+        budget.connections += 1
+        if budget.connections > self.config.limits.max_connections:
+            conn.finish(ErrorNotice(ErrorCode.QUOTA_EXCEEDED,
+                                    f"the server holds its maximum of "
+                                    f"{self.config.limits.max_connections} connections"))
+            log.info("connection_refused", peer=address, reason="max_connections")
         try:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
@@ -220,6 +395,8 @@ class LeaseServer:
                     await self._read_loop(conn)
                     nursery.cancel_scope.cancel()
         finally:
+            budget.connections -= 1
+            conn.release()
             self._detach(conn)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
@@ -257,23 +434,33 @@ class LeaseServer:
     async def _write_loop(self, conn: _Connection) -> None:
         while True:
             await conn.wait()
-            chunks = list(conn.queued)
-            conn.queued.clear()
-            conn.queued_bytes = 0
-            if conn.session is not None and not conn.finishing:
-                for event in conn.session.pending(conn.sent_seq):
-                    chunks.append(encode_message(watch_event_to_wire(event)))
-                    conn.sent_seq = event.seq
-            if chunks:
-                payload = b"".join(chunks)
+            while True:
+                chunks = self._next_chunk(conn)
+                if not chunks:
+                    break
                 try:
-                    await conn.stream.send_all(payload)
+                    await conn.stream.send_all(b"".join(chunks) if len(chunks) > 1 else chunks[0])
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     conn.scope.cancel()
                     return
             if conn.finishing:
                 conn.scope.cancel()
                 return
+
+    def _next_chunk(self, conn: _Connection) -> list[bytes]:
+        """At most WRITE_CHUNK bytes (plus one message) of responses, then watch events."""
+        chunks = conn.take_chunk()
+        size = sum(len(chunk) for chunk in chunks)
+        session = conn.session
+        if session is not None and not conn.finishing and size < WRITE_CHUNK:
+            for event in session.pending(conn.sent_seq):
+                encoded = encode_message(watch_event_to_wire(event))
+                chunks.append(encoded)
+                conn.sent_seq = event.seq
+                size += len(encoded)
+                if size >= WRITE_CHUNK:
+                    break
+        return chunks
 
     def _detach(self, conn: _Connection) -> None:
         session = conn.session
@@ -285,6 +472,19 @@ class LeaseServer:
     # -- requests ------------------------------------------------------------------------
 
     def _on_message(self, conn: _Connection, message: object) -> None:
+        now = trio.current_time()
+        if not conn.take_token(now):
+            rate = self.config.limits.max_request_rate
+            if conn.refusals > max(MAX_RATE_REFUSALS, rate):
+                log.info("connection_flooding", peer=conn.peer, rate=rate)
+                conn.finish(ErrorNotice(ErrorCode.RATE_LIMITED,
+                                        f"kept sending beyond {rate:g} requests per second"))
+                return
+            xid = message[1] if isinstance(message, list) and len(message) == 5 else None
+            if isinstance(xid, int) and not isinstance(xid, bool) and 0 <= xid <= MAX_ID:
+                self._reply_error(conn, xid, ErrorCode.RATE_LIMITED,
+                                  f"more than {rate:g} requests per second on this connection")
+            return
         try:
             request = parse_request(message)
         except BadRequest as exc:
@@ -292,7 +492,6 @@ class LeaseServer:
                 raise
             self._reply_error(conn, exc.xid, ErrorCode.BAD_REQUEST, str(exc))
             return
-        now = trio.current_time()
         if isinstance(request.body, Connect):
             self._on_connect(conn, request.xid, request.body, now)
             return
@@ -301,11 +500,21 @@ class LeaseServer:
             self._reply_error(conn, request.xid, ErrorCode.NOT_CONNECTED,
                               "the first request on a connection must be connect")
             return
+        body = request.body
+        if isinstance(body, Register) and not self.config.access.may_register(
+                session.client_id, body.key):
+            reason = (f"{body.key} is a reserved structural key"
+                      if self.config.access.is_reserved(body.key)
+                      else f"client {session.client_id!r} may not register {body.key}")
+            log.info("register_forbidden", session_id=session.id, peer=conn.peer, key=body.key)
+            self._reply_error(conn, request.xid, ErrorCode.FORBIDDEN, reason)
+            return
         try:
             outcome = self.state.handle(session.id, request, now)
         except RequestFailed as exc:
             if exc.code in (ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_KEYS,
-                            ErrorCode.TOO_MANY_WATCHES, ErrorCode.DATA_TOO_LARGE):
+                            ErrorCode.TOO_MANY_WATCHES, ErrorCode.DATA_TOO_LARGE,
+                            ErrorCode.QUOTA_EXCEEDED):
                 log.info("limit_exceeded", session_id=session.id, peer=conn.peer,
                          reason=exc.message)
             self._reply_error(conn, request.xid, exc.code, exc.message)
@@ -318,6 +527,21 @@ class LeaseServer:
             self._reply_error(conn, xid, ErrorCode.BAD_REQUEST,
                               "this connection already has a session")
             return
+        access = self.config.access
+        if not access.authenticate(body.client_id, body.token):
+            log.info("connect_unauthenticated", peer=conn.peer, client_id=body.client_id)
+            message = "authentication failed: a valid client_id and token are required"
+            self._reply_error(conn, xid, ErrorCode.UNAUTHENTICATED, message)
+            conn.finish(ErrorNotice(ErrorCode.UNAUTHENTICATED, message))
+            return
+        if body.session_id is not None:
+            existing = self.state.sessions.get(body.session_id)
+            if (existing is not None and access.required and existing.client_id is not None
+                    and existing.client_id != body.client_id):
+                message = "the session belongs to another client"
+                self._reply_error(conn, xid, ErrorCode.FORBIDDEN, message)
+                conn.finish(ErrorNotice(ErrorCode.FORBIDDEN, message))
+                return
         woken: set[int] = set()
         try:
             session, result, ended = self.state.connect(body, conn.peer, now, self._wall_clock(),
@@ -328,6 +552,8 @@ class LeaseServer:
             self._reply_error(conn, xid, exc.code, exc.message)
             conn.finish(ErrorNotice(exc.code, exc.message))
             return
+        if body.session_id is None or session.client_id is None:
+            session.client_id = body.client_id
         self._apply(Outcome({}, woken, ended))  # watchers of a superseded session's keys
         previous = self._connections.get(session.id)
         if previous is not None and previous is not conn:

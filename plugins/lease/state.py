@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from pulse._core.sessions import SessionGrant, SessionTracker
@@ -59,32 +59,92 @@ class RequestFailed(PulseError):
         self.message = message
 
 
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+#: What one queued watch event costs on top of its name and data (object, deque slot).
+EVENT_OVERHEAD = 128
+#: Bookkeeping of one registered key besides its name and data (dict entries, objects).
+KEY_OVERHEAD = 512
+#: Bookkeeping of one session, of one watch, and a connection's own buffers besides its
+#: decoder limit and queued responses (used by :meth:`Limits.worst_case_bytes`).
+SESSION_OVERHEAD = 2 * KIB
+WATCH_OVERHEAD = 512
+CONNECTION_OVERHEAD = 96 * KIB
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Server limits against abuse; each breach is refused with its own error code.
 
-    ``max_request_rate`` is requests per second per session (a token bucket holding one
-    second's worth); 0 disables it. ``max_pending_notifications`` bounds the
-    unacknowledged watch events of one session: a watcher that falls further behind has its
-    session closed (its client sees it expire and can start over).
+    Counts: ``max_sessions`` (server) and ``max_sessions_per_address``; ``max_keys_per_session``
+    (``too_many_keys``), ``max_keys_per_address`` and ``max_keys`` (server, both
+    ``quota_exceeded``); ``max_watches_per_session`` (``too_many_watches``; a connection
+    carries one session, so this is also the per-connection bound) and ``max_watches``
+    (server, ``quota_exceeded``).
+
+    Bytes (a key costs its name plus its data): ``max_data_size`` per key
+    (``data_too_large``), ``max_bytes_per_session``, ``max_bytes_per_address`` and
+    ``max_bytes`` (server) (``quota_exceeded``).
+
+    Watch backlogs: ``max_pending_notifications`` and ``max_pending_bytes`` bound the
+    unacknowledged watch events of one session, ``max_pending_bytes_total`` those of the
+    whole server (an event costs its name, data and ``EVENT_OVERHEAD``). A watcher that falls
+    further behind has its session closed (its client sees it end and can start over); a
+    ``watch`` whose initial snapshot alone would go past them is refused (``quota_exceeded``).
+
+    Rate: ``max_request_rate`` is requests per second per session and per connection (a
+    token bucket holding one second's worth; ``rate_limited``); 0 disables it.
+
+    Connections (enforced by the driver): ``max_connections`` open at once (more are closed at
+    accept), ``max_queued_bytes_per_connection`` and ``max_queued_bytes_total`` of encoded
+    responses waiting for a peer that does not read (the connection is closed past them).
+
+    The defaults keep :meth:`worst_case_bytes` — everything all clients together can make the
+    server hold — under 8 GiB, a third of a 24 GiB machine.
     """
 
     max_sessions: int = 100_000
     max_sessions_per_address: int = 5_000
     max_keys_per_session: int = 1_000
     max_watches_per_session: int = 1_000
-    max_data_size: int = 64 * 1024
+    max_data_size: int = 64 * KIB
     max_request_rate: float = 1_000.0
     max_pending_notifications: int = 100_000
+    max_bytes_per_session: int = 1 * MIB
+    max_keys_per_address: int = 10_000
+    max_bytes_per_address: int = 64 * MIB
+    max_keys: int = 1_000_000
+    max_bytes: int = 1 * GIB
+    max_watches: int = 1_000_000
+    max_pending_bytes: int = 16 * MIB
+    max_pending_bytes_total: int = 1 * GIB
+    max_connections: int = 10_000
+    max_queued_bytes_per_connection: int = 8 * MIB
+    max_queued_bytes_total: int = 1 * GIB
 
     def __post_init__(self) -> None:
-        for name in ("max_sessions", "max_sessions_per_address", "max_keys_per_session",
-                     "max_watches_per_session", "max_data_size", "max_pending_notifications"):
-            value = getattr(self, name)
+        for f in fields(self):
+            if f.name == "max_request_rate":
+                continue
+            value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise ValueError(f"{f.name} must be an integer >= 1, got {value!r}")
         if not self.max_request_rate >= 0:
             raise ValueError(f"max_request_rate must be >= 0, got {self.max_request_rate!r}")
+
+    def max_message_size(self) -> int:
+        """The decoder limit for requests: the largest data plus room for the envelope."""
+        return self.max_data_size + 4 * 1024 + 1024
+
+    def worst_case_bytes(self) -> int:
+        """An upper estimate of the memory all clients together can make the server hold."""
+        keys = self.max_bytes + self.max_keys * KEY_OVERHEAD
+        backlog = self.max_pending_bytes_total
+        sessions = self.max_sessions * SESSION_OVERHEAD + self.max_watches * WATCH_OVERHEAD
+        connections = (self.max_connections * (2 * self.max_message_size() + CONNECTION_OVERHEAD)
+                       + self.max_queued_bytes_total)
+        return keys + backlog + sessions + connections
 
 
 class Journal(Protocol):
@@ -106,8 +166,8 @@ class Journal(Protocol):
 class ServerSession:
     """One session as the server keeps it."""
 
-    __slots__ = ("address", "id", "keys", "next_seq", "outbox", "timeout", "token_time",
-                 "tokens", "watches")
+    __slots__ = ("address", "bytes", "client_id", "id", "keys", "next_seq", "outbox", "outbox_bytes",
+                 "timeout", "token_time", "tokens", "watches")
 
     def __init__(self, session_id: int, timeout: float, address: str, now: float,
                  burst: float) -> None:
@@ -117,6 +177,9 @@ class ServerSession:
         self.keys: dict[str, None] = {}  # registration order
         self.watches: dict[int, str] = {}  # watch id -> prefix
         self.outbox: deque[WatchEvent] = deque()
+        self.outbox_bytes = 0  # what the unacknowledged events cost (event_cost)
+        self.client_id: str | None = None  # who opened it (authenticated, or as claimed)
+        self.bytes = 0  # what its keys cost (key_cost)
         self.next_seq = 1
         self.tokens = burst
         self.token_time = now
@@ -128,11 +191,24 @@ class ServerSession:
         start = max(0, after_seq + 1 - self.outbox[0].seq)
         return itertools.islice(self.outbox, start, None)
 
-    def acknowledge(self, ack: int) -> None:
-        """Drop events the client has confirmed."""
+    def acknowledge(self, ack: int) -> int:
+        """Drop events the client has confirmed; return the bytes (event_cost) released."""
         outbox = self.outbox
+        freed = 0
         while outbox and outbox[0].seq <= ack:
-            outbox.popleft()
+            freed += event_cost(outbox.popleft())
+        self.outbox_bytes -= freed
+        return freed
+
+
+def key_cost(key: str, data: bytes) -> int:
+    """What a registration counts against the byte quotas: its name plus its data."""
+    return len(key) + len(data)
+
+
+def event_cost(event: WatchEvent) -> int:
+    """What a queued watch event counts against the backlog quotas."""
+    return EVENT_OVERHEAD + len(event.id) + len(event.data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +250,11 @@ class LeaseState:
         self._children: dict[str, dict[str, None]] = {}  # prefix -> child keys (ordered)
         self._watchers: dict[str, dict[tuple[int, int], None]] = {}  # prefix -> watchers
         self._per_address: dict[str, int] = {}
+        self._address_keys: dict[str, int] = {}
+        self._address_bytes: dict[str, int] = {}
+        self.total_bytes = 0  # key_cost of every registered key
+        self.pending_bytes = 0  # event_cost of every unacknowledged event of every session
+        self.watch_count = 0
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -193,6 +274,7 @@ class LeaseState:
             if session is not None:
                 self._insert(key, owner, data)
                 session.keys[key] = None
+                self._charge(session, 1, key_cost(key, data))
 
     def connect(self, body: Connect, address: str, now: float, wall: float,
                 woken: set[int] | None = None,
@@ -212,10 +294,12 @@ class LeaseState:
             if session.address != address:
                 self._count_address(session.address, -1)
                 self._count_address(address, +1)
+                self._charge(session, -len(session.keys), -session.bytes)
                 session.address = address
+                self._charge(session, len(session.keys), session.bytes)
             if body.last_seq >= session.next_seq:  # restored from disk: history unknown here
                 session.next_seq = body.last_seq + 1
-            session.acknowledge(body.last_seq)
+            self.pending_bytes -= session.acknowledge(body.last_seq)
             return session, self._grant_result(grant, reattached=True), ended
         superseded: ServerSession | None = None
         if body.supersedes is not None:
@@ -288,9 +372,14 @@ class LeaseState:
         if session is not None:
             for watch_id, prefix in session.watches.items():
                 self._drop_watcher(prefix, (session_id, watch_id))
+            self.watch_count -= len(session.watches)
             session.watches.clear()
+            self.pending_bytes -= session.outbox_bytes
+            session.outbox.clear()
+            session.outbox_bytes = 0
             overflowed: list[int] = []
             for key in list(session.keys):
+                self._charge(session, -1, -key_cost(key, self.keys[key].data))
                 self._remove(key)
                 overflowed.extend(self._notify(parent_of(key), "offline", name_of(key), b"",
                                                woken))
@@ -310,8 +399,10 @@ class LeaseState:
         if not self.tracker.is_live(session_id):
             return []
         self.tracker.set_closing(session_id)
-        reason = (f"more than {self.limits.max_pending_notifications} unacknowledged "
-                  "notifications")
+        limits = self.limits
+        reason = (f"more than {limits.max_pending_notifications} unacknowledged notifications "
+                  f"or {limits.max_pending_bytes} bytes of them (server-wide "
+                  f"{limits.max_pending_bytes_total})")
         return self._end(session_id, "closed", reason, woken)
 
     # -- requests ------------------------------------------------------------------------
@@ -321,7 +412,7 @@ class LeaseState:
         session = self.sessions.get(session_id)
         if session is None or not self.tracker.touch(session_id, now):
             raise RequestFailed(ErrorCode.SESSION_CLOSING, f"session {session_id:#x} is closing")
-        session.acknowledge(request.ack)
+        self.pending_bytes -= session.acknowledge(request.ack)
         self._take_token(session, now)
         outcome = Outcome({}, set(), [])
         body = request.body
@@ -341,6 +432,7 @@ class LeaseState:
         elif isinstance(body, Unwatch):
             prefix = session.watches.pop(body.watch_id, None)
             if prefix is not None:
+                self.watch_count -= 1
                 self._drop_watcher(prefix, (session_id, body.watch_id))
         elif isinstance(body, CloseSession):
             outcome.ended.extend(self.end_session(session_id, "closed", "closed by the client",
@@ -372,6 +464,9 @@ class LeaseState:
             if existing.owner != session.id:
                 raise RequestFailed(ErrorCode.KEY_EXISTS,
                                     f"{key} is registered by another session")
+            grow = len(data) - len(existing.data)
+            self._check_quota(session, 0, grow)
+            self._charge(session, 0, grow)
             self.keys[key] = Registration(session.id, data)  # the owner updates its data
             if self.journal is not None:
                 self.journal.key_set(key, session.id, data)
@@ -386,8 +481,11 @@ class LeaseState:
             raise RequestFailed(ErrorCode.TOO_MANY_KEYS,
                                 f"the session holds its maximum of "
                                 f"{limits.max_keys_per_session} keys")
+        cost = key_cost(key, data)
+        self._check_quota(session, 1, cost)
         self._insert(key, session.id, data)
         session.keys[key] = None
+        self._charge(session, 1, cost)
         if self.journal is not None:
             self.journal.key_set(key, session.id, data)
         overflowed = self._notify(parent, "online", name_of(key), data, outcome.woken)
@@ -400,6 +498,7 @@ class LeaseState:
             return
         if existing.owner != session.id:
             raise RequestFailed(ErrorCode.NOT_OWNER, f"{key} is registered by another session")
+        self._charge(session, -1, -key_cost(key, existing.data))
         self._remove(key)
         session.keys.pop(key, None)
         if self.journal is not None:
@@ -420,7 +519,23 @@ class LeaseState:
             raise RequestFailed(ErrorCode.TOO_MANY_WATCHES,
                                 f"the session holds its maximum of "
                                 f"{self.limits.max_watches_per_session} watches")
+        if self.watch_count >= self.limits.max_watches:
+            raise RequestFailed(ErrorCode.QUOTA_EXCEEDED,
+                                f"the server holds its maximum of {self.limits.max_watches} watches")
+        children = self._children.get(prefix, {})
+        snapshot = EVENT_OVERHEAD * (len(children) + 1) + sum(
+            len(name_of(key)) + len(self.keys[key].data) for key in children)
+        if (session.outbox_bytes + snapshot > self.limits.max_pending_bytes
+                or len(session.outbox) + len(children) + 1 > self.limits.max_pending_notifications):
+            raise RequestFailed(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"the snapshot of {prefix} ({snapshot} bytes) would take this session's "
+                f"unacknowledged events past {self.limits.max_pending_bytes} bytes")
+        if self.pending_bytes + snapshot > self.limits.max_pending_bytes_total:
+            raise RequestFailed(ErrorCode.QUOTA_EXCEEDED,
+                                "the server's watch backlog is full; try again later")
         session.watches[watch_id] = prefix
+        self.watch_count += 1
         self._watchers.setdefault(prefix, {})[(session.id, watch_id)] = None
         for key in self._children.get(prefix, {}):
             self._enqueue(session, WatchEvent(0, watch_id, "online", name_of(key),
@@ -428,8 +543,6 @@ class LeaseState:
         self._enqueue(session, WatchEvent(0, watch_id, "synced"))
         outcome.woken.add(session.id)
         outcome.result["existing"] = False
-        if len(session.outbox) > self.limits.max_pending_notifications:
-            outcome.ended.extend(self._end_backlogged(session.id, outcome.woken))
 
     # -- keys and watchers ---------------------------------------------------------------
 
@@ -461,6 +574,59 @@ class LeaseState:
         session.outbox.append(WatchEvent(session.next_seq, event.watch_id, event.event,
                                          event.id, event.data, event.initial))
         session.next_seq += 1
+        cost = event_cost(event)
+        session.outbox_bytes += cost
+        self.pending_bytes += cost
+
+    def _backlogged(self, session: ServerSession) -> bool:
+        limits = self.limits
+        return (len(session.outbox) > limits.max_pending_notifications
+                or session.outbox_bytes > limits.max_pending_bytes
+                or self.pending_bytes > limits.max_pending_bytes_total)
+
+    # -- quotas --------------------------------------------------------------------------
+
+    def bytes_of_session(self, session_id: int) -> int:
+        """What the keys of ``session_id`` count against the byte quotas."""
+        session = self.sessions.get(session_id)
+        return 0 if session is None else session.bytes
+
+    def _check_quota(self, session: ServerSession, keys: int, grow: int) -> None:
+        """Refuse (``quota_exceeded``) a change adding ``keys`` keys and ``grow`` bytes."""
+        limits = self.limits
+        address = session.address
+        if keys and len(self.keys) + keys > limits.max_keys:
+            raise RequestFailed(ErrorCode.QUOTA_EXCEEDED,
+                                f"the server holds its maximum of {limits.max_keys} keys")
+        if keys and self._address_keys.get(address, 0) + keys > limits.max_keys_per_address:
+            raise RequestFailed(ErrorCode.QUOTA_EXCEEDED,
+                                f"address {address} holds its maximum of "
+                                f"{limits.max_keys_per_address} keys")
+        if grow <= 0:
+            return
+        if session.bytes + grow > limits.max_bytes_per_session:
+            raise RequestFailed(ErrorCode.QUOTA_EXCEEDED,
+                                f"the session's keys would take {session.bytes + grow} bytes; "
+                                f"the limit is {limits.max_bytes_per_session}")
+        if self._address_bytes.get(address, 0) + grow > limits.max_bytes_per_address:
+            raise RequestFailed(ErrorCode.QUOTA_EXCEEDED,
+                                f"address {address} would hold more than "
+                                f"{limits.max_bytes_per_address} bytes of keys")
+        if self.total_bytes + grow > limits.max_bytes:
+            raise RequestFailed(ErrorCode.QUOTA_EXCEEDED,
+                                f"the server would hold more than {limits.max_bytes} bytes of keys")
+
+    def _charge(self, session: ServerSession, keys: int, grow: int) -> None:
+        session.bytes += grow
+        self.total_bytes += grow
+        address = session.address
+        for table, delta in ((self._address_keys, keys), (self._address_bytes, grow)):
+            if delta:
+                value = table.get(address, 0) + delta
+                if value > 0:
+                    table[address] = value
+                else:
+                    table.pop(address, None)
 
     def _notify(self, prefix: str, event: str, name: str, data: bytes,
                 woken: set[int]) -> list[int]:
@@ -472,6 +638,6 @@ class LeaseState:
                 continue
             self._enqueue(session, WatchEvent(0, watch_id, event, name, data))
             woken.add(session_id)
-            if len(session.outbox) > self.limits.max_pending_notifications:
+            if self._backlogged(session):
                 overflowed.append(session_id)
         return overflowed

@@ -15,6 +15,7 @@ from pulse.registry import connect_session
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -50,6 +51,7 @@ def connect(
     rng: random.Random | None = None,
     max_frame: int = DEFAULT_MAX_FRAME,
     open_stream: StreamOpener = open_tcp,
+    digest: tuple[str, str] | None = None,
 ) -> AbstractAsyncContextManager[ZooKeeperSession]:
     """Open a ZooKeeper session; the context manager yields it connected and closes it.
 
@@ -58,7 +60,9 @@ def connect(
     ``reregister`` (default: the URL's ``?reregister=``, else False) starts a new session
     after expiry and re-creates every registration. Entering waits up to ``start_timeout``
     (default: the larger of 10 s and 2 × ``session_timeout``) for a first server to
-    answer, then raises :class:`ConnectionLoss`.
+    answer, then raises :class:`ConnectionLoss`. ``digest`` (``(user, password)``) adds
+    digest credentials to every connection (addAuth) and gives every presence node the ACL
+    "all for this digest, read for everyone".
     """
     if isinstance(endpoint, str):
         endpoint = parse_url(endpoint, default_port=DEFAULT_PORT)
@@ -73,6 +77,7 @@ def connect(
         rng=rng,
         max_frame=max_frame,
         open_stream=open_stream,
+        digest=digest,
     )
     return _running(session, wait)
 
@@ -87,8 +92,11 @@ async def _running(session: ZooKeeperSession, wait: float) -> AsyncIterator[ZooK
             await session.wait_connected(wait)
             yield session
         finally:
+            # Cancelled from outside: the session's tasks are being cancelled too, so the
+            # close must be written by this task (watchers then see it leave at once).
+            direct = trio.current_effective_deadline() == -math.inf
             with trio.CancelScope(shield=True):
-                await session.aclose()
+                await session.aclose(direct=direct)
             nursery.cancel_scope.cancel()
 
 

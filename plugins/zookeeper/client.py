@@ -40,6 +40,8 @@ from ._machine import (
 from ._watches import WatchKind, WatchTable
 from .jute import DEFAULT_MAX_FRAME, Stat, WatcherEvent
 from .protocol import (
+    AuthPacket,
+    AuthResult,
     BadVersionError,
     ClientConnection,
     CloseSession,
@@ -64,6 +66,7 @@ from .protocol import (
     Xid,
     ZooKeeperError,
     ZooKeeperSessionExpired,
+    presence_acl,
 )
 
 log = get_logger("pulse.zookeeper")
@@ -77,6 +80,8 @@ StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
 _RECEIVE_SIZE = 65536
 #: How long aclose() waits for the server to confirm closeSession.
 _CLOSE_TIMEOUT = 2.0
+#: How long a session cancelled from outside spends closing itself on the bare stream.
+_DIRECT_CLOSE_TIMEOUT = 0.5
 
 
 class NotOwnedError(ZooKeeperError, NotOwner):
@@ -138,6 +143,8 @@ class _Link:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     pending: dict[int, _Call] = field(default_factory=dict)
     ready: bool = False
+    stream: trio.abc.Stream | None = None
+    closing_directly: bool = False  # aclose() owns the stream now
     outbox: tuple[trio.MemorySendChannel[bytes], trio.MemoryReceiveChannel[bytes]] = field(
         default_factory=lambda: trio.open_memory_channel[bytes](math.inf)
     )
@@ -174,8 +181,16 @@ class ZooKeeperSession:
         rng: random.Random | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
         open_stream: StreamOpener = open_tcp,
+        digest: tuple[str, str] | None = None,
     ) -> None:
         self._machine = SessionMachine(hosts, session_timeout, rng)
+        if digest is not None and (len(digest) != 2 or not all(isinstance(x, str) for x in digest)
+                                   or not digest[0] or ":" in digest[0]):
+            raise ValueError("digest must be (user, password) with a non-empty user without ':'")
+        self._digest = digest
+        self._acl = presence_acl(*digest) if digest is not None else None
+        self._guarded: set[str] = set()  # keys whose node a task keeps in place
+        self._closed_directly = False  # closeSession went out on a bare stream
         self._chroot = _normalize_chroot(chroot)
         self._reregister = reregister
         self._max_frame = max_frame
@@ -233,6 +248,9 @@ class ZooKeeperSession:
         path = self._server_path(key, allow_root=False)
         await self._create_ephemeral(path, bytes(data), wait_for_others=False)
         self._registrations[key] = bytes(data)
+        if key not in self._guarded and self._nursery is not None:
+            self._guarded.add(key)
+            self._nursery.start_soon(self._keep_registered, key)
 
     async def unregister(self, key: str) -> None:
         """Delete ``key`` if this session holds it (no-op if it is gone already)."""
@@ -316,16 +334,29 @@ class ZooKeeperSession:
             self._subscribers.append(send)
         return self._iterate_states(receive)
 
-    async def aclose(self) -> None:
-        """Close the session: closeSession is sent so its registrations vanish at once."""
+    async def aclose(self, *, direct: bool = False) -> None:
+        """Close the session: closeSession is sent so its registrations vanish at once.
+
+        ``direct``: the session's own tasks are being cancelled (the scope around it was
+        cancelled), so closeSession is written on the connection's stream by this task,
+        waiting at most 0.5 s for the answer.
+        """
         if self._closing:
             return
         self._closing = True
         link = self._link
-        if link is not None and link.ready and self._machine.phase is Phase.CONNECTED:
-            call = self._send(link, CloseSession())
-            with trio.move_on_after(min(_CLOSE_TIMEOUT, self._machine.read_timeout)):
-                await call.done.wait()
+        if (not self._closed_directly and link is not None and link.ready
+                and self._machine.phase is Phase.CONNECTED):
+            if direct and link.stream is not None:
+                link.closing_directly = True
+                self._closed_directly = True
+                with trio.move_on_after(_DIRECT_CLOSE_TIMEOUT):
+                    await self._close_directly(link, link.stream)
+                await trio.aclose_forcefully(link.stream)
+            else:
+                call = self._send(link, CloseSession())
+                with trio.move_on_after(min(_CLOSE_TIMEOUT, self._machine.read_timeout)):
+                    await call.done.wait()
         self._apply(self._machine.close(trio.current_time()))
         self._watches.lose_all("session closed")
         for channel in self._subscribers:
@@ -442,6 +473,7 @@ class ZooKeeperSession:
             except OSError as exc:
                 self._link_failed(link, f"cannot connect: {exc}")
                 return
+            link.stream = stream
             try:
                 await self._handshake(link, stream, action)
                 if self._link is not link:
@@ -450,7 +482,40 @@ class ZooKeeperSession:
                     nursery.start_soon(self._writer, link, stream)
                     await self._reader(link, stream)
             finally:
-                await trio.aclose_forcefully(stream)
+                # (when aclose() writes closeSession on this stream itself, it closes it)
+                if not link.closing_directly:
+                    await self._finish_stream(link, stream)
+
+    async def _finish_stream(self, link: _Link, stream: trio.abc.Stream) -> None:
+        """Close a connection's stream, first closing the session on it if the application
+        cancelled the scope around the session while it was connected."""
+        if (self._link is link and link.ready and not self._closing
+                and not self._closed_directly and not link.scope.cancel_called
+                and self._machine.phase is Phase.CONNECTED
+                and trio.current_effective_deadline() == -math.inf):
+            # Cancelled from outside (the application left the scope around the session by
+            # cancellation): the writer is gone, so close directly.
+            self._closed_directly = True
+            with trio.CancelScope(shield=True), trio.move_on_after(_DIRECT_CLOSE_TIMEOUT):
+                await self._close_directly(link, stream)
+        await trio.aclose_forcefully(stream)
+
+    async def _close_directly(self, link: _Link, stream: trio.abc.Stream) -> None:
+        """Send closeSession on the bare stream; read until its reply or the server hangs up."""
+        try:
+            self._xid = self._xid % 0x7FFFFFFF + 1
+            xid = self._xid
+            await stream.send_all(link.protocol.send(xid, CloseSession()))
+            while True:
+                data = await stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    return
+                for event in link.protocol.receive(data):
+                    if isinstance(event, Reply) and event.xid == xid:
+                        log.info("session_closed_directly", session_id=_hex(self._machine.session_id))
+                        return
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError):
+            return
 
     async def _handshake(self, link: _Link, stream: trio.abc.Stream, action: Connect) -> None:
         try:
@@ -475,6 +540,10 @@ class ZooKeeperSession:
         self._apply(self._machine.handshake_done(trio.current_time(), first.response))
         if self._link is not link:
             return  # expired (or closed): the Disconnect action dropped this link
+        if self._digest is not None:  # credentials belong to the connection: add them each time
+            user, password = self._digest
+            link.write(link.protocol.send(Xid.AUTH, AuthPacket("digest",
+                                                                f"{user}:{password}".encode())))
         for request in self._watches.set_watches(self._machine.last_zxid):
             link.write(link.protocol.send(Xid.SET_WATCHES, request))
         link.ready = True
@@ -520,6 +589,8 @@ class ZooKeeperSession:
             self._watches.fire(event.event)
         elif isinstance(event, WatchesRestored) and event.err:
             log.warning("set_watches_failed", peer=_peer(link.host), reason=f"error {event.err}")
+        elif isinstance(event, AuthResult) and event.err:
+            log.warning("auth_failed", peer=_peer(link.host), reason=f"error {event.err}")
 
     def _arm_watch(self, reply: Reply, waiter: _Waiter) -> None:
         request = reply.request
@@ -606,7 +677,10 @@ class ZooKeeperSession:
         """Make ``path`` an ephemeral node of the current session holding ``data``."""
         while True:
             try:
-                await self._call(Create(path, data, CreateMode.EPHEMERAL))
+                if self._acl is not None:
+                    await self._call(Create(path, data, CreateMode.EPHEMERAL, self._acl))
+                else:
+                    await self._call(Create(path, data, CreateMode.EPHEMERAL))
                 return
             except NoNodeError:
                 await self._create_parents(path)
@@ -648,6 +722,49 @@ class ZooKeeperSession:
                 self._watches.discard(waiter)
             if waiter.lost is not None:
                 self._raise_if_unusable()
+
+    async def _keep_registered(self, key: str) -> None:
+        """While ``key`` is registered, watch its node; if it is deleted (by anyone) while
+        this session lives, create it again at once with the registered data."""
+        path = self._server_path(key, allow_root=False)
+        try:
+            while not self._closing and key in self._registrations:
+                waiter = _Waiter()
+                try:
+                    stat = await self._exists(path, waiter)
+                except ZooKeeperSessionExpired:
+                    self._watches.discard(waiter)
+                    if not self._reregister:
+                        return
+                    await self._changed.wait()  # the next session restores it; keep watching
+                    continue
+                if stat is None:
+                    self._watches.discard(waiter)
+                    data = self._registrations.get(key)
+                    if data is None or self._closing:
+                        return
+                    log.warning("registration_deleted", path=key,
+                                session_id=_hex(self._machine.session_id),
+                                reason="node deleted while the session lives; creating it again")
+                    try:
+                        await self._create_ephemeral(path, data, wait_for_others=True)
+                    except ZooKeeperSessionExpired:
+                        continue
+                    except ZooKeeperError as exc:
+                        if isinstance(exc, SessionClosedError):
+                            return
+                        log.warning("reregister_failed", path=key, reason=str(exc),
+                                    session_id=_hex(self._machine.session_id))
+                        await trio.sleep(1.0)
+                    continue
+                try:
+                    await waiter.done.wait()
+                finally:
+                    self._watches.discard(waiter)
+        except SessionClosedError:
+            return
+        finally:
+            self._guarded.discard(key)
 
     async def _restore_registrations(self, generation: int) -> None:
         """Re-create every registration in the new session (run after expiry)."""

@@ -18,7 +18,9 @@ Error codes map to :class:`ZooKeeperError` subclasses (:func:`error_for`), which
 
 from __future__ import annotations
 
+import base64
 import enum
+import hashlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -475,6 +477,44 @@ class CloseSession:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class AuthPacket:
+    """addAuth (sent with xid -4): add ``scheme`` credentials (``digest``: ``user:password``)
+    to this connection; ZooKeeper answers with xid -4 and closes the connection on failure."""
+
+    scheme: str
+    auth: bytes
+    opcode: ClassVar[OpCode] = OpCode.AUTH
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"AuthPacket(scheme={self.scheme!r})"
+
+    def encode(self) -> bytes:
+        """The body: type (0), scheme, auth bytes."""
+        return JuteWriter().write_int(0).write_string(self.scheme).write_buffer(self.auth).getvalue()
+
+    def parse_reply(self, reader: JuteReader) -> None:
+        """An auth reply has no body."""
+        return None
+
+
+#: Permission bits of a ZooKeeper ACL.
+PERM_READ, PERM_WRITE, PERM_CREATE, PERM_DELETE, PERM_ADMIN = 1, 2, 4, 8, 16
+PERM_ALL = 31
+
+
+def digest_id(user: str, password: str) -> str:
+    """The ``digest`` ACL id of ``user:password``: ``user:base64(sha1(user:password))``."""
+    raw = hashlib.sha1(f"{user}:{password}".encode()).digest()
+    return f"{user}:{base64.b64encode(raw).decode()}"
+
+
+def presence_acl(user: str, password: str) -> tuple[ACL, ...]:
+    """The ACL of a presence node created with digest credentials: everything for its
+    owner, read for everyone (watchers list and read presence without credentials)."""
+    return (ACL(PERM_ALL, "digest", digest_id(user, password)), ACL(PERM_READ, "world", "anyone"))
+
+
 def encode_request(xid: int, request: Request) -> bytes:
     """One framed request: header then body."""
     return frame(RequestHeader(xid, int(request.opcode)).encode() + request.encode())
@@ -516,13 +556,20 @@ class WatchesRestored:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthResult:
+    """The addAuth request was answered (``err`` 0 on success)."""
+
+    err: int
+
+
+@dataclass(frozen=True, slots=True)
 class Notification:
     """A watch fired."""
 
     event: WatcherEvent
 
 
-Incoming = Connected | Reply | Pong | WatchesRestored | Notification
+Incoming = Connected | Reply | Pong | WatchesRestored | AuthResult | Notification
 
 
 @dataclass(slots=True)
@@ -592,8 +639,10 @@ class ClientConnection:
             reader.what = "ping reply"
             reader.expect_end()
             return Pong(header.zxid)
-        if header.xid in (Xid.SET_WATCHES, Xid.AUTH):
+        if header.xid == Xid.SET_WATCHES:
             return WatchesRestored(header.err)
+        if header.xid == Xid.AUTH:
+            return AuthResult(header.err)
         if not self._pending:
             raise RemoteProtocolError(f"reply with xid {header.xid} but no request is outstanding")
         xid, request = self._pending[0]

@@ -22,6 +22,15 @@ Rules this module keeps:
   and ``20 * tick``, as in ZooKeeper).
 * A session being closed (explicitly or because it expired) is flagged *closing*: it is no
   longer touched, re-attached or expired again until the driver calls :meth:`remove`.
+* Local-pause guard (optional, ``max_local_pause``): a server whose own loop stalled (SIGSTOP,
+  GC, swap) must not expire sessions whose renewals are sitting unread in its sockets. While
+  sessions exist, :meth:`next_deadline` comes at least every ``max_local_pause / 2`` after the
+  previous :meth:`expire` call, so a healthy driver checks often. When :meth:`expire` runs more
+  than ``max_local_pause`` after the previous check, the gap is a stall: every session whose
+  expiry fell inside it is given the stall back (expiry + stall, rounded up to a tick, and at
+  least one tick after ``now``) instead of being expired. Touches never count as checks: a
+  request read right after a stall must not hide the stall from the check that follows.
+  A session nobody renews therefore still expires, at most one stall plus one tick late.
 """
 
 from __future__ import annotations
@@ -91,12 +100,16 @@ class SessionTracker:
     __slots__ = (
         "_buckets",
         "_heap",
+        "_last_check",
         "_last_id",
         "_secret",
         "_sessions",
+        "max_local_pause",
         "max_timeout",
         "min_timeout",
         "server_id",
+        "stalled_for",
+        "stalls",
         "tick",
     )
 
@@ -109,6 +122,7 @@ class SessionTracker:
         min_timeout: float | None = None,
         max_timeout: float | None = None,
         last_session_id: int = 0,
+        max_local_pause: float | None = None,
     ) -> None:
         if not 0 <= server_id <= MAX_SERVER_ID:
             raise ValueError(f"server id must be between 0 and {MAX_SERVER_ID}, got {server_id}")
@@ -127,6 +141,12 @@ class SessionTracker:
         self._sessions: dict[int, _Session] = {}
         self._buckets: dict[int, set[int]] = {}
         self._heap: list[int] = []  # bucket numbers; may hold numbers of emptied buckets
+        self.max_local_pause = (
+            None if max_local_pause is None else _positive("max_local_pause", max_local_pause)
+        )
+        self._last_check: float | None = None  # when expire() last ran (the guard's clock)
+        self.stalls = 0  # stalls detected (each one gave the due sessions their time back)
+        self.stalled_for = 0.0  # total seconds of detected stalls
 
     # -- identity ------------------------------------------------------------------------
 
@@ -228,6 +248,10 @@ class SessionTracker:
         Only the due buckets are visited. The driver deletes each session's state and then
         calls :meth:`remove`.
         """
+        if self.max_local_pause is not None:
+            last, self._last_check = self._last_check, now
+            if last is not None and now - last > self.max_local_pause:
+                self._give_back(now, now - last)
         expired: list[Expire] = []
         while self._heap and self._heap[0] * self.tick <= now:
             number = heapq.heappop(self._heap)
@@ -239,11 +263,37 @@ class SessionTracker:
                 expired.append(Expire(session_id))
         return expired
 
+    def _give_back(self, now: float, stall: float) -> None:
+        """The loop stalled for ``stall`` seconds before ``now``: move every session due by
+        ``now`` to its expiry + ``stall`` (at least the first bucket after ``now``)."""
+        self.stalls += 1
+        self.stalled_for += stall
+        first_after_now = int(now // self.tick) + 1
+        while self._heap and self._heap[0] * self.tick <= now:
+            number = heapq.heappop(self._heap)
+            members = self._buckets.pop(number, None)
+            if not members:
+                continue
+            target = max(math.ceil((number * self.tick + stall) / self.tick), first_after_now)
+            for session_id in members:
+                session = self._sessions[session_id]
+                session.bucket = target
+                self._bucket(session_id, target)
+
     def next_deadline(self) -> float | None:
-        """When the earliest non-empty bucket is due, or None without open sessions."""
+        """When the earliest non-empty bucket is due, or None without open sessions.
+
+        With the local-pause guard, never later than ``max_local_pause / 2`` after the last
+        check while sessions exist.
+        """
         while self._heap and not self._buckets.get(self._heap[0]):
             heapq.heappop(self._heap)
-        return self._heap[0] * self.tick if self._heap else None
+        if not self._heap:
+            return None
+        deadline = self._heap[0] * self.tick
+        if self.max_local_pause is not None and self._last_check is not None:
+            deadline = min(deadline, self._last_check + self.max_local_pause / 2)
+        return deadline
 
     # -- queries -------------------------------------------------------------------------
 
@@ -277,6 +327,8 @@ class SessionTracker:
     # -- buckets -------------------------------------------------------------------------
 
     def _add(self, session_id: int, timeout: float, now: float) -> None:
+        if self.max_local_pause is not None and not self._buckets:
+            self._last_check = now  # nothing was due while there were no sessions
         bucket = self.bucket_for(now, timeout)
         session = _Session(timeout, bucket)
         self._sessions[session_id] = session

@@ -6,6 +6,11 @@ keeps the session alive. If the session expires (the agent was paused, or cut of
 than the timeout) it starts a new one and registers again. SIGTERM or Ctrl-C closes the
 session, so watchers see the agent go offline at once. Only the backend-neutral presence API
 is used: ``--server`` may be ``pulse://host:port`` or ``zk://host:port``.
+
+Credentials (``--auth-file``, or the ``PULSE_AGENT_AUTH`` environment variable; never on the
+command line) are ``name:secret``: on ``pulse://`` the client id and token the lease server
+checks, on ``zk://`` ZooKeeper digest credentials that also protect the presence node with a
+digest ACL. ``--cafile`` turns on TLS to a ``pulse://`` server.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pulse.cli._presence import (
     parse_meta,
     wall_time,
 )
-from pulse.errors import ConnectionClosed, NoPlugin, PulseError, SessionExpired
+from pulse.errors import AuthFailed, ConnectionClosed, NoPlugin, PulseError, SessionExpired
 from pulse.presence import PresenceSession, SessionState
 from pulse.registry import connect_session
 
@@ -46,6 +51,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra key=value published with the registration (repeatable)")
     parser.add_argument("--prefix", default=PRESENCE_PREFIX,
                         help=f"where to register (default {PRESENCE_PREFIX})")
+    parser.add_argument("--auth-file", metavar="PATH",
+                        help="file holding NAME:SECRET credentials (default: $PULSE_AGENT_AUTH)")
+    parser.add_argument("--cafile", metavar="PATH",
+                        help="trust these CA certificates and use TLS (pulse:// only)")
+
+
+AUTH_ENV = "PULSE_AGENT_AUTH"
+
+
+def session_options(args: argparse.Namespace) -> dict[str, object]:
+    """Backend options from ``--auth-file`` / ``$PULSE_AGENT_AUTH`` and ``--cafile``."""
+    from pulse.registry import parse_url
+
+    scheme = parse_url(args.server).scheme
+    options: dict[str, object] = {}
+    auth_file = getattr(args, "auth_file", None)
+    cafile = getattr(args, "cafile", None)
+    if auth_file:
+        with open(auth_file, encoding="utf-8") as file:
+            credentials = file.read().strip()
+    else:
+        credentials = os.environ.get(AUTH_ENV, "")
+    if credentials:
+        name, sep, secret = credentials.partition(":")
+        if not sep or not name or not secret:
+            raise ValueError("credentials must be NAME:SECRET")
+        if scheme == "zk":
+            options["digest"] = (name, secret)
+        else:
+            options["client_id"] = name
+            options["token"] = secret.encode()
+    if cafile:
+        if scheme != "pulse":
+            raise ValueError("--cafile applies to pulse:// servers only")
+        import ssl
+
+        options["ssl_context"] = ssl.create_default_context(cafile=cafile)
+    return options
 
 
 def _say(text: str) -> None:
@@ -68,6 +111,8 @@ async def _register(session: PresenceSession, key: str, meta: dict[str, str],
             return
         except SessionExpired:
             raise
+        except _permanent_errors():
+            raise
         except PulseError as exc:
             if trio.current_time() >= give_up:
                 raise
@@ -75,13 +120,24 @@ async def _register(session: PresenceSession, key: str, meta: dict[str, str],
             await trio.sleep(0.25)
 
 
-async def _hold(args: argparse.Namespace, key: str, meta: dict[str, str]) -> None:
+def _permanent_errors() -> tuple[type[BaseException], ...]:
+    """Refusals that retrying cannot cure: bad credentials, a key this client may not hold."""
+    import importlib
+
+    # Through importlib, as pulse/lease.py does: the plugins are mapped in by packaging.
+    lease = importlib.import_module("pulse.plugins.lease.errors")
+    zookeeper = importlib.import_module("pulse.plugins.zookeeper.protocol")
+    return (AuthFailed, lease.AccessDenied, zookeeper.NoAuthError)
+
+
+async def _hold(args: argparse.Namespace, key: str, meta: dict[str, str]) -> int:
+    """Hold the registration until cancelled; returns 1 after a refusal retrying cannot cure."""
     pause = 0.5
     while True:
         started = wall_time()
         try:
-            async with connect_session(args.server,
-                                       session_timeout=args.session_timeout) as session:
+            async with connect_session(args.server, session_timeout=args.session_timeout,
+                                       **session_options(args)) as session:
                 changes = session.state_changes()
                 await _register(session, key, meta, started)
                 sid = session.session_id
@@ -95,6 +151,9 @@ async def _hold(args: argparse.Namespace, key: str, meta: dict[str, str]) -> Non
                         break
         except (SessionExpired, ConnectionClosed, OSError) as exc:
             _say(f"session lost: {exc}")
+        except _permanent_errors() as exc:
+            _say(f"refused: {exc}")
+            return 1
         except PulseError as exc:
             _say(f"error: {exc}")
         await trio.sleep(pause)
@@ -114,8 +173,10 @@ async def _main(args: argparse.Namespace) -> int:
                     return
 
             nursery.start_soon(stop_on_signal)
-            await _hold(args, key, meta)
-    return 0
+            status = await _hold(args, key, meta)
+            nursery.cancel_scope.cancel()
+            return status
+    return 0  # stopped by a signal
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         parse_meta(args.meta)
         connect_check(args.server)
-    except (ValueError, NoPlugin) as exc:
+        session_options(args)
+    except (ValueError, NoPlugin, OSError) as exc:
         print(f"pulse agent: {exc}", file=sys.stderr)
         return 2
     return trio.run(_main, args)

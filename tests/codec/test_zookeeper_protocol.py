@@ -177,3 +177,14 @@ def test_every_error_code_maps_to_a_session_error(code: int) -> None:
     """Any error code gives a ZooKeeperError with that code and a readable message."""
     error = error_for(code, "/x")
     assert isinstance(error, ZooKeeperError) and error.code == code and str(error)
+
+
+def test_auth_reply_is_its_own_event_and_auth_packet_layout() -> None:
+    """xid -4 answers addAuth (AuthResult, not WatchesRestored); the packet is type 0, scheme, auth."""
+    from pulse.plugins.zookeeper.protocol import AuthPacket, AuthResult
+
+    connection = _connected()
+    assert connection.receive(_reply(Xid.AUTH)) == [AuthResult(0)]
+    body = AuthPacket("digest", b"u:p").encode()
+    assert body == b"\x00\x00\x00\x00" + b"\x00\x00\x00\x06digest" + b"\x00\x00\x00\x03u:p"
+    assert "u:p" not in repr(AuthPacket("digest", b"u:p"))

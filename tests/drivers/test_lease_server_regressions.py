@@ -116,14 +116,14 @@ async def test_backlogged_watcher_expiring_with_the_watched_session_does_not_kil
 
 
 async def test_unread_responses_are_bounded_in_bytes_too(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Large unread answers close the connection at the byte bound, long before the count bound."""
     from pulse.codec import encode_message
     from pulse.plugins.lease import server as server_module
 
-    monkeypatch.setattr(server_module, "MAX_QUEUED_BYTES", 1024 * 1024)
-    async with network(ServerConfig(tick=1.0)) as net:
+    limits = Limits(max_queued_bytes_per_connection=1024 * 1024)
+    async with network(ServerConfig(tick=1.0, limits=limits)) as net:
         client_end, server_end = trio.testing.lockstep_stream_pair()
         net.nursery.start_soon(net.server().handle_stream, server_end, "10.0.0.9")
         sent = 0
