@@ -29,6 +29,7 @@ the end, also on errors or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     HERE,
     count_in_file,
     cpu_seconds,
@@ -51,8 +52,6 @@ from _common import (  # noqa: E402
     table,
     wait_for_line,
 )
-
-import subprocess  # noqa: E402
 
 ANCHOR = "websockets"
 

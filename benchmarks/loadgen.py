@@ -123,7 +123,10 @@ class Base(asyncio.Protocol):
                 STATS.lost += 1
                 STATS.errors["lost: " + (type(exc).__name__ if exc else "closed by server")] += 1
         elif not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"closed during the handshake: {exc!r}"))
+            if self.closing:  # we gave up on it (timeout, shutdown): nobody waits any more
+                self.ready.cancel()
+            else:
+                self.ready.set_exception(ConnectionError(f"closed during the handshake: {exc!r}"))
 
     def close(self) -> None:
         self.closing = True
@@ -459,7 +462,7 @@ async def main(args: argparse.Namespace) -> None:
     started = time.monotonic()
     opening = [asyncio.ensure_future(open_one(args, i, conns, schedule, gate))
                for i in range(args.count)]
-    done, pending = await asyncio.wait(opening, timeout=args.connect_timeout)
+    _done, pending = await asyncio.wait(opening, timeout=args.connect_timeout)
     emit("connected", seconds=time.monotonic() - started, **STATS.as_dict())
     try:
         await commands(conns)
