@@ -181,12 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="client processes per library")
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--recover-timeout", type=float, default=90.0)
+    parser.add_argument("--keep-logs", metavar="DIR", help="write the servers' and clients' "
+                        "100 ms reports here instead of a temporary directory")
     args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_storm-") as tmp:
+        workdir = Path(args.keep_logs or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         for lib in args.libs.split(","):
             print(f"# {lib} clients ...", file=sys.stderr, flush=True)
-            results.append(measure(lib.strip(), args, Path(tmp)))
+            results.append(measure(lib.strip(), args, workdir))
     report(results)
     return 0
 
