@@ -20,7 +20,8 @@ Measured from the kill on:
 * peak per 100 ms (server): the most upgrade requests in one 100 ms bucket after the restart;
 * peak per 100 ms (clients): the most attempts the clients made in one 100 ms (their own
   100 ms reports summed over processes; refused attempts included);
-* all back: seconds from the restarted server listening until all N were connected again.
+* all back: seconds from the restarted server listening until all N were connected again;
+* client CPU: CPU seconds the client processes used from the kill until all were back.
 
 Ratios are pulse / websockets (lower is better for pulse).
 """
@@ -40,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import HERE, free_port, ratio, stop, table
+from _common import HERE, cpu_seconds, free_port, ratio, stop, table
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Result:
     client_attempts: int = 0
     peak: int = 0
     client_peak: int = 0
+    client_cpu: float = float("nan")
     all_back: float = float("nan")
     back: int = 0
     note: str = ""
@@ -111,6 +113,7 @@ def measure(lib: str, args: argparse.Namespace, workdir: Path) -> Result:
         if not wait_open(first_log, args.clients, args.connect_timeout):
             result.note = "not all clients connected before the kill"
         time.sleep(1.0)
+        cpu_kill = sum(cpu_seconds(client.pid) for client in clients)
         t_kill = time.time()
         server.kill()
         server.wait()
@@ -120,6 +123,7 @@ def measure(lib: str, args: argparse.Namespace, workdir: Path) -> Result:
         if not wait_open(second_log, args.clients, args.recover_timeout):
             result.note = f"not all back within {args.recover_timeout:g} s"
         time.sleep(0.5)
+        result.client_cpu = sum(cpu_seconds(client.pid) for client in clients) - cpu_kill
         for client in clients:
             stop(client)
         buckets = [item for item in lines(second_log) if "open" in item]
@@ -158,6 +162,7 @@ def report(results: list[Result], out: Any = sys.stdout) -> None:
             f"{r.clients:,}", r.lib, f"{r.server_attempts:,}", f"{r.client_attempts:,}",
             str(r.peak), str(r.client_peak),
             "-" if r.all_back != r.all_back else f"{r.all_back:.1f}", f"{r.back:,}",
+            f"{r.client_cpu:.1f}",
             ratio(r.server_attempts, anchor.server_attempts) if other and anchor else "",
             ratio(r.client_attempts, anchor.client_attempts) if other and anchor else "",
             ratio(r.peak, anchor.peak) if other and anchor else "",
@@ -166,6 +171,7 @@ def report(results: list[Result], out: Any = sys.stdout) -> None:
         ])
     table(["clients", "client library", "attempts (server)", "attempts (clients)",
            "peak /100 ms (server)", "peak /100 ms (clients)", "all back s", "back",
+           "client CPU s",
            "attempts ratio (server)", "attempts ratio (clients)", "peak ratio (server)",
            "peak ratio (clients)", "all-back ratio"], rows, out)
     for r in results:

@@ -5,7 +5,8 @@ Run: ``python benchmarks/storm_clients.py --lib websockets|pulse --url ws://HOST
 * ``websockets``: ``async for ws in websockets.asyncio.client.connect(url, ...)`` per client
   (the library's own reconnect loop and backoff; ``compression=None``, no proxy);
 * ``pulse``: ``pulse.plugins.websocket.connect(url)`` per client (its own reconnect
-  supervisor and backoff, default settings).
+  supervisor and backoff, default settings; structlog filtered to warnings, as an
+  application would configure it).
 
 Every 100 ms the process prints one JSON line: ``{"t": wall clock, "attempts": connection
 attempts so far, "successes": handshakes completed so far}``. Attempts are counted on the
@@ -65,11 +66,17 @@ def run_websockets(url: str, count: int) -> None:
 
 
 def run_pulse(url: str, count: int) -> None:
+    import logging
     import ssl
 
+    import structlog
     import trio
 
     from pulse.plugins.websocket import connect
+
+    # As an application would: keep warnings, drop the per-connection info/debug events
+    # (websockets' events go to an unconfigured stdlib logger and cost nothing either).
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     from pulse.plugins.websocket.client import ClientState, StateChange
     from pulse.plugins.websocket.transport import open_stream
 
