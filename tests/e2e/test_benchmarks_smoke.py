@@ -1,0 +1,40 @@
+"""The side-by-side benchmarks still run end to end (tiny sizes; numbers are not checked)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """Rows of the printed Markdown table, keyed by their server column."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) > 2 and cells[0] == "20":
+            rows[cells[1]] = cells
+    return rows
+
+
+def test_bench_hold_runs_every_server_and_loses_nothing() -> None:
+    """bench_hold at 20 connections prints a row per server with all held and none lost."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_hold.py"), "--counts", "20", "--window", "2",
+         "--settle", "1", "--connect-timeout", "20"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = table_rows(done.stdout)
+    assert set(rows) == {"websockets", "pulse ws://", "pulse tcp://"}, done.stdout
+    for server, cells in rows.items():
+        held, cpu, lost = cells[2], cells[4], cells[6]
+        assert held == "20", f"{server}: {done.stdout}"
+        assert lost == "0", f"{server}: {done.stdout}"
+        assert float(cpu) > 0, f"{server} answered no heartbeats in the window: {done.stdout}"
+    assert "×" in rows["pulse ws://"][10] and "×" in rows["pulse tcp://"][11]
