@@ -33,8 +33,9 @@ def test_bench_hold_runs_every_server_and_loses_nothing() -> None:
     rows = table_rows(done.stdout)
     assert set(rows) == {"websockets", "pulse ws://", "pulse tcp://"}, done.stdout
     for server, cells in rows.items():
-        held, cpu, lost = cells[2], cells[4], cells[6]
+        held, heartbeats, lost = cells[2], cells[4], cells[7]
         assert held == "20", f"{server}: {done.stdout}"
         assert lost == "0", f"{server}: {done.stdout}"
-        assert float(cpu) > 0, f"{server} answered no heartbeats in the window: {done.stdout}"
-    assert "×" in rows["pulse ws://"][10] and "×" in rows["pulse tcp://"][11]
+        # 20 connections at 1 Hz for 2 s; too little CPU to compare, but heartbeats flowed.
+        assert int(heartbeats.replace(",", "")) >= 20, f"{server}: {done.stdout}"
+    assert "×" in rows["pulse ws://"][11] and "×" in rows["pulse tcp://"][12]
