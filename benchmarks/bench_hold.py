@@ -139,7 +139,8 @@ def report(results: list[Result], out: Any = sys.stdout) -> None:
         anchor = anchors.get(r.count)
         rows.append([
             f"{r.count:,}", r.server, f"{r.connected:,}", fmt(r.connect_seconds, 1, 1),
-            f"{r.heartbeats:,}", fmt(r.cpu_per_heartbeat, 1e6), fmt(r.rss_per_connection, 1 / 1024, 1), str(r.lost),
+            f"{r.heartbeats:,}", fmt(r.cpu_per_heartbeat, 1e6),
+            fmt(r.rss_per_connection, 1 / 1024, 1), str(r.lost),
             str(r.local_pause), fmt(r.server_cores, 1, 2), fmt(r.generator_cores, 1, 2),
             "" if r.server == ANCHOR or anchor is None else
             ratio(r.cpu_per_heartbeat, anchor.cpu_per_heartbeat),

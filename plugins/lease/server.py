@@ -1,9 +1,14 @@
-"""The lease server: a thin trio driver around :class:`.state.LeaseState`.
+"""The lease server: a thin driver around :class:`.state.LeaseState`, on the engine.
 
-One task per connection reads and decodes requests (:class:`pulse.codec.MessageDecoder`) and
-applies them to the state; one writer task per connection sends responses and the session's
-pending watch events in order; one expiry task sleeps until the tracker's next bucket is due
-(its deadline moves earlier when a session with an earlier bucket appears). All state changes
+Plain TCP connections cost no task: one accept task hands each socket to the process's
+engine (:mod:`pulse._trio.engine`), which calls the server when the socket is readable. The
+server decodes the requests (:class:`pulse.codec.MessageDecoder`), applies them to the state
+and writes the responses and the sessions' pending watch events straight to the non-blocking
+socket, once per batch; only when a socket's buffer is full does a task finish the write.
+Session expiry is a timer client of the same engine: the tracker's next bucket is its
+deadline. The handshake deadline (the first request must come in time) and the final
+notice's deadline are each connection's own engine timer. TLS connections and other streams
+(:meth:`LeaseServer.handle_stream`) run a reader and a writer task instead. All state changes
 happen synchronously in the trio thread, so no request interleaves with another.
 
 A connection's first request must be ``connect``. A frame that cannot be decoded, or a
@@ -14,9 +19,11 @@ session ends, its connection gets a ``session`` notice and is closed.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import math
 import secrets
+import socket
 import ssl
 import time
 from collections import deque
@@ -29,6 +36,8 @@ import trio
 
 from pulse._core.sessions import SessionTracker
 from pulse._log import get_logger
+from pulse._trio.engine import current_engine
+from pulse._trio.writer import raw_socket
 from pulse.codec import MessageDecoder, encode_message
 from pulse.errors import LocalProtocolError, RemoteProtocolError
 
@@ -63,6 +72,9 @@ WRITE_CHUNK = 256 * 1024
 #: this many, or one second's worth of the rate if that is more (a client re-sending its
 #: registrations and watches after a reconnect may overshoot once without being cut off).
 MAX_RATE_REFUSALS = 100
+#: accept() errors that mean "out of resources for now": wait a little and go on accepting.
+ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+ACCEPT_CAPACITY_SLEEP = 0.1
 
 
 PRESENCE_PREFIX = "/pulse/presence"
@@ -187,6 +199,41 @@ class _Connection:
         self.token_time = now
         self.refusals = 0  # requests refused for the rate in a row
         self.authenticated: str | None = None  # the client id proven at connect
+        # Engine mode (a plain socket read by the engine; no task unless a write must wait):
+        self.raw: socket.socket | None = None
+        self.server: LeaseServer | None = None
+        self.decoder: MessageDecoder | None = None
+        self.handshake_deadline = math.inf
+        self.finish_deadline = math.inf
+        self.owed = b""  # the part of a write the socket did not take yet
+        self.writing = False  # a task is finishing a write
+        self.closed = False
+
+    # -- the engine's timer (engine mode) -------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """The final notice's deadline while finishing, the handshake's before a session."""
+        if self.closed:
+            return None
+        if self.finishing:
+            return self.finish_deadline
+        return self.handshake_deadline if self.session is None else None
+
+    def handle_timer(self, now: float) -> None:
+        assert self.server is not None
+        if self.finishing:
+            self.server._close(self)  # the peer does not read its final notice
+        elif self.session is None and now >= self.handshake_deadline:
+            self.finish(ErrorNotice(ErrorCode.PROTOCOL_ERROR, "no connect request in time"), now)
+
+    def on_readable(self, now: float) -> None:
+        assert self.server is not None
+        self.server._on_readable(self, now)
+
+    def timer_failed(self, exc: Exception) -> None:
+        log.error("connection_failed", peer=self.peer, reason=repr(exc))
+        if self.server is not None:
+            self.server._close(self)
 
     def take_token(self, now: float) -> bool:
         """One request's worth of this connection's rate (True if it may be served)."""
@@ -222,7 +269,10 @@ class _Connection:
         self.queued.clear()
 
     def wake(self) -> None:
-        self._wake.set()
+        if self.server is not None:
+            self.server._dirty.add(self)  # flushed once the current batch is handled
+        else:
+            self._wake.set()
 
     async def wait(self) -> None:
         await self._wake.wait()
@@ -254,7 +304,7 @@ class _Connection:
                                     "the server's buffer for unread responses is full"))
         self.wake()
 
-    def finish(self, notice: SessionNotice | ErrorNotice) -> None:
+    def finish(self, notice: SessionNotice | ErrorNotice, now: float | None = None) -> None:
         """Send ``notice`` after everything queued, then close (within FINAL_SEND_TIMEOUT
         even if the peer stopped reading)."""
         if not self.finishing:
@@ -263,8 +313,12 @@ class _Connection:
             self.queued.append(final)
             self.queued_bytes += len(final)
             self.budget.queued_bytes += len(final)
-            self.scope.deadline = min(self.scope.deadline,
-                                      trio.current_time() + FINAL_SEND_TIMEOUT)
+            now = trio.current_time() if now is None else now
+            if self.server is not None:
+                self.finish_deadline = now + FINAL_SEND_TIMEOUT
+                self.server._engine.watch(self)
+            else:
+                self.scope.deadline = min(self.scope.deadline, now + FINAL_SEND_TIMEOUT)
             self.wake()
 
 
@@ -296,7 +350,11 @@ class LeaseServer:
         self._snapshot = snapshot
         self._connections: dict[int, _Connection] = {}  # session id -> its connection
         self._budget = _Budget(self.config.limits)
-        self._expiry_scope: trio.CancelScope | None = None
+        self._engine = current_engine()
+        self._dirty: set[_Connection] = set()  # connections with something to write
+        self._held: set[_Connection] = set()  # connections the engine reads for us
+        self._nursery: trio.Nursery | None = None  # for writes that must wait for room
+        self._expiry_armed: float | None = None
         self.restored = 0
 
     # -- running -------------------------------------------------------------------------
@@ -311,23 +369,31 @@ class LeaseServer:
                 log.info("sessions_restored", count=self.restored,
                          keys=len(snapshot.registrations))
         task_status.started()
+        self._engine.watch(self)
         try:
-            while True:
-                deadline = self.state.next_deadline()
-                with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-                    self._expiry_scope = scope
-                    await trio.sleep_forever()
-                self._expiry_scope = None
-                stalls = self.state.tracker.stalls
-                now = trio.current_time()
-                self._apply(self.state.expire(now))
-                if self.state.tracker.stalls != stalls:
-                    log.warning("local_pause_detected", stalls=self.state.tracker.stalls,
-                                late_by=round(now - (deadline or now), 3),
-                                total_stalled=round(self.state.tracker.stalled_for, 3))
+            await trio.sleep_forever()
         finally:
+            self._engine.forget(self)
             if self.store is not None:
                 self.store.close()
+
+    # -- expiry: a timer client of the engine --------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When the tracker's next expiry bucket is due."""
+        self._expiry_armed = self.state.next_deadline()
+        return self._expiry_armed
+
+    def handle_timer(self, now: float) -> None:
+        """Expire what is due; a wake-up late enough to be a stall of our own is reported."""
+        stalls = self.state.tracker.stalls
+        armed = self._expiry_armed
+        self._apply(self.state.expire(now))
+        if self.state.tracker.stalls != stalls:
+            log.warning("local_pause_detected", stalls=self.state.tracker.stalls,
+                        late_by=round(now - (armed or now), 3),
+                        total_stalled=round(self.state.tracker.stalled_for, 3))
+        self._flush_dirty()
 
     async def serve_tcp(
         self, host: str, port: int, *,
@@ -338,14 +404,155 @@ class LeaseServer:
         ``task_status.started`` receives the listeners, as with :func:`trio.serve_tcp` (and
         the other transport plugins); :func:`bound_address` gives the first one's address.
         """
+        try:
+            await self._serve_tcp(host, port, task_status)
+        finally:
+            for conn in list(self._held):  # the engine holds them: a stopped server closes them
+                self._close(conn)
+
+    async def _serve_tcp(self, host: str, port: int,
+                         task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(self.run)
             listeners = await trio.open_tcp_listeners(port, host=host)
             bound = bound_address(listeners)
             log.info("lease_server_listening", host=bound[0], port=bound[1],
                      tick=self.config.tick, data_dir=self.config.data_dir)
             task_status.started(listeners)
-            await trio.serve_listeners(self._handle_tcp, listeners)
+            if self.config.ssl_context is not None or not self._engine.can_read:
+                await trio.serve_listeners(self._handle_tcp, listeners)
+            else:
+                for listener in listeners:
+                    nursery.start_soon(self._accept, listener)
+
+    async def _accept(self, listener: trio.SocketListener) -> None:
+        """Accept connections and hand each socket to the engine: no task per client."""
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("accept_failed", reason=repr(exc), retry_in=ACCEPT_CAPACITY_SLEEP)
+                await trio.sleep(ACCEPT_CAPACITY_SLEEP)
+                continue
+            try:
+                self._open(stream)
+            except Exception as exc:  # a bug must cost one connection, never the server
+                log.exception("connection_handler_failed", reason=repr(exc))
+                stream.socket.close()
+
+    # -- engine mode: one plain socket, no task ------------------------------------------
+
+    def _open(self, stream: trio.SocketStream) -> None:
+        try:
+            address = str(stream.socket.getpeername()[0])
+        except OSError:
+            address = "unknown"
+        now = trio.current_time()
+        conn = _Connection(stream, address, self._budget, now)
+        conn.server = self
+        conn.raw = raw_socket(stream)
+        conn.decoder = MessageDecoder(self.config.max_message_size)
+        conn.handshake_deadline = now + self.config.handshake_timeout
+        budget = self._budget
+        budget.connections += 1
+        assert conn.raw is not None
+        self._held.add(conn)
+        self._engine.add_reader(conn.raw, conn)
+        self._engine.watch(conn)
+        if budget.connections > self.config.limits.max_connections:
+            conn.finish(ErrorNotice(ErrorCode.QUOTA_EXCEEDED,
+                                    f"the server holds its maximum of "
+                                    f"{self.config.limits.max_connections} connections"), now)
+            log.info("connection_refused", peer=address, reason="max_connections")
+            self._flush_dirty()
+
+    def _on_readable(self, conn: _Connection, now: float) -> None:
+        assert conn.raw is not None and conn.decoder is not None
+        try:
+            data = conn.raw.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data or conn.finishing:
+            # The end (or bytes after our final notice, which are not served): close.
+            if not data:
+                self._close(conn)
+            return
+        try:
+            for message in conn.decoder.feed(data):
+                self._on_message(conn, message, now)
+                if conn.finishing:
+                    break
+        except RemoteProtocolError as exc:
+            log.info("protocol_error", peer=conn.peer, reason=str(exc),
+                     session_id=None if conn.session is None else conn.session.id)
+            conn.finish(ErrorNotice(ErrorCode.PROTOCOL_ERROR, str(exc)), now)
+        self._flush_dirty()
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for conn in dirty:
+            self._flush(conn)
+
+    def _flush(self, conn: _Connection) -> None:
+        """Write what is queued straight to the socket; a task finishes what does not fit."""
+        if conn.writing or conn.closed or conn.raw is None:
+            return
+        while True:
+            data = conn.owed or _joined(self._next_chunk(conn))
+            conn.owed = b""
+            if not data:
+                break
+            try:
+                sent = conn.raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._close(conn)
+                return
+            if sent < len(data):
+                conn.owed = data[sent:]
+                conn.writing = True
+                assert self._nursery is not None
+                self._nursery.start_soon(self._finish_writes, conn)
+                return
+        if conn.finishing:
+            self._close(conn)
+
+    async def _finish_writes(self, conn: _Connection) -> None:
+        try:
+            while not conn.closed:
+                data = conn.owed or _joined(self._next_chunk(conn))
+                conn.owed = b""
+                if not data:
+                    break
+                await conn.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self._close(conn)
+            return
+        finally:
+            conn.writing = False
+        if conn.finishing:
+            self._close(conn)
+
+    def _close(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self._held.discard(conn)
+        self._dirty.discard(conn)
+        self._engine.forget(conn)
+        if conn.raw is not None:
+            self._engine.remove_reader(conn.raw)
+        self._budget.connections -= 1
+        conn.release()
+        self._detach(conn)
+        assert isinstance(conn.stream, trio.SocketStream)
+        conn.stream.socket.close()  # wakes a write task waiting on it
 
     async def _handle_tcp(self, stream: trio.SocketStream) -> None:
         try:
@@ -371,10 +578,7 @@ class LeaseServer:
             log.exception("connection_handler_failed", peer=address, reason=repr(exc))
 
     def _rearm(self) -> None:
-        scope = self._expiry_scope
-        deadline = self.state.next_deadline()
-        if scope is not None and deadline is not None and deadline < scope.deadline:
-            scope.deadline = deadline
+        self._engine.watch(self)  # a new session may expire before every other
 
     # -- one connection ------------------------------------------------------------------
 
@@ -418,8 +622,9 @@ class LeaseServer:
                     decoder.feed_eof()
                     break
                 messages = decoder.feed(data)
+                now = trio.current_time()
                 for message in messages:
-                    self._on_message(conn, message)
+                    self._on_message(conn, message, now)
                     if conn.finishing:
                         break
             except RemoteProtocolError as exc:
@@ -471,8 +676,7 @@ class LeaseServer:
 
     # -- requests ------------------------------------------------------------------------
 
-    def _on_message(self, conn: _Connection, message: object) -> None:
-        now = trio.current_time()
+    def _on_message(self, conn: _Connection, message: object, now: float) -> None:
         if not conn.take_token(now):
             rate = self.config.limits.max_request_rate
             if conn.refusals > max(MAX_RATE_REFUSALS, rate):
@@ -587,6 +791,10 @@ class LeaseServer:
         if conn is not None:
             conn.session = None
             conn.finish(SessionNotice(ended.state, ended.reason))
+
+
+def _joined(chunks: list[bytes]) -> bytes:
+    return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
 def bound_address(listeners: list[trio.SocketListener]) -> tuple[str, int]:
