@@ -23,7 +23,7 @@ from typing import Final
 
 import trio
 from wsproto import WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     BytesMessage,
     CloseConnection,
@@ -109,7 +109,9 @@ class WebSocketConnection:
         if max_message_size < 1:
             raise ValueError(f"max_message_size must be at least 1, got {max_message_size!r}")
         self.stream = stream
-        self.ws = ws
+        # Once open, talk to wsproto's connection directly: the opening handshake's state
+        # (an h11 connection and its buffers, ~2 KiB) is then freed.
+        self.ws: WSConnection | Connection = ws.connection if ws.connection is not None else ws
         self.max_message_size = max_message_size
         self.on_receive = on_receive
         self._parsed: Iterator[Event] = iter(())

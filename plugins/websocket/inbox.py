@@ -10,8 +10,6 @@ connection delivers.
 
 from __future__ import annotations
 
-from collections import deque
-
 import trio
 
 from .outbox import Payload
@@ -24,10 +22,10 @@ class Inbox:
         if maxsize < 1:
             raise ValueError(f"maxsize must be at least 1, got {maxsize!r}")
         self.maxsize = maxsize
-        self._items: deque[Payload] = deque()
+        self._items: list[Payload] = []  # short FIFO: a list is ~550 bytes smaller than a deque
         self._closed = False
-        self._data = trio.Event()
-        self._space = trio.Event()
+        self._data: trio.Event | None = None  # made only while someone waits for a message
+        self._space: trio.Event | None = None  # made only while someone waits for room
 
     def __len__(self) -> int:
         return len(self._items)
@@ -52,7 +50,7 @@ class Inbox:
             if self.put_nowait(message):
                 await trio.lowlevel.checkpoint()
                 return
-            if self._space.is_set():
+            if self._space is None:
                 self._space = trio.Event()
             await self._space.wait()
 
@@ -67,11 +65,11 @@ class Inbox:
         while not self._items:
             if self._closed:
                 raise trio.EndOfChannel
-            if self._data.is_set():
+            if self._data is None:
                 self._data = trio.Event()
             await self._data.wait()
-        message = self._items.popleft()
-        self._space.set()
+        message = self._items.pop(0)
+        self._wake_space()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return message
 
@@ -79,17 +77,27 @@ class Inbox:
         """The oldest message, or ``trio.WouldBlock`` when there is none."""
         if not self._items:
             raise trio.WouldBlock
-        message = self._items.popleft()
-        self._space.set()
+        message = self._items.pop(0)
+        self._wake_space()
         return message
 
     def close(self) -> None:
         """No more messages: getters drain what is queued, then see ``EndOfChannel``;
         waiting putters get ``trio.ClosedResourceError``."""
         self._closed = True
-        self._data.set()
-        self._space.set()
+        self._wake_data()
+        self._wake_space()
 
     def _append(self, message: Payload) -> None:
         self._items.append(message)
-        self._data.set()
+        self._wake_data()
+
+    def _wake_data(self) -> None:
+        if self._data is not None:
+            self._data.set()
+            self._data = None
+
+    def _wake_space(self) -> None:
+        if self._space is not None:
+            self._space.set()
+            self._space = None

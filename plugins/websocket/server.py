@@ -238,6 +238,7 @@ async def serve_stream(
         await trio.aclose_forcefully(wrapped)
         return
     conn = WebSocketConnection(wrapped, ws, max_message_size=options.max_message_size)
+    del ws  # the opening handshake's state is not needed any more
     inbox = Inbox(options.receive_buffer)
     outbox = Outbox(options.queue_size, options.overflow, options.on_drop or log_drop, peer=peer)
     detector = (options.detector_factory(options.policy)

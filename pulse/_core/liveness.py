@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pulse._core.detectors import FailureDetector, FixedTimeout
 from pulse._core.policy import HeartbeatPolicy, IdleMode
-from pulse._core.stats import ArrivalWindow, RttStats, RttSummary
+from pulse._core.stats import GapStats, RttStats, RttSummary
 from pulse.actions import (
     Action,
     Close,
@@ -91,32 +90,27 @@ class Liveness:
         self._last_written = now  # completed writes and write progress (observe output)
         self._last_ping = -math.inf
         self.rtt = RttStats()
-        #: Gaps between arrivals (the last 100), for a picture of the peer's rhythm.
-        self.arrivals = ArrivalWindow(max_size=100)
+        #: Gaps between arrivals (weighted over about the last 16), the peer's rhythm.
+        self.arrivals = GapStats()
         self.arrivals.arrival(now)
         self._last_received = now
         self._seq = 0
         self._next_seq = next_seq or self._count
-        self._in_flight: OrderedDict[int, float] = OrderedDict()
+        self._in_flight: dict[int, float] = {}  # in sending order
         self._unanswered = 0
         self._missed = 0
         self.pings_sent = 0
         self.pongs_received = 0
         self._armed: float | None = None
         self._verdict_withheld_until = float("-inf")
-        self._handlers: dict[type, Callable[..., list[Action]]] = {
-            DataReceived: lambda e: self.data_received(e.now),
-            DataSent: lambda e: self.data_sent(e.now),
-            OutputProgress: lambda e: self.output_progress(e.now),
-            PongReceived: lambda e: self.pong(e.now, e.seq),
-            Tick: lambda e: self.handle_timer(e.now),
-        }
 
     # -- events ---------------------------------------------------------------------------
 
     def handle(self, event: Event) -> list[Action]:
         """Feed one event object; same as calling the matching method."""
-        return self._handlers[type(event)](event)
+        if isinstance(event, PongReceived):
+            return self.pong(event.now, event.seq)
+        return _EVENT_METHODS[type(event)](self, event.now)
 
     def data_received(self, now: float) -> list[Action]:
         """Any data from the peer arrived."""
@@ -194,7 +188,7 @@ class Liveness:
         seq = self._next_seq()
         self._in_flight[seq] = now
         while len(self._in_flight) > MAX_PINGS_IN_FLIGHT:
-            self._in_flight.popitem(last=False)
+            del self._in_flight[next(iter(self._in_flight))]
         self.pings_sent += 1
         return SendPing(seq, now)
 
@@ -274,3 +268,12 @@ class Liveness:
             self.pongs_received, max(0.0, now - self._last_received), suspicion,
             self.arrivals.mean(), self.arrivals.std(),
         )
+
+
+#: The method each event object stands for (PongReceived, which carries a seq, aside).
+_EVENT_METHODS: dict[type, Callable[[Liveness, float], list[Action]]] = {
+    DataReceived: Liveness.data_received,
+    DataSent: Liveness.data_sent,
+    OutputProgress: Liveness.output_progress,
+    Tick: Liveness.handle_timer,
+}

@@ -68,6 +68,46 @@ class RttStats:
         )
 
 
+class GapStats:
+    """Mean and standard deviation of the gaps between arrivals, weighted exponentially
+    (weight ``alpha`` for the newest gap: about the last ``1 / alpha`` gaps count), in O(1)
+    memory — for a per-connection picture of the peer's rhythm that costs three floats."""
+
+    __slots__ = ("_alpha", "_count", "_last", "_mean", "_var")
+
+    def __init__(self, alpha: float = 1 / 16) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+        self._alpha = alpha
+        self._last: float | None = None
+        self._count = 0
+        self._mean = 0.0
+        self._var = 0.0
+
+    def arrival(self, now: float) -> None:
+        """Record an arrival at ``now`` (out-of-order times count as a zero gap)."""
+        last, self._last = self._last, now if self._last is None else max(self._last, now)
+        if last is None:
+            return
+        gap = max(0.0, now - last)
+        self._count += 1
+        if self._count == 1:
+            self._mean = gap
+            return
+        diff = gap - self._mean
+        step = self._alpha * diff
+        self._mean += step
+        self._var = (1 - self._alpha) * (self._var + diff * step)
+
+    def mean(self) -> float:
+        """The weighted mean gap (0 before two arrivals)."""
+        return self._mean
+
+    def std(self) -> float:
+        """The weighted standard deviation of the gaps (0 before three arrivals)."""
+        return math.sqrt(self._var)
+
+
 #: Recompute the window's running sums when an evicted sample's square exceeds this many
 #: times the remaining sum of squares (the subtraction then loses the small samples' bits).
 _RESYNC_RATIO = 1e6

@@ -190,3 +190,30 @@ def test_window_validation(kwargs: dict[str, object], name: str) -> None:
     """max_size must be an integer >= 1 and min_sample a finite number >= 0."""
     with pytest.raises(ValueError, match=name):
         ArrivalWindow(**kwargs)  # type: ignore[arg-type]
+
+
+def test_gap_stats_follow_the_recent_rhythm_in_constant_memory() -> None:
+    """GapStats: steady gaps give their value and no spread; a new rhythm takes over within
+    a few dozen gaps; it keeps three floats whatever the number of arrivals."""
+    from pulse._core.stats import GapStats
+
+    stats = GapStats(alpha=1 / 16)
+    assert (stats.mean(), stats.std()) == (0.0, 0.0)
+    for t in range(101):
+        stats.arrival(float(t))
+    assert stats.mean() == pytest.approx(1.0) and stats.std() == pytest.approx(0.0)
+    now = 100.0
+    for _ in range(100):
+        now += 3.0
+        stats.arrival(now)
+    assert stats.mean() == pytest.approx(3.0, rel=0.01)
+    gaps = [1.0, 3.0] * 200
+    mixed = GapStats(alpha=1 / 16)
+    now = 0.0
+    mixed.arrival(now)
+    for gap in gaps:
+        now += gap
+        mixed.arrival(now)
+    assert mixed.mean() == pytest.approx(2.0, abs=0.1)
+    assert mixed.std() == pytest.approx(1.0, abs=0.15)
+    assert not hasattr(mixed, "__dict__")
