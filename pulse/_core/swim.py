@@ -91,8 +91,8 @@ __all__ = [
 COMPOUND_HEADER_OVERHEAD = 2
 COMPOUND_OVERHEAD = 2
 #: Version vector we announce: memberlist protocol 1..5 speaking 2, and delegate (Serf)
-#: protocol 2..5 speaking 4, which is what a Serf 0.8 agent announces.
-DEFAULT_VSN = (1, 5, 2, 2, 5, 4)
+#: protocol 2..5 speaking 5, which is what a Serf 0.8 agent announces.
+DEFAULT_VSN = (1, 5, 2, 2, 5, 5)
 
 
 @dataclass(frozen=True, slots=True)
