@@ -305,7 +305,8 @@ def test_stream_byte_limit_at_the_boundary() -> None:
 
 def test_stream_member_count_limit_at_the_boundary() -> None:
     """max_nodes members are accepted; a header announcing one more is refused before reading them."""
-    states = tuple(PushNodeState(f"n{i}", ("10.0.0.1", i + 1), b"", 1, NodeState.ALIVE, VSN) for i in range(3))
+    states = tuple(PushNodeState(f"n{i}", ("10.0.0.1", i + 1), b"", 1, NodeState.ALIVE, VSN)
+                   for i in range(3))
     raw = encode_stream(PushPull(False, states))
     assert len(decode_stream(raw, max_nodes=3).states) == 3  # type: ignore[union-attr]
     with pytest.raises(GossipProtocolError, match="members"):
@@ -343,7 +344,8 @@ def test_lzw_known_vectors_from_go() -> None:
     """Go's compress/lzw test vectors (LSB, width 8) decode; our encoder matches Go >= 1.17's output."""
     tobe = b"TOBEORNOTTOBEORTOBEORNOT"
     # Written by Go before 1.17 (no leading clear code): from Go's reader tests.
-    assert lzw.decompress(b"\x54\x9e\x08\x29\xf2\x44\x8a\x93\x27\x54\x04\x12\x34\xb8\xb0\xe0\xc1\x84\x01\x01") == tobe
+    old = b"\x54\x9e\x08\x29\xf2\x44\x8a\x93\x27\x54\x04\x12\x34\xb8\xb0\xe0\xc1\x84\x01\x01"
+    assert lzw.decompress(old) == tobe
     assert lzw.decompress(b"\x01\x01") == b""
     # Written by Go 1.17+ (leading clear code).
     modern = b"\x00\xa9<\x11R\xe4\x89\x14'O\xa8\x08$hpa\xc1\x83\t\x03\x02"
