@@ -358,6 +358,11 @@ class Swim:
         """How many times the pending gossip about ``node`` has been sent."""
         return self._queue.transmits(node)
 
+    def clear_gossip(self) -> None:
+        """Forget every pending broadcast (a simulation starting from a converged group uses it,
+        so the bootstrap does not flood the network with news everyone already has)."""
+        self._queue = BroadcastQueue()
+
     def retransmit_limit(self) -> int:
         """How many times each gossip message is sent at the current cluster size."""
         return retransmit_limit(self.config.retransmit_mult, len(self._nodes))

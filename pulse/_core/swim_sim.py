@@ -11,6 +11,9 @@ lost. Three kinds of member:
   miss acks and refutations that did arrive;
 * **killed** members stop at ``kill_at``: they neither answer nor send.
 
+The run starts from a converged group: every member knows every other (incarnation 1) and
+has no pending gossip.
+
 A false positive is a ``failed`` event, at any member, about a member that was not killed
 (or before it was killed). Detection time is from the kill to the first ``failed`` event about
 the killed member anywhere (``first``) and to the moment every live member has it as failed
@@ -127,7 +130,8 @@ class _Sim:
         full = PushPull(False, tuple(PushNodeState(f"m{i}", _addr(i), b"", 1, NodeState.ALIVE,
                                                    self.machines[i].config.vsn) for i in indices))
         for i, m in enumerate(self.machines):
-            self._dispatch(i, m.stream_reply_received(0.0, _addr((i + 1) % cfg.n), full))
+            m.stream_reply_received(0.0, _addr((i + 1) % cfg.n), full)
+            m.clear_gossip()  # a converged group: nobody has news to spread
             self._arm(i)
         for i, t in cfg.kills:
             self._push(t, 3, i, None)
