@@ -798,3 +798,23 @@ def test_cluster_member_refutes_a_false_suspicion() -> None:
     assert not [e for _, e in net.events if e.kind == MemberEventKind.FAILED]
     assert net.machines[addr(2)].incarnation == 2
     assert all(m.member("n2").incarnation == 2 for m in net.machines.values())  # type: ignore[union-attr]
+
+
+def test_crc_is_requested_only_for_protocol_5_peers() -> None:
+    """Packets to members announcing protocol 5 ask for the CRC header; older or unknown ones not."""
+    m = make(0)
+    m.packet_received(0.0, addr(1), alive(1))  # vsn pmax 5
+    m.packet_received(0.0, addr(2), alive(2, vsn=(1, 4, 2, 2, 5, 5)))
+    (to_new,) = sent(m.packet_received(1.0, addr(1), Ping(1, "n0", addr(1), "n1")))
+    (to_old,) = sent(m.packet_received(1.0, addr(2), Ping(2, "n0", addr(2), "n2")))
+    (to_unknown,) = sent(m.packet_received(1.0, addr(7), Ping(3, "n0", addr(7), "n7")))
+    assert (to_new.crc, to_old.crc, to_unknown.crc) == (True, False, False)
+
+
+def test_clear_gossip_forgets_pending_broadcasts() -> None:
+    """clear_gossip() empties the broadcast queue (used to start simulations converged)."""
+    m = make(0)
+    with_peers(m, 3)
+    assert m.pending_gossip()
+    m.clear_gossip()
+    assert m.pending_gossip() == []
