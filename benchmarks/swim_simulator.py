@@ -45,7 +45,20 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300.0)
     parser.add_argument("--delays", default="0,2,5,10,20")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--load", default="",
+                        help="comma-separated sizes: only measure the message load of a quiet group "
+                             "(1 %% loss, no slow or killed members) at each size")
     args = parser.parse_args()
+    if args.load:
+        print(f"message load, quiet group, {args.duration:.0f} s simulated, loss 1 %")
+        for n in (int(x) for x in args.load.split(",")):
+            for label, lifeguard in (("SWIM", False), ("Lifeguard", True)):
+                r = run(SimConfig(n=n, duration=args.duration, lifeguard=lifeguard, loss=0.01,
+                                  seed=args.seed))
+                print(f"N={n:<6} {label:<10} packets sent/member/s {r.msgs_per_member_per_second:5.2f}  "
+                      f"received {r.packets_received / (n * args.duration):5.2f}  "
+                      f"false positives {r.false_positives}", flush=True)
+        return
     delays = [float(d) for d in args.delays.split(",")]
     variants: list[tuple[str, bool, tuple[tuple[str, object], ...]]] = [
         ("SWIM", False, ()),
