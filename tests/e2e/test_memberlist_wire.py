@@ -53,10 +53,11 @@ class SerfAgent:
         self.port = _free_port()
         self.rpc = _free_port()
         args = [str(SERF), "agent", "-node", name, "-bind", f"127.0.0.1:{self.port}",
-                "-rpc-addr", f"127.0.0.1:{self.rpc}", "-log-level", "debug"]
+                "-rpc-addr", f"127.0.0.1:{self.rpc}"]
         for key, value in tags.items():
             args += ["-tag", f"{key}={value}"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # Output is discarded: an unread pipe could fill up and stall the agent.
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
