@@ -437,3 +437,12 @@ def test_lzw_garbage_raises_only_lzw_errors(data: bytes) -> None:
         lzw.decompress(data, max_output=100_000)
     except lzw.LzwError:
         pass
+
+
+@given(packet_messages)
+@settings(max_examples=300)
+def test_core_size_estimate_never_underestimates_the_encoding(msg: PacketMessage) -> None:
+    """The core's wire_size() (used to fill UDP packets) is an upper bound of the real encoding."""
+    from pulse._core.swim_messages import wire_size
+
+    assert len(encode_message(msg)) <= wire_size(msg)
