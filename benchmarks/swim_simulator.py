@@ -1,7 +1,8 @@
 """SWIM vs SWIM+Lifeguard with slow members: the Lifeguard paper's experiment, simulated.
 
 Run:  python benchmarks/swim_simulator.py [--n 100] [--duration 300] [--delays 0,2,5,10,20]
-      python benchmarks/swim_simulator.py --n 1000 --duration 60 --delays 10
+      python benchmarks/swim_simulator.py --n 1000 --duration 120 --delays 10 --slow 5
+      python benchmarks/swim_simulator.py --load 100,1000 --duration 60
 
 N pure SWIM machines (pulse._core.swim, memberlist LAN defaults) run in one process in
 virtual time over a simulated network (1 ms + up to 1 ms latency, 1 % packet loss). 5 % of
@@ -30,12 +31,12 @@ def _fmt(v: float | None) -> str:
 
 
 def scenario(n: int, duration: float, delay: float, lifeguard: bool, seed: int,
-             swim: tuple[tuple[str, object], ...] = ()) -> SimConfig:
-    """The slow-member scenario for one protocol variant."""
+             swim: tuple[tuple[str, object], ...] = (), slow: int | None = None) -> SimConfig:
+    """The slow-member scenario for one protocol variant (``slow`` defaults to 5 % of n)."""
     kills = tuple((i, 20.0 + i * (duration - 60.0) / 10) for i in range(10))
+    count = max(1, n // 20) if slow is None else slow
     return SimConfig(n=n, duration=duration, lifeguard=lifeguard, loss=0.01, latency=0.001, jitter=0.001,
-                     slow=max(1, n // 20) if delay > 0 else 0, slow_delay=delay, kills=kills, seed=seed,
-                     swim=swim)
+                     slow=count if delay > 0 else 0, slow_delay=delay, kills=kills, seed=seed, swim=swim)
 
 
 def main() -> None:
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300.0)
     parser.add_argument("--delays", default="0,2,5,10,20")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--slow", type=int, default=None, help="number of slow members (default: 5 %% of n)")
     parser.add_argument("--load", default="",
                         help="comma-separated sizes: only measure the message load of a quiet group "
                              "(1 %% loss, no slow or killed members) at each size")
@@ -65,7 +67,8 @@ def main() -> None:
         ("Lifeguard", True, ()),
         ("Lifeguard, mult 3", True, (("suspicion_mult", 3),)),
     ]
-    print(f"N={args.n}, {args.duration:.0f} s simulated, loss 1 %, slow members {max(1, args.n // 20)} "
+    slow = max(1, args.n // 20) if args.slow is None else args.slow
+    print(f"N={args.n}, {args.duration:.0f} s simulated, loss 1 %, slow members {slow} "
           f"(when delay > 0), 10 kills, seed {args.seed}")
     header = (f"{'delay':>6} {'protocol':<18} {'FP healthy':>10} {'FP slow':>8} {'detect 1st':>10} "
               f"{'detect all':>10} {'missed':>6} {'pkts/member/s':>13} {'wall':>6}")
@@ -75,7 +78,7 @@ def main() -> None:
         results: dict[str, SimResult] = {}
         for label, lifeguard, swim in variants:
             started = time.perf_counter()
-            r = run(scenario(args.n, args.duration, delay, lifeguard, args.seed, swim))
+            r = run(scenario(args.n, args.duration, delay, lifeguard, args.seed, swim, args.slow))
             wall = time.perf_counter() - started
             results[label] = r
             print(f"{delay:6.1f} {label:<18} {r.false_positives_healthy:>10} {r.false_positives_slow:>8} "
