@@ -7,12 +7,14 @@ cd "$(dirname "$0")/.."
 log() { printf '\n== %s\n' "$*"; }
 
 # System packages: ZooKeeper (real-server interop tests), iproute2 + iptables (network
-# namespace fault tests). Installed only when missing and only as root.
+# namespace fault tests), serf (memberlist wire tests). Installed only when missing and only as root.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     need=()
     [ -e /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
     command -v ip >/dev/null 2>&1 || need+=(iproute2)
     command -v iptables >/dev/null 2>&1 || need+=(iptables)
+    # serf (a memberlist agent) for the gossip wire tests; memberlist's source documents the format.
+    command -v serf >/dev/null 2>&1 || need+=(serf golang-github-hashicorp-memberlist-dev)
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
     if [ ${#need[@]} -gt 0 ]; then
         log "apt-get install ${need[*]}"
