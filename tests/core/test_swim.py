@@ -6,6 +6,7 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pytest
 
@@ -122,7 +123,7 @@ def next_probe(m: Swim, limit: float = 1000.0) -> tuple[float, Ping, list[SwimAc
     while True:
         t, acts = step(m)
         assert t < limit
-        pings = [msg for _, msg in messages(acts, Ping)]
+        pings = [msg for _, msg in messages(acts, Ping) if isinstance(msg, Ping)]
         if pings:
             return t, pings[0], acts
 
@@ -710,7 +711,8 @@ def test_dead_members_are_reaped_after_gossip_to_the_dead_time() -> None:
 
     def answer(t: float, acts: list[SwimAction]) -> None:
         for a, msg in messages(acts, Ping):
-            m.packet_received(t, a, Ack(msg.seq_no))  # type: ignore[attr-defined]
+            assert isinstance(msg, Ping)
+            m.packet_received(t, a, Ack(msg.seq_no))
 
     run_until(m, 40.0, answer)
     assert m.member("n3") is None
@@ -734,7 +736,7 @@ def test_handle_timer_before_the_deadline_does_nothing() -> None:
 class Net:
     """Zero-loss in-memory network of machines with a fixed latency (virtual time)."""
 
-    def __init__(self, n: int, latency: float = 0.002, seed: int = 1, **kw: object) -> None:
+    def __init__(self, n: int, latency: float = 0.002, seed: int = 1, **kw: Any) -> None:
         self.machines = {addr(i): make(i, seed=seed + i, **kw) for i in range(n)}
         self.latency = latency
         self.dead: set[Addr] = set()
