@@ -48,10 +48,12 @@ from pulse.frames import (
     Data,
     Frame,
     FrameDecoder,
+    FrameType,
     Hello,
     Ping,
     Pong,
     encode_frame,
+    encode_heartbeat,
 )
 from pulse.frames import Close as CloseFrame
 
@@ -107,7 +109,7 @@ class HeartbeatConnection:
         self._on_event = on_event
         self._close_reason: str | None = None
         self._close_error: PulseError | None = None
-        self._closed = trio.Event()
+        self._is_closed = False
         self._held: deque[Any] = deque()  # messages the application's queue had no room for
         self._held_bytes = 0  # bytes read since the first of them
         #: Bytes read past a full receive queue before reading stops (TCP then pushes back).
@@ -138,7 +140,7 @@ class HeartbeatConnection:
     @property
     def closed(self) -> bool:
         """True once the connection is closed, for whatever reason."""
-        return self._closed.is_set()
+        return self._is_closed
 
     @property
     def close_reason(self) -> str | None:
@@ -247,7 +249,7 @@ class HeartbeatConnection:
     def _carry_out(self, actions: list[Action], now: float) -> None:
         for action in actions:
             if isinstance(action, SendPing):
-                if self._control.send(encode_frame(Ping(action.seq, action.now))):
+                if self._control.send(encode_heartbeat(FrameType.PING, action.seq, action.now)):
                     self._liveness.data_sent(now)
             else:
                 self._on_action(action)
@@ -339,7 +341,7 @@ class HeartbeatConnection:
         if isinstance(frame, Ping):
             # Answered at once, from wherever the ping was read; a peer that pings faster
             # than it reads our pongs fills the control backlog and surplus pongs are dropped.
-            if self._control.send(encode_frame(frame.pong())):
+            if self._control.send(encode_heartbeat(FrameType.PONG, frame.seq, frame.ts)):
                 self._liveness.data_sent(now)
         elif isinstance(frame, Data):
             self._deliver(frame.payload)
@@ -481,7 +483,7 @@ class HeartbeatConnection:
             return
         self._close_reason = reason
         self._close_error = error
-        self._closed.set()
+        self._is_closed = True
         self._engine.forget(self)
         self._stop_reading()
         self._control.close()
