@@ -150,7 +150,24 @@ class WebSocketConnection:
             result = self._interpret(event)
             if result is not None:
                 return result
+        self._check_declared_length()
         return None
+
+    def _check_declared_length(self) -> None:
+        """Refuse (1009) a frame whose header already declares more than the message limit,
+        before any of its payload is waited for."""
+        proto = getattr(self.ws, "_proto", None)  # wsproto's frame decoder, where available
+        decoder = getattr(proto, "_frame_decoder", None)
+        header = getattr(decoder, "header", None)
+        declared = getattr(header, "payload_len", None)
+        consumed = getattr(decoder, "payload_consumed", 0)
+        if not isinstance(declared, int) or not isinstance(consumed, int):
+            return
+        if self._fragments_size + declared - consumed > self.max_message_size:
+            raise MessageTooBig(
+                f"a frame declares {declared} bytes: the message would exceed the limit of "
+                f"{self.max_message_size} bytes"
+            )
 
     def feed(self, data: bytes | bytearray) -> None:
         """Bytes read from the stream (empty: the stream ended); then call :meth:`next_event`

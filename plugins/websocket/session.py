@@ -91,6 +91,9 @@ doubled) may mean the buffer is full and the peer flow-controlled."""
 
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_INTERNAL_ERROR: Final = 1011
+#: Control frames queued for the writer at most (our own pings aside): a peer that sends
+#: pings and never reads cannot grow the queue.
+MAX_QUEUED_CONTROL: Final = 16
 CLOSE_NORMAL: Final = 1000
 CLOSE_ABNORMAL: Final = 1006
 CLOSE_PEER_TIMEOUT: Final = CLOSE_INTERNAL_ERROR
@@ -630,6 +633,15 @@ class Session:
         self._work.set()
 
     def _queue_control(self, item: _Control) -> None:
+        if item.kind is _Kind.PONG:
+            # RFC 6455 5.5.3: answering only the latest ping is enough. A peer that pings
+            # and never reads keeps one pong queued, not one per ping.
+            for index, queued in enumerate(self._control):
+                if queued.kind is _Kind.PONG:
+                    self._control[index] = item
+                    return
+        elif item.seq is None and len(self._control) >= MAX_QUEUED_CONTROL:
+            return  # an in-band pong to a peer that does not read: dropped
         self._control.append(item)
         self._wake()
 
