@@ -35,7 +35,6 @@ a :class:`HeartbeatTimer` share one wheel and one sleeping task, however many th
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Generic, NoReturn, Protocol, TypeVar
@@ -54,6 +53,7 @@ from pulse._core.channel_heartbeat import (
 from pulse._core.stats import RttSummary
 from pulse._core.wheel import DEFAULT_SLOTS, DEFAULT_TICK, HashedWheel, Timer
 from pulse._log import get_logger
+from pulse._trio.engine import current_engine
 from pulse.actions import (
     Action,
     Close,
@@ -243,7 +243,8 @@ class RpcChannel(Generic[M]):
 
 
 class HeartbeatTimer:
-    """The one timer of many channels: a hashed wheel and a single trio task (:meth:`run`).
+    """The one timer of many channels: a hashed wheel on the process's engine while
+    :meth:`run` runs (no task or cancel scope of its own per channel, nor for the wheel).
 
     ``tick`` bounds the precision (timers fire at most one tick late) and should be well
     below the shortest heartbeat in use; Dubbo uses 1 s ticks and 128 slots. Must be created
@@ -255,7 +256,8 @@ class HeartbeatTimer:
             trio.current_time(), tick=tick, slots=slots
         )
         self._channels: set[RpcChannel[Any]] = set()
-        self._sleep: trio.CancelScope | None = None
+        self._engine = current_engine()
+        self._running = False
         self.wakeups = 0
         self.fired = 0
 
@@ -304,11 +306,9 @@ class HeartbeatTimer:
         deadline = channel.core.next_deadline()
         if deadline is None:
             return
-        entry = self._wheel.schedule(deadline, channel)
-        channel._entry = entry
-        wake = self._wheel.tick_time(entry.tick)
-        if self._sleep is not None and wake < self._sleep.deadline:
-            self._sleep.deadline = wake
+        channel._entry = self._wheel.schedule(deadline, channel)
+        if self._running:
+            self._engine.watch(self)  # the wheel's next tick may have moved earlier
 
     def _remove(self, channel: RpcChannel[M]) -> None:
         self._channels.discard(channel)
@@ -317,24 +317,32 @@ class HeartbeatTimer:
             channel._entry = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
-        """Sleep until the wheel's next deadline, fire what is due, repeat; forever."""
+        """Drive the wheel from the process's engine until cancelled: due channels fire at
+        the wheel's deadlines."""
+        self._running = True
+        self._engine.watch(self)
         task_status.started()
-        while True:
-            deadline = self._wheel.next_deadline()
-            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-                self._sleep = scope
-                await trio.sleep_forever()
-            self._sleep = None
-            now = trio.current_time()
-            self.wakeups += 1
-            for channel in self._wheel.handle_timer(now):
-                self.fired += 1
-                try:
-                    channel._fire(now)
-                except Exception as exc:  # a framework hook failed: only its channel pays
-                    reason = f"heartbeat hook failed: {exc!r}"
-                    log.error("hook_failed", peer=channel.peer, reason=reason)
-                    channel.close(reason)
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._running = False
+            self._engine.forget(self)
+
+    def next_deadline(self) -> float | None:
+        """The wheel's next tick with a timer in it (the engine's timer contract)."""
+        return self._wheel.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every channel due at ``now``; a failing framework hook costs its channel."""
+        self.wakeups += 1
+        for channel in self._wheel.handle_timer(now):
+            self.fired += 1
+            try:
+                channel._fire(now)
+            except Exception as exc:  # a framework hook failed: only its channel pays
+                reason = f"heartbeat hook failed: {exc!r}"
+                log.error("hook_failed", peer=channel.peer, reason=reason)
+                channel.close(reason)
 
 
 def tick_for(timing: ChannelTiming) -> float:
