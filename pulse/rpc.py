@@ -168,22 +168,22 @@ class RpcChannel(Generic[M]):
 
     def read(self) -> None:
         """A frame (any frame) was read from the peer."""
-        self._apply(self.core.read(trio.current_time()))
+        self._apply(self.core.read(self._timer.now()))
 
     def wrote(self) -> None:
         """A write to the peer completed."""
-        self.core.write(trio.current_time())
+        self.core.write(self._timer.now())
 
     def heartbeat_request(self, request_id: int) -> M:
         """The peer sent heartbeat ``request_id``; returns the response to send back."""
-        self._apply(self.core.heartbeat_request(trio.current_time()))
+        self._apply(self.core.heartbeat_request(self._timer.now()))
         return self._messages.response(request_id)
 
     def heartbeat_response(self, request_id: int) -> bool:
         """A heartbeat response arrived; True if it answered one of this channel's heartbeats
         (its round trip is then recorded). Counts as a read either way."""
         ours = self.core.is_heartbeat_id(request_id)
-        self._apply(self.core.heartbeat_response(trio.current_time(), request_id))
+        self._apply(self.core.heartbeat_response(self._timer.now(), request_id))
         return ours
 
     def is_heartbeat(self, request_id: int) -> bool:
@@ -211,7 +211,7 @@ class RpcChannel(Generic[M]):
 
     def stats(self) -> ChannelStats:
         """A snapshot of this channel's heartbeat statistics now."""
-        return self.core.stats(trio.current_time())
+        return self.core.stats(self._timer.now())
 
     # -- the timer drives ----------------------------------------------------------------------
 
@@ -253,7 +253,7 @@ class HeartbeatTimer:
 
     def __init__(self, *, tick: float = DEFAULT_TICK, slots: int = DEFAULT_SLOTS) -> None:
         self._wheel: HashedWheel[RpcChannel[Any]] = HashedWheel(
-            trio.current_time(), tick=tick, slots=slots
+            current_engine().now(), tick=tick, slots=slots
         )
         self._channels: set[RpcChannel[Any]] = set()
         self._engine = current_engine()
@@ -265,6 +265,10 @@ class HeartbeatTimer:
     def tick(self) -> float:
         """Seconds per wheel tick."""
         return self._wheel.tick
+
+    def now(self) -> float:
+        """The engine's clock, which the channels' timestamps are taken from."""
+        return self._engine.now()
 
     def __len__(self) -> int:
         """Open channels."""
@@ -296,7 +300,7 @@ class HeartbeatTimer:
                 "late, which would look like a local pause; see tick_for()"
             )
         allocate = ids if ids is not None else RequestIds()
-        core = ChannelHeartbeat(role, timing, trio.current_time(), next_request_id=allocate)
+        core = ChannelHeartbeat(role, timing, self._engine.now(), next_request_id=allocate)
         channel = RpcChannel(self, core, hooks, messages, allocate, peer)
         self._channels.add(channel)
         self._arm(channel)

@@ -313,7 +313,7 @@ class _Connection:
             self.queued.append(final)
             self.queued_bytes += len(final)
             self.budget.queued_bytes += len(final)
-            now = trio.current_time() if now is None else now
+            now = current_engine().now() if now is None else now
             if self.server is not None:
                 self.finish_deadline = now + FINAL_SEND_TIMEOUT
                 self.server._engine.watch(self)
@@ -363,7 +363,7 @@ class LeaseServer:
         """Restore durable state, then expire sessions until cancelled."""
         if self._snapshot is not None:
             snapshot, self._snapshot = self._snapshot, None
-            self.state.restore(snapshot.sessions, snapshot.registrations, trio.current_time())
+            self.state.restore(snapshot.sessions, snapshot.registrations, self._engine.now())
             self.restored = len(snapshot.sessions)
             if self.restored:
                 log.info("sessions_restored", count=self.restored,
@@ -450,7 +450,7 @@ class LeaseServer:
             address = str(stream.socket.getpeername()[0])
         except OSError:
             address = "unknown"
-        now = trio.current_time()
+        now = self._engine.now()
         conn = _Connection(stream, address, self._budget, now)
         conn.server = self
         conn.raw = raw_socket(stream)
@@ -584,7 +584,7 @@ class LeaseServer:
 
     async def handle_stream(self, stream: trio.abc.Stream, address: str) -> None:
         """Serve one client connection until it closes, fails or its session ends."""
-        conn = _Connection(stream, address, self._budget, trio.current_time())
+        conn = _Connection(stream, address, self._budget, self._engine.now())
         budget = self._budget
         budget.connections += 1
         if budget.connections > self.config.limits.max_connections:
@@ -607,7 +607,7 @@ class LeaseServer:
 
     async def _read_loop(self, conn: _Connection) -> None:
         decoder = MessageDecoder(self.config.max_message_size)
-        handshake = trio.current_time() + self.config.handshake_timeout
+        handshake = self._engine.now() + self.config.handshake_timeout
         while not conn.finishing:
             try:
                 with trio.fail_at(handshake) if conn.session is None else nullcontext():
@@ -622,7 +622,7 @@ class LeaseServer:
                     decoder.feed_eof()
                     break
                 messages = decoder.feed(data)
-                now = trio.current_time()
+                now = self._engine.now()
                 for message in messages:
                     self._on_message(conn, message, now)
                     if conn.finishing:

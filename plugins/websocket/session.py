@@ -199,9 +199,9 @@ class Session:
         self._on_liveness = on_liveness
         self._inbox = inbox
         self._target = inbox
-        self.liveness = Liveness(policy, trio.current_time(), detector=detector)
-        conn.on_receive = self._received
         self._engine = current_engine()
+        self.liveness = Liveness(policy, self._engine.now(), detector=detector)
+        conn.on_receive = self._received
         self._raw = raw_socket(conn.stream)
         self._owed = b""  # the rest of a control frame the socket took only part of
         self._reading: socket.socket | None = None  # set while the engine reads for us
@@ -225,7 +225,7 @@ class Session:
         self._end: SessionEnd | None = None
         self._ended = trio.Event()
         self._unsubscribe = outbox.subscribe(self._wake)
-        self.opened_at = trio.current_time()
+        self.opened_at = self._engine.now()
 
     # -- public controls ------------------------------------------------------------------
 
@@ -292,7 +292,7 @@ class Session:
 
     def stats(self) -> PeerStats:
         """RTT, missed beats and silence of the peer now."""
-        return self.liveness.stats(trio.current_time())
+        return self.liveness.stats(self._engine.now())
 
     def unconfirmed(self) -> list[Entry]:
         """Messages written but not yet confirmed by a pong, oldest first."""
@@ -353,7 +353,7 @@ class Session:
         self._ended.set()
         conn = self.conn
         graceful = not cancelled and end.initiator is Initiator.LOCAL and not end.peer_dead
-        deadline = trio.current_time() + self._grace()
+        deadline = self._engine.now() + self._grace()
         if end.initiator is not Initiator.NETWORK and not conn.write_interrupted:
             with trio.move_on_at(deadline):
                 try:
@@ -393,7 +393,7 @@ class Session:
             leftovers.append(self._inbound_pending)
             self._inbound_pending = None
         if not until_close:
-            deadline = min(deadline, trio.current_time() + LEFTOVER_READ_TIME)
+            deadline = min(deadline, self._engine.now() + LEFTOVER_READ_TIME)
         with trio.move_on_at(deadline):
             try:
                 while True:
@@ -545,7 +545,7 @@ class Session:
         return False
 
     def _on_pong(self, seq: int) -> None:
-        now = trio.current_time()
+        now = self._engine.now()
         self._carry_out(self.liveness.pong(now, seq), now)
         confirmed = None
         while self._markers and self._markers[0][0] <= seq:
@@ -580,7 +580,7 @@ class Session:
         self.end(f"internal error: {exc!r}", CLOSE_INTERNAL_ERROR, Initiator.LOCAL)
 
     def _received(self) -> None:
-        self.liveness.data_received(trio.current_time())
+        self.liveness.data_received(self._engine.now())
 
     def _carry_out(self, actions: list[Action], now: float) -> None:
         for action in actions:
@@ -669,7 +669,7 @@ class Session:
             self._owed = data[sent:]
             self._wake()
         else:
-            self.liveness.data_sent(trio.current_time())
+            self.liveness.data_sent(self._engine.now())
 
     def _room(self) -> int:
         """How many more messages the unconfirmed window admits now."""
@@ -725,7 +725,7 @@ class Session:
                 buffer += self._encode_control(ping, written=self._written + len(entries))
         if buffer:
             await conn.write(bytes(buffer))
-            self.liveness.data_sent(trio.current_time())
+            self.liveness.data_sent(self._engine.now())
             for _ in directs:
                 self._direct.pop(0).done.set()
             for entry in entries:
@@ -774,7 +774,7 @@ class Session:
 
     def _confirmation_ping(self) -> _Control | None:
         """A new confirmation ping (registered with the liveness machine), or None."""
-        action = next(iter(self.liveness.request_ping(trio.current_time())), None)
+        action = next(iter(self.liveness.request_ping(self._engine.now())), None)
         if not isinstance(action, SendPing):
             return None
         self._confirm_pending = True
@@ -807,11 +807,11 @@ class Session:
             if self._end is not None:
                 return False  # it stays queued; a close frame may follow a fragment
             await conn.write(conn.encode_message(message[start:start + size], final=final))
-            self.liveness.output_progress(trio.current_time())
+            self.liveness.output_progress(self._engine.now())
             # RFC 6455 lets control frames (not data frames) pass between fragments.
             control = bytearray()
             while self._control and self._control[0].kind is not _Kind.INBAND:
                 control += self._encode_control(self._control.pop(0))
             await conn.write(bytes(control))
-        self.liveness.data_sent(trio.current_time())
+        self.liveness.data_sent(self._engine.now())
         return True

@@ -107,6 +107,14 @@ class Engine:
         #: The longest such delay seen, in seconds.
         self.worst_stall = 0.0
 
+    # -- the clock ------------------------------------------------------------------------
+
+    @staticmethod
+    def now() -> float:
+        """The current time on the loop's clock: the one clock drivers and plugins use
+        (virtual under trio's ``MockClock``)."""
+        return trio.current_time()
+
     # -- registering ----------------------------------------------------------------------
 
     def watch(self, client: TimerClient) -> None:
