@@ -63,6 +63,18 @@ from pulse._core.backoff import Backoff
 from pulse.actions import Reconnect
 from pulse.errors import PulseError, ReconnectGaveUp
 
+#: The default reconnect backoff of every pulse client (see :func:`default_backoff`).
+DEFAULT_INITIAL = 0.1
+DEFAULT_MAXIMUM = 30.0
+DEFAULT_MULTIPLIER = 2.0
+
+
+def default_backoff() -> Backoff:
+    """The backoff every reconnecting client uses unless given one: full jitter from
+    :data:`DEFAULT_INITIAL` growing by :data:`DEFAULT_MULTIPLIER` to :data:`DEFAULT_MAXIMUM`
+    seconds, forever, reset after a connection stayed up 30 s."""
+    return Backoff(DEFAULT_INITIAL, DEFAULT_MAXIMUM, DEFAULT_MULTIPLIER)
+
 
 class ReconnectState(enum.Enum):
     """Where a :class:`ReconnectMachine` stands."""
@@ -120,7 +132,7 @@ class ReconnectMachine:
     def __init__(self, backoff: Backoff | None = None, *, max_elapsed: float | None = None) -> None:
         if max_elapsed is not None:
             check_positive("max_elapsed", max_elapsed)
-        self.backoff = backoff if backoff is not None else Backoff()
+        self.backoff = backoff if backoff is not None else default_backoff()
         self.max_elapsed = None if max_elapsed is None else float(max_elapsed)
         self.state = ReconnectState.IDLE
         #: Attempts started so far (the first connect included).
