@@ -122,7 +122,10 @@ class ReconnectDriver:
         self._input(self.machine.stop(trio.current_time()))
 
     def retry_now(self) -> None:
-        """Skip the running wait (does nothing during an attempt or a connection)."""
+        """Skip the running wait (does nothing during an attempt or a connection, or before
+        :meth:`run` started)."""
+        if self._nursery is None:
+            return
         self._input(self.machine.retry_now(trio.current_time()))
 
     @property
