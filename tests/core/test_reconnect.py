@@ -256,3 +256,21 @@ def test_never_two_attempts_in_flight_and_delays_within_bounds(
                 assert m.next_deadline() == wait_until
         assert in_flight in (0, 1)
         assert (m.state in (ReconnectState.ATTEMPTING, ReconnectState.CONNECTED)) == (in_flight == 1)
+
+
+def test_lost_and_failed_follow_the_backoff_until_exhausted() -> None:
+    """(Formerly the Dubbo Reconnector's rule) a lost channel then failed attempts yield
+    Reconnect(delay, attempt) with doubling delays until max_attempts, then GiveUp."""
+    m = ReconnectMachine(Backoff(1.0, 8.0, 2.0, Jitter.NONE, max_attempts=4))
+    m.start(0.0)
+    m.connected(0.0)
+    assert m.lost(5.0) == [Reconnect(delay=1.0, attempt=1)]
+    now = 6.0
+    for delay, attempt in ((2.0, 2), (4.0, 3), (8.0, 4)):
+        m.handle_timer(now)
+        assert m.failed(now) == [Reconnect(delay=delay, attempt=attempt)]
+        now += delay
+    m.handle_timer(now)
+    (action,) = m.failed(now)
+    assert isinstance(action, GiveUp)
+    assert m.connects == 1
