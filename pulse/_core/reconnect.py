@@ -59,21 +59,26 @@ import enum
 from dataclasses import dataclass
 
 from pulse._core._checks import check_positive
-from pulse._core.backoff import Backoff
+from pulse._core.backoff import Backoff, Growth
 from pulse.actions import Reconnect
 from pulse.errors import PulseError, ReconnectGaveUp
 
 #: The default reconnect backoff of every pulse client (see :func:`default_backoff`).
-DEFAULT_INITIAL = 0.1
+DEFAULT_INITIAL = 3.0
 DEFAULT_MAXIMUM = 30.0
-DEFAULT_MULTIPLIER = 2.0
+DEFAULT_MULTIPLIER = 1.0
 
 
 def default_backoff() -> Backoff:
-    """The backoff every reconnecting client uses unless given one: full jitter from
-    :data:`DEFAULT_INITIAL` growing by :data:`DEFAULT_MULTIPLIER` to :data:`DEFAULT_MAXIMUM`
-    seconds, forever, reset after a connection stayed up 30 s."""
-    return Backoff(DEFAULT_INITIAL, DEFAULT_MAXIMUM, DEFAULT_MULTIPLIER)
+    """The backoff every reconnecting client uses unless given one: full jitter below a
+    ceiling that follows the outage's age (``Growth.OUTAGE``): ``max(DEFAULT_INITIAL,
+    DEFAULT_MULTIPLIER * outage age)``, at most :data:`DEFAULT_MAXIMUM` seconds; forever;
+    reset after a connection stayed up 30 s.
+
+    So a client is back at most ``max(3 s, the outage's length)`` after the server is, while
+    a thousand clients that lost it together spread over 3 s and then thin out: measured with
+    ``benchmarks/bench_reconnect_storm.py`` (see ``docs/reconnect.md``)."""
+    return Backoff(DEFAULT_INITIAL, DEFAULT_MAXIMUM, DEFAULT_MULTIPLIER, growth=Growth.OUTAGE)
 
 
 class ReconnectState(enum.Enum):
@@ -217,6 +222,11 @@ class ReconnectMachine:
         return self.backoff.attempts
 
     @property
+    def outage_since(self) -> float | None:
+        """When the current outage began (None while none is running)."""
+        return self._outage_since
+
+    @property
     def finished(self) -> bool:
         """True once stopped or given up."""
         return self.state in TERMINAL
@@ -251,7 +261,7 @@ class ReconnectMachine:
                 f"gave up after {now - self._outage_since:.3g} s without a stable connection"
                 f" ({self.total_attempts} attempts): {reason}"
             )
-        delay = self.backoff.next_delay()
+        delay = self.backoff.next_delay(now - self._outage_since)
         if delay is None:
             return self._give_up(f"gave up after {self.backoff.attempts} attempts: {reason}")
         self.state = ReconnectState.WAITING

@@ -8,13 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulse._core.backoff import Backoff, Jitter
+from pulse._core.backoff import Backoff, Growth, Jitter
 from pulse._core.reconnect import (
     GiveUp,
     ReconnectMachine,
     ReconnectState,
     ReconnectStateError,
     StartAttempt,
+    default_backoff,
 )
 from pulse.actions import Reconnect
 from pulse.errors import ReconnectGaveUp
@@ -203,14 +204,16 @@ INPUTS = st.lists(
     initial=st.floats(0.01, 5.0),
     factor=st.floats(1.0, 100.0),
     jitter=st.sampled_from(list(Jitter)),
+    growth=st.sampled_from(list(Growth)),
 )
 def test_never_two_attempts_in_flight_and_delays_within_bounds(
-    steps: list[tuple[str, float]], seed: int, initial: float, factor: float, jitter: Jitter
+    steps: list[tuple[str, float]], seed: int, initial: float, factor: float, jitter: Jitter,
+    growth: Growth,
 ) -> None:
     """Whatever the inputs, attempts never overlap and every delay lies within its jitter
     bounds: [0, ceiling] for full jitter, never above the cap, never before its deadline."""
     maximum = initial * factor
-    backoff = Backoff(initial, maximum, 2.0, jitter, rng=random.Random(seed))
+    backoff = Backoff(initial, maximum, 2.0, jitter, rng=random.Random(seed), growth=growth)
     m = ReconnectMachine(backoff)
     in_flight = 0
     now = 0.0
@@ -228,6 +231,7 @@ def test_never_two_attempts_in_flight_and_delays_within_bounds(
         if name == "connected" and m.state is ReconnectState.CONNECTED:
             continue  # a driver reports connected once per attempt
         attempts_before = m.backoff.attempts
+        outage_before = m.outage_since
         actions = {
             "timer": m.handle_timer, "retry": m.retry_now, "start": m.start,
             "connected": m.connected, "failed": m.failed, "lost": m.lost,
@@ -242,7 +246,12 @@ def test_never_two_attempts_in_flight_and_delays_within_bounds(
                 in_flight += 1
                 wait_until = None
             elif isinstance(action, Reconnect):
-                ceiling = backoff.ceiling(attempts_before)
+                if growth is Growth.ATTEMPTS:
+                    ceiling = backoff.ceiling(attempts_before)
+                else:  # the outage began at this end, or earlier if one was running
+                    since = now if outage_before is None else outage_before
+                    assert m.outage_since == since
+                    ceiling = min(maximum, max(initial, 2.0 * (now - since)))
                 assert 0.0 <= action.delay <= maximum
                 if jitter is Jitter.FULL:
                     assert action.delay <= ceiling
@@ -274,3 +283,51 @@ def test_lost_and_failed_follow_the_backoff_until_exhausted() -> None:
     (action,) = m.failed(now)
     assert isinstance(action, GiveUp)
     assert m.connects == 1
+
+
+def test_outage_growth_bounds_the_wait_by_the_outage_age() -> None:
+    """Growth.OUTAGE: every wait is at most max(initial, multiplier x outage age), whatever
+    the attempt count, and a failure late in an outage draws from a wider window."""
+    m = ReconnectMachine(Backoff(3.0, 30.0, 1.0, Jitter.NONE, growth=Growth.OUTAGE))
+    m.start(0.0)
+    m.connected(0.0)
+    assert m.lost(100.0) == [Reconnect(3.0, 1)]  # age 0: the initial window
+    m.handle_timer(103.0)
+    assert m.failed(103.0) == [Reconnect(3.0, 2)]  # age 3: still 3
+    m.handle_timer(106.0)
+    assert m.failed(110.0) == [Reconnect(10.0, 3)]  # age 10: ceiling 10
+    m.handle_timer(120.0)
+    assert m.failed(150.0) == [Reconnect(30.0, 4)]  # age 50: capped at 30
+
+
+def test_default_backoff_spreads_a_herd_and_bounds_its_return() -> None:
+    """1,000 default clients losing a server that is back 2 s later: their first attempts
+    spread over the 3 s window and every one of them is back within 3 s of the server."""
+    rng = random.Random(5)
+    down_until = 2.0
+    first: list[float] = []
+    back: list[float] = []
+    attempts = 0
+    for _ in range(1000):
+        backoff = default_backoff()
+        backoff.rng = random.Random(rng.random())
+        m = ReconnectMachine(backoff)
+        m.start(-60.0)
+        m.connected(-60.0)
+        (wait,) = m.lost(0.0)
+        assert isinstance(wait, Reconnect)
+        first.append(wait.delay)
+        while True:
+            now = m.next_deadline()
+            assert now is not None
+            m.handle_timer(now)
+            attempts += 1
+            if now >= down_until:
+                m.connected(now)
+                back.append(now)
+                break
+            (wait,) = m.failed(now)
+            assert isinstance(wait, Reconnect)
+    assert max(first) - min(first) > 2.9  # spread over the whole first window
+    assert max(back) - down_until <= 3.0
+    assert attempts < 2.5 * 1000  # websockets' clients made ~2,350 for the same outage
