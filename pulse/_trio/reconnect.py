@@ -7,10 +7,12 @@ Rules this module keeps:
   deadline in the engine's heap, never a ``trio.sleep`` or a deadline scope of its own.
   When the wait is over the engine calls :meth:`ReconnectDriver.handle_timer`, which starts
   the attempt.
-* **Each attempt runs in a task** of the driver's nursery: the client's ``attempt`` coroutine
-  connects, calls :meth:`AttemptHandle.connected` once the connection counts as up, runs the
-  connection and returns why it ended (or raises). The machine's single-flight rule means at
-  most one such task exists at a time.
+* **Attempts run in the driver's task** (:meth:`ReconnectDriver.run`), one after the other:
+  the client's ``attempt`` coroutine connects, calls :meth:`AttemptHandle.connected` once the
+  connection counts as up, runs the connection and returns why it ended (or raises). Between
+  attempts the task sleeps on an event the engine sets when the wait is over, so there is no
+  extra task per attempt and no scheduling hop before one starts; the machine's
+  single-flight rule and the one task agree that attempts never overlap.
 * **Outcomes**: a returned reason, or an exception listed in ``retry_on`` (described by
   ``describe``), is a failed attempt before :meth:`AttemptHandle.connected` and a lost
   connection after it. :class:`~pulse.errors.ReconnectGaveUp` raised by the attempt gives up
@@ -93,10 +95,11 @@ class ReconnectDriver:
         self._on_wait = on_wait
         self._on_give_up = on_give_up
         self._engine: Engine | None = None
-        self._nursery: trio.Nursery | None = None
-        self._running = 0  # attempt tasks alive (the machine keeps it at most 1)
-        self._done = trio.Event()
+        self._due: StartAttempt | None = None  # the attempt the machine asked for
+        self._running = False  # an attempt (or its connection) is in flight
+        self._wakeup = trio.Event()
         self._crash: BaseException | None = None
+        self._started = False
         #: The give-up, once the machine gave up.
         self.error: ReconnectGaveUp | None = None
 
@@ -105,17 +108,24 @@ class ReconnectDriver:
     async def run(self) -> None:
         """Supervise until :meth:`stop` or a give-up (then :attr:`error` is set); the
         in-flight attempt, if any, has ended when this returns."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self._engine = current_engine()
-            try:
-                self._input(self.machine.start(trio.current_time()))
-                await self._done.wait()
-            finally:
-                self._engine.forget(self)
-                self._nursery = None
-        if self._crash is not None:
-            raise self._crash
+        self._engine = current_engine()
+        self._started = True
+        try:
+            self._input(self.machine.start(trio.current_time()))
+            while True:
+                due = self._due
+                if due is not None:
+                    self._due = None
+                    await self._run_attempt(due)
+                    continue
+                if self._crash is not None:
+                    raise self._crash
+                if self.machine.finished:
+                    return
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+        finally:
+            self._engine.forget(self)
 
     def stop(self) -> None:
         """No further attempts; an attempt in flight is left to finish."""
@@ -124,14 +134,14 @@ class ReconnectDriver:
     def retry_now(self) -> None:
         """Skip the running wait (does nothing during an attempt or a connection, or before
         :meth:`run` started)."""
-        if self._nursery is None:
+        if not self._started:
             return
         self._input(self.machine.retry_now(trio.current_time()))
 
     @property
     def attempt_running(self) -> bool:
         """True while an attempt (or the connection it opened) is in flight."""
-        return self._running > 0
+        return self._running
 
     # -- the engine -----------------------------------------------------------------------------
 
@@ -146,7 +156,7 @@ class ReconnectDriver:
     def timer_failed(self, exc: Exception) -> None:
         """The engine reports an exception from :meth:`handle_timer`: end :meth:`run`."""
         self._crash = exc
-        self._done.set()
+        self._wakeup.set()
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -159,9 +169,8 @@ class ReconnectDriver:
         reason = self.machine.last_reason
         for action in actions:
             if isinstance(action, StartAttempt):
-                assert self._nursery is not None and self._running == 0, "single flight"
-                self._running += 1
-                self._nursery.start_soon(self._run_attempt, action)
+                assert not self._running and self._due is None, "single flight"
+                self._due = action
             elif isinstance(action, Reconnect):
                 if self._on_wait is not None:
                     self._on_wait(action, reason)
@@ -169,28 +178,21 @@ class ReconnectDriver:
                 self.error = action.error
                 if self._on_give_up is not None:
                     self._on_give_up(action.error)
-        self._check_done()
-
-    def _check_done(self) -> None:
-        if self.machine.finished and self._running == 0:
-            self._done.set()
+        self._wakeup.set()
 
     async def _run_attempt(self, start: StartAttempt) -> None:
         handle = AttemptHandle(self, start)
         gave_up: ReconnectGaveUp | None = None
+        self._running = True
         try:
-            try:
-                reason = await self._attempt(handle)
-            except ReconnectGaveUp as exc:
-                gave_up = exc
-                reason = str(exc)
-            except self._retry_on as exc:
-                reason = self._describe(exc)
-        except BaseException:
-            self._running -= 1
-            self._check_done()
-            raise
-        self._running -= 1
+            reason = await self._attempt(handle)
+        except ReconnectGaveUp as exc:
+            gave_up = exc
+            reason = str(exc)
+        except self._retry_on as exc:
+            reason = self._describe(exc)
+        finally:
+            self._running = False
         now = trio.current_time()
         machine = self.machine
         if gave_up is not None:

@@ -1,4 +1,4 @@
-"""The reconnect driver on the engine: waits in virtual time, one task per attempt."""
+"""The reconnect driver on the engine: waits in virtual time, attempts one at a time."""
 
 from __future__ import annotations
 
@@ -136,12 +136,11 @@ async def test_stop_during_a_wait_returns_at_once(autojump_clock: trio.testing.M
         return "refused"
 
     driver = ReconnectDriver(ReconnectMachine(fixed()), attempt)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(driver.run)
-        await trio.sleep(0.5)
-        driver.stop()
-        with trio.fail_after(0.1):
-            await driver._done.wait()
+    with trio.fail_after(0.6):  # run() returns right after the stop at 0.5
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(driver.run)
+            await trio.sleep(0.5)
+            driver.stop()
     assert calls == 1 and driver.error is None
 
 
@@ -171,5 +170,5 @@ async def test_unexpected_errors_propagate(autojump_clock: trio.testing.MockCloc
         raise KeyError("bug")
 
     driver = ReconnectDriver(ReconnectMachine(fixed()), attempt)
-    with pytest.RaisesGroup(KeyError, flatten_subgroups=True), trio.fail_after(5):
+    with pytest.raises(KeyError), trio.fail_after(5):
         await driver.run()
