@@ -534,8 +534,9 @@ async def connect(
     * ``policy``: heartbeat timing (default :data:`DEFAULT_POLICY`: ping after 10 s of
       silence from the server, dead after 20 s). ``heartbeat`` picks RFC 6455 control frames
       (default) or pulse frames in binary messages.
-    * ``backoff``: reconnect delays (default: full jitter from 0.1 s to 30 s, forever, reset
-      after a connection stayed up 30 s); ``Backoff(max_attempts=n)`` gives up after n.
+    * ``backoff``: reconnect delays (default: full jitter below max(3 s, outage age), at most
+      30 s, forever, reset after a connection stayed up 30 s; see ``docs/reconnect.md``);
+      ``Backoff(max_attempts=n)`` gives up after n.
     * ``queue_size`` / ``overflow`` / ``on_drop``: the outgoing queue's bound, what ``send``
       does when it is full, and who hears about every message given up on (default: a
       structlog warning per message). ``delivery`` chooses at-most-once (report possibly
