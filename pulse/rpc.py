@@ -19,7 +19,8 @@ What pulse does, through the framework's ``hooks`` (they must not block)::
     hooks.close(reason)                            # the peer is dead: close the connection
 
 and a consumer runs its connection inside :func:`reconnect_loop`, which reconnects with
-backoff after every lost connection. ``channel.state``, ``channel.rtt`` and
+backoff after every lost connection (the one reconnect supervisor of
+:mod:`pulse._core.reconnect`). ``channel.state``, ``channel.rtt`` and
 ``channel.stats()`` expose liveness and round-trip times.
 
 Request ids: heartbeats need ids in the framework's id space (their responses come back
@@ -47,13 +48,14 @@ from pulse._core.channel_heartbeat import (
     ChannelState,
     ChannelStats,
     ChannelTiming,
-    Reconnector,
     Role,
 )
+from pulse._core.reconnect import ReconnectMachine, default_backoff
 from pulse._core.stats import RttSummary
 from pulse._core.wheel import DEFAULT_SLOTS, DEFAULT_TICK, HashedWheel, Timer
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
+from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
 from pulse.actions import (
     Action,
     Close,
@@ -384,32 +386,40 @@ async def reconnect_loop(
     """Keep a consumer connected: ``connect()``, run ``session(connection)`` until the
     connection ends, wait the backoff's next delay, connect again.
 
-    A failed ``connect`` (``OSError``) or a session ending for any reason, including one
-    raising ``OSError``, a trio stream error or a :class:`~pulse.errors.PulseError`, counts as
-    a lost connection. ``on_reconnect`` hears of every :class:`~pulse.actions.Reconnect`
-    before its delay. Raises :class:`~pulse.errors.ReconnectGaveUp` once the backoff has no
-    attempts left (default backoff: 0.1 s doubling to 30 s, full jitter, unlimited).
+    The rules are the one reconnect supervisor's (:mod:`pulse._core.reconnect`): one attempt
+    at a time, full jitter on every delay including the first after a lost connection, the
+    backoff reset only after a connection stayed up ``reset_after``; the waits are deadlines
+    on the engine. A failed ``connect`` (``OSError``) or a session ending for any reason,
+    including one raising ``OSError``, a trio stream error or a
+    :class:`~pulse.errors.PulseError`, counts as a lost connection. ``on_reconnect`` hears of
+    every :class:`~pulse.actions.Reconnect` before its delay. Raises
+    :class:`~pulse.errors.ReconnectGaveUp` once the backoff has no attempts left (default
+    backoff: :func:`~pulse._core.reconnect.default_backoff`, unlimited).
     """
-    reconnector = Reconnector(backoff if backoff is not None else Backoff())
     bound = log.bind(peer=peer)
-    while True:
+    machine = ReconnectMachine(backoff if backoff is not None else default_backoff())
+
+    async def attempt(handle: AttemptHandle) -> str:
         try:
             connection = await connect()
         except OSError as exc:
-            action = reconnector.failed(trio.current_time())
-            reason = f"connect failed: {exc}"
-        else:
-            reconnector.connected(trio.current_time())
-            bound.info("connected", connects=reconnector.connects)
-            try:
-                await session(connection)
-                reason = "connection ended"
-            except CONNECTION_ERRORS as exc:
-                reason = f"connection lost: {exc!r}"
-            action = reconnector.lost(trio.current_time())
-        if action is None:
-            raise ReconnectGaveUp(f"gave up reconnecting to {peer or 'the peer'}: {reason}")
-        bound.info("reconnect", reason=reason, delay=round(action.delay, 3), attempt=action.attempt)
+            return f"connect failed: {exc}"
+        handle.connected()
+        bound.info("connected", connects=machine.connects)
+        try:
+            await session(connection)
+        except CONNECTION_ERRORS as exc:
+            return f"connection lost: {exc!r}"
+        return "connection ended"
+
+    def waiting(action: Reconnect, reason: str) -> None:
+        bound.info("reconnect", reason=reason, delay=round(action.delay, 3),
+                   attempt=action.attempt)
         if on_reconnect is not None:
             on_reconnect(action)
-        await trio.sleep(action.delay)
+
+    driver = ReconnectDriver(machine, attempt, retry_on=(), on_wait=waiting)
+    await driver.run()
+    raise ReconnectGaveUp(
+        f"gave up reconnecting to {peer or 'the peer'}: {machine.last_reason}"
+    ) from driver.error
