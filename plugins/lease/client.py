@@ -100,6 +100,10 @@ from .protocol import (
 
 log = get_logger("pulse.lease.client")
 
+# Aliases: inside LeaseSession the name ``list`` is the presence method.
+_Actions = list[Action]
+_Messages = list[Any]
+
 StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
@@ -535,7 +539,7 @@ class LeaseSession:
 
     # -- the machine's actions -----------------------------------------------------------
 
-    def _apply(self, actions: list[Action], now: float) -> None:
+    def _apply(self, actions: _Actions, now: float) -> None:
         """Carry out an input's actions and re-arm the engine."""
         if self._driver is not None:
             self._driver.apply(actions, now)
@@ -720,7 +724,7 @@ class LeaseSession:
             self._driver.notify()
 
     async def _handshake(self, server: tuple[str, int]
-                         ) -> tuple[_Connection, list[Any], tuple[int, bytes, float]]:
+                         ) -> tuple[_Connection, _Messages, tuple[int, bytes, float]]:
         stream = await self._open_stream(*server)
         try:
             body = Connect(

@@ -11,7 +11,8 @@ Rules (ZooKeeper's ``ClientCnxn``, with ``T`` the negotiated session timeout —
 requested one until a server answered — and ``n`` the number of hosts; the arithmetic is in
 :mod:`pulse._core.session_timing`):
 
-* **Hosts** are shuffled once with the caller's random generator and tried in turn.
+* **Hosts** are shuffled once with the caller's random generator and tried in turn; the
+  first attempt (of a session, and of a new session after expiry) starts at once.
 * **Connect timeout** ``T / n``: an attempt (TCP connect + handshake) not finished by then is
   dropped and the next host is tried, so one pass over the list fits in one timeout.
 * **Retry pause**: before every attempt but the very first, a random pause in ``[0, J]``
@@ -37,12 +38,13 @@ Phases (finer than the state the application sees) and what moves them — the t
 :data:`TRANSITIONS` lists every ``(phase, input)`` pair; a pair missing from it is a
 programming error of the driver and raises :class:`~pulse.errors.LocalProtocolError`::
 
-    IDLE --start--> BACKOFF --retry due--> CONNECTING --connected--> CONNECTED
+    IDLE --start--> CONNECTING --connected--> CONNECTED
     CONNECTING --connect timeout / failed--> BACKOFF (next host)
     CONNECTED --read timeout / lost--> BACKOFF (state DISCONNECTED)
     BACKOFF, CONNECTING --no server for T since last heard--> EXPIRED
     CONNECTING, CONNECTED --refused / ended by the server--> EXPIRED
-    EXPIRED --new_session--> BACKOFF (state CONNECTING, id forgotten)
+    BACKOFF --retry pause over--> CONNECTING (the next host)
+    EXPIRED --new_session--> CONNECTING (id forgotten)
     CONNECTED --begin_close--> CLOSING --confirmed / lost / wait over--> CLOSED
     BACKOFF, CONNECTING --give-up time passed, no session ever--> CLOSED (GaveUp)
     any --close--> CLOSED
@@ -108,7 +110,7 @@ TRANSITIONS: dict[Phase, dict[Input, frozenset[Phase]]] = {
     _P.IDLE: {
         **_stay(_P.IDLE, _I.TIMER, _I.FAILED, _I.LOST, _I.RECEIVED, _I.SENT, _I.REFUSED,
                 _I.CLOSE_CONFIRMED),
-        _I.START: frozenset({_P.BACKOFF}),
+        _I.START: frozenset({_P.CONNECTING}),
         _I.BEGIN_CLOSE: frozenset({_P.CLOSED}),
         _I.CLOSE: frozenset({_P.CLOSED}),
     },
@@ -148,7 +150,7 @@ TRANSITIONS: dict[Phase, dict[Input, frozenset[Phase]]] = {
     _P.EXPIRED: {
         **_stay(_P.EXPIRED, _I.TIMER, _I.FAILED, _I.LOST, _I.RECEIVED, _I.SENT, _I.REFUSED,
                 _I.CLOSE_CONFIRMED),
-        _I.NEW_SESSION: frozenset({_P.BACKOFF}),
+        _I.NEW_SESSION: frozenset({_P.CONNECTING}),
         _I.BEGIN_CLOSE: frozenset({_P.CLOSED}),
         _I.CLOSE: frozenset({_P.CLOSED}),
     },
@@ -318,15 +320,14 @@ class SessionClient:
     # ------------------------------------------------------------------ inputs
 
     def start(self, now: float, give_up_after: float | None = None) -> list[Action]:
-        """Begin: the first attempt is due at once. With ``give_up_after``, stop trying
+        """Begin: the first attempt starts at once. With ``give_up_after``, stop trying
         (:class:`GaveUp`) if no session is established that many seconds from now."""
         self._check(Input.START)
-        self.phase = Phase.BACKOFF
-        self._retry_at = now
         self.last_heard = now  # a resumed session counts its timeout from here
         self._give_up_at = None if give_up_after is None else now + give_up_after
         self._give_up_after = give_up_after or 0.0
-        return [StateChanged(SessionEvent(SessionState.CONNECTING, self.session_id, "starting"))]
+        event = SessionEvent(SessionState.CONNECTING, self.session_id, "starting")
+        return [StateChanged(event), self._begin_attempt(now)]
 
     def handle_timer(self, now: float) -> list[Action]:
         """Act on every deadline that has passed by ``now``."""
@@ -439,10 +440,10 @@ class SessionClient:
         self.session_id = None
         self.password = b""
         self.negotiated_timeout = None
-        self.phase = Phase.BACKOFF
-        self._retry_at = now
+        self._failures_in_row = 0
         actions: list[Action] = []
         self._set_state(SessionState.CONNECTING, "starting a new session after expiry", actions)
+        actions.append(self._begin_attempt(now))
         return actions
 
     def begin_close(self, now: float, wait: float) -> list[Action]:

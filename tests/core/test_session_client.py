@@ -33,8 +33,7 @@ def states(actions: Sequence[object]) -> list[SessionState]:
 
 def connected(timeout: float = 3.0, now: float = 0.0, **kwargs: object) -> SessionClient:
     machine = SessionClient(HOSTS, timeout, random.Random(1), **kwargs)  # type: ignore[arg-type]
-    machine.start(now)
-    [connect] = machine.handle_timer(now)
+    _, connect = machine.start(now)
     assert isinstance(connect, Connect)
     assert states(machine.connected(now, 42, b"pw", timeout)) == [SessionState.CONNECTED]
     return machine
@@ -43,6 +42,8 @@ def connected(timeout: float = 3.0, now: float = 0.0, **kwargs: object) -> Sessi
 def fail_every_attempt(machine: SessionClient, now: float, until: float) -> list[object]:
     """Run the timer, failing each attempt at once, until ``until``; return all actions."""
     seen: list[object] = []
+    if machine.phase is Phase.CONNECTING:
+        machine.connection_failed(now, "refused")
     while machine.next_deadline() is not None:
         deadline = machine.next_deadline()
         assert deadline is not None
@@ -60,9 +61,9 @@ def fail_every_attempt(machine: SessionClient, now: float, until: float) -> list
 def test_connect_timeout_is_the_session_timeout_over_the_host_count() -> None:
     """An attempt with no answer after T/n is dropped and another host is tried after a pause."""
     machine = SessionClient(HOSTS, 6.0, random.Random(0))
-    machine.start(10.0)
-    [first] = machine.handle_timer(10.0)
-    assert isinstance(first, Connect)
+    started, first = machine.start(10.0)
+    assert states([started]) == [SessionState.CONNECTING]
+    assert isinstance(first, Connect) and machine.phase is Phase.CONNECTING
     assert machine.next_deadline() == pytest.approx(12.0)
     assert machine.handle_timer(11.999) == []
     actions = machine.handle_timer(12.0)
@@ -172,7 +173,6 @@ def test_no_give_up_once_a_session_was_established() -> None:
     """After a first session, losing every server leads to expiry, never to GaveUp."""
     machine = SessionClient(HOSTS, 2.0, random.Random(0))
     machine.start(0.0, give_up_after=5.0)
-    machine.handle_timer(0.0)
     machine.connected(0.0, 7, b"p", 2.0)
     machine.connection_lost(0.1, "reset")
     seen = fail_every_attempt(machine, 0.1, 100.0)
@@ -225,7 +225,9 @@ def test_new_session_after_expiry_forgets_the_old_one() -> None:
     """new_session(): id and password forgotten, the requested timeout proposed again."""
     machine = connected(3.0)
     machine.refused(1.0, "expired")
-    assert states(machine.new_session(1.0)) == [SessionState.CONNECTING]
+    actions = machine.new_session(1.0)
+    assert states(actions) == [SessionState.CONNECTING]
+    assert isinstance(actions[-1], Connect) and machine.phase is Phase.CONNECTING
     assert (machine.session_id, machine.password, machine.negotiated_timeout) == (None, b"", None)
 
 
@@ -255,10 +257,10 @@ def machine_in(phase: Phase) -> SessionClient:
     if phase is Phase.IDLE:
         return machine
     machine.start(0.0)
-    if phase is Phase.BACKOFF:
-        return machine
-    machine.handle_timer(0.0)
     if phase is Phase.CONNECTING:
+        return machine
+    if phase is Phase.BACKOFF:
+        machine.connection_failed(0.0, "refused")
         return machine
     machine.connected(0.0, 5, b"p", 3.0)
     if phase is Phase.CONNECTED:
@@ -308,7 +310,7 @@ def test_every_input_sequence_follows_the_state_table(
                             random.Random(seed))
     now = 0.0
     if warm:  # most interesting paths start from a live session
-        steps = [(Input.START, 0.0), (Input.TIMER, 0.0), (Input.CONNECTED, 0.0), *steps]
+        steps = [(Input.START, 0.0), (Input.CONNECTED, 0.0), *steps]
     for event, step in steps:
         now += step
         before_phase, before_state = machine.phase, machine.state
