@@ -151,7 +151,7 @@ class _Lost(Exception):
 
 
 class _Dropped(Exception):
-    """The attempt was dropped while its handshake completed (stale)."""
+    """The attempt was dropped while its answer was being read (stale)."""
 
 
 class _Ended(Exception):
@@ -682,34 +682,34 @@ class LeaseSession:
             try:
                 if self._attempt is not scope:
                     raise _Dropped
-                self._attempt = None
-                session_id, password, timeout = answer
                 now = SessionDriver.now()
-                self._apply(self._machine.connected(now, session_id, password, timeout), now)
-                if self._machine.phase is not Phase.CONNECTED:
-                    raise _Dropped
-                self._superseded = None
-                self.server = server
-                self._conn = conn
                 for message in messages[1:]:  # what came with the answer (re-sent events)
                     self._on_message(conn, message, now)
-                for call in list(self._pending.values()):  # requests that waited
-                    conn.send(Request(call.xid, call.body, self._last_seq))
-            except (_Lost, _Ended) as lost:
-                conn.outcome = lost
-            except _Dropped:
-                pass
-            except BaseException:
+            except BaseException as exc:  # _Dropped, _Lost, _Ended, or a real error
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(conn.stream)
-                raise
+                if isinstance(exc, _Ended):
+                    self._attempt_ended(scope, "refused", exc.reason)
+                elif isinstance(exc, _Lost):
+                    self._attempt_ended(scope, "failed", str(exc))
+                elif not isinstance(exc, _Dropped):
+                    raise
+                return
+            self._attempt = None
+            session_id, password, timeout = answer
+            self._apply(self._machine.connected(now, session_id, password, timeout), now)
+            if self._machine.phase is not Phase.CONNECTED:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(conn.stream)
+                return
+            self._superseded = None
+            self.server = server
+            self._conn = conn
+            for call in list(self._pending.values()):  # requests that waited
+                conn.send(Request(call.xid, call.body, self._last_seq))
         if conn is None:
             return  # the attempt was dropped (connect timeout, expiry, close)
-        if self._conn is conn or conn.outcome is not None:
-            await self._serve(conn)
-        else:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(conn.stream)
+        await self._serve(conn)
 
     def _attempt_ended(self, scope: trio.CancelScope, how: str, reason: str) -> None:
         if self._attempt is not scope:
