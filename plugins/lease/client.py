@@ -475,7 +475,7 @@ class LeaseSession:
         conn, driver = self._conn, self._driver
         if conn is not None and driver is not None and self._machine.phase is Phase.CONNECTED:
             now = driver.now()
-            self._apply(self._machine.begin_close(now, self._close_wait), now)
+            self._apply(self._machine.begin_close(now), now)
             conn.send(Request(next(self._xids), CloseSession(), self._last_seq))
         if driver is not None:
             await driver.wait_until(lambda: self._machine.phase is not Phase.CLOSING)
@@ -770,10 +770,6 @@ class LeaseSession:
         conn = _Connection(stream, server, decoder)
         return conn, messages, (session_id, password, float(timeout))
 
-    @property
-    def _close_wait(self) -> float:
-        return min(self.timing.connect_timeout, 2.0)
-
     async def _serve(self, conn: _Connection) -> None:
         """Run one connection until it is lost, dropped or the session ends."""
         try:
@@ -809,7 +805,7 @@ class LeaseSession:
         the wait: leaving CLOSING cancels ``_close_scope``)."""
         now = SessionDriver.now()
         if self._machine.phase is Phase.CONNECTED:
-            self._apply(self._machine.begin_close(now, self._close_wait), now)
+            self._apply(self._machine.begin_close(now), now)
         if self._machine.phase is not Phase.CLOSING:
             return
         self._close_scope = trio.CancelScope()

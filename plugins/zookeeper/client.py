@@ -84,10 +84,6 @@ _Names = list[str]
 StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
 _RECEIVE_SIZE = 65536
-#: How long aclose() waits for the server to confirm closeSession (at most the read timeout).
-_CLOSE_TIMEOUT = 2.0
-#: How long a session cancelled from outside spends closing itself on the bare stream.
-_DIRECT_CLOSE_TIMEOUT = 0.5
 #: Pause before trying again to re-create a registration the server refused.
 _REREGISTER_PAUSE = 1.0
 
@@ -357,7 +353,7 @@ class ZooKeeperSession:
 
         ``direct``: the session's own tasks are being cancelled (the scope around it was
         cancelled), so closeSession is written on the connection's stream by this task,
-        waiting at most 0.5 s for the answer.
+        waiting at most the close wait (min(T / n, 2 s)) for the answer.
         """
         if self._closing:
             return
@@ -372,8 +368,7 @@ class ZooKeeperSession:
                 await trio.aclose_forcefully(link.stream)
             else:
                 now = SessionDriver.now()
-                wait = min(_CLOSE_TIMEOUT, self._machine.read_timeout)
-                self._apply(self._machine.begin_close(now, wait), now)
+                self._apply(self._machine.begin_close(now), now)
                 self._send(link, CloseSession())
                 await self._driver.wait_until(lambda: self._machine.phase is not Phase.CLOSING)
         now = SessionDriver.now()
@@ -531,7 +526,7 @@ class ZooKeeperSession:
         """closeSession written by this task on the bare stream, for at most the machine's
         close wait (the engine ends the wait: the CLOSED action cancels ``_close_scope``)."""
         now = SessionDriver.now()
-        self._apply(self._machine.begin_close(now, _DIRECT_CLOSE_TIMEOUT), now)
+        self._apply(self._machine.begin_close(now), now)
         if self._machine.phase is not Phase.CLOSING:
             return
         self._close_scope = trio.CancelScope()

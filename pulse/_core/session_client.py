@@ -29,7 +29,7 @@ requested one until a server answered — and ``n`` the number of hosts; the ari
 * **Give up** (optional, ``start(now, give_up_after=…)``): if no session was ever
   established that long after start, the machine stops with :class:`GaveUp` (state CLOSED);
   the driver reports "no server reachable".
-* **Closing**: ``begin_close`` on a live connection waits up to ``wait`` seconds for the
+* **Closing**: ``begin_close`` on a live connection waits up to ``min(T / n, 2 s)`` for the
   server to confirm (``close_confirmed``, or the connection ending); then CLOSED either way.
 * Every change of :class:`~pulse.presence.SessionState` is reported once, as
   :class:`StateChanged`.
@@ -446,14 +446,15 @@ class SessionClient:
         actions.append(self._begin_attempt(now))
         return actions
 
-    def begin_close(self, now: float, wait: float) -> list[Action]:
+    def begin_close(self, now: float, wait: float | None = None) -> list[Action]:
         """The application closes the session. On a live connection the driver sends the
-        close request and the machine waits up to ``wait`` s for :meth:`close_confirmed`;
-        otherwise it is closed at once."""
+        close request and the machine waits up to ``wait`` s (default: the timing's close
+        wait, ``min(T / n, 2 s)``) for :meth:`close_confirmed`; otherwise it is closed at
+        once."""
         self._check(Input.BEGIN_CLOSE)
         if self.phase is Phase.CONNECTED:
             self.phase = Phase.CLOSING
-            self._close_at = now + wait
+            self._close_at = now + (self.timing.close_wait if wait is None else wait)
             return []
         if self.phase is Phase.CLOSING:
             return []

@@ -336,3 +336,13 @@ def test_every_input_sequence_follows_the_state_table(
                 assert now - machine.last_recv < machine.read_timeout
         if machine.phase in (Phase.EXPIRED, Phase.CLOSED, Phase.IDLE):
             assert machine.next_deadline() is None
+
+
+def test_close_wait_defaults_to_the_connect_timeout_capped_at_two_seconds() -> None:
+    """begin_close without a wait: min(T / n, 2 s) — 1 s for T = 3 on three hosts, 2 s for T = 30."""
+    short = connected(3.0)
+    short.begin_close(1.0)
+    assert short.next_deadline() == pytest.approx(2.0)
+    long = connected(30.0)
+    long.begin_close(1.0)
+    assert long.next_deadline() == pytest.approx(3.0)
