@@ -435,7 +435,7 @@ class LeaseServer:
                 if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                     raise
                 log.error("accept_failed", reason=repr(exc), retry_in=ACCEPT_CAPACITY_SLEEP)
-                await trio.sleep(ACCEPT_CAPACITY_SLEEP)
+                await current_engine().sleep(ACCEPT_CAPACITY_SLEEP)
                 continue
             try:
                 self._open(stream)
@@ -565,7 +565,7 @@ class LeaseServer:
             if self.config.ssl_context is not None:
                 tls = trio.SSLStream(stream, self.config.ssl_context, server_side=True)
                 try:
-                    with trio.fail_after(self.config.handshake_timeout):
+                    with current_engine().fail_after(self.config.handshake_timeout):
                         await tls.do_handshake()
                 except (trio.TooSlowError, trio.BrokenResourceError,
                         trio.ClosedResourceError) as exc:
@@ -610,7 +610,7 @@ class LeaseServer:
         handshake = self._engine.now() + self.config.handshake_timeout
         while not conn.finishing:
             try:
-                with trio.fail_at(handshake) if conn.session is None else nullcontext():
+                with current_engine().fail_at(handshake) if conn.session is None else nullcontext():
                     data = await conn.stream.receive_some(65536)
             except trio.TooSlowError:
                 conn.finish(ErrorNotice(ErrorCode.PROTOCOL_ERROR, "no connect request in time"))

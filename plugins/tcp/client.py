@@ -18,6 +18,7 @@ from pulse._core.policy import HeartbeatPolicy
 from pulse._core.reconnect import ReconnectMachine, default_backoff
 from pulse._log import get_logger
 from pulse._trio.connection import HeartbeatConnection, heartbeat
+from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
 from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
 from pulse.actions import Reconnect
@@ -39,7 +40,7 @@ async def open_stream(
     connect_timeout: float = 10.0,
 ) -> tuple[trio.abc.Stream, str]:
     """Connect (and TLS-handshake) within ``connect_timeout``; returns the stream and peer."""
-    with trio.fail_after(connect_timeout):
+    with current_engine().fail_after(connect_timeout):
         sock = await trio.open_tcp_stream(host, port)
         try:
             tune_socket(sock, keepalive)
@@ -156,7 +157,7 @@ class ReconnectingClient:
         A connection that has closed but is not yet replaced is not retried in a loop: the
         send waits for the client's next state change (reconnecting, open, failed, closed).
         """
-        with trio.fail_after(timeout):
+        with current_engine().fail_after(timeout):
             while True:
                 if self._failure is not None:
                     raise self._failure

@@ -38,6 +38,7 @@ from pulse._core.liveness import PeerStats
 from pulse._core.policy import HeartbeatPolicy
 from pulse._core.reconnect import ReconnectMachine, default_backoff
 from pulse._log import get_logger
+from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
 from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
 from pulse.actions import Action, Reconnect
@@ -299,7 +300,7 @@ class ResilientWebSocket:
         if not self._closing and not self._finished.is_set():
             # Also while (re)connecting: a connection that opens within close_timeout
             # still carries what was queued.
-            with trio.move_on_after(self._options.close_timeout):
+            with current_engine().move_on_after(self._options.close_timeout):
                 await self._outbox.wait_empty()
             self._stop(reason)
         await self._finished.wait()
@@ -395,7 +396,7 @@ class ResilientWebSocket:
     async def _open(self) -> tuple[WebSocketConnection, Accepted]:
         options = self._options
         url = self.url
-        with trio.fail_after(options.handshake_timeout):
+        with current_engine().fail_after(options.handshake_timeout):
             return await open_connection(
                 url, options.opener, options.ssl_context,
                 server_hostname=options.server_hostname, headers=options.headers,

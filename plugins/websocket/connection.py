@@ -34,6 +34,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError as WsLocalProtocolError
 
+from pulse._trio.engine import current_engine
 from pulse.errors import FrameTooLarge
 
 from .errors import WebSocketClosed, WebSocketProtocolError
@@ -284,7 +285,7 @@ class WebSocketConnection:
         """Give a write in progress at most ``after`` more seconds, then abandon it."""
         scope = self._write_scope
         if scope is not None:
-            scope.deadline = min(scope.deadline, trio.current_time() + after)
+            scope.deadline = min(scope.deadline, current_engine().now() + after)
 
     def receive_backlog(self) -> tuple[int, int] | None:
         """``(unread, capacity)``: bytes the kernel received that we have not read yet, and

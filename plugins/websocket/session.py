@@ -330,7 +330,7 @@ class Session:
                 # Let the writer finish the frame it is writing (a frame cut short breaks
                 # the stream for the close frame), unless the socket is stuck.
                 self._wake()
-                with trio.move_on_after(self._grace()):
+                with current_engine().move_on_after(self._grace()):
                     await writer_done.wait()
                 self.conn.abort_write()
                 nursery.cancel_scope.cancel()
@@ -355,7 +355,7 @@ class Session:
         graceful = not cancelled and end.initiator is Initiator.LOCAL and not end.peer_dead
         deadline = self._engine.now() + self._grace()
         if end.initiator is not Initiator.NETWORK and not conn.write_interrupted:
-            with trio.move_on_at(deadline):
+            with current_engine().move_on_at(deadline):
                 try:
                     if conn.can_send_close:
                         code = CLOSE_NORMAL if end.code in (1005, 1006) else end.code
@@ -394,7 +394,7 @@ class Session:
             self._inbound_pending = None
         if not until_close:
             deadline = min(deadline, self._engine.now() + LEFTOVER_READ_TIME)
-        with trio.move_on_at(deadline):
+        with current_engine().move_on_at(deadline):
             try:
                 while True:
                     event = await self.conn.receive_event()

@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from pulse._log import get_logger
+from pulse._trio.engine import current_engine
 from pulse._trio.session import SessionDriver
 from pulse.errors import NotOwner, RemoteProtocolError
 from pulse.presence import PresenceEvent, SessionEvent, SessionState
@@ -799,7 +800,7 @@ class ZooKeeperSession:
                             return
                         log.warning("reregister_failed", path=key, reason=str(exc),
                                     session_id=_hex(self._machine.session_id))
-                        await trio.sleep(_REREGISTER_PAUSE)
+                        await current_engine().sleep(_REREGISTER_PAUSE)
                     continue
                 try:
                     await waiter.done.wait()
