@@ -5,8 +5,9 @@ This is the thin I/O layer under the session; it owns no task and keeps no timer
 * :meth:`WebSocketConnection.receive_event` reads the stream, feeds wsproto and returns one
   event at a time: complete messages (fragments are reassembled under
   ``max_message_size``), pings, pongs and the close frame. ``on_receive`` is called for every
-  chunk of bytes that arrives, before parsing, because any byte from the peer proves it alive
-  (including the first fragment of a message that takes minutes to arrive).
+  *complete frame* that arrives (a control frame, or the last bytes of a data frame — also a
+  fragment of a longer message): a peer proves it is alive by finishing frames, not by
+  trickling bytes into one that never ends.
 * ``encode_*`` turn frames into bytes (wsproto masks client frames); :meth:`write` sends them.
   One task at a time may write; the session's writer is that task.
 * A peer that breaks the protocol gets :class:`~.errors.WebSocketProtocolError` carrying the
@@ -175,12 +176,13 @@ class WebSocketConnection:
         until it returns None."""
         if data:
             self.bytes_received += len(data)
-            if self.on_receive is not None:
-                self.on_receive()
         self.ws.receive_data(bytes(data) if data else None)
         self._parsed = self.ws.events()
 
     def _interpret(self, event: Event) -> ReceivedEvent | None:
+        if self.on_receive is not None and (
+                not isinstance(event, TextMessage | BytesMessage) or event.frame_finished):
+            self.on_receive()  # a whole frame from the peer: proof of life
         if isinstance(event, TextMessage | BytesMessage):
             return self._add_fragment(event)
         if isinstance(event, Ping):

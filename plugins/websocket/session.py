@@ -3,8 +3,8 @@
 Two tasks run per connection; the session's timer is the process's one engine
 (:mod:`pulse._trio.engine`):
 
-* the **reader** feeds every received chunk to the liveness core first (any byte proves the
-  peer alive: a timestamp, nothing re-armed), then handles the frame: pings are answered,
+* the **reader** reports every complete frame to the liveness core (a finished frame proves
+  the peer alive: a timestamp, nothing re-armed), then handles it: pings are answered,
   pongs are matched to the ping they name, messages go to the inbox, a close frame ends the
   session;
 * the **writer** sends queued control frames first (between two fragments of a long message
