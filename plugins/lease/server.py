@@ -34,6 +34,7 @@ from typing import Any
 
 import trio
 
+from pulse._core.rate import TokenBucket
 from pulse._core.sessions import SessionTracker
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
@@ -194,10 +195,7 @@ class _Connection:
         self._wake = trio.Event()
         self.scope = trio.CancelScope()
         self.budget = budget or _Budget(Limits())
-        rate = self.budget.limits.max_request_rate
-        self.tokens = max(rate, 1.0)
-        self.token_time = now
-        self.refusals = 0  # requests refused for the rate in a row
+        self.rate = TokenBucket(self.budget.limits.max_request_rate, now)
         self.authenticated: str | None = None  # the client id proven at connect
         # Engine mode (a plain socket read by the engine; no task unless a write must wait):
         self.raw: socket.socket | None = None
@@ -237,17 +235,12 @@ class _Connection:
 
     def take_token(self, now: float) -> bool:
         """One request's worth of this connection's rate (True if it may be served)."""
-        rate = self.budget.limits.max_request_rate
-        if rate <= 0:
-            return True
-        self.tokens = min(max(rate, 1.0), self.tokens + (now - self.token_time) * rate)
-        self.token_time = now
-        if self.tokens < 1.0:
-            self.refusals += 1
-            return False
-        self.tokens -= 1.0
-        self.refusals = 0
-        return True
+        return self.rate.take(now)
+
+    @property
+    def refusals(self) -> int:
+        """Requests refused for the rate in a row."""
+        return self.rate.refused
 
     def take_chunk(self) -> list[bytes]:
         """Queued messages up to WRITE_CHUNK bytes (at least one), removed from the queue."""
