@@ -232,6 +232,11 @@ class WebSocketConnection:
 
     def encode_ping(self, payload: bytes) -> bytes:
         """A ping control frame."""
+        if (len(payload) <= 125 and not getattr(self.ws, "client", True)
+                and self.ws.state is ConnectionState.OPEN):
+            # A server's ping is unmasked: FIN + opcode 0x9, the length, the payload
+            # (RFC 6455 5.2, 5.5.2); the heartbeat hot path skips wsproto's frame builder.
+            return bytes((0x89, len(payload))) + payload
         return self._encode(Ping(payload=payload))
 
     def encode_pong(self, payload: bytes) -> bytes:

@@ -551,14 +551,17 @@ class Session:
         while self._markers and self._markers[0][0] <= seq:
             confirmed = self._markers.pop(0)[1]
         if confirmed is not None:
+            removed = 0
             while self._unconfirmed and self._unconfirmed[0][1] < confirmed:
                 self._unconfirmed.pop(0)
+                removed += 1
             if self._confirm_seq is not None and seq >= self._confirm_seq:
                 self._confirm_pending = False
                 self._confirm_seq = None
             if self._confirmation_due(0):
                 self._request_confirmation()
-            self._wake()
+            if removed and len(self.outbox):
+                self._wake()  # the window has room again for what waits in the outbox
 
     # -- liveness (the engine calls next_deadline and handle_timer) ----------------------
 

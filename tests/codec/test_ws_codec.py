@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
+from wsproto.events import Ping as WsPing
 
 from pulse.frames import Data, Ping, Pong, encode_frame
 from pulse.plugins.websocket.connection import (
@@ -215,3 +216,18 @@ def test_a_frame_header_declaring_too_much_is_refused_before_its_payload() -> No
     second_header = client.send(BytesMessage(data=b"y" * 50, message_finished=True))[:6]
     events = _decode(first + second_header, [], max_message_size=100)
     assert isinstance(events[0], MessageTooBig)
+
+
+@given(st.binary(max_size=125))
+def test_the_server_ping_fast_path_matches_wsproto(payload: bytes) -> None:
+    """A server's ping frame is byte for byte what wsproto builds, and a client reads it."""
+    client, server = _open_pair()
+
+    async def run() -> bytes:
+        _sender, receiver = trio.testing.memory_stream_pair()
+        return WebSocketConnection(receiver, server).encode_ping(payload)
+
+    fast = trio.run(run)
+    assert fast == server.send(WsPing(payload=payload))
+    client.receive_data(fast)
+    assert [e.payload for e in client.events() if isinstance(e, WsPing)] == [payload]
