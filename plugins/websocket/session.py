@@ -160,7 +160,8 @@ class Session:
     __slots__ = ("_backlog_seen", "_confirm_pending", "_confirm_seq", "_control", "_direct",
         "_end", "_ended", "_engine", "_failure", "_gate_open", "_inbound_pending", "_inbox",
         "_inbox_blocked", "_markers", "_nursery", "_on_liveness", "_owed", "_raw", "_reading",
-        "_target", "_unconfirmed", "_unsubscribe", "_work", "_written", "close_timeout", "conn",
+        "_target", "_unconfirmed", "_unsubscribe", "_writer_stopped", "_writing", "_written",
+        "close_timeout", "conn",
         "delivery", "fragment_size", "heartbeat", "liveness", "opened_at", "outbox", "peer",
         "policy", "presumed_delivered", "transport", "window")
 
@@ -211,7 +212,8 @@ class Session:
         # small (bounded by the window) or empty most of the time.
         self._control: list[_Control] = []
         self._direct: list[_Direct] = []
-        self._work = trio.Event()
+        self._writing = False  # a writer task is running (started on demand, ends when idle)
+        self._writer_stopped: trio.Event | None = None
         self._gate_open = not hold_outbox
         self._unconfirmed: list[tuple[Entry, int]] = []
         self._markers: list[tuple[int, int]] = []  # (ping seq, messages written before)
@@ -302,14 +304,6 @@ class Session:
 
     async def run(self) -> SessionEnd:
         """Run until the session ends; closes the connection; returns why it ended."""
-        writer_done = trio.Event()
-
-        async def writer() -> None:
-            try:
-                await self._writer()
-            finally:
-                writer_done.set()
-
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -320,7 +314,7 @@ class Session:
                     self._drain()  # events that came with the handshake
                 else:
                     nursery.start_soon(self._reader)
-                nursery.start_soon(writer)
+                self._wake()  # anything queued before the session started
                 self._engine.watch(self)
                 try:
                     await self._ended.wait()
@@ -329,9 +323,10 @@ class Session:
                     raise
                 # Let the writer finish the frame it is writing (a frame cut short breaks
                 # the stream for the close frame), unless the socket is stuck.
-                self._wake()
-                with current_engine().move_on_after(self._grace()):
-                    await writer_done.wait()
+                if self._writing:
+                    self._writer_stopped = trio.Event()
+                    with current_engine().move_on_after(self._grace()):
+                        await self._writer_stopped.wait()
                 self.conn.abort_write()
                 nursery.cancel_scope.cancel()
         finally:
@@ -633,7 +628,12 @@ class Session:
     # -- writer ---------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        self._work.set()
+        """There is something to write: start the writer task unless it runs already. An idle
+        connection has no writer task at all (heartbeats skip it: they go to the socket)."""
+        if self._writing or self._end is not None or self._nursery is None:
+            return
+        self._writing = True
+        self._nursery.start_soon(self._writer)
 
     def _queue_control(self, item: _Control) -> None:
         if item.kind is _Kind.PONG:
@@ -685,12 +685,14 @@ class Session:
 
     async def _writer(self) -> None:
         try:
-            while self._end is None:
-                if not await self._write_some():
-                    await self._work.wait()
-                    self._work = trio.Event()
+            while self._end is None and await self._write_some():
+                pass  # ends when there is nothing left to write; _wake starts it again
         except WebSocketClosed as exc:
             self.end(exc.reason, CLOSE_ABNORMAL, Initiator.NETWORK)
+        finally:
+            self._writing = False
+            if self._writer_stopped is not None:
+                self._writer_stopped.set()
 
     async def _write_some(self) -> bool:
         """Write what is ready, small frames batched into one write; False when idle.
