@@ -130,10 +130,14 @@ class GossipMember:
         self._nursery = nursery
         self._stream_timeout = stream_timeout
         self._subscribers: list[_Subscriber] = []
+        #: Events before the first subscriber (our own join, the members the join found).
+        self._backlog: deque[MemberEvent] | None = deque(maxlen=EVENT_BUFFER)
         self._leave_until: float | None = None
         self._left = trio.Event()
         self._failed: BaseException | None = None
         self.counters = _Counters()
+        #: The TCP listener (set by :func:`gossip_member`).
+        self.listener: trio.SocketListener | None = None
 
     # ------------------------------------------------------------------ queries
 
@@ -156,8 +160,15 @@ class GossipMember:
         return self.swim.members()
 
     async def events(self) -> AsyncIterator[MemberEvent]:
-        """Membership changes from now on (join, alive, suspect, failed, left, update)."""
+        """Membership changes from now on (join, alive, suspect, failed, left, update).
+
+        The first iterator also gets the events from before it: our own join and those of
+        the members the join found.
+        """
         sub = _Subscriber()
+        if self._backlog is not None:
+            sub.queue.extend(self._backlog)
+            self._backlog = None
         self._subscribers.append(sub)
         try:
             while True:
@@ -289,6 +300,8 @@ class GossipMember:
 
     def _publish(self, event: MemberEvent) -> None:
         log.info("gossip_member_event", name=self.name, kind=event.kind.value, member=event.member.name)
+        if self._backlog is not None:
+            self._backlog.append(event)
         for sub in self._subscribers:
             if len(sub.queue) >= EVENT_BUFFER:
                 sub.queue.popleft()
@@ -450,6 +463,7 @@ async def gossip_member(
         raise
     async with trio.open_nursery() as nursery:
         member = GossipMember(swim, udp, engine, nursery, stream_timeout=stream_timeout)
+        member.listener = listener
         engine.add_reader(udp, member)
         engine.watch(member)
         try:

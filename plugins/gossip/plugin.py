@@ -1,0 +1,77 @@
+"""The ``gossip://HOST:PORT`` plugin: be a memberlist/Serf member, or ping one.
+
+* ``serve`` joins the group as a member bound at ``HOST:PORT`` (``pulse serve --listen
+  gossip://…``); ``options.extra`` may hold ``name``, ``tags`` (a mapping) and ``join`` (a
+  list of ``(host, port)``); the member's name defaults to ``HOST:PORT``.
+* ``ping`` sends memberlist pings over UDP (addressed to whoever listens there) and yields
+  one reply per ack: any memberlist agent (Serf, Consul, Nomad) answers.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+from pulse._core.swim_messages import Ack, Ping
+from pulse.errors import PeerTimeout, RemoteProtocolError
+from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions
+
+from .codec import decode_packet, encode_packet
+from .driver import gossip_member
+
+DEFAULT_PORT = 7946
+
+
+async def _serve(endpoint: Endpoint, options: ServeOptions, *,
+                 task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+    extra = options.extra
+    name = str(extra.get("name") or f"{endpoint.host}:{endpoint.port}")
+    async with gossip_member((endpoint.host, endpoint.port), name, tags=extra.get("tags") or {},
+                             join=list(extra.get("join") or ())) as member:
+        task_status.started([member.listener])
+        await trio.sleep_forever()
+
+
+async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingReply]:
+    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+    with sock:
+        await sock.connect((endpoint.host, endpoint.port))
+        me = sock.getsockname()
+        base = random.getrandbits(31)
+        peer = f"{endpoint.host}:{endpoint.port}"
+        if options.on_connected is not None:
+            options.on_connected(peer)
+        seq = 0
+        while options.count is None or seq < options.count:
+            seq += 1
+            seq_no = (base + seq) & 0xFFFFFFFF
+            sent = trio.current_time()
+            await sock.send(encode_packet([Ping(seq_no, "", (me[0], me[1]), "pulse-ping")]))
+            with trio.move_on_after(options.timeout) as scope:
+                while True:
+                    try:
+                        data = await sock.recv(65536)
+                        messages = decode_packet(data)
+                    except (ConnectionRefusedError, RemoteProtocolError):
+                        continue
+                    if any(isinstance(m, Ack) and m.seq_no == seq_no for m in messages):
+                        break
+            if scope.cancelled_caught:
+                raise PeerTimeout(f"no ack from {peer} within {options.timeout} s")
+            yield PingReply(seq, trio.current_time() - sent, peer)
+            if options.count is None or seq < options.count:
+                await trio.sleep(options.interval)
+
+
+plugin = Plugin(
+    name="gossip",
+    description="SWIM/Lifeguard membership, wire-compatible with HashiCorp memberlist and Serf",
+    serve=_serve,
+    ping=_ping,
+    default_ports={"gossip": DEFAULT_PORT},
+)
