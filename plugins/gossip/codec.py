@@ -651,3 +651,50 @@ def decode_serf_tags(meta: bytes) -> dict[str, str]:
             raise GossipProtocolError("serf tag is not valid UTF-8") from None
         tags[k] = v
     return tags
+
+
+# ---------------------------------------------------------------------------- serf intents
+
+#: Serf's own message types inside memberlist user messages (``serf/messages.go``).
+SERF_LEAVE = 0
+SERF_JOIN = 1
+SERF_PUSH_PULL = 2
+SERF_USER_EVENT = 3
+SERF_QUERY = 4
+
+
+def encode_serf_leave(ltime: int, node: str) -> bytes:
+    """Serf's leave intent for ``node`` at Lamport time ``ltime`` (a user-message payload).
+
+    Serf marks a member *left* (rather than *failed*) only when this intent reached it before
+    memberlist's own leave (a ``dead`` from the member itself).
+    """
+    return bytes((SERF_LEAVE,)) + _pack({"LTime": ltime, "Node": node})
+
+
+def serf_lamport_time(payload: bytes, node: str) -> int:
+    """The highest Serf Lamport time in a Serf message (a user message or the user state of a
+    push-pull), counting the status time recorded for ``node``; 0 when it carries none.
+
+    A leave intent must be later than both, or Serf ignores it.
+    """
+    if not payload or payload[0] not in (SERF_LEAVE, SERF_JOIN, SERF_PUSH_PULL, SERF_USER_EVENT,
+                                         SERF_QUERY):
+        return 0
+    try:
+        obj, _ = _unpack_one(payload[1:], len(payload))
+        f = _fields(obj, "serf message")
+    except GossipProtocolError:
+        return 0
+    best = 0
+    for key in ("LTime", "EventLTime", "QueryLTime"):
+        value = f.get(key)
+        if isinstance(value, int) and value > best:
+            best = value
+    statuses = f.get("StatusLTimes")
+    if isinstance(statuses, dict):
+        for key, value in statuses.items():
+            name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+            if name == node and isinstance(value, int) and value > best:
+                best = value
+    return best

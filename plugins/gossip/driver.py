@@ -45,8 +45,18 @@ from pulse._core.swim import (
     SwimAction,
     SwimConfig,
     TcpPing,
+    UserMessage,
 )
-from pulse._core.swim_messages import Ack, Addr, ErrResp, Message, NodeState, Ping, PushPull
+from pulse._core.swim_messages import (
+    Ack,
+    Addr,
+    ErrResp,
+    Message,
+    NodeState,
+    Ping,
+    PushPull,
+    UserMsg,
+)
 from pulse._log import get_logger
 from pulse._trio.engine import Engine, current_engine
 from pulse.errors import PulseError, RemoteProtocolError
@@ -57,8 +67,10 @@ from .codec import (
     decode_packet,
     decode_serf_tags,
     encode_packet,
+    encode_serf_leave,
     encode_serf_tags,
     encode_stream,
+    serf_lamport_time,
 )
 
 __all__ = [
@@ -136,6 +148,8 @@ class GossipMember:
         self._left = trio.Event()
         self._failed: BaseException | None = None
         self.counters = _Counters()
+        #: The highest Serf Lamport time seen (in Serf's gossip and push-pull state).
+        self.serf_clock = 0
         #: The TCP listener (set by :func:`gossip_member`).
         self.listener: trio.SocketListener | None = None
 
@@ -214,6 +228,7 @@ class GossipMember:
         if self.swim.has_left:
             return
         now = trio.current_time()
+        self._send_serf_leave()
         self._run_actions(now, self.swim.leave(now))
         self._leave_until = now + propagate
         self._engine.watch(self)
@@ -282,8 +297,10 @@ class GossipMember:
                 self._nursery.start_soon(self._push_pull, action)
             elif isinstance(action, TcpPing):
                 self._nursery.start_soon(self._tcp_ping, action)
-            # StreamReply is answered by the stream handler; UserMessage (Serf's own events,
-            # queries and intents) is not for us.
+            elif isinstance(action, UserMessage):
+                # Serf's own intents, events and queries: only their Lamport time matters here.
+                self._witness_serf(action.payload)
+            # StreamReply is answered by the stream handler.
         self._engine.watch(self)
 
     def _send(self, action: SendPacket) -> None:
@@ -297,6 +314,21 @@ class GossipMember:
             self.counters.packets_dropped += 1
             log.debug("gossip_send_failed", name=self.name, peer=f"{action.addr[0]}:{action.addr[1]}",
                       error=str(exc))
+
+    def _witness_serf(self, payload: bytes) -> None:
+        ltime = serf_lamport_time(payload, self.name)
+        if ltime > self.serf_clock:
+            self.serf_clock = ltime
+
+    def _send_serf_leave(self) -> None:
+        """Tell every member (Serf agents among them) that we are leaving on purpose, so Serf
+        records us as *left*, not *failed*, when memberlist's leave follows."""
+        self.serf_clock += 1
+        payload = encode_serf_leave(self.serf_clock, self.name)
+        for m in self.swim.alive_members():
+            if m.name != self.name:
+                crc = len(m.vsn) > 1 and m.vsn[1] >= 5
+                self._send(SendPacket(m.addr, (UserMsg(payload),), crc))
 
     def _publish(self, event: MemberEvent) -> None:
         log.info("gossip_member_event", name=self.name, kind=event.kind.value, member=event.member.name)
@@ -348,6 +380,7 @@ class GossipMember:
         reply = await self._exchange(action.addr, action.state, None)
         if not isinstance(reply, PushPull):
             return False
+        self._witness_serf(reply.user_state)
         now = trio.current_time()
         self._run_actions(now, self.swim.stream_reply_received(now, action.addr, reply))
         return True
@@ -369,6 +402,8 @@ class GossipMember:
                     msg = await _read_message(stream)
                     if msg is None:
                         return
+                    if isinstance(msg, PushPull):
+                        self._witness_serf(msg.user_state)
                     now = trio.current_time()
                     actions = self.swim.stream_received(now, addr, msg)
                     if actions and isinstance(actions[0], StreamReply):
