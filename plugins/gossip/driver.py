@@ -496,6 +496,7 @@ async def gossip_member(
         udp.close()
         tcp.close()
         raise
+    join_error: GossipJoinError | None = None
     async with trio.open_nursery() as nursery:
         member = GossipMember(swim, udp, engine, nursery, stream_timeout=stream_timeout)
         member.listener = listener
@@ -505,12 +506,14 @@ async def gossip_member(
             nursery.start_soon(trio.serve_listeners, member.serve_stream, [listener])
             seeds = list(join)
             if seeds and await member.join(seeds) == 0:
-                raise GossipJoinError(
+                # Raised below, outside the nursery, so the caller gets it unwrapped.
+                join_error = GossipJoinError(
                     "no seed answered the join: " + ", ".join(f"{h}:{p}" for h, p in seeds))
-            yield member
-            if member._failed is None:
-                with trio.CancelScope(shield=True):
-                    await member.leave(leave_propagate)
+            else:
+                yield member
+                if member._failed is None:
+                    with trio.CancelScope(shield=True):
+                        await member.leave(leave_propagate)
         finally:
             engine.forget(member)
             engine.remove_reader(udp)
@@ -518,6 +521,8 @@ async def gossip_member(
             udp.close()
             listener.socket.close()
             nursery.cancel_scope.cancel()
+    if join_error is not None:
+        raise join_error
 
 
 def member_state_name(member: Member) -> str:
