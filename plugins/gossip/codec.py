@@ -70,6 +70,7 @@ __all__ = [
     "StreamDecoder",
     "decode_packet",
     "decode_serf_tags",
+    "decode_serf_tags_raw",
     "decode_stream",
     "encode_message",
     "encode_packet",
@@ -621,8 +622,11 @@ def _push_node_state(obj: Any) -> PushNodeState:
 # ---------------------------------------------------------------------------- serf tags
 
 
-def encode_serf_tags(tags: Mapping[str, str]) -> bytes:
-    """Serf's node metadata for ``tags`` (magic byte + msgpack map); at most 512 bytes."""
+def encode_serf_tags(tags: Mapping[str, str | bytes]) -> bytes:
+    """Serf's node metadata for ``tags`` (magic byte + msgpack map); at most 512 bytes.
+
+    A bytes value travels as a raw msgpack string, as a Go string holding those bytes would.
+    """
     meta = bytes((SERF_TAG_MAGIC,)) + _pack(dict(tags))
     if len(meta) > META_MAX_SIZE:
         raise LocalProtocolError(
@@ -632,24 +636,31 @@ def encode_serf_tags(tags: Mapping[str, str]) -> bytes:
 
 def decode_serf_tags(meta: bytes) -> dict[str, str]:
     """The tags in Serf node metadata (legacy metadata without the magic byte is a ``role``)."""
-    if not meta or meta[0] != SERF_TAG_MAGIC:
+    tags: dict[str, str] = {}
+    for key, value in decode_serf_tags_raw(meta).items():
         try:
-            return {"role": meta.decode("utf-8")}
+            tags[key] = value.decode("utf-8")
         except UnicodeDecodeError:
-            raise GossipProtocolError("legacy serf role is not valid UTF-8") from None
+            raise GossipProtocolError("serf tag is not valid UTF-8") from None
+    return tags
+
+
+def decode_serf_tags_raw(meta: bytes) -> dict[str, bytes]:
+    """Like :func:`decode_serf_tags`, with each value's bytes as they are (names are text)."""
+    if not meta or meta[0] != SERF_TAG_MAGIC:
+        return {"role": bytes(meta)}
     obj, _ = _unpack_one(meta[1:], META_MAX_SIZE)
     if not isinstance(obj, dict):
         raise GossipProtocolError("serf tags are not a map")
-    tags: dict[str, str] = {}
+    tags: dict[str, bytes] = {}
     for key, value in obj.items():
         if not isinstance(key, bytes | str) or not isinstance(value, bytes | str):
             raise GossipProtocolError("serf tags must map strings to strings")
         try:
             k = key.decode("utf-8") if isinstance(key, bytes) else key
-            v = value.decode("utf-8") if isinstance(value, bytes) else value
         except UnicodeDecodeError:
-            raise GossipProtocolError("serf tag is not valid UTF-8") from None
-        tags[k] = v
+            raise GossipProtocolError("serf tag name is not valid UTF-8") from None
+        tags[k] = value if isinstance(value, bytes) else value.encode("utf-8")
     return tags
 
 

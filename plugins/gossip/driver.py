@@ -65,7 +65,7 @@ from .codec import (
     GossipProtocolError,
     StreamDecoder,
     decode_packet,
-    decode_serf_tags,
+    decode_serf_tags_raw,
     encode_packet,
     encode_serf_leave,
     encode_serf_tags,
@@ -79,6 +79,7 @@ __all__ = [
     "GossipMember",
     "gossip_member",
     "member_state_name",
+    "raw_tags_of",
     "tags_of",
 ]
 
@@ -97,11 +98,17 @@ class GossipJoinError(PulseError):
 
 
 def tags_of(member: Member) -> dict[str, str]:
-    """A member's Serf tags (an empty dict when its metadata is not Serf's encoding)."""
+    """A member's Serf tags (an empty dict when its metadata is not Serf's encoding; bytes
+    that are not UTF-8 are shown with replacement characters)."""
+    return {k: v.decode("utf-8", "replace") for k, v in raw_tags_of(member).items()}
+
+
+def raw_tags_of(member: Member) -> dict[str, bytes]:
+    """A member's Serf tags with their values as bytes (empty when not Serf's encoding)."""
     if not member.meta:
         return {}
     try:
-        return decode_serf_tags(member.meta)
+        return decode_serf_tags_raw(member.meta)
     except GossipProtocolError:
         return {}
 
@@ -198,8 +205,9 @@ class GossipMember:
 
     # ------------------------------------------------------------------ application actions
 
-    async def update_tags(self, tags: Mapping[str, str]) -> None:
-        """Replace our Serf tags; the change is gossiped to the group."""
+    async def update_tags(self, tags: Mapping[str, str | bytes]) -> None:
+        """Replace our Serf tags; the change is gossiped to the group (a bytes value travels
+        as a raw string)."""
         meta = encode_serf_tags(tags)
         self._run_actions(trio.current_time(), self.swim.update_meta(trio.current_time(), meta))
         await trio.lowlevel.checkpoint()
@@ -462,7 +470,7 @@ async def gossip_member(
     bind: Addr,
     name: str,
     *,
-    tags: Mapping[str, str] | None = None,
+    tags: Mapping[str, str | bytes] | None = None,
     join: Iterable[Addr] = (),
     advertise: Addr | None = None,
     config: SwimConfig | None = None,

@@ -3,6 +3,8 @@
 * ``serve`` joins the group as a member bound at ``HOST:PORT`` (``pulse serve --listen
   gossip://…``); ``options.extra`` may hold ``name``, ``tags`` (a mapping) and ``join`` (a
   list of ``(host, port)``); the member's name defaults to ``HOST:PORT``.
+* ``connect_session`` is the presence API without a server (:mod:`.presence`): the session
+  is a member, its registrations are its tags.
 * ``ping`` sends memberlist pings over UDP (addressed to whoever listens there) and yields
   one reply per ack: any memberlist agent (Serf, Consul, Nomad) answers.
 """
@@ -12,12 +14,14 @@ from __future__ import annotations
 import random
 import socket
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
 
 from pulse._core.swim_messages import Ack, Ping
 from pulse.errors import PeerTimeout, RemoteProtocolError
+from pulse.presence import PresenceSession
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions
 
 from .codec import decode_packet, encode_packet
@@ -68,10 +72,18 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
                 await trio.sleep(options.interval)
 
 
+def _connect_session(endpoint: Endpoint, *, session_timeout: float = 10.0,
+                     **options: Any) -> AbstractAsyncContextManager[PresenceSession]:
+    from .presence import connect_gossip_session
+
+    return connect_gossip_session(endpoint, session_timeout=session_timeout, **options)
+
+
 plugin = Plugin(
     name="gossip",
     description="SWIM/Lifeguard membership, wire-compatible with HashiCorp memberlist and Serf",
     serve=_serve,
     ping=_ping,
+    connect_session=_connect_session,
     default_ports={"gossip": DEFAULT_PORT},
 )

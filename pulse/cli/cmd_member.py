@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a Serf tag announced in our metadata (repeatable)")
     parser.add_argument("--advertise", type=_addr, default=None, metavar="HOST:PORT",
                         help="address announced to others (default: the bound one)")
+    parser.add_argument("--probe-interval", type=float, default=1.0, metavar="S",
+                        help="SWIM protocol period (default 1, memberlist's LAN setting; the probe "
+                             "timeout is half of it, and failures are detected in about 5 periods)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
@@ -63,15 +66,21 @@ def _line(event: MemberEvent, as_json: bool) -> str:
 
 async def member(args: argparse.Namespace) -> int:
     """Join, print every change until SIGINT/SIGTERM, then leave gracefully."""
+    from pulse._core.swim import SwimConfig
     from pulse.plugins.gossip.driver import gossip_member
 
     endpoint = parse_url(args.listen, default_port=7946)
+    if not args.probe_interval > 0:
+        raise ValueError(f"--probe-interval must be > 0, got {args.probe_interval}")
+    config = SwimConfig(name=args.name, addr=("127.0.0.1", 1), probe_interval=args.probe_interval,
+                        probe_timeout=args.probe_interval / 2,
+                        gossip_interval=min(0.2, args.probe_interval))
     if endpoint.scheme != "gossip":
         raise ValueError(f"pulse member listens on gossip://HOST:PORT, not {endpoint.scheme}://")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with (
             gossip_member((endpoint.host, endpoint.port), args.name, tags=dict(args.tag),
-                          join=args.join, advertise=args.advertise) as gm,
+                          join=args.join, advertise=args.advertise, config=config) as gm,
             trio.open_nursery() as nursery,
         ):
 

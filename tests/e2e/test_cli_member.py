@@ -81,8 +81,11 @@ async def test_two_member_processes_see_each_other_and_a_killed_one_fails(tmp_pa
 async def test_signalled_member_leaves_gracefully(tmp_path: Path, sig: signal.Signals) -> None:
     """SIGTERM or SIGINT makes a member leave: the other prints left (never failed); exit 0."""
     a = MemberProc(tmp_path, "alpha", free_port())
-    b = MemberProc(tmp_path, "beta", free_port(), join=a.port)
+    b: MemberProc | None = None
     try:
+        with trio.fail_after(10):
+            await a.wait_for("join", "alpha")  # listening: a seed must be up before a join
+        b = MemberProc(tmp_path, "beta", free_port(), join=a.port)
         with trio.fail_after(10):
             await a.wait_for("join", "beta")
         b.proc.send_signal(sig)
@@ -92,7 +95,8 @@ async def test_signalled_member_leaves_gracefully(tmp_path: Path, sig: signal.Si
         assert not [e for e in a.events() if e["event"] == "failed"]
     finally:
         a.stop()
-        b.stop()
+        if b is not None:
+            b.stop()
 
 
 def test_bad_listen_url_is_a_one_line_error() -> None:
