@@ -163,3 +163,23 @@ async def test_sigkilled_pulse_member_is_marked_failed_by_serf(cluster: tuple[Se
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_presence_session_sees_serf_tags_that_are_paths(cluster: tuple[SerfAgent, SerfAgent]) -> None:
+    """A gossip presence session lists a serf agent's path-like tags as registrations, and serf
+    lists the session's registrations as tags."""
+    from pulse.registry import connect_session
+
+    s1, _ = cluster
+    extra = SerfAgent("serf-svc", {"/svc/db": "primary"}, join=s1.addr)
+    try:
+        extra.wait_ready()
+        async with connect_session(f"gossip://127.0.0.1:{s1.port}", session_timeout=5.0,
+                                   name="pulse-presence") as session:
+            await session.register("/svc/web", b"up")
+            with trio.fail_after(15):
+                while await session.list("/svc") != {"db": b"primary", "web": b"up"}:  # noqa: ASYNC110
+                    await trio.sleep(0.1)
+                await _wait_serf_status(s1, "pulse-presence", "alive", {"/svc/web": "up"})
+    finally:
+        extra.stop()
