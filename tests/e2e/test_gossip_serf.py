@@ -183,3 +183,17 @@ async def test_presence_session_sees_serf_tags_that_are_paths(cluster: tuple[Ser
                 await _wait_serf_status(s1, "pulse-presence", "alive", {"/svc/web": "up"})
     finally:
         extra.stop()
+
+
+async def test_plugin_ping_gets_acks_from_a_serf_agent(cluster: tuple[SerfAgent, SerfAgent]) -> None:
+    """The gossip:// plugin's ping measures round trips to a serf agent (memberlist acks)."""
+    from pulse.registry import PingOptions, ping_function
+
+    s1, _ = cluster
+    endpoint, ping = ping_function(f"gossip://127.0.0.1:{s1.port}")
+    replies = []
+    with trio.fail_after(10):
+        async for reply in ping(endpoint, PingOptions(interval=0.05, timeout=2.0, count=3)):
+            replies.append(reply)
+    assert [r.seq for r in replies] == [1, 2, 3]
+    assert all(0 < r.rtt < 2.0 for r in replies)
