@@ -402,7 +402,11 @@ class GossipMember:
     async def serve_stream(self, stream: trio.SocketStream) -> None:
         """Answer one stream a peer opened (push-pull, TCP ping or user message)."""
         self.counters.streams_in += 1
-        peer = stream.socket.getpeername()
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:  # the peer is gone already
+            await stream.aclose()
+            return
         addr: Addr = (peer[0], peer[1])
         async with stream:
             with trio.move_on_after(self._stream_timeout):
