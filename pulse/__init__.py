@@ -8,7 +8,7 @@ transports are plugins under ``pulse.plugins`` found through :mod:`pulse.registr
 from __future__ import annotations
 
 from pulse._core.adaptive import AdaptiveDetector, BertierMargin
-from pulse._core.backoff import Backoff, Jitter
+from pulse._core.backoff import Backoff, Growth, Jitter
 from pulse._core.detectors import FailureDetector, FixedTimeout, MissedBeats
 from pulse._core.idle import IdleDetector
 from pulse._core.liveness import Liveness, LivenessState, PeerStats
@@ -44,6 +44,7 @@ __all__ = [
     "FailureDetector",
     "FixedTimeout",
     "FrameTooLarge",
+    "Growth",
     "HeartbeatConnection",
     "HeartbeatPolicy",
     "IdleDetector",

@@ -37,8 +37,14 @@ class QuietLogger:
 
     def __init__(self, name: str, context: dict[str, Any] | None = None) -> None:
         self._name = name
-        self._context = dict(context) if context else {}
-        self._proxy: Any = structlog.get_logger(name, **self._context)
+        self._context = context or {}
+        self._proxy: Any = None  # made at the first event: a bound logger per connection
+        # costs a dict until it has something to say
+
+    def _logger(self) -> Any:
+        if self._proxy is None:
+            self._proxy = structlog.get_logger(self._name, **self._context)
+        return self._proxy
 
     @property
     def name(self) -> str:
@@ -52,27 +58,27 @@ class QuietLogger:
     def debug(self, event: str, **kw: Any) -> None:
         """Log ``event`` at debug level (dropped while structlog is unconfigured)."""
         if _is_configured():
-            self._proxy.debug(event, **kw)
+            self._logger().debug(event, **kw)
 
     def info(self, event: str, **kw: Any) -> None:
         """Log ``event`` at info level (dropped while structlog is unconfigured)."""
         if _is_configured():
-            self._proxy.info(event, **kw)
+            self._logger().info(event, **kw)
 
     def warning(self, event: str, **kw: Any) -> None:
         """Log ``event`` at warning level (dropped while structlog is unconfigured)."""
         if _is_configured():
-            self._proxy.warning(event, **kw)
+            self._logger().warning(event, **kw)
 
     def error(self, event: str, **kw: Any) -> None:
         """Log ``event`` at error level (dropped while structlog is unconfigured)."""
         if _is_configured():
-            self._proxy.error(event, **kw)
+            self._logger().error(event, **kw)
 
     def exception(self, event: str, **kw: Any) -> None:
         """Log ``event`` at error level with the current exception's traceback."""
         if _is_configured():
-            self._proxy.exception(event, **kw)
+            self._logger().exception(event, **kw)
 
 
 def get_logger(name: str) -> QuietLogger:

@@ -64,6 +64,16 @@ class LeaseExpired(SessionExpired):
     """Alias kept for readers who think in leases rather than sessions."""
 
 
+class SessionClosed(ConnectionClosed, SessionError):
+    """The session was closed by this client; no more requests are accepted (both session
+    backends raise this for a request made after ``aclose()``)."""
+
+
+class NoServerReachable(ConnectionClosed, SessionError):
+    """No server of the list answered in time, so no session could be opened (both session
+    backends raise this when entering ``connect`` fails for that reason)."""
+
+
 class AuthFailed(SessionError):
     """A re-attach presented a wrong session password, or a bad auth token."""
 

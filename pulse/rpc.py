@@ -19,7 +19,8 @@ What pulse does, through the framework's ``hooks`` (they must not block)::
     hooks.close(reason)                            # the peer is dead: close the connection
 
 and a consumer runs its connection inside :func:`reconnect_loop`, which reconnects with
-backoff after every lost connection. ``channel.state``, ``channel.rtt`` and
+backoff after every lost connection (the one reconnect supervisor of
+:mod:`pulse._core.reconnect`). ``channel.state``, ``channel.rtt`` and
 ``channel.stats()`` expose liveness and round-trip times.
 
 Request ids: heartbeats need ids in the framework's id space (their responses come back
@@ -35,7 +36,6 @@ a :class:`HeartbeatTimer` share one wheel and one sleeping task, however many th
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Generic, NoReturn, Protocol, TypeVar
@@ -48,12 +48,14 @@ from pulse._core.channel_heartbeat import (
     ChannelState,
     ChannelStats,
     ChannelTiming,
-    Reconnector,
     Role,
 )
+from pulse._core.reconnect import ReconnectMachine, default_backoff
 from pulse._core.stats import RttSummary
 from pulse._core.wheel import DEFAULT_SLOTS, DEFAULT_TICK, HashedWheel, Timer
 from pulse._log import get_logger
+from pulse._trio.engine import current_engine
+from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
 from pulse.actions import (
     Action,
     Close,
@@ -168,22 +170,22 @@ class RpcChannel(Generic[M]):
 
     def read(self) -> None:
         """A frame (any frame) was read from the peer."""
-        self._apply(self.core.read(trio.current_time()))
+        self._apply(self.core.read(self._timer.now()))
 
     def wrote(self) -> None:
         """A write to the peer completed."""
-        self.core.write(trio.current_time())
+        self.core.write(self._timer.now())
 
     def heartbeat_request(self, request_id: int) -> M:
         """The peer sent heartbeat ``request_id``; returns the response to send back."""
-        self._apply(self.core.heartbeat_request(trio.current_time()))
+        self._apply(self.core.heartbeat_request(self._timer.now()))
         return self._messages.response(request_id)
 
     def heartbeat_response(self, request_id: int) -> bool:
         """A heartbeat response arrived; True if it answered one of this channel's heartbeats
         (its round trip is then recorded). Counts as a read either way."""
         ours = self.core.is_heartbeat_id(request_id)
-        self._apply(self.core.heartbeat_response(trio.current_time(), request_id))
+        self._apply(self.core.heartbeat_response(self._timer.now(), request_id))
         return ours
 
     def is_heartbeat(self, request_id: int) -> bool:
@@ -211,7 +213,7 @@ class RpcChannel(Generic[M]):
 
     def stats(self) -> ChannelStats:
         """A snapshot of this channel's heartbeat statistics now."""
-        return self.core.stats(trio.current_time())
+        return self.core.stats(self._timer.now())
 
     # -- the timer drives ----------------------------------------------------------------------
 
@@ -243,7 +245,8 @@ class RpcChannel(Generic[M]):
 
 
 class HeartbeatTimer:
-    """The one timer of many channels: a hashed wheel and a single trio task (:meth:`run`).
+    """The one timer of many channels: a hashed wheel on the process's engine while
+    :meth:`run` runs (no task or cancel scope of its own per channel, nor for the wheel).
 
     ``tick`` bounds the precision (timers fire at most one tick late) and should be well
     below the shortest heartbeat in use; Dubbo uses 1 s ticks and 128 slots. Must be created
@@ -252,10 +255,11 @@ class HeartbeatTimer:
 
     def __init__(self, *, tick: float = DEFAULT_TICK, slots: int = DEFAULT_SLOTS) -> None:
         self._wheel: HashedWheel[RpcChannel[Any]] = HashedWheel(
-            trio.current_time(), tick=tick, slots=slots
+            current_engine().now(), tick=tick, slots=slots
         )
         self._channels: set[RpcChannel[Any]] = set()
-        self._sleep: trio.CancelScope | None = None
+        self._engine = current_engine()
+        self._running = False
         self.wakeups = 0
         self.fired = 0
 
@@ -263,6 +267,10 @@ class HeartbeatTimer:
     def tick(self) -> float:
         """Seconds per wheel tick."""
         return self._wheel.tick
+
+    def now(self) -> float:
+        """The engine's clock, which the channels' timestamps are taken from."""
+        return self._engine.now()
 
     def __len__(self) -> int:
         """Open channels."""
@@ -294,7 +302,7 @@ class HeartbeatTimer:
                 "late, which would look like a local pause; see tick_for()"
             )
         allocate = ids if ids is not None else RequestIds()
-        core = ChannelHeartbeat(role, timing, trio.current_time(), next_request_id=allocate)
+        core = ChannelHeartbeat(role, timing, self._engine.now(), next_request_id=allocate)
         channel = RpcChannel(self, core, hooks, messages, allocate, peer)
         self._channels.add(channel)
         self._arm(channel)
@@ -304,11 +312,9 @@ class HeartbeatTimer:
         deadline = channel.core.next_deadline()
         if deadline is None:
             return
-        entry = self._wheel.schedule(deadline, channel)
-        channel._entry = entry
-        wake = self._wheel.tick_time(entry.tick)
-        if self._sleep is not None and wake < self._sleep.deadline:
-            self._sleep.deadline = wake
+        channel._entry = self._wheel.schedule(deadline, channel)
+        if self._running:
+            self._engine.watch(self)  # the wheel's next tick may have moved earlier
 
     def _remove(self, channel: RpcChannel[M]) -> None:
         self._channels.discard(channel)
@@ -317,24 +323,32 @@ class HeartbeatTimer:
             channel._entry = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
-        """Sleep until the wheel's next deadline, fire what is due, repeat; forever."""
+        """Drive the wheel from the process's engine until cancelled: due channels fire at
+        the wheel's deadlines."""
+        self._running = True
+        self._engine.watch(self)
         task_status.started()
-        while True:
-            deadline = self._wheel.next_deadline()
-            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-                self._sleep = scope
-                await trio.sleep_forever()
-            self._sleep = None
-            now = trio.current_time()
-            self.wakeups += 1
-            for channel in self._wheel.handle_timer(now):
-                self.fired += 1
-                try:
-                    channel._fire(now)
-                except Exception as exc:  # a framework hook failed: only its channel pays
-                    reason = f"heartbeat hook failed: {exc!r}"
-                    log.error("hook_failed", peer=channel.peer, reason=reason)
-                    channel.close(reason)
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._running = False
+            self._engine.forget(self)
+
+    def next_deadline(self) -> float | None:
+        """The wheel's next tick with a timer in it (the engine's timer contract)."""
+        return self._wheel.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every channel due at ``now``; a failing framework hook costs its channel."""
+        self.wakeups += 1
+        for channel in self._wheel.handle_timer(now):
+            self.fired += 1
+            try:
+                channel._fire(now)
+            except Exception as exc:  # a framework hook failed: only its channel pays
+                reason = f"heartbeat hook failed: {exc!r}"
+                log.error("hook_failed", peer=channel.peer, reason=reason)
+                channel.close(reason)
 
 
 def tick_for(timing: ChannelTiming) -> float:
@@ -372,32 +386,40 @@ async def reconnect_loop(
     """Keep a consumer connected: ``connect()``, run ``session(connection)`` until the
     connection ends, wait the backoff's next delay, connect again.
 
-    A failed ``connect`` (``OSError``) or a session ending for any reason, including one
-    raising ``OSError``, a trio stream error or a :class:`~pulse.errors.PulseError`, counts as
-    a lost connection. ``on_reconnect`` hears of every :class:`~pulse.actions.Reconnect`
-    before its delay. Raises :class:`~pulse.errors.ReconnectGaveUp` once the backoff has no
-    attempts left (default backoff: 0.1 s doubling to 30 s, full jitter, unlimited).
+    The rules are the one reconnect supervisor's (:mod:`pulse._core.reconnect`): one attempt
+    at a time, full jitter on every delay including the first after a lost connection, the
+    backoff reset only after a connection stayed up ``reset_after``; the waits are deadlines
+    on the engine. A failed ``connect`` (``OSError``) or a session ending for any reason,
+    including one raising ``OSError``, a trio stream error or a
+    :class:`~pulse.errors.PulseError`, counts as a lost connection. ``on_reconnect`` hears of
+    every :class:`~pulse.actions.Reconnect` before its delay. Raises
+    :class:`~pulse.errors.ReconnectGaveUp` once the backoff has no attempts left (default
+    backoff: :func:`~pulse._core.reconnect.default_backoff`, unlimited).
     """
-    reconnector = Reconnector(backoff if backoff is not None else Backoff())
     bound = log.bind(peer=peer)
-    while True:
+    machine = ReconnectMachine(backoff if backoff is not None else default_backoff())
+
+    async def attempt(handle: AttemptHandle) -> str:
         try:
             connection = await connect()
         except OSError as exc:
-            action = reconnector.failed(trio.current_time())
-            reason = f"connect failed: {exc}"
-        else:
-            reconnector.connected(trio.current_time())
-            bound.info("connected", connects=reconnector.connects)
-            try:
-                await session(connection)
-                reason = "connection ended"
-            except CONNECTION_ERRORS as exc:
-                reason = f"connection lost: {exc!r}"
-            action = reconnector.lost(trio.current_time())
-        if action is None:
-            raise ReconnectGaveUp(f"gave up reconnecting to {peer or 'the peer'}: {reason}")
-        bound.info("reconnect", reason=reason, delay=round(action.delay, 3), attempt=action.attempt)
+            return f"connect failed: {exc}"
+        handle.connected()
+        bound.info("connected", connects=machine.connects)
+        try:
+            await session(connection)
+        except CONNECTION_ERRORS as exc:
+            return f"connection lost: {exc!r}"
+        return "connection ended"
+
+    def waiting(action: Reconnect, reason: str) -> None:
+        bound.info("reconnect", reason=reason, delay=round(action.delay, 3),
+                   attempt=action.attempt)
         if on_reconnect is not None:
             on_reconnect(action)
-        await trio.sleep(action.delay)
+
+    driver = ReconnectDriver(machine, attempt, retry_on=(), on_wait=waiting)
+    await driver.run()
+    raise ReconnectGaveUp(
+        f"gave up reconnecting to {peer or 'the peer'}: {machine.last_reason}"
+    ) from driver.error

@@ -20,6 +20,7 @@ import trio
 from pulse._core.backoff import Backoff
 from pulse._core.channel_heartbeat import ChannelTiming, Role
 from pulse._log import get_logger
+from pulse._trio.engine import current_engine
 from pulse.errors import ConnectionClosed, PulseError
 from pulse.rpc import (
     HeartbeatTimer,
@@ -139,7 +140,7 @@ class DubboConsumer:
         await reconnect_loop(self._connect, self._session, backoff=self.backoff, peer=self.peer)
 
     async def _connect(self) -> trio.abc.Stream:
-        with trio.move_on_after(self.connect_timeout):
+        with current_engine().move_on_after(self.connect_timeout):
             if self._open_stream is not None:
                 return await self._open_stream()
             return await trio.open_tcp_stream(self.host, self.port)

@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from pulse.errors import ConnectionClosed, PeerTimeout
+from pulse._trio.engine import current_engine
+from pulse._trio.pinger import ping_series
+from pulse.errors import ConnectionClosed
 from pulse.registry import Endpoint, PingOptions, PingReply
 from pulse.rpc import RequestIds
 
@@ -40,7 +42,7 @@ async def ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingRe
     """Yield one :class:`PingReply` per answered heartbeat; raise
     :class:`~pulse.errors.PeerTimeout` when one goes unanswered for ``options.timeout``."""
     peer = f"{endpoint.host}:{endpoint.port}"
-    with trio.move_on_after(options.timeout) as connecting:
+    with current_engine().move_on_after(options.timeout) as connecting:
         stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
     if connecting.cancelled_caught:
         raise OSError(errno.ETIMEDOUT, f"connect to {peer} timed out after {options.timeout} s")
@@ -48,18 +50,11 @@ async def ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingRe
     decoder = FrameDecoder()
     if options.on_connected is not None:
         options.on_connected(peer)
+    async def probe(_seq: int) -> None:
+        request_id = ids()
+        await stream.send_all(codec.heartbeat_request(request_id))
+        await _await_response(stream, decoder, request_id, peer)
+
     async with stream:
-        seq = 0
-        while options.count is None or seq < options.count:
-            seq += 1
-            request_id = ids()
-            sent = trio.current_time()
-            await stream.send_all(codec.heartbeat_request(request_id))
-            with trio.move_on_after(options.timeout) as waiting:
-                await _await_response(stream, decoder, request_id, peer)
-            if waiting.cancelled_caught:
-                raise PeerTimeout(f"no heartbeat response from {peer} within {options.timeout} s")
-            rtt = trio.current_time() - sent
-            yield PingReply(seq, rtt, peer)  # never inside a cancel scope (trio's rule)
-            if options.count is None or seq < options.count:
-                await trio.sleep(max(0.0, options.interval - rtt))
+        async for reply in ping_series(options, peer, probe):
+            yield reply

@@ -20,6 +20,7 @@ import trio
 
 from pulse._core.channel_heartbeat import ChannelTiming, Role
 from pulse._log import get_logger
+from pulse._trio.engine import current_engine
 from pulse.errors import ConnectionClosed
 from pulse.rpc import HeartbeatTimer, RequestIds
 
@@ -133,7 +134,7 @@ class DubboProvider:
             self.closed.append(
                 ClosedChannel(
                     peer, channel.closed_reason or "closed", channel.rpc.timed_out,
-                    trio.current_time(), stats.heartbeats_received, stats.heartbeats_sent,
+                    current_engine().now(), stats.heartbeats_received, stats.heartbeats_sent,
                     stats.heartbeats_answered,
                 )
             )

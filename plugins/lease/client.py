@@ -1,8 +1,12 @@
 """The lease client: one :class:`pulse.presence.PresenceSession` on a list of lease servers.
 
-Timing follows ZooKeeper's client (:mod:`.timing`): read timeout 2/3 of the negotiated
-session timeout, a ping when nothing was sent for half of that (at most every 10 s), a
-connect timeout of session timeout / number of servers, servers tried in a shuffled order.
+Timing, states and transitions are the one session client machine's
+(:mod:`pulse._core.session_client`, shared with the ZooKeeper client, whose module docstring
+states the rules): read timeout 2/3 of the negotiated session timeout, a ping when nothing
+was sent for half of that (at most every 10 s), a connect timeout of session timeout /
+number of servers, servers tried in a shuffled order with a random pause, client-side
+expiry. The process's engine drives the machine (:class:`pulse._trio.session.SessionDriver`):
+this module has no timing loop and no deadline scope.
 
 States (:class:`pulse.presence.SessionState`) and their transitions::
 
@@ -43,16 +47,29 @@ from typing import Any
 
 import trio
 
+from pulse._core.session_client import (
+    Action,
+    Disconnect,
+    GaveUp,
+    Phase,
+    SendPing,
+    SessionClient,
+    StateChanged,
+    hex_id,
+)
+from pulse._core.session_client import Connect as ConnectTo
 from pulse._core.session_timing import ClientTiming
 from pulse._log import get_logger
+from pulse._trio.session import SessionDriver
 from pulse._trio.util import background_nursery
 from pulse.codec import MessageDecoder, encode_message
 from pulse.errors import (
-    ConnectionClosed,
     LimitExceeded,
+    NoServerReachable,
     PulseError,
     QueueFull,
     RemoteProtocolError,
+    SessionClosed,
     SessionExpired,
 )
 from pulse.presence import PresenceEvent, SessionEvent, SessionState
@@ -82,6 +99,10 @@ from .protocol import (
 )
 
 log = get_logger("pulse.lease.client")
+
+# Aliases: inside LeaseSession the name ``list`` is the presence method.
+_Actions = list[Action]
+_Messages = list[Any]
 
 StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
@@ -129,6 +150,10 @@ class _Lost(Exception):
     """The current connection is unusable (reason in the message)."""
 
 
+class _Dropped(Exception):
+    """The attempt was dropped while its answer was being read (stale)."""
+
+
 class _Ended(Exception):
     """The server ended the session (``state`` is expired or closed)."""
 
@@ -141,7 +166,7 @@ class _Ended(Exception):
 class _Connection:
     """The current connection: its stream and what waits to be sent."""
 
-    def __init__(self, stream: trio.abc.Stream, server: tuple[str, int], now: float,
+    def __init__(self, stream: trio.abc.Stream, server: tuple[str, int],
                  decoder: MessageDecoder) -> None:
         self.stream = stream
         self.server = server
@@ -149,8 +174,6 @@ class _Connection:
         self.scope = trio.CancelScope()
         self.outcome: _Lost | _Ended | None = None
         self.queue: deque[Request] = deque()
-        self.last_send = now
-        self.last_receive = now
         self.wake = trio.Event()
         self.pings: dict[int, float] = {}
 
@@ -299,7 +322,16 @@ class WatchStream:
 
 
 class LeaseSession:
-    """A session on one of ``servers``; create it with :func:`connect`."""
+    """A session on one of ``servers``; create it with :func:`connect`.
+
+    Every timing decision is the shared session client machine's
+    (:class:`pulse._core.session_client.SessionClient`, also behind the ZooKeeper client),
+    driven by the process's engine; this class opens connections, reads and writes them,
+    and carries out the machine's actions. ``session_id`` and ``session_password`` resume
+    an existing session; a server that refuses them makes the first connect raise
+    :class:`~pulse.errors.SessionExpired`. ``start_timeout`` (default: the session timeout)
+    bounds the wait for a first session before :class:`~pulse.errors.NoServerReachable`.
+    """
 
     def __init__(
         self,
@@ -314,6 +346,9 @@ class LeaseSession:
         client_id: str | None = None,
         token: bytes | str = b"",
         ssl_context: ssl.SSLContext | None = None,
+        session_id: int | None = None,
+        session_password: bytes = b"",
+        start_timeout: float | None = None,
     ) -> None:
         if not servers:
             raise ValueError("need at least one server")
@@ -321,12 +356,12 @@ class LeaseSession:
                 and session_timeout > 0):
             raise ValueError(f"session timeout must be > 0 seconds, got {session_timeout!r}")
         self._rng = rng or random.Random()
-        self._servers = list(servers)
-        if shuffle:
-            self._rng.shuffle(self._servers)
-        self._server_index = 0
+        self._machine = SessionClient(servers, float(session_timeout), self._rng,
+                                      shuffle=shuffle, session_id=session_id,
+                                      password=session_password)
+        self._servers = self._machine.hosts
         self._proposed = float(session_timeout)
-        self._timeout = float(session_timeout)
+        self._start_timeout = self._proposed if start_timeout is None else float(start_timeout)
         self._reregister = reregister
         if client_id is not None:
             try:
@@ -340,23 +375,22 @@ class LeaseSession:
             opener = _tls_opener(opener, ssl_context)
         self._open_stream = opener
         self._max_message_size = max_message_size
-        self._state = SessionState.CONNECTING
-        self._session_id: int | None = None
-        self._password = b""
         self._superseded: tuple[int, bytes] | None = None
         self._last_seq = 0
-        self._last_heard = 0.0
         self._xids = itertools.count(1)
         self._watch_ids = itertools.count(1)
         self._pending: dict[int, _Call] = {}
         self._conn: _Connection | None = None
+        self._attempt: trio.CancelScope | None = None
         self._registrations: dict[str, bytes] = {}
         self._watches: dict[int, WatchStream] = {}
         self._state_feeds: list[_Feed] = []
         self._closing = False
-        self._close_requested = trio.Event()
-        self._run_done: trio.Event | None = None
-        self._run_scope: trio.CancelScope | None = None
+        self._driver: SessionDriver | None = None
+        self._nursery: trio.Nursery | None = None
+        self._close_scope: trio.CancelScope | None = None
+        self._start_error: PulseError | None = None
+        self._gave_up: str | None = None
         self._restored_for: int | None = None
         self.last_rtt: float | None = None
         self.server: tuple[str, int] | None = None
@@ -366,22 +400,22 @@ class LeaseSession:
     @property
     def session_id(self) -> int | None:
         """The server-assigned session id (None before the first connect)."""
-        return self._session_id
+        return self._machine.session_id
 
     @property
     def state(self) -> SessionState:
         """The current state."""
-        return self._state
+        return self._machine.state
 
     @property
     def session_timeout(self) -> float:
         """The negotiated session timeout (the proposal until the first connect)."""
-        return self._timeout
+        return self._machine.session_timeout
 
     @property
     def timing(self) -> ClientTiming:
         """The client timing rules in force."""
-        return ClientTiming(self._timeout, len(self._servers))
+        return self._machine.timing
 
     async def register(self, key: str, data: bytes = b"") -> None:
         """Create the ephemeral key ``key`` with ``data`` (the owner may call it again to
@@ -430,25 +464,32 @@ class LeaseSession:
     async def aclose(self) -> None:
         """Close the session; its registrations vanish at once on the server.
 
-        The connection loop sends the close request and waits (at most
-        ``min(connect_timeout, 2 s)``) for the server to confirm. This also happens when the
-        ``async with`` block of :func:`connect` is left by cancellation.
+        On a live connection the close request is sent and the session waits (at most
+        ``min(connect_timeout, 2 s)``, a deadline of the machine) for the server to confirm.
+        This also happens when the ``async with`` block of :func:`connect` is left by
+        cancellation.
         """
-        if self._state is SessionState.CLOSED:
+        if self._machine.phase is Phase.CLOSED:
             return
         self._closing = True
-        self._close_requested.set()
-        if self._state is SessionState.CONNECTED and self._run_done is not None:
-            with trio.move_on_after(self._close_wait):
-                await self._run_done.wait()
-        self._set_state(SessionState.CLOSED, "closed by the application")
-        self._fail_pending(ConnectionClosed("the session was closed"))
+        conn, driver = self._conn, self._driver
+        if conn is not None and driver is not None and self._machine.phase is Phase.CONNECTED:
+            now = driver.now()
+            self._apply(self._machine.begin_close(now), now)
+            conn.send(Request(next(self._xids), CloseSession(), self._last_seq))
+        if driver is not None:
+            await driver.wait_until(lambda: self._machine.phase is not Phase.CLOSING)
+        now = SessionDriver.now()
+        self._apply(self._machine.close(now), now)
+
+    def _closed(self) -> None:
+        """The session reached CLOSED: release everything that waits on it."""
+        self._closing = True
+        self._fail_pending(SessionClosed("the session was closed"))
         for stream in list(self._watches.values()):
             stream._feed.finish(StopAsyncIteration())
         for feed in self._state_feeds:
             feed.finish(StopAsyncIteration())
-        if self._run_scope is not None:
-            self._run_scope.cancel()
 
     # -- requests ------------------------------------------------------------------------
 
@@ -456,7 +497,7 @@ class LeaseSession:
         self._check_usable()
         call = _Call(next(self._xids), body)
         self._pending[call.xid] = call
-        if self._conn is not None and self._state is SessionState.CONNECTED:
+        if self._conn is not None and self.state is SessionState.CONNECTED:
             self._conn.send(Request(call.xid, body, self._last_seq))
         try:
             await call.done.wait()
@@ -467,11 +508,12 @@ class LeaseSession:
         return call.result or {}
 
     def _check_usable(self) -> None:
-        if self._state is SessionState.CLOSED or self._closing:
-            raise ConnectionClosed("the session is closed")
-        if self._state is SessionState.EXPIRED and not self._reregister:
-            raise SessionExpired(f"session {self._session_id:#x} has expired"
-                                 if self._session_id is not None else "the session has expired")
+        if self.state is SessionState.CLOSED or self._closing:
+            raise SessionClosed("the session is closed")
+        if self.state is SessionState.EXPIRED and not self._reregister:
+            sid = self.session_id
+            raise SessionExpired(f"session {sid:#x} has expired"
+                                 if sid is not None else "the session has expired")
 
     def _fail_pending(self, error: BaseException) -> None:
         for call in list(self._pending.values()):
@@ -492,137 +534,218 @@ class LeaseSession:
         if self._watches.pop(stream.watch_id, None) is None:
             return
         conn = self._conn
-        if conn is not None and self._state is SessionState.CONNECTED:
+        if conn is not None and self.state is SessionState.CONNECTED:
             conn.send(Request(next(self._xids), Unwatch(stream.watch_id), self._last_seq))
 
-    # -- state ---------------------------------------------------------------------------
+    # -- the machine's actions -----------------------------------------------------------
 
-    def _set_state(self, state: SessionState, reason: str) -> None:
-        if state is self._state and state is not SessionState.CONNECTED:
-            return
-        self._state = state
-        event = SessionEvent(state, self._session_id, reason)
-        log.info("session_state", state=state.value, session_id=self._session_id,
-                 reason=reason)
+    def _apply(self, actions: _Actions, now: float) -> None:
+        """Carry out an input's actions and re-arm the engine."""
+        if self._driver is not None:
+            self._driver.apply(actions, now)
+        else:
+            for action in actions:
+                self._perform(action, now)
+
+    def _perform(self, action: Action, now: float) -> None:
+        """Carry out one action of the machine (called by the engine too; never awaits)."""
+        if isinstance(action, ConnectTo):
+            self._drop("replaced by a new attempt")
+            assert self._nursery is not None
+            scope = trio.CancelScope()
+            self._attempt = scope
+            self._nursery.start_soon(self._connect, action.host, scope)
+        elif isinstance(action, Disconnect):
+            self._drop(action.reason)
+        elif isinstance(action, SendPing):
+            conn = self._conn
+            if conn is not None:
+                xid = next(self._xids)
+                conn.pings[xid] = now
+                conn.send(Request(xid, Ping(), self._last_seq))
+        elif isinstance(action, StateChanged):
+            self._on_state(action.event, now)
+        elif isinstance(action, GaveUp):
+            self._gave_up = (f"no lease server reachable at {self._describe_servers()} "
+                             f"within {self._start_timeout:g} s")
+        if self._close_scope is not None and self._machine.phase is not Phase.CLOSING:
+            self._close_scope.cancel()  # the close was confirmed, or its wait is over
+
+    def _drop(self, reason: str) -> None:
+        """End the current attempt and connection (their tasks see the cancellation)."""
+        if self._attempt is not None:
+            self._attempt.cancel()
+            self._attempt = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if conn.outcome is None:
+                conn.outcome = _Lost(reason)
+            conn.scope.cancel()
+
+    def _on_state(self, event: SessionEvent, now: float) -> None:
+        log.info("session_state", state=event.state.value, session_id=event.session_id,
+                 reason=event.reason)
         for feed in self._state_feeds:
             feed.put(event)
+        if event.state is SessionState.EXPIRED:
+            self._fail_pending(SessionExpired(event.reason))
+            if self._reregister and not self._closing:
+                if event.session_id is not None:
+                    self._superseded = (event.session_id, self._machine.password)
+                self._last_seq = 0
+                self._apply(self._machine.new_session(now), now)
+            else:
+                for stream in list(self._watches.values()):
+                    stream._feed.finish(SessionExpired(event.reason))
+        elif event.state is SessionState.CLOSED:
+            self._closed()
 
-    def _expire(self, reason: str) -> None:
-        self._set_state(SessionState.EXPIRED, reason)
-        self._fail_pending(SessionExpired(reason))
-        if self._reregister:
-            if self._session_id is not None:
-                self._superseded = (self._session_id, self._password)
-            self._session_id = None
-            self._password = b""
-            self._last_seq = 0
-        else:
-            for stream in list(self._watches.values()):
-                stream._feed.finish(SessionExpired(reason))
-
-    # -- the connection loop -------------------------------------------------------------
+    # -- running ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Keep the session connected until :meth:`aclose` (run it in a nursery).
 
         Calls ``task_status.started()`` once first connected; before that, raises
-        :class:`~pulse.errors.ConnectionClosed` if no server answers within one session
-        timeout, or the error the server gave (e.g. :class:`~pulse.errors.LimitExceeded`).
+        :class:`~pulse.errors.NoServerReachable` if no server answers within one session
+        timeout, :class:`~pulse.errors.SessionExpired` if the server refuses a resumed
+        session, or the error the server gave (e.g. :class:`~pulse.errors.LimitExceeded`).
         """
-        self._run_done = trio.Event()
-        try:
-            await self._run(task_status)
-        finally:
-            self._run_done.set()
-
-    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
-        with trio.CancelScope() as self._run_scope:
-            first_deadline = trio.current_time() + self._proposed
-            started = False
-            while not self._closing:
-                if self._state is SessionState.EXPIRED and not self._reregister:
-                    await self._close_requested.wait()
-                    return
-                if self._session_id is not None:
-                    deadline = self._last_heard + self._timeout  # client-side expiry
-                elif started:
-                    deadline = math.inf
-                    self._set_state(SessionState.CONNECTING, "starting a new session")
-                else:
-                    deadline = first_deadline
-                conn: _Connection | None = None
-                with trio.move_on_at(deadline) as scope:
-                    conn = await self._reach_a_server(started)
-                if scope.cancelled_caught:
-                    if not started:
-                        raise ConnectionClosed(
-                            f"no lease server reachable at {self._describe_servers()} "
-                            f"within {self._proposed:g} s")
-                    self._expire("no server reached within the session timeout")
-                    continue
-                if conn is None:
-                    continue
-                if not started:
-                    started = True
+        failure: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._driver = driver = SessionDriver(self._machine, self._perform)
+            now = driver.now()
+            self._apply(self._machine.start(now, give_up_after=self._start_timeout), now)
+            try:
+                await driver.wait_until(self._start_decided)
+                failure = self._start_failure()
+                if failure is None:
                     task_status.started()
-                reason = await self._serve(conn)
-                if self._state is SessionState.CONNECTED and not self._closing:
-                    self._set_state(SessionState.DISCONNECTED, reason)
+                    await driver.wait_until(lambda: self._machine.phase is Phase.CLOSED)
+            finally:
+                if failure is not None:
+                    now = driver.now()
+                    self._apply(self._machine.close(now, "could not start"), now)
+                driver.watch()  # closed: the engine forgets it
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    def _start_decided(self) -> bool:
+        phase = self._machine.phase
+        return (self.state is SessionState.CONNECTED or phase in (Phase.CLOSED, Phase.EXPIRED)
+                or self._start_error is not None)
+
+    def _start_failure(self) -> BaseException | None:
+        if self._start_error is not None:
+            return self._start_error
+        if self._gave_up is not None:
+            return NoServerReachable(self._gave_up)
+        if self._machine.phase is Phase.EXPIRED:
+            return SessionExpired(f"the server refused session {hex_id(self.session_id)}")
+        if self._machine.phase is Phase.CLOSED:
+            return SessionClosed("closed before a session was established")
+        return None
 
     def _describe_servers(self) -> str:
         return ",".join(f"{host}:{port}" for host, port in self._servers)
 
-    def _next_server(self) -> tuple[str, int]:
-        server = self._servers[self._server_index % len(self._servers)]
-        self._server_index += 1
-        return server
-
-    async def _reach_a_server(self, started: bool) -> _Connection | None:
-        """Connect to servers in turn until one accepts the session; None after an expiry
-        (the caller decides what follows)."""
-        attempt = 0
-        while True:
-            if attempt:
-                await trio.sleep(self.timing.retry_pause(self._rng.random()))
-            attempt += 1
-            server = self._next_server()
+    async def _connect(self, server: tuple[str, int], scope: trio.CancelScope) -> None:
+        """One connection attempt (bounded by the machine's connect timeout, which cancels
+        ``scope``); on success, serve the connection until it ends."""
+        conn: _Connection | None = None
+        with scope:
             try:
-                with trio.fail_after(self.timing.connect_timeout):
-                    return await self._handshake(server)
+                conn, messages, answer = await self._handshake(server)
             except _Ended as ended:
-                self._expire(ended.reason)
-                return None
-            except LimitExceeded:
-                if not started:
-                    raise
+                self._attempt_ended(scope, "refused", ended.reason)
+                return
+            except LimitExceeded as exc:
                 log.info("connect_refused", peer=f"{server[0]}:{server[1]}",
                          reason="server limit")
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError,
-                    trio.ClosedResourceError, _Lost, RemoteProtocolError) as exc:
+                if not self._machine.established:
+                    self._start_error = exc
+                self._attempt_ended(scope, "failed", str(exc))
+                return
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, _Lost,
+                    RemoteProtocolError) as exc:
                 log.debug("connect_failed", peer=f"{server[0]}:{server[1]}",
                           reason=str(exc) or type(exc).__name__)
+                self._attempt_ended(scope, "failed", str(exc) or type(exc).__name__)
+                return
+            except PulseError as exc:  # refused for good (token, access)
+                if not self._machine.established:
+                    self._start_error = exc
+                self._attempt_ended(scope, "failed", str(exc))
+                return
+            try:
+                if self._attempt is not scope:
+                    raise _Dropped
+                now = SessionDriver.now()
+                for message in messages[1:]:  # what came with the answer (re-sent events)
+                    self._on_message(conn, message, now)
+            except BaseException as exc:  # _Dropped, _Lost, _Ended, or a real error
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(conn.stream)
+                if isinstance(exc, _Ended):
+                    self._attempt_ended(scope, "refused", exc.reason)
+                elif isinstance(exc, _Lost):
+                    self._attempt_ended(scope, "failed", str(exc))
+                elif not isinstance(exc, _Dropped):
+                    raise
+                return
+            self._attempt = None
+            session_id, password, timeout = answer
+            self._apply(self._machine.connected(now, session_id, password, timeout), now)
+            if self._machine.phase is not Phase.CONNECTED:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(conn.stream)
+                return
+            self._superseded = None
+            self.server = server
+            self._conn = conn
+            for call in list(self._pending.values()):  # requests that waited
+                conn.send(Request(call.xid, call.body, self._last_seq))
+        if conn is None:
+            return  # the attempt was dropped (connect timeout, expiry, close)
+        await self._serve(conn)
 
-    async def _handshake(self, server: tuple[str, int]) -> _Connection:
+    def _attempt_ended(self, scope: trio.CancelScope, how: str, reason: str) -> None:
+        if self._attempt is not scope:
+            return  # dropped meanwhile
+        self._attempt = None
+        now = SessionDriver.now()
+        if how == "refused":
+            self._apply(self._machine.refused(now, reason), now)
+        else:
+            self._apply(self._machine.connection_failed(now, reason), now)
+        if self._driver is not None:
+            self._driver.notify()
+
+    async def _handshake(self, server: tuple[str, int]
+                         ) -> tuple[_Connection, _Messages, tuple[int, bytes, float]]:
         stream = await self._open_stream(*server)
         try:
             body = Connect(
-                timeout=self._timeout if self._session_id is not None else self._proposed,
-                session_id=self._session_id,
-                password=self._password,
+                timeout=self.session_timeout,
+                session_id=self.session_id,
+                password=self._machine.password,
                 last_seq=self._last_seq,
-                supersedes=self._superseded if self._session_id is None else None,
+                supersedes=self._superseded if self.session_id is None else None,
                 max_message_size=self._max_message_size,
                 client_id=self._client_id,
                 token=self._token,
             )
             xid = next(self._xids)
             await stream.send_all(encode_message(request_to_wire(Request(xid, body))))
+            self._machine.sent(SessionDriver.now())
             decoder = MessageDecoder(self._max_message_size)
             while True:
                 data = await stream.receive_some(65536)
                 if not data:
                     raise _Lost("server closed the connection during connect")
+                self._machine.received(SessionDriver.now())
                 messages = decoder.feed(data)
                 if messages:
                     break
@@ -644,58 +767,55 @@ class LeaseSession:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
             raise
-        now = trio.current_time()
-        conn = _Connection(stream, server, now, decoder)
-        reattached = self._session_id is not None
-        self._session_id, self._password = session_id, password
-        self._timeout = float(timeout)
-        self._superseded = None
-        self._last_heard = now
-        self.server = server
-        try:
-            for message in messages[1:]:  # what came with the answer (re-sent watch events)
-                self._on_message(conn, message)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
-            raise
-        for call in list(self._pending.values()):  # requests that waited for a connection
-            conn.send(Request(call.xid, call.body, self._last_seq))
-        self._conn = conn
-        where = f"{server[0]}:{server[1]}"
-        self._set_state(SessionState.CONNECTED,
-                        f"re-attached at {where}" if reattached else f"session opened at {where}")
-        return conn
+        conn = _Connection(stream, server, decoder)
+        return conn, messages, (session_id, password, float(timeout))
 
-    @property
-    def _close_wait(self) -> float:
-        return min(self.timing.connect_timeout, 2.0)
-
-    async def _serve(self, conn: _Connection) -> str:
-        """Run one connection until it is lost or the session ends; return why."""
+    async def _serve(self, conn: _Connection) -> None:
+        """Run one connection until it is lost, dropped or the session ends."""
         try:
-            async with trio.open_nursery() as nursery:
-                conn.scope = nursery.cancel_scope
-                nursery.start_soon(self._guard, conn, self._write_loop)
-                nursery.start_soon(self._guard, conn, self._ping_loop)
-                nursery.start_soon(self._guard, conn, self._restore)
-                nursery.start_soon(self._guard, conn, self._close_when_asked)
-                await self._guard(conn, self._read_loop)
+            if conn.outcome is None:
+                async with trio.open_nursery() as nursery:
+                    conn.scope = nursery.cancel_scope
+                    if self._conn is not conn:
+                        nursery.cancel_scope.cancel()  # dropped before it started
+                    nursery.start_soon(self._guard, conn, self._write_loop)
+                    nursery.start_soon(self._guard, conn, self._restore)
+                    await self._guard(conn, self._read_loop)
         finally:
-            self._conn = None
             with trio.CancelScope(shield=True):
-                if conn.outcome is None and self._state is SessionState.CONNECTED:
+                if conn.outcome is None and self._conn is conn and self._machine.phase in (
+                        Phase.CONNECTED, Phase.CLOSING):
                     # Cancelled from outside while connected (the ``async with`` was left
                     # by cancellation): the tasks above are gone, so close directly.
-                    with trio.move_on_after(self._close_wait):
-                        await self._close_directly(conn)
+                    await self._close_on_stream(conn)
                 await trio.aclose_forcefully(conn.stream)
+        if self._conn is not conn:
+            return  # dropped by the machine (read timeout, expiry, close): it knows already
+        self._conn = None
         outcome = conn.outcome
+        now = SessionDriver.now()
         if isinstance(outcome, _Ended):
-            if not (outcome.state == "closed" and self._closing):
-                self._expire(outcome.reason)
-            return outcome.reason
-        return str(outcome) if outcome is not None else "connection ended"
+            self._apply(self._machine.refused(now, outcome.reason), now)
+        else:
+            reason = str(outcome) if outcome is not None else "connection ended"
+            self._apply(self._machine.connection_lost(now, reason), now)
+
+    async def _close_on_stream(self, conn: _Connection) -> None:
+        """Close on the bare stream, for at most the machine's close wait (the engine ends
+        the wait: leaving CLOSING cancels ``_close_scope``)."""
+        now = SessionDriver.now()
+        if self._machine.phase is Phase.CONNECTED:
+            self._apply(self._machine.begin_close(now), now)
+        if self._machine.phase is not Phase.CLOSING:
+            return
+        self._close_scope = trio.CancelScope()
+        try:
+            with self._close_scope:
+                await self._close_directly(conn)
+        finally:
+            self._close_scope = None
+        now = SessionDriver.now()
+        self._apply(self._machine.close_confirmed(now), now)
 
     async def _guard(self, conn: _Connection,
                      task: Callable[[_Connection], Awaitable[None]]) -> None:
@@ -706,13 +826,6 @@ class LeaseSession:
             if conn.outcome is None:
                 conn.outcome = exc
             conn.scope.cancel()
-
-    async def _close_when_asked(self, conn: _Connection) -> None:
-        """On :meth:`aclose`, send the close request; the reader ends the connection when the
-        server confirms."""
-        await self._close_requested.wait()
-        conn.send(Request(next(self._xids), CloseSession(), self._last_seq))
-        await trio.sleep_forever()
 
     async def _close_directly(self, conn: _Connection) -> None:
         """Send close on the bare stream and read until the server confirms or hangs up."""
@@ -736,8 +849,8 @@ class LeaseSession:
 
     async def _restore(self, conn: _Connection) -> None:
         """After (re)connecting: re-send watches; after a renewal also re-register."""
-        renewed = self._session_id != self._restored_for
-        self._restored_for = self._session_id
+        renewed = self.session_id != self._restored_for
+        self._restored_for = self.session_id
         for stream in list(self._watches.values()):
             conn.send(Request(next(self._xids), Watch(stream.prefix, stream.watch_id),
                               self._last_seq))
@@ -745,10 +858,10 @@ class LeaseSession:
             for key, data in list(self._registrations.items()):
                 try:
                     await self._call(Register(key, data))
-                    log.info("registration_restored", key=key, session_id=self._session_id)
+                    log.info("registration_restored", key=key, session_id=self.session_id)
                 except PulseError as exc:
                     log.warning("registration_lost", key=key, reason=str(exc),
-                                session_id=self._session_id)
+                                session_id=self.session_id)
 
     async def _write_loop(self, conn: _Connection) -> None:
         while True:
@@ -764,44 +877,30 @@ class LeaseSession:
                     await conn.stream.send_all(b"".join(chunks))
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     raise _Lost(f"send failed: {exc}") from None
-                conn.last_send = trio.current_time()
-
-    async def _ping_loop(self, conn: _Connection) -> None:
-        while True:
-            due = conn.last_send + self.timing.ping_interval
-            now = trio.current_time()
-            if now < due:
-                await trio.sleep_until(due)
-                continue
-            xid = next(self._xids)
-            conn.pings[xid] = now
-            conn.send(Request(xid, Ping(), self._last_seq))
-            conn.last_send = now  # the writer confirms it; do not queue a second ping
+                if self._conn is conn:
+                    self._machine.sent(SessionDriver.now())
 
     async def _read_loop(self, conn: _Connection) -> None:
+        """Read until the connection breaks (the read timeout is the machine's deadline)."""
         decoder = conn.decoder
         while True:
-            read_timeout = self.timing.read_timeout
-            with trio.move_on_at(conn.last_receive + read_timeout) as scope:
-                try:
-                    data = await conn.stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise _Lost(f"connection broken: {exc}") from None
-            if scope.cancelled_caught:
-                raise _Lost(f"nothing from the server for {read_timeout:.3g} s (read timeout)")
+            try:
+                data = await conn.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _Lost(f"connection broken: {exc}") from None
             if not data:
                 raise _Lost("the server closed the connection")
-            now = trio.current_time()
-            conn.last_receive = now
-            self._last_heard = now
+            now = SessionDriver.now()
+            if self._conn is conn:
+                self._machine.received(now)
             try:
                 messages = decoder.feed(data)
             except RemoteProtocolError as exc:
                 raise _Lost(f"bad data from the server: {exc}") from None
             for message in messages:
-                self._on_message(conn, message)
+                self._on_message(conn, message, now)
 
-    def _on_message(self, conn: _Connection, obj: object) -> None:
+    def _on_message(self, conn: _Connection, obj: object, now: float | None = None) -> None:
         try:
             message = parse_server_message(obj)
         except RemoteProtocolError as exc:
@@ -809,7 +908,7 @@ class LeaseSession:
         if isinstance(message, Response):
             sent = conn.pings.pop(message.xid, None)
             if sent is not None:
-                self.last_rtt = trio.current_time() - sent
+                self.last_rtt = (SessionDriver.now() if now is None else now) - sent
                 return
             call = self._pending.get(message.xid)
             if call is None:
@@ -845,7 +944,8 @@ async def connect(
 
     ``servers`` is a list of ``(host, port)`` pairs or a ``"host:port,host:port"`` string.
     Options: ``reregister`` (start a new session and restore registrations and watches after an
-    expiry), ``open_stream`` (for tests), ``shuffle``, ``rng``, ``max_message_size``.
+    expiry), ``open_stream`` (for tests), ``shuffle``, ``rng``, ``max_message_size``,
+    ``start_timeout``, ``session_id`` and ``session_password`` (resume a session).
     Leaving the block closes the session. Errors come out as themselves, not wrapped in
     exception groups.
     """

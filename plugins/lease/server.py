@@ -34,6 +34,7 @@ from typing import Any
 
 import trio
 
+from pulse._core.rate import TokenBucket
 from pulse._core.sessions import SessionTracker
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
@@ -194,10 +195,7 @@ class _Connection:
         self._wake = trio.Event()
         self.scope = trio.CancelScope()
         self.budget = budget or _Budget(Limits())
-        rate = self.budget.limits.max_request_rate
-        self.tokens = max(rate, 1.0)
-        self.token_time = now
-        self.refusals = 0  # requests refused for the rate in a row
+        self.rate = TokenBucket(self.budget.limits.max_request_rate, now)
         self.authenticated: str | None = None  # the client id proven at connect
         # Engine mode (a plain socket read by the engine; no task unless a write must wait):
         self.raw: socket.socket | None = None
@@ -237,17 +235,12 @@ class _Connection:
 
     def take_token(self, now: float) -> bool:
         """One request's worth of this connection's rate (True if it may be served)."""
-        rate = self.budget.limits.max_request_rate
-        if rate <= 0:
-            return True
-        self.tokens = min(max(rate, 1.0), self.tokens + (now - self.token_time) * rate)
-        self.token_time = now
-        if self.tokens < 1.0:
-            self.refusals += 1
-            return False
-        self.tokens -= 1.0
-        self.refusals = 0
-        return True
+        return self.rate.take(now)
+
+    @property
+    def refusals(self) -> int:
+        """Requests refused for the rate in a row."""
+        return self.rate.refused
 
     def take_chunk(self) -> list[bytes]:
         """Queued messages up to WRITE_CHUNK bytes (at least one), removed from the queue."""
@@ -313,7 +306,7 @@ class _Connection:
             self.queued.append(final)
             self.queued_bytes += len(final)
             self.budget.queued_bytes += len(final)
-            now = trio.current_time() if now is None else now
+            now = current_engine().now() if now is None else now
             if self.server is not None:
                 self.finish_deadline = now + FINAL_SEND_TIMEOUT
                 self.server._engine.watch(self)
@@ -363,7 +356,7 @@ class LeaseServer:
         """Restore durable state, then expire sessions until cancelled."""
         if self._snapshot is not None:
             snapshot, self._snapshot = self._snapshot, None
-            self.state.restore(snapshot.sessions, snapshot.registrations, trio.current_time())
+            self.state.restore(snapshot.sessions, snapshot.registrations, self._engine.now())
             self.restored = len(snapshot.sessions)
             if self.restored:
                 log.info("sessions_restored", count=self.restored,
@@ -435,7 +428,7 @@ class LeaseServer:
                 if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                     raise
                 log.error("accept_failed", reason=repr(exc), retry_in=ACCEPT_CAPACITY_SLEEP)
-                await trio.sleep(ACCEPT_CAPACITY_SLEEP)
+                await current_engine().sleep(ACCEPT_CAPACITY_SLEEP)
                 continue
             try:
                 self._open(stream)
@@ -450,7 +443,7 @@ class LeaseServer:
             address = str(stream.socket.getpeername()[0])
         except OSError:
             address = "unknown"
-        now = trio.current_time()
+        now = self._engine.now()
         conn = _Connection(stream, address, self._budget, now)
         conn.server = self
         conn.raw = raw_socket(stream)
@@ -565,7 +558,7 @@ class LeaseServer:
             if self.config.ssl_context is not None:
                 tls = trio.SSLStream(stream, self.config.ssl_context, server_side=True)
                 try:
-                    with trio.fail_after(self.config.handshake_timeout):
+                    with current_engine().fail_after(self.config.handshake_timeout):
                         await tls.do_handshake()
                 except (trio.TooSlowError, trio.BrokenResourceError,
                         trio.ClosedResourceError) as exc:
@@ -584,7 +577,7 @@ class LeaseServer:
 
     async def handle_stream(self, stream: trio.abc.Stream, address: str) -> None:
         """Serve one client connection until it closes, fails or its session ends."""
-        conn = _Connection(stream, address, self._budget, trio.current_time())
+        conn = _Connection(stream, address, self._budget, self._engine.now())
         budget = self._budget
         budget.connections += 1
         if budget.connections > self.config.limits.max_connections:
@@ -607,10 +600,10 @@ class LeaseServer:
 
     async def _read_loop(self, conn: _Connection) -> None:
         decoder = MessageDecoder(self.config.max_message_size)
-        handshake = trio.current_time() + self.config.handshake_timeout
+        handshake = self._engine.now() + self.config.handshake_timeout
         while not conn.finishing:
             try:
-                with trio.fail_at(handshake) if conn.session is None else nullcontext():
+                with current_engine().fail_at(handshake) if conn.session is None else nullcontext():
                     data = await conn.stream.receive_some(65536)
             except trio.TooSlowError:
                 conn.finish(ErrorNotice(ErrorCode.PROTOCOL_ERROR, "no connect request in time"))
@@ -622,7 +615,7 @@ class LeaseServer:
                     decoder.feed_eof()
                     break
                 messages = decoder.feed(data)
-                now = trio.current_time()
+                now = self._engine.now()
                 for message in messages:
                     self._on_message(conn, message, now)
                     if conn.finishing:

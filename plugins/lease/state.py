@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
+from pulse._core.rate import TokenBucket
 from pulse._core.sessions import SessionGrant, SessionTracker
 from pulse.errors import AuthFailed, PulseError, SessionExpired
 
@@ -167,10 +168,10 @@ class ServerSession:
     """One session as the server keeps it."""
 
     __slots__ = ("address", "bytes", "client_id", "id", "keys", "next_seq", "outbox", "outbox_bytes",
-                 "timeout", "token_time", "tokens", "watches")
+                 "rate", "timeout", "watches")
 
     def __init__(self, session_id: int, timeout: float, address: str, now: float,
-                 burst: float) -> None:
+                 rate: float, burst: float) -> None:
         self.id = session_id
         self.timeout = timeout
         self.address = address
@@ -181,8 +182,7 @@ class ServerSession:
         self.client_id: str | None = None  # who opened it (authenticated, or as claimed)
         self.bytes = 0  # what its keys cost (key_cost)
         self.next_seq = 1
-        self.tokens = burst
-        self.token_time = now
+        self.rate = TokenBucket(rate, now, burst=burst)  # requests per second
 
     def pending(self, after_seq: int) -> Iterator[WatchEvent]:
         """Outbox events with a sequence number above ``after_seq``, in order."""
@@ -268,7 +268,8 @@ class LeaseState:
         for session_id, timeout in sessions:
             self.tracker.restore(session_id, timeout, now)
             granted = self.tracker.timeout_of(session_id) or timeout
-            self.sessions[session_id] = ServerSession(session_id, granted, "", now, self._burst)
+            self.sessions[session_id] = ServerSession(session_id, granted, "", now,
+                                                      self.limits.max_request_rate, self._burst)
         for key, owner, data in registrations:
             session = self.sessions.get(owner)
             if session is not None:
@@ -322,7 +323,8 @@ class LeaseState:
             ended.extend(self.end_session(superseded.id, "closed", "superseded by a new session",
                                           set() if woken is None else woken))
         grant = self.tracker.open(now, body.timeout, wall)
-        session = ServerSession(grant.session_id, grant.timeout, "", now, self._burst)
+        session = ServerSession(grant.session_id, grant.timeout, "", now,
+                                self.limits.max_request_rate, self._burst)
         session.address = address
         self._count_address(address, +1)
         self.sessions[grant.session_id] = session
@@ -442,16 +444,9 @@ class LeaseState:
         return outcome
 
     def _take_token(self, session: ServerSession, now: float) -> None:
-        rate = self.limits.max_request_rate
-        if rate <= 0:
-            return
-        burst = self._burst
-        session.tokens = min(burst, session.tokens + (now - session.token_time) * rate)
-        session.token_time = now
-        if session.tokens < 1.0:
-            raise RequestFailed(ErrorCode.RATE_LIMITED,
-                                f"more than {rate:g} requests per second on this session")
-        session.tokens -= 1.0
+        if not session.rate.take(now):
+            raise RequestFailed(ErrorCode.RATE_LIMITED, f"more than {session.rate.rate:g} "
+                                "requests per second on this session")
 
     def _register(self, session: ServerSession, key: str, data: bytes, outcome: Outcome) -> None:
         limits = self.limits

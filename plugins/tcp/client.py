@@ -1,4 +1,5 @@
-"""TCP clients: one heartbeat connection, or a client that reconnects with backoff."""
+"""TCP clients: one heartbeat connection, or a client that reconnects with backoff (under
+the one reconnect supervisor, :mod:`pulse._trio.reconnect`)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ import trio
 
 from pulse._core.backoff import Backoff
 from pulse._core.policy import HeartbeatPolicy
+from pulse._core.reconnect import ReconnectMachine, default_backoff
 from pulse._log import get_logger
 from pulse._trio.connection import HeartbeatConnection, heartbeat
+from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
+from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
+from pulse.actions import Reconnect
 from pulse.errors import ConnectionClosed, PulseError, ReconnectGaveUp
 
 from .keepalive import TcpKeepalive
@@ -35,7 +40,7 @@ async def open_stream(
     connect_timeout: float = 10.0,
 ) -> tuple[trio.abc.Stream, str]:
     """Connect (and TLS-handshake) within ``connect_timeout``; returns the stream and peer."""
-    with trio.fail_after(connect_timeout):
+    with current_engine().fail_after(connect_timeout):
         sock = await trio.open_tcp_stream(host, port)
         try:
             tune_socket(sock, keepalive)
@@ -79,6 +84,10 @@ async def connect_tcp(
         yield conn
 
 
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
 class ClientState(enum.Enum):
     """States of a :class:`ReconnectingClient`."""
 
@@ -120,6 +129,11 @@ class ReconnectingClient:
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[Any](256)
         self._events: EventFeed[StateChange] = EventFeed()
         self.connects = 0
+        self._driver = ReconnectDriver(
+            ReconnectMachine(backoff), self._attempt,
+            retry_on=(PulseError, OSError, trio.TooSlowError, ssl.SSLError),
+            describe=_reason, on_wait=self._waiting, on_give_up=self._gave_up,
+        )
 
     def events(self) -> EventFeed[StateChange]:
         """State changes, in order (bounded feed, never blocks the client)."""
@@ -143,7 +157,7 @@ class ReconnectingClient:
         A connection that has closed but is not yet replaced is not retried in a loop: the
         send waits for the client's next state change (reconnecting, open, failed, closed).
         """
-        with trio.fail_after(timeout):
+        with current_engine().fail_after(timeout):
             while True:
                 if self._failure is not None:
                     raise self._failure
@@ -179,35 +193,36 @@ class ReconnectingClient:
     async def _run(self) -> None:
         self._set(StateChange(ClientState.CONNECTING, f"connecting to {self.host}:{self.port}"))
         try:
-            while True:
-                try:
-                    async with connect_tcp(self.host, self.port, self.policy,
-                                           **self._options) as conn:
-                        self.connects += 1
-                        self.backoff.connected(trio.current_time())
-                        self.connection = conn
-                        self._set(StateChange(ClientState.OPEN, "connected"))
-                        async for message in conn:
-                            await self._inbound_send.send(message)
-                    reason = conn.close_reason or "connection closed"
-                except (PulseError, OSError, trio.TooSlowError, ssl.SSLError) as exc:
-                    reason = str(exc) or type(exc).__name__
-                self.connection = None
-                self.backoff.disconnected(trio.current_time())
-                delay = self.backoff.next_delay()
-                if delay is None:
-                    self._failure = ReconnectGaveUp(
-                        f"gave up after {self.backoff.attempts} attempts: {reason}")
-                    self._set(StateChange(ClientState.FAILED, str(self._failure),
-                                          self.backoff.attempts))
-                    return
-                self._set(StateChange(ClientState.RECONNECTING, reason,
-                                      self.backoff.attempts, delay))
-                await trio.sleep(delay)
+            await self._driver.run()
         finally:
             self._wake()
             self._inbound_send.close()
             self._events.close()
+
+    async def _attempt(self, handle: AttemptHandle) -> str:
+        """One connection: connect, relay its messages until it ends, say why it ended."""
+        try:
+            async with connect_tcp(self.host, self.port, self.policy, **self._options) as conn:
+                self.connects += 1
+                self.connection = conn
+                handle.connected()
+                self._set(StateChange(ClientState.OPEN, "connected"))
+                async for message in conn:
+                    await self._inbound_send.send(message)
+            return conn.close_reason or "connection closed"
+        finally:
+            self.connection = None
+
+    def _waiting(self, wait: Reconnect, reason: str) -> None:
+        self._set(StateChange(ClientState.RECONNECTING, reason, wait.attempt, wait.delay))
+
+    def _gave_up(self, error: ReconnectGaveUp) -> None:
+        self._failure = error
+        self._set(StateChange(ClientState.FAILED, str(error), self.backoff.attempts))
+
+    def _close(self) -> None:
+        self._driver.stop()
+        self._set(StateChange(ClientState.CLOSED, "closed by application"))
 
 
 @asynccontextmanager
@@ -221,14 +236,16 @@ async def reconnecting_tcp(
 ) -> AsyncIterator[ReconnectingClient]:
     """A :class:`ReconnectingClient` running for the ``async with`` block.
 
-    ``backoff`` defaults to exponential full-jitter backoff from 0.1 s to 30 s, forever;
-    ``options`` go to :func:`connect_tcp` (keepalive, ssl_context, peer_id, token, …).
+    Reconnects follow :mod:`pulse._core.reconnect` (one attempt at a time, full jitter on
+    every attempt including the first after a loss); ``backoff`` defaults to
+    :func:`~pulse._core.reconnect.default_backoff`, forever; ``options`` go to
+    :func:`connect_tcp` (keepalive, ssl_context, peer_id, token, …).
     """
-    client = ReconnectingClient(host, port, policy, backoff or Backoff(), options)
+    client = ReconnectingClient(host, port, policy, backoff or default_backoff(), options)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client._run)
         try:
             yield client
         finally:
-            client._set(StateChange(ClientState.CLOSED, "closed by application"))
+            client._close()
             nursery.cancel_scope.cancel()

@@ -8,6 +8,7 @@ from typing import Any
 import trio
 
 from pulse._core.policy import HeartbeatPolicy
+from pulse._trio.pinger import ping_series
 from pulse._trio.tls import client_context, server_context
 from pulse.errors import PeerTimeout
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions
@@ -42,25 +43,21 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
         limit = options.timeout
         if conn.policy.enabled and 0 < conn.policy.dead_after < limit:
             limit = conn.policy.dead_after
-        seq = 0
-        while options.count is None or seq < options.count:
-            seq += 1
-            started = trio.current_time()
+        peer = f"{endpoint.host}:{endpoint.port}"
+
+        async def probe(_seq: int) -> float:
             try:
-                rtt = await conn.ping(timeout=options.timeout)
+                return await conn.ping(timeout=options.timeout)
             except PeerTimeout:
                 if limit < options.timeout and conn.closed:
                     raise PeerTimeout(
-                        f"no answer from {endpoint.host}:{endpoint.port} within {limit:g}s, the "
-                        f"timeout negotiated with the peer (shorter than the {options.timeout:g}s "
-                        "asked for)"
+                        f"no answer from {peer} within {limit:g}s, the timeout negotiated with "
+                        f"the peer (shorter than the {options.timeout:g}s asked for)"
                     ) from None
-                raise PeerTimeout(
-                    f"no answer from {endpoint.host}:{endpoint.port} within {options.timeout:g}s"
-                ) from None
-            yield PingReply(seq, rtt, conn.peer)
-            if options.count is None or seq < options.count:
-                await trio.sleep_until(started + options.interval)
+                raise PeerTimeout(f"no answer from {peer} within {options.timeout:g}s") from None
+
+        async for reply in ping_series(options, peer, probe):
+            yield PingReply(reply.seq, reply.rtt, conn.peer)
 
 
 plugin = Plugin(

@@ -12,6 +12,7 @@ import trio
 from pulse._core.policy import HeartbeatPolicy
 from pulse._log import get_logger
 from pulse._trio.connection import HeartbeatConnection, heartbeat
+from pulse._trio.engine import current_engine
 from pulse.errors import PulseError
 
 from .keepalive import TcpKeepalive
@@ -72,7 +73,7 @@ async def serve_tcp(
             wrapped: trio.abc.Stream = stream
             if ssl_context is not None:
                 wrapped = trio.SSLStream(stream, ssl_context, server_side=True)
-                with trio.fail_after(handshake_timeout):
+                with current_engine().fail_after(handshake_timeout):
                     await wrapped.do_handshake()
             async with heartbeat(
                 wrapped, policy, peer_id=peer_id, handshake_timeout=handshake_timeout,

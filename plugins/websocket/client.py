@@ -2,12 +2,14 @@
 
 Rules this module keeps:
 
-* Exactly one task (the supervisor) ever opens connections, so at most one connect attempt
-  is in flight however many triggers fire at once (dead peer, socket error, close frame,
+* Reconnecting follows the one reconnect supervisor (:mod:`pulse._core.reconnect`, driven
+  by :mod:`pulse._trio.reconnect`): at most one connect attempt is in flight however many
+  triggers fire at once (dead peer, socket error, close frame,
   :meth:`ResilientWebSocket.reconnect`): each of them only ends the current session.
-* Reconnects wait the :class:`~pulse._core.backoff.Backoff` delay, jittered on every attempt;
-  the backoff resets only after a connection stayed up ``reset_after`` seconds. A connection
-  counts as up once the ``on_connect`` hook succeeded.
+* Reconnects wait the :class:`~pulse._core.backoff.Backoff` delay, with full jitter on every
+  attempt including the first after a loss; the backoff resets only after a connection
+  stayed up ``reset_after`` seconds. A connection counts as up once the ``on_connect`` hook
+  succeeded.
 * The client stops for good (state ``failed``) when the backoff runs out of attempts, when
   the server closes with a code in ``no_reconnect_codes`` (1008 by default), when the
   handshake is refused with a status in ``give_up_statuses`` (401, 403 by default) or when
@@ -34,9 +36,12 @@ from pulse._core.backoff import Backoff
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import PeerStats
 from pulse._core.policy import HeartbeatPolicy
+from pulse._core.reconnect import ReconnectMachine, default_backoff
 from pulse._log import get_logger
+from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
-from pulse.actions import Action
+from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
+from pulse.actions import Action, Reconnect
 from pulse.errors import ConnectionClosed, PulseError, ReconnectGaveUp
 
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
@@ -178,8 +183,13 @@ class ResilientWebSocket:
         self.response_headers: list[tuple[bytes, bytes]] = []
         self.last_end: SessionEnd | None = None
         self._session: Session | None = None
-        self._sleep_scope: trio.CancelScope | None = None
         self._attempt_scope: trio.CancelScope | None = None
+        self._last_code: int | None = None
+        self._driver = ReconnectDriver(
+            ReconnectMachine(backoff), self._attempt,
+            retry_on=(OSError, trio.TooSlowError, PulseError, trio.BrokenResourceError),
+            describe=_describe, on_wait=self._waiting, on_give_up=self._gave_up,
+        )
         self._closing = False
         self._close_reason = "closed by application"
         self._failure: PulseError | None = None
@@ -279,8 +289,8 @@ class ResilientWebSocket:
         session = self._session
         if session is not None:
             session.end(reason, CLOSE_NORMAL, Initiator.LOCAL)
-        elif self._sleep_scope is not None:
-            self._sleep_scope.cancel()
+        else:
+            self._driver.retry_now()
 
     async def aclose(self, reason: str = "closed by application") -> None:
         """Send what is queued (for up to ``close_timeout``), close, report the rest.
@@ -290,7 +300,7 @@ class ResilientWebSocket:
         if not self._closing and not self._finished.is_set():
             # Also while (re)connecting: a connection that opens within close_timeout
             # still carries what was queued.
-            with trio.move_on_after(self._options.close_timeout):
+            with current_engine().move_on_after(self._options.close_timeout):
                 await self._outbox.wait_empty()
             self._stop(reason)
         await self._finished.wait()
@@ -298,10 +308,9 @@ class ResilientWebSocket:
     def _stop(self, reason: str) -> None:
         self._closing = True
         self._close_reason = reason
+        self._driver.stop()
         if self._session is not None:
             self._session.end(reason, CLOSE_NORMAL, Initiator.LOCAL)
-        if self._sleep_scope is not None:
-            self._sleep_scope.cancel()
         if self._attempt_scope is not None:
             self._attempt_scope.cancel()
 
@@ -325,75 +334,69 @@ class ResilientWebSocket:
 
     async def _run(self) -> None:
         try:
-            await self._supervise()
+            await self._driver.run()
         finally:
-            if self._failure is None:
-                self._set(StateChange(ClientState.CLOSED, self._close_reason))
-                error: PulseError = ConnectionClosed(self._close_reason)
-                lost = f"not sent: client closed ({self._close_reason})"
-            else:
-                error = self._failure
-                lost = f"not sent: client failed ({self._failure})"
-            self._outbox.close(error, lost)
-            self._inbox.close()
-            self._opened.set()
-            self._finished.set()
-            for feed in list(self._feeds):
-                feed.close()
+            self._finish()
 
-    async def _supervise(self) -> None:
+    def _finish(self) -> None:
+        """Close the queues and feeds (once): at a give-up at once, else when the run ends."""
+        if self._finished.is_set():
+            return
+        if self._failure is None:
+            self._set(StateChange(ClientState.CLOSED, self._close_reason))
+            error: PulseError = ConnectionClosed(self._close_reason)
+            lost = f"not sent: client closed ({self._close_reason})"
+        else:
+            error = self._failure
+            lost = f"not sent: client failed ({self._failure})"
+        self._outbox.close(error, lost)
+        self._inbox.close()
+        self._opened.set()
+        self._finished.set()
+        for feed in list(self._feeds):
+            feed.close()
+
+    async def _attempt(self, handle: AttemptHandle) -> str:
+        """One attempt: open, run the connection to its end, say why it ended (raise
+        :class:`~pulse.errors.ReconnectGaveUp` when the server said not to come back)."""
         options = self._options
-        while not self._closing:
-            self.attempts_total += 1
-            code: int | None = None
-            opened: tuple[WebSocketConnection, Accepted] | None = None
-            attempt = self._attempt_scope = trio.CancelScope()
-            try:
-                with attempt:  # cancelled by _stop: closing never waits for a connect
-                    opened = await self._open()
-                self._attempt_scope = None
-            except HandshakeRejected as exc:
-                if exc.status_code in options.give_up_statuses:
-                    self._fail(f"handshake refused with HTTP {exc.status_code}; not retrying")
-                    return
-                reason = str(exc)
-            except (OSError, trio.TooSlowError, PulseError, trio.BrokenResourceError) as exc:
-                reason = _describe(exc)
-            else:
-                if opened is None:  # the attempt was cancelled: the client is closing
-                    return
-                end = await self._run_connection(*opened)
-                if end is None:  # on_connect gave up
-                    return
-                self.last_end = end
-                code = end.code
-                if self._closing:
-                    return
-                if end.initiator is Initiator.PEER and end.code in options.no_reconnect_codes:
-                    self._fail(f"{end.reason} (code {end.code}: not reconnecting)")
-                    return
-                reason = end.reason
-            if self._closing:
-                return
-            delay = self.backoff.next_delay()
-            if delay is None:
-                self._fail(f"gave up after {self.backoff.attempts} attempts: {reason}")
-                return
-            state = ClientState.RECONNECTING if self.connects else ClientState.CONNECTING
-            self._set(StateChange(state, reason, self.backoff.attempts, delay, code))
-            with trio.move_on_after(delay) as scope:
-                self._sleep_scope = scope
-                await trio.sleep_forever()
-            self._sleep_scope = None
+        self.attempts_total += 1
+        self._last_code = None
+        opened: tuple[WebSocketConnection, Accepted] | None = None
+        attempt = self._attempt_scope = trio.CancelScope()
+        try:
+            with attempt:  # cancelled by _stop: closing never waits for a connect
+                opened = await self._open()
+        except HandshakeRejected as exc:
+            if exc.status_code in options.give_up_statuses:
+                raise ReconnectGaveUp(
+                    f"handshake refused with HTTP {exc.status_code}; not retrying") from None
+            return str(exc)
+        finally:
+            self._attempt_scope = None
+        if opened is None:  # the attempt was cancelled: the client is closing
+            return self._close_reason
+        end = await self._run_connection(*opened, handle)
+        self.last_end = end
+        self._last_code = end.code
+        if (not self._closing and end.initiator is Initiator.PEER
+                and end.code in options.no_reconnect_codes):
+            raise ReconnectGaveUp(f"{end.reason} (code {end.code}: not reconnecting)")
+        return end.reason
 
-    def _fail(self, reason: str) -> None:
-        self._failure = ReconnectGaveUp(reason)
-        self._set(StateChange(ClientState.FAILED, reason, self.backoff.attempts))
+    def _waiting(self, wait: Reconnect, reason: str) -> None:
+        state = ClientState.RECONNECTING if self.connects else ClientState.CONNECTING
+        self._set(StateChange(state, reason, wait.attempt, wait.delay, self._last_code))
+
+    def _gave_up(self, error: ReconnectGaveUp) -> None:
+        self._failure = error
+        self._set(StateChange(ClientState.FAILED, str(error), self.backoff.attempts))
+        self._finish()  # no attempt is in flight: settle the queue before anyone looks
 
     async def _open(self) -> tuple[WebSocketConnection, Accepted]:
         options = self._options
         url = self.url
-        with trio.fail_after(options.handshake_timeout):
+        with current_engine().fail_after(options.handshake_timeout):
             return await open_connection(
                 url, options.opener, options.ssl_context,
                 server_hostname=options.server_hostname, headers=options.headers,
@@ -401,9 +404,9 @@ class ResilientWebSocket:
             )
 
     async def _run_connection(
-        self, conn: WebSocketConnection, accepted: Accepted
-    ) -> SessionEnd | None:
-        """Run one connection to its end; None when the client must stop (hook gave up)."""
+        self, conn: WebSocketConnection, accepted: Accepted, handle: AttemptHandle
+    ) -> SessionEnd:
+        """Run one connection to its end (raises the hook's ReconnectGaveUp)."""
         options = self._options
         detector = (options.detector_factory(options.policy)
                     if options.detector_factory is not None else None)
@@ -418,7 +421,6 @@ class ResilientWebSocket:
         self._session = session
         self.subprotocol = accepted.subprotocol
         self.response_headers = accepted.headers
-        opened = False
         gave_up: ReconnectGaveUp | None = None
         end: SessionEnd | None = None
         hook_scope = trio.CancelScope()
@@ -441,9 +443,8 @@ class ResilientWebSocket:
                         session.end(f"on_connect failed: {_describe(exc)}", 1011, Initiator.LOCAL)
                     else:
                         if session.ended is None and not self._closing:
-                            opened = True
                             self.connects += 1
-                            self.backoff.connected(trio.current_time())
+                            handle.connected()
                             session.release_outbox()
                             self._set(StateChange(ClientState.OPEN, "connected",
                                                   self.backoff.attempts))
@@ -453,13 +454,9 @@ class ResilientWebSocket:
                             session.end(self._close_reason, CLOSE_NORMAL, Initiator.LOCAL)
         finally:
             self._session = None
-            if opened:
-                self.backoff.disconnected(trio.current_time())
             self._settle_window(session)
         if gave_up is not None:
-            self._failure = gave_up
-            self._set(StateChange(ClientState.FAILED, str(gave_up), self.backoff.attempts))
-            return None
+            raise gave_up
         assert end is not None
         return end
 
@@ -538,8 +535,9 @@ async def connect(
     * ``policy``: heartbeat timing (default :data:`DEFAULT_POLICY`: ping after 10 s of
       silence from the server, dead after 20 s). ``heartbeat`` picks RFC 6455 control frames
       (default) or pulse frames in binary messages.
-    * ``backoff``: reconnect delays (default: full jitter from 0.1 s to 30 s, forever, reset
-      after a connection stayed up 30 s); ``Backoff(max_attempts=n)`` gives up after n.
+    * ``backoff``: reconnect delays (default: full jitter below max(3 s, outage age), at most
+      30 s, forever, reset after a connection stayed up 30 s; see ``docs/reconnect.md``);
+      ``Backoff(max_attempts=n)`` gives up after n.
     * ``queue_size`` / ``overflow`` / ``on_drop``: the outgoing queue's bound, what ``send``
       does when it is full, and who hears about every message given up on (default: a
       structlog warning per message). ``delivery`` chooses at-most-once (report possibly
@@ -578,7 +576,8 @@ async def connect(
         on_connect=on_connect, on_liveness=on_liveness,
     )
     outbox = Outbox(queue_size, overflow, on_drop or log_drop, peer=parsed.peer)
-    client = ResilientWebSocket(parsed, options, backoff or Backoff(), outbox, receive_buffer,
+    client = ResilientWebSocket(parsed, options, backoff or default_backoff(), outbox,
+                                receive_buffer,
                                 on_event)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client._run)

@@ -5,8 +5,9 @@ This is the thin I/O layer under the session; it owns no task and keeps no timer
 * :meth:`WebSocketConnection.receive_event` reads the stream, feeds wsproto and returns one
   event at a time: complete messages (fragments are reassembled under
   ``max_message_size``), pings, pongs and the close frame. ``on_receive`` is called for every
-  chunk of bytes that arrives, before parsing, because any byte from the peer proves it alive
-  (including the first fragment of a message that takes minutes to arrive).
+  *complete frame* that arrives (a control frame, or the last bytes of a data frame — also a
+  fragment of a longer message): a peer proves it is alive by finishing frames, not by
+  trickling bytes into one that never ends.
 * ``encode_*`` turn frames into bytes (wsproto masks client frames); :meth:`write` sends them.
   One task at a time may write; the session's writer is that task.
 * A peer that breaks the protocol gets :class:`~.errors.WebSocketProtocolError` carrying the
@@ -34,6 +35,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError as WsLocalProtocolError
 
+from pulse._trio.engine import current_engine
 from pulse.errors import FrameTooLarge
 
 from .errors import WebSocketClosed, WebSocketProtocolError
@@ -150,19 +152,37 @@ class WebSocketConnection:
             result = self._interpret(event)
             if result is not None:
                 return result
+        self._check_declared_length()
         return None
+
+    def _check_declared_length(self) -> None:
+        """Refuse (1009) a frame whose header already declares more than the message limit,
+        before any of its payload is waited for."""
+        proto = getattr(self.ws, "_proto", None)  # wsproto's frame decoder, where available
+        decoder = getattr(proto, "_frame_decoder", None)
+        header = getattr(decoder, "header", None)
+        declared = getattr(header, "payload_len", None)
+        consumed = getattr(decoder, "payload_consumed", 0)
+        if not isinstance(declared, int) or not isinstance(consumed, int):
+            return
+        if self._fragments_size + declared - consumed > self.max_message_size:
+            raise MessageTooBig(
+                f"a frame declares {declared} bytes: the message would exceed the limit of "
+                f"{self.max_message_size} bytes"
+            )
 
     def feed(self, data: bytes | bytearray) -> None:
         """Bytes read from the stream (empty: the stream ended); then call :meth:`next_event`
         until it returns None."""
         if data:
             self.bytes_received += len(data)
-            if self.on_receive is not None:
-                self.on_receive()
         self.ws.receive_data(bytes(data) if data else None)
         self._parsed = self.ws.events()
 
     def _interpret(self, event: Event) -> ReceivedEvent | None:
+        if self.on_receive is not None and (
+                not isinstance(event, TextMessage | BytesMessage) or event.frame_finished):
+            self.on_receive()  # a whole frame from the peer: proof of life
         if isinstance(event, TextMessage | BytesMessage):
             return self._add_fragment(event)
         if isinstance(event, Ping):
@@ -212,6 +232,11 @@ class WebSocketConnection:
 
     def encode_ping(self, payload: bytes) -> bytes:
         """A ping control frame."""
+        if (len(payload) <= 125 and not getattr(self.ws, "client", True)
+                and self.ws.state is ConnectionState.OPEN):
+            # A server's ping is unmasked: FIN + opcode 0x9, the length, the payload
+            # (RFC 6455 5.2, 5.5.2); the heartbeat hot path skips wsproto's frame builder.
+            return bytes((0x89, len(payload))) + payload
         return self._encode(Ping(payload=payload))
 
     def encode_pong(self, payload: bytes) -> bytes:
@@ -267,7 +292,7 @@ class WebSocketConnection:
         """Give a write in progress at most ``after`` more seconds, then abandon it."""
         scope = self._write_scope
         if scope is not None:
-            scope.deadline = min(scope.deadline, trio.current_time() + after)
+            scope.deadline = min(scope.deadline, current_engine().now() + after)
 
     def receive_backlog(self) -> tuple[int, int] | None:
         """``(unread, capacity)``: bytes the kernel received that we have not read yet, and

@@ -9,8 +9,9 @@ from typing import Any
 import trio
 
 from pulse._core.policy import HeartbeatPolicy
+from pulse._trio.engine import current_engine
+from pulse._trio.pinger import ping_series
 from pulse._trio.tls import client_context, server_context
-from pulse.errors import PeerTimeout
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions
 
 from .connection import (
@@ -52,23 +53,20 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
     url = parse_ws_url(endpoint.raw) if endpoint.raw else parse_ws_url(
         f"{endpoint.scheme}://{endpoint.host}:{endpoint.port}{endpoint.path}")
     context = client_context(endpoint, "wss")
-    with trio.fail_after(options.timeout):
+    engine = current_engine()
+    with engine.fail_after(options.timeout):
         conn, _ = await open_connection(url, open_stream, context)
     if options.on_connected is not None:
         options.on_connected(url.peer)
+
+    async def probe(seq: int) -> None:
+        await _one_ping(conn, seq, engine.now() + options.timeout)
+
     try:
-        seq = 0
-        while options.count is None or seq < options.count:
-            seq += 1
-            started = trio.current_time()
-            rtt = await _one_ping(conn, seq, started + options.timeout)
-            if rtt is None:
-                raise PeerTimeout(f"no pong from {url.peer} within {options.timeout:g}s")
-            yield PingReply(seq, rtt, url.peer)
-            if options.count is None or seq < options.count:
-                await trio.sleep_until(started + options.interval)
+        async for reply in ping_series(options, url.peer, probe):
+            yield reply
     finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(1.0) as scope:
+        with trio.CancelScope(shield=True), engine.move_on_after(1.0) as scope:
             try:
                 if conn.can_send_close:
                     await conn.write(conn.encode_close(1000, "pulse ping done"),
@@ -78,21 +76,19 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
         await conn.aclose()
 
 
-async def _one_ping(conn: WebSocketConnection, seq: int, deadline: float) -> float | None:
-    """Send ping ``seq`` and wait for its pong until ``deadline``; the RTT, or None."""
-    started = trio.current_time()
-    with trio.move_on_at(deadline):
-        await conn.write(conn.encode_ping(ping_payload(seq)), deadline=deadline)
-        while True:
-            event = await conn.receive_event()
-            if isinstance(event, PingReceived):
-                await conn.write(conn.encode_pong(event.payload), deadline=deadline)
-            elif isinstance(event, PongReceived) and pong_seq(event.payload) == seq:
-                return trio.current_time() - started
-            elif isinstance(event, CloseReceived):
-                raise WebSocketClosed(f"server closed with code {event.code}: {event.reason}",
-                                      event.code)
-    return None
+async def _one_ping(conn: WebSocketConnection, seq: int, deadline: float) -> None:
+    """Send ping ``seq`` and return when its pong arrives (a write gives up at ``deadline``;
+    the caller bounds the wait)."""
+    await conn.write(conn.encode_ping(ping_payload(seq)), deadline=deadline)
+    while True:
+        event = await conn.receive_event()
+        if isinstance(event, PingReceived):
+            await conn.write(conn.encode_pong(event.payload), deadline=deadline)
+        elif isinstance(event, PongReceived) and pong_seq(event.payload) == seq:
+            return
+        elif isinstance(event, CloseReceived):
+            raise WebSocketClosed(f"server closed with code {event.code}: {event.reason}",
+                                  event.code)
 
 
 plugin = Plugin(

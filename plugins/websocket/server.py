@@ -29,6 +29,7 @@ from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import PeerStats
 from pulse._core.policy import HeartbeatPolicy
 from pulse._log import get_logger
+from pulse._trio.engine import current_engine
 from pulse.errors import ConnectionClosed, PeerTimeout, PulseError
 
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
@@ -222,7 +223,7 @@ async def serve_stream(
     transport = "wss" if options.ssl_context is not None else "ws"
     wrapped: trio.abc.Stream = stream
     try:
-        with trio.fail_after(options.handshake_timeout):
+        with current_engine().fail_after(options.handshake_timeout):
             if options.ssl_context is not None:
                 wrapped = trio.SSLStream(stream, options.ssl_context, server_side=True,
                                          https_compatible=True)
@@ -263,7 +264,7 @@ async def serve_stream(
             log.exception("handler_failed", peer=peer, transport=transport)
             session.end(f"handler failed: {type(exc).__name__}", CLOSE_INTERNAL_ERROR)
         else:
-            with trio.move_on_after(options.close_timeout):
+            with current_engine().move_on_after(options.close_timeout):
                 await outbox.wait_empty()
             session.end("handler finished", CLOSE_NORMAL)
         finally:
@@ -280,7 +281,7 @@ async def serve_stream(
                           f"{end.reason}", possibly_delivered=True)
             log.info("client_gone", peer=peer, transport=transport, reason=end.reason,
                      code=end.code, initiator=end.initiator.value)
-            with trio.move_on_after(options.close_timeout):
+            with current_engine().move_on_after(options.close_timeout):
                 await handler_done.wait()
             nursery.cancel_scope.cancel()
     except Exception:  # pragma: no cover - last line of defence for the other clients

@@ -3,8 +3,8 @@
 Two tasks run per connection; the session's timer is the process's one engine
 (:mod:`pulse._trio.engine`):
 
-* the **reader** feeds every received chunk to the liveness core first (any byte proves the
-  peer alive: a timestamp, nothing re-armed), then handles the frame: pings are answered,
+* the **reader** reports every complete frame to the liveness core (a finished frame proves
+  the peer alive: a timestamp, nothing re-armed), then handles it: pings are answered,
   pongs are matched to the ping they name, messages go to the inbox, a close frame ends the
   session;
 * the **writer** sends queued control frames first (between two fragments of a long message
@@ -91,6 +91,9 @@ doubled) may mean the buffer is full and the peer flow-controlled."""
 
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_INTERNAL_ERROR: Final = 1011
+#: Control frames queued for the writer at most (our own pings aside): a peer that sends
+#: pings and never reads cannot grow the queue.
+MAX_QUEUED_CONTROL: Final = 16
 CLOSE_NORMAL: Final = 1000
 CLOSE_ABNORMAL: Final = 1006
 CLOSE_PEER_TIMEOUT: Final = CLOSE_INTERNAL_ERROR
@@ -157,7 +160,8 @@ class Session:
     __slots__ = ("_backlog_seen", "_confirm_pending", "_confirm_seq", "_control", "_direct",
         "_end", "_ended", "_engine", "_failure", "_gate_open", "_inbound_pending", "_inbox",
         "_inbox_blocked", "_markers", "_nursery", "_on_liveness", "_owed", "_raw", "_reading",
-        "_target", "_unconfirmed", "_unsubscribe", "_work", "_written", "close_timeout", "conn",
+        "_target", "_unconfirmed", "_unsubscribe", "_writer_stopped", "_writing", "_written",
+        "close_timeout", "conn",
         "delivery", "fragment_size", "heartbeat", "liveness", "opened_at", "outbox", "peer",
         "policy", "presumed_delivered", "transport", "window")
 
@@ -196,9 +200,9 @@ class Session:
         self._on_liveness = on_liveness
         self._inbox = inbox
         self._target = inbox
-        self.liveness = Liveness(policy, trio.current_time(), detector=detector)
-        conn.on_receive = self._received
         self._engine = current_engine()
+        self.liveness = Liveness(policy, self._engine.now(), detector=detector)
+        conn.on_receive = self._received
         self._raw = raw_socket(conn.stream)
         self._owed = b""  # the rest of a control frame the socket took only part of
         self._reading: socket.socket | None = None  # set while the engine reads for us
@@ -208,7 +212,8 @@ class Session:
         # small (bounded by the window) or empty most of the time.
         self._control: list[_Control] = []
         self._direct: list[_Direct] = []
-        self._work = trio.Event()
+        self._writing = False  # a writer task is running (started on demand, ends when idle)
+        self._writer_stopped: trio.Event | None = None
         self._gate_open = not hold_outbox
         self._unconfirmed: list[tuple[Entry, int]] = []
         self._markers: list[tuple[int, int]] = []  # (ping seq, messages written before)
@@ -222,7 +227,7 @@ class Session:
         self._end: SessionEnd | None = None
         self._ended = trio.Event()
         self._unsubscribe = outbox.subscribe(self._wake)
-        self.opened_at = trio.current_time()
+        self.opened_at = self._engine.now()
 
     # -- public controls ------------------------------------------------------------------
 
@@ -289,7 +294,7 @@ class Session:
 
     def stats(self) -> PeerStats:
         """RTT, missed beats and silence of the peer now."""
-        return self.liveness.stats(trio.current_time())
+        return self.liveness.stats(self._engine.now())
 
     def unconfirmed(self) -> list[Entry]:
         """Messages written but not yet confirmed by a pong, oldest first."""
@@ -299,14 +304,6 @@ class Session:
 
     async def run(self) -> SessionEnd:
         """Run until the session ends; closes the connection; returns why it ended."""
-        writer_done = trio.Event()
-
-        async def writer() -> None:
-            try:
-                await self._writer()
-            finally:
-                writer_done.set()
-
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -317,7 +314,7 @@ class Session:
                     self._drain()  # events that came with the handshake
                 else:
                     nursery.start_soon(self._reader)
-                nursery.start_soon(writer)
+                self._wake()  # anything queued before the session started
                 self._engine.watch(self)
                 try:
                     await self._ended.wait()
@@ -326,9 +323,10 @@ class Session:
                     raise
                 # Let the writer finish the frame it is writing (a frame cut short breaks
                 # the stream for the close frame), unless the socket is stuck.
-                self._wake()
-                with trio.move_on_after(self._grace()):
-                    await writer_done.wait()
+                if self._writing:
+                    self._writer_stopped = trio.Event()
+                    with current_engine().move_on_after(self._grace()):
+                        await self._writer_stopped.wait()
                 self.conn.abort_write()
                 nursery.cancel_scope.cancel()
         finally:
@@ -350,9 +348,9 @@ class Session:
         self._ended.set()
         conn = self.conn
         graceful = not cancelled and end.initiator is Initiator.LOCAL and not end.peer_dead
-        deadline = trio.current_time() + self._grace()
+        deadline = self._engine.now() + self._grace()
         if end.initiator is not Initiator.NETWORK and not conn.write_interrupted:
-            with trio.move_on_at(deadline):
+            with current_engine().move_on_at(deadline):
                 try:
                     if conn.can_send_close:
                         code = CLOSE_NORMAL if end.code in (1005, 1006) else end.code
@@ -390,8 +388,8 @@ class Session:
             leftovers.append(self._inbound_pending)
             self._inbound_pending = None
         if not until_close:
-            deadline = min(deadline, trio.current_time() + LEFTOVER_READ_TIME)
-        with trio.move_on_at(deadline):
+            deadline = min(deadline, self._engine.now() + LEFTOVER_READ_TIME)
+        with current_engine().move_on_at(deadline):
             try:
                 while True:
                     event = await self.conn.receive_event()
@@ -542,20 +540,23 @@ class Session:
         return False
 
     def _on_pong(self, seq: int) -> None:
-        now = trio.current_time()
+        now = self._engine.now()
         self._carry_out(self.liveness.pong(now, seq), now)
         confirmed = None
         while self._markers and self._markers[0][0] <= seq:
             confirmed = self._markers.pop(0)[1]
         if confirmed is not None:
+            removed = 0
             while self._unconfirmed and self._unconfirmed[0][1] < confirmed:
                 self._unconfirmed.pop(0)
+                removed += 1
             if self._confirm_seq is not None and seq >= self._confirm_seq:
                 self._confirm_pending = False
                 self._confirm_seq = None
             if self._confirmation_due(0):
                 self._request_confirmation()
-            self._wake()
+            if removed and len(self.outbox):
+                self._wake()  # the window has room again for what waits in the outbox
 
     # -- liveness (the engine calls next_deadline and handle_timer) ----------------------
 
@@ -577,7 +578,7 @@ class Session:
         self.end(f"internal error: {exc!r}", CLOSE_INTERNAL_ERROR, Initiator.LOCAL)
 
     def _received(self) -> None:
-        self.liveness.data_received(trio.current_time())
+        self.liveness.data_received(self._engine.now())
 
     def _carry_out(self, actions: list[Action], now: float) -> None:
         for action in actions:
@@ -627,9 +628,23 @@ class Session:
     # -- writer ---------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        self._work.set()
+        """There is something to write: start the writer task unless it runs already. An idle
+        connection has no writer task at all (heartbeats skip it: they go to the socket)."""
+        if self._writing or self._end is not None or self._nursery is None:
+            return
+        self._writing = True
+        self._nursery.start_soon(self._writer)
 
     def _queue_control(self, item: _Control) -> None:
+        if item.kind is _Kind.PONG:
+            # RFC 6455 5.5.3: answering only the latest ping is enough. A peer that pings
+            # and never reads keeps one pong queued, not one per ping.
+            for index, queued in enumerate(self._control):
+                if queued.kind is _Kind.PONG:
+                    self._control[index] = item
+                    return
+        elif item.seq is None and len(self._control) >= MAX_QUEUED_CONTROL:
+            return  # an in-band pong to a peer that does not read: dropped
         self._control.append(item)
         self._wake()
 
@@ -657,7 +672,7 @@ class Session:
             self._owed = data[sent:]
             self._wake()
         else:
-            self.liveness.data_sent(trio.current_time())
+            self.liveness.data_sent(self._engine.now())
 
     def _room(self) -> int:
         """How many more messages the unconfirmed window admits now."""
@@ -670,12 +685,14 @@ class Session:
 
     async def _writer(self) -> None:
         try:
-            while self._end is None:
-                if not await self._write_some():
-                    await self._work.wait()
-                    self._work = trio.Event()
+            while self._end is None and await self._write_some():
+                pass  # ends when there is nothing left to write; _wake starts it again
         except WebSocketClosed as exc:
             self.end(exc.reason, CLOSE_ABNORMAL, Initiator.NETWORK)
+        finally:
+            self._writing = False
+            if self._writer_stopped is not None:
+                self._writer_stopped.set()
 
     async def _write_some(self) -> bool:
         """Write what is ready, small frames batched into one write; False when idle.
@@ -713,7 +730,7 @@ class Session:
                 buffer += self._encode_control(ping, written=self._written + len(entries))
         if buffer:
             await conn.write(bytes(buffer))
-            self.liveness.data_sent(trio.current_time())
+            self.liveness.data_sent(self._engine.now())
             for _ in directs:
                 self._direct.pop(0).done.set()
             for entry in entries:
@@ -762,7 +779,7 @@ class Session:
 
     def _confirmation_ping(self) -> _Control | None:
         """A new confirmation ping (registered with the liveness machine), or None."""
-        action = next(iter(self.liveness.request_ping(trio.current_time())), None)
+        action = next(iter(self.liveness.request_ping(self._engine.now())), None)
         if not isinstance(action, SendPing):
             return None
         self._confirm_pending = True
@@ -795,11 +812,11 @@ class Session:
             if self._end is not None:
                 return False  # it stays queued; a close frame may follow a fragment
             await conn.write(conn.encode_message(message[start:start + size], final=final))
-            self.liveness.output_progress(trio.current_time())
+            self.liveness.output_progress(self._engine.now())
             # RFC 6455 lets control frames (not data frames) pass between fragments.
             control = bytearray()
             while self._control and self._control[0].kind is not _Kind.INBAND:
                 control += self._encode_control(self._control.pop(0))
             await conn.write(bytes(control))
-        self.liveness.data_sent(trio.current_time())
+        self.liveness.data_sent(self._engine.now())
         return True

@@ -31,6 +31,7 @@ from .protocol import (
     ConnectionLoss,
     NodeExistsError,
     NoNodeError,
+    NoServerAnswered,
     SessionClosedError,
     ZooKeeperError,
     ZooKeeperSessionExpired,
@@ -52,6 +53,8 @@ def connect(
     max_frame: int = DEFAULT_MAX_FRAME,
     open_stream: StreamOpener = open_tcp,
     digest: tuple[str, str] | None = None,
+    session_id: int | None = None,
+    session_password: bytes = b"",
 ) -> AbstractAsyncContextManager[ZooKeeperSession]:
     """Open a ZooKeeper session; the context manager yields it connected and closes it.
 
@@ -60,7 +63,10 @@ def connect(
     ``reregister`` (default: the URL's ``?reregister=``, else False) starts a new session
     after expiry and re-creates every registration. Entering waits up to ``start_timeout``
     (default: the larger of 10 s and 2 × ``session_timeout``) for a first server to
-    answer, then raises :class:`ConnectionLoss`. ``digest`` (``(user, password)``) adds
+    answer, then raises :class:`NoServerAnswered` (a :class:`ConnectionLoss` and a
+    :class:`pulse.errors.NoServerReachable`). ``session_id`` and ``session_password`` resume
+    an existing session; a server that refuses them (expired, unknown, wrong password)
+    makes entering raise :class:`ZooKeeperSessionExpired`. ``digest`` (``(user, password)``) adds
     digest credentials to every connection (addAuth) and gives every presence node the ACL
     "all for this digest, read for everyone".
     """
@@ -78,18 +84,21 @@ def connect(
         max_frame=max_frame,
         open_stream=open_stream,
         digest=digest,
+        start_timeout=wait,
+        session_id=session_id,
+        session_password=session_password,
     )
-    return _running(session, wait)
+    return _running(session)
 
 
 @asynccontextmanager
-async def _running(session: ZooKeeperSession, wait: float) -> AsyncIterator[ZooKeeperSession]:
+async def _running(session: ZooKeeperSession) -> AsyncIterator[ZooKeeperSession]:
     # The session's background tasks must not turn the caller's own exception (or a start-up
     # failure) into an ExceptionGroup: background_nursery re-raises a lone one as itself.
     async with background_nursery() as nursery:
         await nursery.start(session.run)
         try:
-            await session.wait_connected(wait)
+            await session.wait_connected()
             yield session
         finally:
             # Cancelled from outside: the session's tasks are being cancelled too, so the
@@ -111,6 +120,7 @@ __all__ = [
     "DEFAULT_PORT",
     "ConnectionLoss",
     "NoNodeError",
+    "NoServerAnswered",
     "NodeExistsError",
     "NotOwnedError",
     "SessionClosedError",

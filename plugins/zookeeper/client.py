@@ -1,9 +1,12 @@
 """The trio driver: one ZooKeeper session as a :class:`pulse.presence.PresenceSession`.
 
-Every timing decision is made by :class:`._machine.SessionMachine`; this module only
-sleeps until the machine's next deadline, opens and reads connections, and carries out
-the machine's actions. Per connection, one task reads frames and one writes queued bytes
-(so requests go out in xid order and pings never interleave with a half-written frame).
+Every timing decision is made by :class:`._machine.SessionMachine` — pulse's one session
+client machine (:mod:`pulse._core.session_client`, shared with the lease client) plus
+ZooKeeper's handshake and zxid. The process's engine drives it through
+:class:`pulse._trio.session.SessionDriver` (no timing loop, no deadline scope here); this
+module opens and reads connections and carries out the machine's actions. Per connection,
+one task reads frames and one writes queued bytes (so requests go out in xid order and
+pings never interleave with a half-written frame).
 
 Requests made while the connection is down wait for a re-attach; reads are retried after
 a connection loss, and writes are retried in a way that is safe to repeat (a create that
@@ -24,6 +27,8 @@ from typing import Any
 import trio
 
 from pulse._log import get_logger
+from pulse._trio.engine import current_engine
+from pulse._trio.session import SessionDriver
 from pulse.errors import NotOwner, RemoteProtocolError
 from pulse.presence import PresenceEvent, SessionEvent, SessionState
 
@@ -31,6 +36,7 @@ from ._machine import (
     Action,
     Connect,
     Disconnect,
+    GaveUp,
     Host,
     Phase,
     SendPing,
@@ -56,6 +62,7 @@ from .protocol import (
     Incoming,
     NodeExistsError,
     NoNodeError,
+    NoServerAnswered,
     Notification,
     Ping,
     Reply,
@@ -78,10 +85,8 @@ _Names = list[str]
 StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
 _RECEIVE_SIZE = 65536
-#: How long aclose() waits for the server to confirm closeSession.
-_CLOSE_TIMEOUT = 2.0
-#: How long a session cancelled from outside spends closing itself on the bare stream.
-_DIRECT_CLOSE_TIMEOUT = 0.5
+#: Pause before trying again to re-create a registration the server refused.
+_REREGISTER_PAUSE = 1.0
 
 
 class NotOwnedError(ZooKeeperError, NotOwner):
@@ -168,7 +173,10 @@ class ZooKeeperSession:
     Create it through :func:`connect` (or ``pulse.registry.connect_session("zk://…")``),
     which runs it in a nursery and closes it on exit. ``chroot`` prefixes every path the
     server sees. ``reregister`` re-creates this session's registrations in a new session
-    after expiry. ``open_stream`` replaces the TCP connector (tests, TLS).
+    after expiry. ``open_stream`` replaces the TCP connector (tests, TLS). ``start_timeout``:
+    give up (:class:`NoServerAnswered`) if no session is established that long after
+    :meth:`run` starts. ``session_id`` and ``session_password`` resume an existing session
+    (as ZooKeeper's own client allows); a server refusing them expires it.
     """
 
     def __init__(
@@ -182,8 +190,16 @@ class ZooKeeperSession:
         max_frame: int = DEFAULT_MAX_FRAME,
         open_stream: StreamOpener = open_tcp,
         digest: tuple[str, str] | None = None,
+        start_timeout: float | None = None,
+        session_id: int | None = None,
+        session_password: bytes = b"",
     ) -> None:
-        self._machine = SessionMachine(hosts, session_timeout, rng)
+        self._machine = SessionMachine(hosts, session_timeout, rng, session_id=session_id,
+                                       password=session_password)
+        self._start_timeout = start_timeout
+        self._driver: SessionDriver | None = None
+        self._gave_up: str | None = None
+        self._close_scope: trio.CancelScope | None = None
         if digest is not None and (len(digest) != 2 or not all(isinstance(x, str) for x in digest)
                                    or not digest[0] or ":" in digest[0]):
             raise ValueError("digest must be (user, password) with a non-empty user without ':'")
@@ -207,7 +223,6 @@ class ZooKeeperSession:
         self._closing = False
         self._subscribers: list[trio.MemorySendChannel[SessionEvent]] = []
         self._changed = trio.Event()  # set (and replaced) on every state or link change
-        self._timer_changed = trio.Event()
 
     # ------------------------------------------------------------------ PresenceSession
 
@@ -339,25 +354,26 @@ class ZooKeeperSession:
 
         ``direct``: the session's own tasks are being cancelled (the scope around it was
         cancelled), so closeSession is written on the connection's stream by this task,
-        waiting at most 0.5 s for the answer.
+        waiting at most the close wait (min(T / n, 2 s)) for the answer.
         """
         if self._closing:
             return
         self._closing = True
         link = self._link
         if (not self._closed_directly and link is not None and link.ready
-                and self._machine.phase is Phase.CONNECTED):
+                and self._machine.phase is Phase.CONNECTED and self._driver is not None):
             if direct and link.stream is not None:
                 link.closing_directly = True
                 self._closed_directly = True
-                with trio.move_on_after(_DIRECT_CLOSE_TIMEOUT):
-                    await self._close_directly(link, link.stream)
+                await self._close_on_stream(link, link.stream)
                 await trio.aclose_forcefully(link.stream)
             else:
-                call = self._send(link, CloseSession())
-                with trio.move_on_after(min(_CLOSE_TIMEOUT, self._machine.read_timeout)):
-                    await call.done.wait()
-        self._apply(self._machine.close(trio.current_time()))
+                now = SessionDriver.now()
+                self._apply(self._machine.begin_close(now), now)
+                self._send(link, CloseSession())
+                await self._driver.wait_until(lambda: self._machine.phase is not Phase.CLOSING)
+        now = SessionDriver.now()
+        self._apply(self._machine.close(now), now)
         self._watches.lose_all("session closed")
         for channel in self._subscribers:
             channel.close()
@@ -367,55 +383,63 @@ class ZooKeeperSession:
     # ------------------------------------------------------------------ running
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the session going until :meth:`aclose`; reports started at once."""
+        """Keep the session going until it is closed; reports started at once. The engine
+        drives the machine's timers; this task only waits for the end."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._driver = driver = SessionDriver(self._machine, self._perform)
             task_status.started()
-            self._apply(self._machine.start(trio.current_time()))
-            while self._machine.phase is not Phase.CLOSED:
-                deadline = self._machine.next_deadline()
-                with trio.move_on_at(math.inf if deadline is None else deadline):
-                    await self._timer_changed.wait()
-                self._timer_changed = trio.Event()
-                self._dispatch(self._machine.handle_timer(trio.current_time()))
+            now = driver.now()
+            self._apply(self._machine.start(now, self._start_timeout), now)
+            try:
+                await driver.wait_until(lambda: self._machine.phase is Phase.CLOSED)
+            finally:
+                driver.watch()  # closed: the engine forgets it
             nursery.cancel_scope.cancel()
 
-    async def wait_connected(self, within: float) -> None:
-        """Wait until the session is connected; raise if it expires, closes or ``within``
-        seconds pass (:class:`ConnectionLoss` naming the servers tried)."""
-        with trio.move_on_after(within):
-            while True:
-                state = self._machine.state
-                if state is SessionState.CONNECTED:
-                    return
-                self._raise_if_unusable()
-                await self._changed.wait()
-        hosts = ", ".join(f"{h}:{p}" for h, p in self._machine.hosts)
-        raise ConnectionLoss(f"no ZooKeeper server answered within {within:g} s ({hosts})")
+    async def wait_connected(self) -> None:
+        """Wait until the session is connected; raise if it expires or closes, or
+        :class:`NoServerAnswered` once the start timeout passed without a session."""
+        while True:
+            if self._machine.state is SessionState.CONNECTED:
+                return
+            if self._gave_up is not None:
+                raise NoServerAnswered(self._gave_up)
+            self._raise_if_unusable()
+            await self._changed.wait()
 
     # ------------------------------------------------------------------ actions
 
-    def _apply(self, actions: _Actions) -> None:
-        """Carry out ``actions`` and make the timer loop recompute its deadline."""
-        self._dispatch(actions)
-        self._timer_changed.set()
+    def _apply(self, actions: _Actions, now: float) -> None:
+        """Carry out ``actions`` (an input's answer) and re-arm the engine."""
+        if self._driver is not None:
+            self._driver.apply(actions, now)
+        else:
+            for action in actions:
+                self._perform(action, now)
 
-    def _dispatch(self, actions: _Actions) -> None:
-        for action in actions:
-            if isinstance(action, Connect):
-                assert self._nursery is not None
-                self._drop_link("replaced by a new attempt")
-                attempt = _Link(action.host, ClientConnection(self._max_frame))
-                self._link = attempt
-                self._nursery.start_soon(self._connection, attempt, action)
-            elif isinstance(action, Disconnect):
-                self._drop_link(action.reason)
-            elif isinstance(action, SendPing):
-                current = self._link
-                if current is not None and current.ready:
-                    current.write(current.protocol.send(Xid.PING, Ping()))
-            elif isinstance(action, StateChanged):
-                self._on_state(action.event)
+    def _perform(self, action: Action, now: float) -> None:
+        """Carry out one action of the machine (called by the engine, never awaits)."""
+        if isinstance(action, Connect):
+            assert self._nursery is not None
+            self._drop_link("replaced by a new attempt")
+            attempt = _Link(action.host, ClientConnection(self._max_frame))
+            self._link = attempt
+            self._nursery.start_soon(self._connection, attempt, action)
+        elif isinstance(action, Disconnect):
+            self._drop_link(action.reason)
+        elif isinstance(action, SendPing):
+            current = self._link
+            if current is not None and current.ready:
+                current.write(current.protocol.send(Xid.PING, Ping()))
+        elif isinstance(action, StateChanged):
+            self._on_state(action.event, now)
+        elif isinstance(action, GaveUp):
+            hosts = ", ".join(f"{h}:{p}" for h, p in self._machine.hosts)
+            self._gave_up = (f"no ZooKeeper server answered within {self._start_timeout:g} s "
+                             f"({hosts})")
+        if self._close_scope is not None and self._machine.phase is not Phase.CLOSING:
+            self._close_scope.cancel()  # the close was confirmed, or its wait is over
         self._notify()
 
     def _notify(self) -> None:
@@ -433,15 +457,14 @@ class ZooKeeperSession:
         """A connection task found its connection broken."""
         if self._link is not link:
             return
-        if self._closing:
-            self._drop_link(reason)
-            return
-        log.info("connection_lost", peer=_peer(link.host), reason=reason,
-                 session_id=_hex(self._machine.session_id))
+        if not self._closing:
+            log.info("connection_lost", peer=_peer(link.host), reason=reason,
+                     session_id=_hex(self._machine.session_id))
         self._drop_link(reason)
-        self._apply(self._machine.connection_lost(trio.current_time(), reason))
+        now = SessionDriver.now()
+        self._apply(self._machine.connection_lost(now, reason), now)
 
-    def _on_state(self, event: SessionEvent) -> None:
+    def _on_state(self, event: SessionEvent, now: float) -> None:
         log.info("session_state", state=event.state.value, session_id=_hex(event.session_id),
                  reason=event.reason, peer=_peer(self._machine.host))
         for channel in list(self._subscribers):
@@ -457,7 +480,7 @@ class ZooKeeperSession:
             self._watches.lose_all(event.reason)
             if self._reregister and not self._closing:
                 self._restore_pending = bool(self._registrations)
-                self._apply(self._machine.new_session(trio.current_time()))
+                self._apply(self._machine.new_session(now), now)
         elif event.state is SessionState.CONNECTED and self._restore_pending:
             self._restore_pending = False
             assert self._nursery is not None
@@ -496,9 +519,25 @@ class ZooKeeperSession:
             # Cancelled from outside (the application left the scope around the session by
             # cancellation): the writer is gone, so close directly.
             self._closed_directly = True
-            with trio.CancelScope(shield=True), trio.move_on_after(_DIRECT_CLOSE_TIMEOUT):
-                await self._close_directly(link, stream)
+            with trio.CancelScope(shield=True):
+                await self._close_on_stream(link, stream)
         await trio.aclose_forcefully(stream)
+
+    async def _close_on_stream(self, link: _Link, stream: trio.abc.Stream) -> None:
+        """closeSession written by this task on the bare stream, for at most the machine's
+        close wait (the engine ends the wait: the CLOSED action cancels ``_close_scope``)."""
+        now = SessionDriver.now()
+        self._apply(self._machine.begin_close(now), now)
+        if self._machine.phase is not Phase.CLOSING:
+            return
+        self._close_scope = trio.CancelScope()
+        try:
+            with self._close_scope:
+                await self._close_directly(link, stream)
+        finally:
+            self._close_scope = None
+        now = SessionDriver.now()
+        self._apply(self._machine.close_confirmed(now), now)
 
     async def _close_directly(self, link: _Link, stream: trio.abc.Stream) -> None:
         """Send closeSession on the bare stream; read until its reply or the server hangs up."""
@@ -520,14 +559,14 @@ class ZooKeeperSession:
     async def _handshake(self, link: _Link, stream: trio.abc.Stream, action: Connect) -> None:
         try:
             await stream.send_all(link.protocol.connect(action.request))
-            self._machine.sent(trio.current_time())
+            self._machine.sent(SessionDriver.now())
             events: list[Incoming] = []
             while not events:
                 data = await stream.receive_some(_RECEIVE_SIZE)
                 if not data:
                     self._link_failed(link, "server closed the connection during the handshake")
                     return
-                self._machine.received(trio.current_time())
+                self._machine.received(SessionDriver.now())
                 events = link.protocol.receive(data)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._link_failed(link, f"handshake failed: {exc!r}")
@@ -537,7 +576,10 @@ class ZooKeeperSession:
             return
         first, rest = events[0], events[1:]
         assert isinstance(first, Connected)
-        self._apply(self._machine.handshake_done(trio.current_time(), first.response))
+        if self._link is not link:
+            return  # dropped meanwhile (connect timeout, close)
+        now = SessionDriver.now()
+        self._apply(self._machine.handshake_done(now, first.response), now)
         if self._link is not link:
             return  # expired (or closed): the Disconnect action dropped this link
         if self._digest is not None:  # credentials belong to the connection: add them each time
@@ -549,7 +591,7 @@ class ZooKeeperSession:
         link.ready = True
         self._notify()
         for event in rest:
-            self._incoming(link, event)
+            self._incoming(link, event, now)
 
     async def _reader(self, link: _Link, stream: trio.abc.Stream) -> None:
         try:
@@ -558,9 +600,10 @@ class ZooKeeperSession:
                 if not data:
                     self._link_failed(link, "server closed the connection")
                     return
-                self._machine.received(trio.current_time())
+                now = SessionDriver.now()
+                self._machine.received(now)
                 for event in link.protocol.receive(data):
-                    self._incoming(link, event)
+                    self._incoming(link, event, now)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._link_failed(link, f"receive failed: {exc!r}")
         except RemoteProtocolError as exc:
@@ -572,19 +615,21 @@ class ZooKeeperSession:
             async for data in link.outbox[1]:
                 await stream.send_all(data)
                 if self._link is link:
-                    self._machine.sent(trio.current_time())
+                    self._machine.sent(SessionDriver.now())
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._link_failed(link, f"send failed: {exc!r}")
 
-    def _incoming(self, link: _Link, event: Incoming) -> None:
+    def _incoming(self, link: _Link, event: Incoming, now: float) -> None:
         if isinstance(event, Reply):
-            self._machine.received(trio.current_time(), event.zxid)
+            self._machine.received(now, event.zxid)
             call = link.pending.pop(event.xid, None)
             if call is None:
                 return
             if call.watcher is not None:
                 self._arm_watch(event, call.watcher)
             call.finish(event.result, event.error)
+            if isinstance(call.request, CloseSession):
+                self._apply(self._machine.close_confirmed(now), now)
         elif isinstance(event, Notification):
             self._watches.fire(event.event)
         elif isinstance(event, WatchesRestored) and event.err:
@@ -755,7 +800,7 @@ class ZooKeeperSession:
                             return
                         log.warning("reregister_failed", path=key, reason=str(exc),
                                     session_id=_hex(self._machine.session_id))
-                        await trio.sleep(1.0)
+                        await current_engine().sleep(_REREGISTER_PAUSE)
                     continue
                 try:
                     await waiter.done.wait()

@@ -30,7 +30,9 @@ from pulse.errors import (
     AuthFailed,
     KeyExists,
     LocalProtocolError,
+    NoServerReachable,
     RemoteProtocolError,
+    SessionClosed,
     SessionError,
     SessionExpired,
 )
@@ -229,6 +231,10 @@ class InvalidACLError(ZooKeeperError):
     code = ErrorCode.INVALID_ACL
 
 
+class NoServerAnswered(ConnectionLoss, NoServerReachable):
+    """No server of the list answered within the start timeout (no session was opened)."""
+
+
 class SessionMovedError(ZooKeeperError):
     """The session moved to another server while a request was in flight."""
 
@@ -247,7 +253,7 @@ class ZooKeeperAuthFailed(ZooKeeperError, AuthFailed):
     code = ErrorCode.AUTH_FAILED
 
 
-class SessionClosedError(ZooKeeperError):
+class SessionClosedError(ZooKeeperError, SessionClosed):
     """The session was closed by this client; no more requests are accepted."""
 
     code = ErrorCode.SESSION_EXPIRED

@@ -1,7 +1,19 @@
-"""Reconnect backoff: exponential, capped, jittered on every attempt.
+"""Reconnect backoff: growing, capped, jittered on every attempt.
 
-Attempt ``n`` (0-based) has the ceiling ``cap_n = min(maximum, initial * multiplier**n)``;
-the jitter mode turns it into a delay (AWS Architecture Blog, "Exponential Backoff And
+How the ceiling grows (``growth``):
+
+* ``Growth.ATTEMPTS`` (the class default): attempt ``n`` (0-based) has the ceiling
+  ``cap_n = min(maximum, initial * multiplier**n)`` (classic exponential backoff).
+* ``Growth.OUTAGE``: the ceiling follows the age of the outage instead of the number of
+  attempts, ``cap = min(maximum, max(initial, multiplier * elapsed))`` where ``elapsed`` is
+  the seconds since the outage began (passed to :meth:`Backoff.next_delay`). A client never
+  waits more than ``max(initial, multiplier * elapsed)`` once the peer is back, however many
+  clients there are: with count-based ceilings the clients whose first draws happened to be
+  short reach long ceilings early and come back last. Attempts still thin out like an
+  exponential backoff's (the outage age grows by a random factor per attempt), so a long
+  outage costs a number of attempts logarithmic in its length.
+
+The jitter mode turns the ceiling into a delay (AWS Architecture Blog, "Exponential Backoff And
 Jitter", 2015):
 
 * ``NONE``: ``cap_n`` (no jitter: every client retries in lockstep; for tests).
@@ -32,6 +44,13 @@ import random
 from pulse._core._checks import check_count, check_non_negative, check_positive
 
 
+class Growth(enum.Enum):
+    """How the ceiling grows (see the module docstring)."""
+
+    ATTEMPTS = "attempts"
+    OUTAGE = "outage"
+
+
 class Jitter(enum.Enum):
     """How a delay is drawn below an attempt's ceiling (see the module docstring)."""
 
@@ -53,6 +72,7 @@ class Backoff:
         "_attempts",
         "_connected_at",
         "_previous",
+        "growth",
         "initial",
         "jitter",
         "max_attempts",
@@ -71,6 +91,7 @@ class Backoff:
         max_attempts: int | None = None,
         reset_after: float = 30.0,
         rng: random.Random | None = None,
+        growth: Growth = Growth.ATTEMPTS,
     ) -> None:
         check_positive("initial", initial)
         check_positive("maximum", maximum)
@@ -84,12 +105,15 @@ class Backoff:
         if max_attempts is not None:
             check_count("max_attempts", max_attempts, 0)
         check_non_negative("reset_after", reset_after)
+        if not isinstance(growth, Growth):
+            raise ValueError(f"growth must be a Growth, got {growth!r}")
         if rng is not None and not isinstance(rng, random.Random):
             raise ValueError(f"rng must be a random.Random, got {rng!r}")
         self.initial = float(initial)
         self.maximum = float(maximum)
         self.multiplier = float(multiplier)
         self.jitter = jitter
+        self.growth = growth
         self.max_attempts = max_attempts
         self.reset_after = float(reset_after)
         self.rng = rng if rng is not None else random.Random()
@@ -118,11 +142,18 @@ class Backoff:
             return self.maximum
         return min(self.maximum, self.initial * self.multiplier**attempt)
 
-    def next_delay(self) -> float | None:
-        """The delay before the next attempt, or None when no attempts are left."""
+    def outage_ceiling(self, elapsed: float) -> float:
+        """``min(maximum, max(initial, multiplier * elapsed))`` (the ``OUTAGE`` ceiling)."""
+        return min(self.maximum, max(self.initial, self.multiplier * max(0.0, elapsed)))
+
+    def next_delay(self, elapsed: float = 0.0) -> float | None:
+        """The delay before the next attempt, or None when no attempts are left.
+
+        ``elapsed`` is the age of the outage in seconds (used by ``Growth.OUTAGE`` only)."""
         if self.exhausted:
             return None
-        cap = self.ceiling(self._attempts)
+        outage = self.growth is Growth.OUTAGE
+        cap = self.outage_ceiling(elapsed) if outage else self.ceiling(self._attempts)
         jitter = self.jitter
         if jitter is Jitter.NONE:
             delay = cap

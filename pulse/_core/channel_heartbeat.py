@@ -17,9 +17,8 @@ Rules this machine keeps (Apache Dubbo's ``HeartbeatTimerTask``, ``ReconnectTime
 * ``heartbeat_timeout`` (default ``3 * heartbeat``; Dubbo refuses anything below
   ``2 * heartbeat`` and so does :class:`ChannelTiming`): once nothing has been *read* for that
   long the peer is declared dead: :class:`~pulse.actions.PeerDead` then
-  :class:`~pulse.actions.Close`. The consumer then reconnects (:class:`Reconnector` turns a
-  :class:`~pulse._core.backoff.Backoff` into :class:`~pulse.actions.Reconnect` actions); the
-  provider just frees the channel.
+  :class:`~pulse.actions.Close`. The consumer then reconnects (under the one reconnect supervisor,
+  :class:`pulse._core.reconnect.ReconnectMachine`); the provider just frees the channel.
 * A heartbeat sent while the previous one is still unanswered makes the peer *suspect*
   (:class:`~pulse.actions.PeerSuspect`); a read makes it alive again.
 * Local-pause guard: when ``tick`` comes more than ``max_local_pause`` after the deadline
@@ -38,13 +37,12 @@ import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from pulse._core.detectors import FixedTimeout
 from pulse._core.liveness import Liveness, LivenessState
 from pulse._core.policy import HeartbeatPolicy, IdleMode
 from pulse._core.stats import RttStats, RttSummary
-from pulse.actions import Action, Reconnect
+from pulse.actions import Action
 
 
 class Role(enum.Enum):
@@ -289,53 +287,3 @@ class ChannelHeartbeat:
             max(0.0, now - self.last_read),
             max(0.0, now - self.last_write),
         )
-
-
-class BackoffLike(Protocol):
-    """What :class:`Reconnector` needs (``pulse._core.backoff.Backoff`` provides it)."""
-
-    @property
-    def attempts(self) -> int:
-        """Delays handed out since the last reset."""
-
-    def next_delay(self) -> float | None:
-        """The delay before the next attempt, or None when no attempts are left."""
-
-    def connected(self, now: float) -> None:
-        """An attempt succeeded at ``now``."""
-
-    def disconnected(self, now: float) -> None:
-        """The connection ended at ``now``."""
-
-
-class Reconnector:
-    """The consumer's reconnect rule: after a lost channel or a failed attempt, wait for
-    the backoff's next delay, then connect again; give up when the backoff does.
-
-    Every method returns the :class:`~pulse.actions.Reconnect` to carry out, or None once
-    the backoff's attempts are used up.
-    """
-
-    def __init__(self, backoff: BackoffLike) -> None:
-        self.backoff = backoff
-        self.connects = 0
-
-    def _next(self) -> Reconnect | None:
-        delay = self.backoff.next_delay()
-        if delay is None:
-            return None
-        return Reconnect(delay=delay, attempt=self.backoff.attempts)
-
-    def connected(self, now: float) -> None:
-        """A connection was established at ``now``."""
-        self.connects += 1
-        self.backoff.connected(now)
-
-    def lost(self, now: float) -> Reconnect | None:
-        """An established connection ended at ``now`` (timeout, EOF, error)."""
-        self.backoff.disconnected(now)
-        return self._next()
-
-    def failed(self, now: float) -> Reconnect | None:
-        """A connection attempt failed at ``now``."""
-        return self._next()

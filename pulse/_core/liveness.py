@@ -232,13 +232,15 @@ class Liveness:
         # Lazy, as Netty's idle handler: only timestamps are stored; the deadline is derived.
         # A heartbeat is due one interval after the later of the relevant activity and the
         # last heartbeat, so while the silence lasts heartbeats repeat every interval.
-        read, written = self._last_received, self._last_written
-        activity = {
-            IdleMode.READER: read,
-            IdleMode.WRITER: written,
-            IdleMode.ALL: max(read, written),
-            IdleMode.EITHER: min(read, written),
-        }[self.policy.idle_mode]
+        read, written, mode = self._last_received, self._last_written, self.policy.idle_mode
+        if mode is IdleMode.READER:
+            activity = read
+        elif mode is IdleMode.WRITER:
+            activity = written
+        elif mode is IdleMode.ALL:
+            activity = max(read, written)
+        else:  # EITHER
+            activity = min(read, written)
         return max(activity, self._last_ping) + self.policy.interval
 
     @property

@@ -9,7 +9,8 @@ Both session backends follow them: the lease client and the ZooKeeper client.
 * connect timeout = session timeout / number of servers, so one pass over the whole list
   fits in one session timeout;
 * between connection attempts, a random pause of at most ``min(1 s, timeout / 10)``
-  (ZooKeeper waits up to 1 s; scaling it keeps short sessions able to re-attach in time).
+  (ZooKeeper waits up to 1 s; scaling it keeps short sessions able to re-attach in time);
+* closing waits at most ``min(connect timeout, 2 s)`` for the server to confirm.
 
 A session lives on the server for at least its timeout after the last request, so a client
 that loses its connection has ``timeout - read_timeout = timeout / 3`` plus whatever time
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 MAX_PING_INTERVAL = 10.0
 MAX_RETRY_PAUSE = 1.0
+MAX_CLOSE_WAIT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,11 @@ class ClientTiming:
     def max_retry_pause(self) -> float:
         """Upper bound of the random pause between connection attempts."""
         return min(MAX_RETRY_PAUSE, self.session_timeout / 10.0)
+
+    @property
+    def close_wait(self) -> float:
+        """How long a close waits for the server to confirm it."""
+        return min(self.connect_timeout, MAX_CLOSE_WAIT)
 
     def retry_pause(self, fraction: float) -> float:
         """The pause before the next attempt for a random ``fraction`` in [0, 1)."""

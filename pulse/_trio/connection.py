@@ -30,6 +30,7 @@ import trio
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import Liveness, LivenessState, PeerStats
 from pulse._core.policy import HeartbeatPolicy, NegotiationBounds, negotiate
+from pulse._core.rate import TokenBucket
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
@@ -48,10 +49,12 @@ from pulse.frames import (
     Data,
     Frame,
     FrameDecoder,
+    FrameType,
     Hello,
     Ping,
     Pong,
     encode_frame,
+    encode_heartbeat,
 )
 from pulse.frames import Close as CloseFrame
 
@@ -62,6 +65,9 @@ log = get_logger("pulse.connection")
 WRITE_CHUNK = 64 * 1024
 #: Largest read per ``receive_some``.
 READ_CHUNK = 64 * 1024
+#: Pings per second a peer may send (on-demand ``pulse ping -i 0.01`` is 100); beyond that
+#: they go unanswered, and a flood lasting a second's worth closes the connection.
+DEFAULT_MAX_PING_RATE = 200.0
 #: How long a graceful close (a CLOSE frame, a TLS close_notify) may take before the stream
 #: is closed forcefully.
 CLOSE_TIMEOUT = 1.0
@@ -92,6 +98,7 @@ class HeartbeatConnection:
         transport: str,
         on_event: Callable[[Action], None] | None,
         hold_limit: int = 1024 * 1024,
+        max_ping_rate: float = DEFAULT_MAX_PING_RATE,
     ) -> None:
         self.stream = stream
         self.policy = policy
@@ -99,7 +106,8 @@ class HeartbeatConnection:
         self.peer = peer
         self.transport = transport
         self._decoder = decoder
-        self._liveness = Liveness(policy, trio.current_time(), detector=detector)
+        self._engine = current_engine()
+        self._liveness = Liveness(policy, self._engine.now(), detector=detector)
         self._send_lock = trio.StrictFIFOLock()
         self._control = ControlWriter(stream, self._send_lock, self._control_failed)
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[Any](receive_buffer)
@@ -107,12 +115,13 @@ class HeartbeatConnection:
         self._on_event = on_event
         self._close_reason: str | None = None
         self._close_error: PulseError | None = None
-        self._closed = trio.Event()
+        self._is_closed = False
         self._held: deque[Any] = deque()  # messages the application's queue had no room for
         self._held_bytes = 0  # bytes read since the first of them
         #: Bytes read past a full receive queue before reading stops (TCP then pushes back).
         self.hold_limit = hold_limit
         self._paused = False
+        self._done_reading = False  # the end, a goodbye or a protocol error was read
         self._resumed = trio.Event()
         self._raw: socket.socket | None = None  # set while the engine reads for us
         self._goodbye: tuple[str, PulseError | None] | None = None
@@ -121,7 +130,9 @@ class HeartbeatConnection:
         self._pong_rtts: dict[int, float] = {}
         self._nursery: trio.Nursery | None = None
         self._log = log.bind(peer=peer, transport=transport)
-        self._engine = current_engine()
+        #: The peer's pings answered per second at most (0: no limit); a sustained flood
+        #: closes the connection, so one client cannot keep the server busy with pongs.
+        self._pings = TokenBucket(max_ping_rate, self._engine.now())
 
     # -- public API ----------------------------------------------------------------------
 
@@ -138,7 +149,7 @@ class HeartbeatConnection:
     @property
     def closed(self) -> bool:
         """True once the connection is closed, for whatever reason."""
-        return self._closed.is_set()
+        return self._is_closed
 
     @property
     def close_reason(self) -> str | None:
@@ -247,7 +258,7 @@ class HeartbeatConnection:
     def _carry_out(self, actions: list[Action], now: float) -> None:
         for action in actions:
             if isinstance(action, SendPing):
-                if self._control.send(encode_frame(Ping(action.seq, action.now))):
+                if self._control.send(encode_heartbeat(FrameType.PING, action.seq, action.now)):
                     self._liveness.data_sent(now)
             else:
                 self._on_action(action)
@@ -291,7 +302,7 @@ class HeartbeatConnection:
     async def _read_task(self) -> None:
         """For streams without a plain socket (TLS, memory streams)."""
         try:
-            while not self.closed:
+            while not self.closed and not self._done_reading:
                 if self._paused:
                     await self._resumed.wait()
                     continue
@@ -310,7 +321,7 @@ class HeartbeatConnection:
             self._protocol_error(exc)
             return
         for frame in frames:
-            if self.closed:
+            if self.closed or self._done_reading:
                 return
             self._on_frame(frame, now)
         if self._held:
@@ -339,7 +350,12 @@ class HeartbeatConnection:
         if isinstance(frame, Ping):
             # Answered at once, from wherever the ping was read; a peer that pings faster
             # than it reads our pongs fills the control backlog and surplus pongs are dropped.
-            if self._control.send(encode_frame(frame.pong())):
+            if not self._pings.take(now):
+                if self._pings.refused > self._pings.burst:  # a second's worth unanswered
+                    self._protocol_error(RemoteProtocolError(
+                        f"ping flood: more than {self._pings.rate:g} pings per second"))
+                return
+            if self._control.send(encode_heartbeat(FrameType.PONG, frame.seq, frame.ts)):
                 self._liveness.data_sent(now)
         elif isinstance(frame, Data):
             self._deliver(frame.payload)
@@ -385,6 +401,7 @@ class HeartbeatConnection:
         self._spawn(self._say_goodbye(reason, reason, exc, shield=False))
 
     def _stop_reading(self) -> None:
+        self._done_reading = True
         if self._raw is not None:
             self._engine.remove_reader(self._raw)
             self._raw = None
@@ -481,7 +498,7 @@ class HeartbeatConnection:
             return
         self._close_reason = reason
         self._close_error = error
-        self._closed.set()
+        self._is_closed = True
         self._engine.forget(self)
         self._stop_reading()
         self._control.close()
@@ -558,6 +575,7 @@ async def heartbeat(
     max_frame_size: int = 1024 * 1024,
     receive_buffer: int = 256,
     hold_limit: int = 1024 * 1024,
+    max_ping_rate: float = DEFAULT_MAX_PING_RATE,
     peer: str = "?",
     transport: str = "stream",
     on_event: Callable[[Action], None] | None = None,
@@ -574,6 +592,8 @@ async def heartbeat(
     ``receive_buffer`` messages wait for the application, and when those are taken up the
     connection goes on reading (and answering heartbeats) for at most ``hold_limit`` more
     bytes, then stops reading so that TCP pushes back on the peer. Nothing is dropped.
+    The peer's pings are answered up to ``max_ping_rate`` per second (200); a flood beyond
+    that for about a second closes the connection with a protocol error ("ping flood").
     """
     policy = policy or HeartbeatPolicy()
     decoder = FrameDecoder(max_frame_size=max_frame_size)
@@ -591,7 +611,7 @@ async def heartbeat(
             stream, agreed, remote, decoder,
             detector=detector(agreed) if detector is not None and agreed.enabled else None,
             receive_buffer=receive_buffer, peer=peer, transport=transport, on_event=on_event,
-            hold_limit=hold_limit,
+            hold_limit=hold_limit, max_ping_rate=max_ping_rate,
         )
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         await trio.aclose_forcefully(stream)

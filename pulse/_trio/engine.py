@@ -45,6 +45,7 @@ import math
 import os
 import select
 import socket
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import trio
@@ -106,6 +107,49 @@ class Engine:
         self.stalls = 0
         #: The longest such delay seen, in seconds.
         self.worst_stall = 0.0
+
+    # -- the clock ------------------------------------------------------------------------
+
+    @staticmethod
+    def now() -> float:
+        """The current time on the loop's clock: the one clock drivers and plugins use
+        (virtual under trio's ``MockClock``)."""
+        return trio.current_time()
+
+    # -- bounded waits --------------------------------------------------------------------
+    # Handshakes, goodbyes and connects wait at most so long. Plugins take these from the
+    # engine, never from the loop directly, so that another event loop can supply its own.
+
+    @staticmethod
+    def move_on_after(seconds: float) -> trio.CancelScope:
+        """A scope that gives up on its block after ``seconds`` (``cancelled_caught`` tells)."""
+        return trio.move_on_after(seconds)
+
+    @staticmethod
+    def move_on_at(deadline: float) -> trio.CancelScope:
+        """A scope that gives up on its block at ``deadline`` on the engine's clock."""
+        return trio.move_on_at(deadline)
+
+    @staticmethod
+    def fail_after(seconds: float) -> AbstractContextManager[trio.CancelScope]:
+        """A scope that raises ``trio.TooSlowError`` when its block takes over ``seconds``."""
+        return trio.fail_after(seconds)
+
+    @staticmethod
+    def fail_at(deadline: float) -> AbstractContextManager[trio.CancelScope]:
+        """A scope that raises ``trio.TooSlowError`` when its block runs past ``deadline``."""
+        return trio.fail_at(deadline)
+
+    @staticmethod
+    async def sleep(seconds: float) -> None:
+        """Wait ``seconds`` (pacing a retry, not liveness)."""
+        await trio.sleep(seconds)
+
+    @staticmethod
+    async def sleep_until(deadline: float) -> None:
+        """Wait until ``deadline`` on the engine's clock (pacing, not liveness: machines'
+        deadlines go through :meth:`watch`)."""
+        await trio.sleep_until(deadline)
 
     # -- registering ----------------------------------------------------------------------
 

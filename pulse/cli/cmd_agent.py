@@ -23,6 +23,10 @@ import sys
 
 import trio
 
+from pulse._core.backoff import Backoff
+from pulse._core.reconnect import ReconnectMachine
+from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
+from pulse.actions import Reconnect
 from pulse.cli._presence import (
     PRESENCE_PREFIX,
     child_key,
@@ -30,13 +34,24 @@ from pulse.cli._presence import (
     parse_meta,
     wall_time,
 )
-from pulse.errors import AuthFailed, ConnectionClosed, NoPlugin, PulseError, SessionExpired
+from pulse.errors import (
+    AuthFailed,
+    ConnectionClosed,
+    NoPlugin,
+    PulseError,
+    ReconnectGaveUp,
+    SessionExpired,
+)
 from pulse.presence import PresenceSession, SessionState
 from pulse.registry import connect_session
 
 HELP = "hold a session and register this process as online until stopped"
 
+#: Waits between sessions: full jitter below a ceiling that starts at RETRY_INITIAL and
+#: doubles up to MAX_RETRY_PAUSE seconds; it starts over once a session held RESET_AFTER.
+RETRY_INITIAL = 0.5
 MAX_RETRY_PAUSE = 10.0
+RESET_AFTER = 30.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,34 +146,48 @@ def _permanent_errors() -> tuple[type[BaseException], ...]:
 
 
 async def _hold(args: argparse.Namespace, key: str, meta: dict[str, str]) -> int:
-    """Hold the registration until cancelled; returns 1 after a refusal retrying cannot cure."""
-    pause = 0.5
-    while True:
+    """Hold the registration until cancelled; returns 1 after a refusal retrying cannot cure.
+
+    Sessions come and go under the one reconnect supervisor (:mod:`pulse._core.reconnect`):
+    one session at a time, a fully jittered wait before each new one (so agents that lost
+    the same server do not come back together), growing to ``MAX_RETRY_PAUSE``, reset after a
+    session held ``RESET_AFTER`` seconds."""
+
+    async def one_session(handle: AttemptHandle) -> str:
         started = wall_time()
         try:
             async with connect_session(args.server, session_timeout=args.session_timeout,
                                        **session_options(args)) as session:
                 changes = session.state_changes()
                 await _register(session, key, meta, started)
+                handle.connected()
                 sid = session.session_id
                 _say(f"registered {key} session={sid:#x} "
                      f"timeout={session.session_timeout:g}s" if sid is not None
                      else f"registered {key}")
-                pause = 0.5
                 async for change in changes:
                     _say(f"session {change.state.value}: {change.reason}")
                     if change.state in (SessionState.EXPIRED, SessionState.CLOSED):
                         break
         except (SessionExpired, ConnectionClosed, OSError) as exc:
             _say(f"session lost: {exc}")
+            return f"session lost: {exc}"
         except _permanent_errors() as exc:
             _say(f"refused: {exc}")
-            return 1
+            raise ReconnectGaveUp(f"refused: {exc}") from exc
         except PulseError as exc:
             _say(f"error: {exc}")
-        await trio.sleep(pause)
-        pause = min(pause * 2, MAX_RETRY_PAUSE)
-        _say("starting a new session")
+            return f"error: {exc}"
+        return "session ended"
+
+    def waiting(wait: Reconnect, reason: str) -> None:
+        _say(f"starting a new session in {wait.delay:.1f}s")
+
+    backoff = Backoff(RETRY_INITIAL, MAX_RETRY_PAUSE, reset_after=RESET_AFTER)
+    driver = ReconnectDriver(ReconnectMachine(backoff), one_session, retry_on=(),
+                             on_wait=waiting)
+    await driver.run()
+    return 1 if driver.error is not None else 0
 
 
 async def _main(args: argparse.Namespace) -> int:

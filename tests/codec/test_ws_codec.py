@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
+from wsproto.events import Ping as WsPing
 
 from pulse.frames import Data, Ping, Pong, encode_frame
 from pulse.plugins.websocket.connection import (
@@ -202,3 +203,31 @@ def test_upgrade_request_parser_only_raises_pulse_errors(data: bytes) -> None:
 
     trio.run(run)
     assert len(outcome) == 1
+
+
+def test_a_frame_header_declaring_too_much_is_refused_before_its_payload() -> None:
+    """A header declaring 4 GB is answered with 1009 at once, with no payload sent at all;
+    a fragment that would take the message over the limit likewise."""
+    header = bytes([0x82, 0x80 | 127]) + (2**32).to_bytes(8, "big") + b"mask"
+    events = _decode(header, [], max_message_size=1024 * 1024)
+    assert isinstance(events[0], MessageTooBig) and events[0].code == 1009
+    client, _ = _open_pair()
+    first = client.send(BytesMessage(data=b"x" * 60, message_finished=False))
+    second_header = client.send(BytesMessage(data=b"y" * 50, message_finished=True))[:6]
+    events = _decode(first + second_header, [], max_message_size=100)
+    assert isinstance(events[0], MessageTooBig)
+
+
+@given(st.binary(max_size=125))
+def test_the_server_ping_fast_path_matches_wsproto(payload: bytes) -> None:
+    """A server's ping frame is byte for byte what wsproto builds, and a client reads it."""
+    client, server = _open_pair()
+
+    async def run() -> bytes:
+        _sender, receiver = trio.testing.memory_stream_pair()
+        return WebSocketConnection(receiver, server).encode_ping(payload)
+
+    fast = trio.run(run)
+    assert fast == server.send(WsPing(payload=payload))
+    client.receive_data(fast)
+    assert [e.payload for e in client.events() if isinstance(e, WsPing)] == [payload]

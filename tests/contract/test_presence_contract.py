@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from pulse.errors import KeyExists, NotOwner
+from pulse.errors import KeyExists, NoServerReachable, NotOwner, SessionClosed, SessionExpired
 from pulse.presence import PresenceEvent, PresenceSession, SessionState
 from pulse.registry import connect_session
 
@@ -338,3 +338,149 @@ async def test_pulse_watch_json_reports_online_and_offline(
         watch.terminate()
         with trio.move_on_after(10):
             await watch.wait()
+
+
+# --------------------------------------------------------------------------- error paths
+# The same situation raises the same exception type on both backends.
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, _, port = url.split("://", 1)[1].split("/", 1)[0].rpartition(":")
+    return host, int(port)
+
+
+class Cutter:
+    """A loopback TCP proxy in front of the backend that can cut every link and refuse
+    new ones (a server that became unreachable)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.blocked = False
+        self.port = 0
+        self._links: list[trio.CancelScope] = []
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._link, listeners)
+
+    async def _link(self, client: trio.SocketStream) -> None:
+        if self.blocked:
+            await client.aclose()
+            return
+        with trio.CancelScope() as scope:
+            self._links.append(scope)
+            server = await trio.open_tcp_stream(*self.target)
+            async with client, server, trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, client, server)
+                nursery.start_soon(self._pump, server, client)
+
+    @staticmethod
+    async def _pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+        try:
+            while data := await source.receive_some(65536):
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def block(self) -> None:
+        self.blocked = True
+        for scope in self._links:
+            scope.cancel()
+
+
+async def test_no_server_reachable_raises_no_server_reachable(backend: str) -> None:
+    """Nothing listens at the URL: entering connect raises NoServerReachable within the start
+    timeout on both backends."""
+    scheme = backend.split("://", 1)[0]
+    url = f"{scheme}://127.0.0.1:{_free_port()}"
+    started = trio.current_time()
+    with pytest.raises(NoServerReachable):
+        async with connect_session(url, session_timeout=TIMEOUT, start_timeout=TIMEOUT):
+            pass  # pragma: no cover
+    assert TIMEOUT - 0.05 <= trio.current_time() - started <= TIMEOUT + 1.0
+
+
+async def test_use_after_close_raises_session_closed(backend: str, prefix: str) -> None:
+    """Every request on a closed session raises SessionClosed on both backends."""
+    async with connect_session(backend, session_timeout=TIMEOUT) as session:
+        await session.register(f"{prefix}/a", b"")
+    assert session.state is SessionState.CLOSED
+    with pytest.raises(SessionClosed):
+        await session.register(f"{prefix}/a", b"")
+    with pytest.raises(SessionClosed):
+        await session.get(f"{prefix}/a")
+    with pytest.raises(SessionClosed):
+        await session.list(prefix)
+
+
+async def test_expired_session_raises_session_expired(backend: str, prefix: str) -> None:
+    """Cut off from every server, the session expires one timeout after it last heard one;
+    then requests and its watch raise SessionExpired on both backends."""
+    async with trio.open_nursery() as nursery:
+        cutter = Cutter(_host_port(backend))
+        await nursery.start(cutter.run)
+        url = backend.split("://", 1)[0] + f"://127.0.0.1:{cutter.port}"
+        async with connect_session(url, session_timeout=TIMEOUT) as session:
+            changes = session.state_changes()
+            await session.register(f"{prefix}/a", b"")
+            events = session.watch(prefix)
+            first = await events.__anext__()
+            assert (first.event, first.id) == ("online", "a")
+            cutter.block()
+            cut_at = trio.current_time()
+            seen = []
+            with trio.fail_after(TIMEOUT * 3):
+                async for change in changes:
+                    seen.append(change.state)
+                    if change.state is SessionState.EXPIRED:
+                        break
+            assert seen == [SessionState.DISCONNECTED, SessionState.EXPIRED]
+            assert trio.current_time() - cut_at <= TIMEOUT + SLACK
+            with pytest.raises(SessionExpired):
+                await session.register(f"{prefix}/b", b"")
+            with pytest.raises(SessionExpired):
+                await session.get(f"{prefix}/a")
+            with pytest.raises(SessionExpired), trio.fail_after(TIMEOUT):
+                await events.__anext__()
+        nursery.cancel_scope.cancel()
+
+
+async def test_refused_session_password_raises_session_expired(backend: str, prefix: str
+                                                               ) -> None:
+    """Resuming a live session with a wrong password is refused: entering connect raises
+    SessionExpired on both backends (ZooKeeper does not tell a wrong password from an
+    expired session, so neither backend does), and the real session is untouched."""
+    async with connect_session(backend, session_timeout=TIMEOUT) as owner:
+        assert owner.session_id is not None
+        with pytest.raises(SessionExpired), trio.fail_after(TIMEOUT * 3):
+            async with connect_session(backend, session_timeout=TIMEOUT,
+                                       session_id=owner.session_id,
+                                       session_password=b"\x01" * 16):
+                pass  # pragma: no cover
+        await trio.sleep(TIMEOUT / 2)
+        assert owner.state is SessionState.CONNECTED
+        await owner.register(f"{prefix}/owner", b"o")  # the real session still works
+        assert await owner.get(f"{prefix}/owner") == b"o"
+
+
+async def test_unknown_session_id_raises_session_expired(backend: str) -> None:
+    """Resuming a session that was closed (the server no longer knows it) raises
+    SessionExpired on both backends."""
+    async with connect_session(backend, session_timeout=TIMEOUT) as gone:
+        session_id = gone.session_id
+    with pytest.raises(SessionExpired), trio.fail_after(TIMEOUT * 3):
+        async with connect_session(backend, session_timeout=TIMEOUT, session_id=session_id,
+                                   session_password=b"\x00" * 16):
+            pass  # pragma: no cover

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pulse._core.backoff import Backoff, Jitter
+from pulse._core.backoff import Backoff, Growth, Jitter
 
 seeds = st.integers(0, 2**32 - 1)
 initials = st.floats(0.001, 10.0)
@@ -235,3 +235,21 @@ def test_invalid_parameters_raise(kwargs: dict[str, object], name: str) -> None:
     """Each parameter is validated with a ValueError naming it."""
     with pytest.raises(ValueError, match=name):
         Backoff(**kwargs)  # type: ignore[arg-type]
+
+
+def test_outage_growth_follows_the_outage_age_not_the_attempt_count() -> None:
+    """Growth.OUTAGE: the ceiling is max(initial, multiplier x elapsed), capped; draws stay
+    below it however many attempts came before."""
+    backoff = Backoff(2.0, 20.0, 1.5, Jitter.FULL, rng=random.Random(3), growth=Growth.OUTAGE)
+    assert backoff.outage_ceiling(0.0) == 2.0
+    assert backoff.outage_ceiling(1.0) == 2.0
+    assert backoff.outage_ceiling(10.0) == 15.0
+    assert backoff.outage_ceiling(100.0) == 20.0
+    for _ in range(50):  # many attempts at age 1 s: never above the 2 s window
+        delay = backoff.next_delay(1.0)
+        assert delay is not None and 0.0 <= delay <= 2.0
+    late = [backoff.next_delay(12.0) for _ in range(200)]
+    assert max(d for d in late if d is not None) > 10.0  # the window widened to 18 s
+    assert Backoff(2.0, 20.0, 1.5, Jitter.NONE, growth=Growth.OUTAGE).next_delay(4.0) == 6.0
+    with pytest.raises(ValueError):
+        Backoff(growth="outage")  # type: ignore[arg-type]

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import itertools
-import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulse._core.backoff import Backoff, Jitter
 from pulse._core.channel_heartbeat import (
     ChannelHeartbeat,
     ChannelState,
     ChannelTiming,
-    Reconnector,
     Role,
 )
-from pulse.actions import Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, Reconnect, SendPing
+from pulse.actions import Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
 
 
 def machine(
@@ -257,28 +254,3 @@ def test_verdict_and_heartbeat_invariants(
                     if last_ping is not None:
                         assert now - last_ping >= heartbeat - 1e-9
                     last_ping = now
-
-
-def test_reconnector_follows_the_backoff_and_gives_up() -> None:
-    """Lost channels and failed attempts yield Reconnect(delay, attempt) until exhausted."""
-    backoff = Backoff(1.0, 8.0, 2.0, Jitter.NONE, max_attempts=4, rng=random.Random(1))
-    rc = Reconnector(backoff)
-    rc.connected(0.0)
-    assert rc.lost(5.0) == Reconnect(delay=1.0, attempt=1)
-    assert rc.failed(6.0) == Reconnect(delay=2.0, attempt=2)
-    assert rc.failed(8.0) == Reconnect(delay=4.0, attempt=3)
-    assert rc.failed(12.0) == Reconnect(delay=8.0, attempt=4)
-    assert rc.failed(20.0) is None
-    assert rc.connects == 1
-
-
-def test_reconnector_resets_after_a_stable_connection() -> None:
-    """A connection that stayed up ``reset_after`` starts the delays over."""
-    backoff = Backoff(1.0, 8.0, 2.0, Jitter.NONE, reset_after=30.0)
-    rc = Reconnector(backoff)
-    rc.connected(0.0)
-    assert rc.lost(1.0) == Reconnect(1.0, 1)
-    rc.connected(2.0)
-    assert rc.lost(3.0) == Reconnect(2.0, 2)  # flapping: keeps backing off
-    rc.connected(5.0)
-    assert rc.lost(100.0) == Reconnect(1.0, 1)  # stable for 95 s: reset

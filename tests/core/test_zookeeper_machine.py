@@ -32,8 +32,7 @@ def _states(actions: Sequence[object]) -> list[SessionState]:
 def _connected(timeout: float = 3.0, now: float = 0.0, hosts: list[tuple[str, int]] = HOSTS,
                session_id: int = 77) -> SessionMachine:
     machine = SessionMachine(hosts, timeout, random.Random(1))
-    machine.start(now)
-    [connect] = machine.handle_timer(now)
+    _, connect = machine.start(now)
     assert isinstance(connect, Connect)
     actions = machine.handshake_done(now, ConnectResponse(int(timeout * 1000), session_id, PASSWORD))
     assert _states(actions) == [SessionState.CONNECTED]
@@ -41,12 +40,13 @@ def _connected(timeout: float = 3.0, now: float = 0.0, hosts: list[tuple[str, in
 
 
 def test_first_attempt_is_immediate_and_asks_for_a_new_session() -> None:
-    """start() makes the first connect due at once, with session id 0 and a zero password."""
+    """start() begins the first connect at once, with session id 0 and a zero password."""
     machine = SessionMachine(HOSTS, 6.0, random.Random(0))
-    assert _states(machine.start(10.0)) == [SessionState.CONNECTING]
-    assert machine.next_deadline() == 10.0
-    [connect] = machine.handle_timer(10.0)
+    actions = machine.start(10.0)
+    assert _states(actions) == [SessionState.CONNECTING]
+    connect = actions[-1]
     assert isinstance(connect, Connect)
+    assert machine.next_deadline() == 10.0 + 2.0  # its connect timeout
     assert connect.request.session_id == 0 and connect.request.password == bytes(16)
     assert connect.request.timeout_ms == 6000
     assert connect.host in HOSTS
@@ -64,8 +64,7 @@ def test_hosts_are_shuffled_by_the_given_rng() -> None:
 def test_connect_timeout_is_session_timeout_over_host_count() -> None:
     """An attempt with no handshake after T/n is dropped and the next host is tried."""
     machine = SessionMachine(HOSTS, 6.0, random.Random(0))
-    machine.start(0.0)
-    [first] = machine.handle_timer(0.0)
+    first = machine.start(0.0)[-1]
     assert isinstance(first, Connect)
     assert machine.next_deadline() == pytest.approx(2.0)
     assert machine.handle_timer(1.999) == []
@@ -182,6 +181,7 @@ def test_no_client_side_expiry_before_a_first_session() -> None:
     """Before any session exists there is nothing to expire: it keeps connecting."""
     machine = SessionMachine(HOSTS, 1.0, random.Random(0))
     machine.start(0.0)
+    machine.connection_failed(0.0, "refused")
     now = 0.0
     for _ in range(50):
         deadline = machine.next_deadline()
@@ -197,8 +197,9 @@ def test_new_session_after_expiry_forgets_id_and_password() -> None:
     """new_session() starts over with id 0 and a zero password, state CONNECTING."""
     machine = _connected(timeout=3.0)
     machine.handle_timer(100.0)
-    assert _states(machine.new_session(100.0)) == [SessionState.CONNECTING]
-    [connect] = machine.handle_timer(100.0)
+    actions = machine.new_session(100.0)
+    assert _states(actions) == [SessionState.CONNECTING]
+    connect = actions[-1]
     assert isinstance(connect, Connect)
     assert connect.request.session_id == 0 and connect.request.password == bytes(16)
 
@@ -221,8 +222,9 @@ def test_whole_round_of_failures_backs_off_more() -> None:
     """After every host failed in a row the pause grows by one jitter bound."""
     machine = SessionMachine(HOSTS, 10.0, random.Random(3))
     machine.start(0.0)
+    machine.connection_failed(0.0, "refused")  # the first attempt, begun at once
     now = 0.0
-    delays = []
+    delays = [0.0]
     for _ in range(6):
         deadline = machine.next_deadline()
         assert deadline is not None
@@ -246,7 +248,9 @@ def test_deadlines_never_go_backwards_and_timers_act(
     hosts = [(f"h{i}", i) for i in range(host_count)]
     machine = SessionMachine(hosts, timeout, random.Random(0))
     now = 0.0
-    machine.start(now)
+    for action in machine.start(now):
+        if isinstance(action, Connect):
+            machine.handshake_done(now, ConnectResponse(int(timeout * 1000), 5, PASSWORD))
     for step in steps:
         now += step
         for action in machine.handle_timer(now):

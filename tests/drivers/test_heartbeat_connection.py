@@ -11,7 +11,7 @@ from pulse._core.policy import HeartbeatPolicy
 from pulse._trio.connection import heartbeat
 from pulse.actions import Close, PeerDead, PeerSuspect
 from pulse.errors import AuthFailed, ConnectionClosed, PeerTimeout, RemoteProtocolError
-from pulse.frames import PROTOCOL_VERSION, Data, FrameDecoder, Hello, Ping, encode_frame
+from pulse.frames import PROTOCOL_VERSION, Data, FrameDecoder, Hello, Ping, Pong, encode_frame
 
 
 class RawPeer:
@@ -240,3 +240,27 @@ async def test_errors_in_the_block_propagate_unwrapped(autojump_clock: trio.test
         async with heartbeat_pair() as (left, _right):
             await left.send(1)
             raise KeyError("mine")
+
+
+async def test_a_ping_flood_closes_only_the_flooder(autojump_clock: trio.testing.MockClock) -> None:
+    """A peer pinging far beyond max_ping_rate gets no more pongs than the rate allows and
+    is closed with a protocol error ("ping flood"); pinging under the rate is answered."""
+    left, right = trio.testing.memory_stream_pair()
+    raw = RawPeer(right)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(raw.hello, 1.0, 3.0)
+        async with heartbeat(left, HeartbeatPolicy(1.0, 3.0), max_ping_rate=50) as conn:
+            nursery.start_soon(raw.collect)
+            for seq in range(20):  # under the rate: every one answered
+                await right.send_all(encode_frame(Ping(seq, 0.0)))
+                await trio.sleep(0.05)
+            await trio.sleep(0.1)
+            assert sum(isinstance(f, Pong) for f in raw.frames) == 20
+            flood = b"".join(encode_frame(Ping(1000 + i, 0.0)) for i in range(500))
+            with pytest.raises(ConnectionClosed) as caught:
+                await right.send_all(flood)
+                await conn.receive()
+            assert "ping flood" in str(caught.value.__cause__)
+            pongs = sum(isinstance(f, Pong) for f in raw.frames)
+            assert pongs <= 20 + 50 + 1
+        nursery.cancel_scope.cancel()

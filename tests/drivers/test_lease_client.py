@@ -210,7 +210,7 @@ async def test_client_side_expiry_when_no_server_answers(
         assert first.state is SessionState.DISCONNECTED
         second = await changes.__anext__()
         assert second.state is SessionState.EXPIRED
-        assert second.reason == "no server reached within the session timeout"
+        assert second.reason.startswith("no server reached within the session timeout")
         assert 2.0 < trio.current_time() - cut_at <= 3.0
         with pytest.raises(SessionExpired):
             await member.register("/p/k")

@@ -295,3 +295,67 @@ async def test_server_shutdown_tells_clients_1001(autojump_clock: trio.testing.M
         event = await next_message(client)
         assert isinstance(event, CloseReceived) and event.code == 1001
         nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_pings_and_never_reads_cannot_grow_the_server(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """5,000 pings from a client that reads nothing: the server keeps at most one pong
+    queued for it (the answer to the latest ping), and a neighbour is served as usual."""
+    sessions: list[ServerConnection] = []
+
+    async def keep(conn: ServerConnection) -> None:
+        sessions.append(conn)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        settings = ServerSettings(policy=HeartbeatPolicy(interval=1000.0, timeout=3000.0))
+        flooder = await start_client(nursery, keep, settings, path="/flood", lockstep=True)
+        good = LiveClient(await start_client(nursery, echo, settings, path="/good"), nursery)
+        for i in range(5000):
+            await flooder.write(flooder.encode_ping(i.to_bytes(4, "big")))
+        await trio.sleep(1)
+        session = sessions[0]._session
+        pongs = [c for c in session._control if c.kind.name == "PONG"]
+        assert len(pongs) <= 1 and len(session._control) <= 16
+        await good.echo_check("unaffected")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_trickling_bytes_into_a_frame_is_declared_dead(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Bytes that never complete a frame are not life: a client that sends a frame header
+    and then one byte a second is closed with 1011 within timeout + interval, as a silent
+    one would be."""
+    async with trio.open_nursery() as nursery:
+        settings = ServerSettings(policy=POLICY)
+        client = await start_client(nursery, echo, settings, path="/trickle")
+        header = bytes([0x82, 0x80 | 126]) + (1000).to_bytes(2, "big") + b"mask"
+        opened = trio.current_time()
+        await client.write(header)
+        closed_at = None
+
+        async def trickle() -> None:
+            for _ in range(60):
+                await trio.sleep(1.0)
+                try:
+                    await client.write(b"x")
+                except Exception:
+                    return
+
+        nursery.start_soon(trickle)
+        with trio.fail_after(60):
+            while True:
+                try:
+                    event = await client.receive_event()
+                except Exception:
+                    closed_at = trio.current_time()
+                    break
+                if isinstance(event, CloseReceived):
+                    closed_at = trio.current_time()
+                    assert event.code == 1011
+                    break
+        assert closed_at is not None
+        assert closed_at - opened <= POLICY.dead_after + POLICY.interval + 0.1
+        nursery.cancel_scope.cancel()
