@@ -59,7 +59,7 @@ from pulse._core.swim_messages import (
 )
 from pulse._log import get_logger
 from pulse._trio.engine import Engine, current_engine
-from pulse.errors import PulseError, RemoteProtocolError
+from pulse.errors import NoServerReachable, RemoteProtocolError
 
 from .codec import (
     GossipProtocolError,
@@ -93,8 +93,8 @@ MAX_PACKET = 65536
 EVENT_BUFFER = 4096
 
 
-class GossipJoinError(PulseError):
-    """No seed answered the join (push-pull) within the stream timeout."""
+class GossipJoinError(NoServerReachable):
+    """No seed answered the join (push-pull), within ``join_timeout`` when one is given."""
 
 
 def tags_of(member: Member) -> dict[str, str]:
@@ -209,7 +209,8 @@ class GossipMember:
         """Replace our Serf tags; the change is gossiped to the group (a bytes value travels
         as a raw string)."""
         meta = encode_serf_tags(tags)
-        self._run_actions(trio.current_time(), self.swim.update_meta(trio.current_time(), meta))
+        now = self._engine.now()
+        self._run_actions(now, self.swim.update_meta(now, meta))
         await trio.lowlevel.checkpoint()
 
     async def join(self, seeds: Iterable[Addr]) -> int:
@@ -218,7 +219,7 @@ class GossipMember:
         if not seeds:
             return 0
         answered = 0
-        actions = self.swim.join(trio.current_time(), seeds)
+        actions = self.swim.join(self._engine.now(), seeds)
 
         async def one(action: OpenPushPull) -> None:
             nonlocal answered
@@ -235,7 +236,7 @@ class GossipMember:
         """Announce our graceful leave and keep gossiping it for ``propagate`` seconds."""
         if self.swim.has_left:
             return
-        now = trio.current_time()
+        now = self._engine.now()
         self._send_serf_leave()
         self._run_actions(now, self.swim.leave(now))
         self._leave_until = now + propagate
@@ -360,10 +361,10 @@ class GossipMember:
                         deadline: float | None) -> Message | None:
         """Open a stream to ``addr``, send ``message``, read one reply (None on any failure)."""
         self.counters.streams_out += 1
-        limit = trio.current_time() + self._stream_timeout
+        limit = self._engine.now() + self._stream_timeout
         if deadline is not None:
             limit = min(limit, deadline)
-        with trio.move_on_at(limit):
+        with self._engine.move_on_at(limit):
             try:
                 stream = await trio.open_tcp_stream(addr[0], addr[1])
             except OSError as exc:
@@ -389,14 +390,14 @@ class GossipMember:
         if not isinstance(reply, PushPull):
             return False
         self._witness_serf(reply.user_state)
-        now = trio.current_time()
+        now = self._engine.now()
         self._run_actions(now, self.swim.stream_reply_received(now, action.addr, reply))
         return True
 
     async def _tcp_ping(self, action: TcpPing) -> None:
         reply = await self._exchange(action.addr, action.ping, action.deadline)
         if isinstance(reply, Ack | ErrResp):
-            now = trio.current_time()
+            now = self._engine.now()
             self._run_actions(now, self.swim.stream_reply_received(now, action.addr, reply))
 
     async def serve_stream(self, stream: trio.SocketStream) -> None:
@@ -409,20 +410,20 @@ class GossipMember:
             return
         addr: Addr = (peer[0], peer[1])
         async with stream:
-            with trio.move_on_after(self._stream_timeout):
+            with self._engine.move_on_after(self._stream_timeout):
                 try:
                     msg = await _read_message(stream)
                     if msg is None:
                         return
                     if isinstance(msg, PushPull):
                         self._witness_serf(msg.user_state)
-                    now = trio.current_time()
+                    now = self._engine.now()
                     actions = self.swim.stream_received(now, addr, msg)
                     if actions and isinstance(actions[0], StreamReply):
                         reply = actions[0].message
                         await stream.send_all(encode_stream(reply))
                         actions = actions[1:]
-                    self._run_actions(trio.current_time(), actions)
+                    self._run_actions(self._engine.now(), actions)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
                         RemoteProtocolError) as exc:
                     self.counters.stream_errors += 1
@@ -480,6 +481,7 @@ async def gossip_member(
     config: SwimConfig | None = None,
     stream_timeout: float = 10.0,
     leave_propagate: float = 1.0,
+    join_timeout: float = 0.0,
     rng: random.Random | None = None,
 ) -> AsyncIterator[GossipMember]:
     """Be a member of a memberlist/Serf group while the block runs.
@@ -487,7 +489,8 @@ async def gossip_member(
     ``bind`` is the UDP and TCP address (port 0 picks a free one); ``advertise`` the address
     announced to others (default: the bound one, which must then not be a wildcard). ``config``
     overrides the machine's tunables (its ``name``, ``addr`` and ``meta`` are set here). With
-    ``join`` seeds, at least one must answer or :class:`GossipJoinError` is raised.
+    ``join`` seeds, at least one must answer or :class:`GossipJoinError` is raised; the join
+    is retried (every 0.2 s at most) until ``join_timeout`` seconds have passed.
     """
     udp, tcp = _bind_pair(bind[0], bind[1])
     try:
@@ -501,7 +504,7 @@ async def gossip_member(
         engine = current_engine()
         if not engine.can_read:
             raise RuntimeError("the gossip driver needs the engine's readiness set (epoll)")
-        now = trio.current_time()
+        now = engine.now()
         swim = Swim(cfg, rng or random.Random(), now)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(tcp))
     except BaseException:
@@ -517,7 +520,12 @@ async def gossip_member(
         try:
             nursery.start_soon(trio.serve_listeners, member.serve_stream, [listener])
             seeds = list(join)
-            if seeds and await member.join(seeds) == 0:
+            give_up = engine.now() + join_timeout
+            answered = await member.join(seeds) if seeds else 1
+            while answered == 0 and engine.now() < give_up:
+                await engine.sleep(min(0.2, give_up - engine.now()))
+                answered = await member.join(seeds)
+            if answered == 0:
                 # Raised below, outside the nursery, so the caller gets it unwrapped.
                 join_error = GossipJoinError(
                     "no seed answered the join: " + ", ".join(f"{h}:{p}" for h, p in seeds))

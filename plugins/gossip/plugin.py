@@ -20,7 +20,8 @@ from typing import Any
 import trio
 
 from pulse._core.swim_messages import Ack, Ping
-from pulse.errors import PeerTimeout, RemoteProtocolError
+from pulse._trio.pinger import ping_series
+from pulse.errors import RemoteProtocolError
 from pulse.presence import PresenceSession
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions
 
@@ -50,26 +51,20 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
         peer = f"{endpoint.host}:{endpoint.port}"
         if options.on_connected is not None:
             options.on_connected(peer)
-        seq = 0
-        while options.count is None or seq < options.count:
-            seq += 1
+
+        async def probe(seq: int) -> None:
             seq_no = (base + seq) & 0xFFFFFFFF
-            sent = trio.current_time()
             await sock.send(encode_packet([Ping(seq_no, "", (me[0], me[1]), "pulse-ping")]))
-            with trio.move_on_after(options.timeout) as scope:
-                while True:
-                    try:
-                        data = await sock.recv(65536)
-                        messages = decode_packet(data)
-                    except (ConnectionRefusedError, RemoteProtocolError):
-                        continue
-                    if any(isinstance(m, Ack) and m.seq_no == seq_no for m in messages):
-                        break
-            if scope.cancelled_caught:
-                raise PeerTimeout(f"no ack from {peer} within {options.timeout} s")
-            yield PingReply(seq, trio.current_time() - sent, peer)
-            if options.count is None or seq < options.count:
-                await trio.sleep(options.interval)
+            while True:
+                try:
+                    messages = decode_packet(await sock.recv(65536))
+                except (ConnectionRefusedError, RemoteProtocolError):
+                    continue  # nobody there yet (ICMP), or not memberlist: keep waiting
+                if any(isinstance(m, Ack) and m.seq_no == seq_no for m in messages):
+                    return
+
+        async for reply in ping_series(options, peer, probe):
+            yield reply
 
 
 def _connect_session(endpoint: Endpoint, *, session_timeout: float = 10.0,

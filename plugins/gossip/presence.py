@@ -36,7 +36,7 @@ from typing import Any
 import trio
 
 from pulse._core.swim import SwimConfig
-from pulse.errors import KeyExists, NotOwner, SessionError
+from pulse.errors import KeyExists, NotOwner, SessionClosed, SessionExpired
 from pulse.presence import PresenceEvent, SessionEvent, SessionState
 from pulse.registry import Endpoint
 
@@ -182,7 +182,7 @@ class GossipSession:
 
     def _check_open(self) -> None:
         if self._state is not SessionState.CONNECTED:
-            raise SessionError(f"the gossip session is {self._state.value}")
+            raise SessionClosed(f"the gossip session is {self._state.value}")
 
     def _entries(self) -> builtins.list[tuple[str, str, bytes]]:
         """(member name, key, data) for every presence tag of every live member."""
@@ -231,8 +231,13 @@ async def connect_gossip_session(endpoint: Endpoint, *, session_timeout: float =
 
     Options: ``bind`` (``(host, port)``, default a free loopback port), ``name`` (default
     ``pulse-<session id>``), ``advertise``, ``config`` (a full :class:`SwimConfig`, overriding
-    the timing derived from ``session_timeout``).
+    the timing derived from ``session_timeout``), ``start_timeout`` (how long to keep trying
+    the seeds before :class:`~pulse.errors.NoServerReachable`; default ``session_timeout``).
+    A gossip session cannot be resumed (no server keeps it): passing ``session_id`` raises
+    :class:`~pulse.errors.SessionExpired`, as resuming an unknown session does elsewhere.
     """
+    if options.get("session_id") is not None:
+        raise SessionExpired("a gossip session cannot be resumed: no server keeps it")
     session_id = random.getrandbits(63)
     name = str(options.get("name") or f"pulse-{session_id:016x}")
     bind = options.get("bind") or ("127.0.0.1", 0)
@@ -240,7 +245,8 @@ async def connect_gossip_session(endpoint: Endpoint, *, session_timeout: float =
     config = replace(config, name=name)
     async with gossip_member(tuple(bind), name, join=list(endpoint.hosts), config=config,
                              advertise=options.get("advertise"),
-                             leave_propagate=min(1.0, session_timeout)) as member, \
+                             leave_propagate=min(1.0, session_timeout),
+                             join_timeout=float(options.get("start_timeout") or session_timeout)) as member, \
             trio.open_nursery() as nursery:
         session = GossipSession(member, session_id, session_timeout)
         nursery.start_soon(session._follow)

@@ -425,9 +425,19 @@ async def test_use_after_close_raises_session_closed(backend: str, prefix: str) 
         await session.list(prefix)
 
 
-async def test_expired_session_raises_session_expired(backend: str, prefix: str) -> None:
+@pytest.fixture(params=["lease", "zookeeper"])
+def server_backend(request: pytest.FixtureRequest) -> str:
+    """The URL of a backend with a server that holds the session's lease (not gossip, whose
+    sessions have no server to be cut off from: a member stays CONNECTED and others see it
+    fail)."""
+    url: str = request.getfixturevalue("lease_url" if request.param == "lease" else "zookeeper_url")
+    return url
+
+
+async def test_expired_session_raises_session_expired(server_backend: str, prefix: str) -> None:
     """Cut off from every server, the session expires one timeout after it last heard one;
-    then requests and its watch raise SessionExpired on both backends."""
+    then requests and its watch raise SessionExpired on both server backends."""
+    backend = server_backend
     async with trio.open_nursery() as nursery:
         cutter = Cutter(_host_port(backend))
         await nursery.start(cutter.run)

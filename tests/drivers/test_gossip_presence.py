@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from pulse._trio.engine import current_engine
-from pulse.errors import KeyExists, LocalProtocolError, NotOwner, SessionError
+from pulse.errors import KeyExists, LocalProtocolError, NotOwner, SessionClosed
 from pulse.plugins.gossip.driver import gossip_member
 from pulse.plugins.gossip.presence import GossipSession, config_for_timeout, connect_gossip_session
 from pulse.presence import PresenceEvent, SessionState
@@ -94,10 +94,10 @@ async def test_hung_member_goes_offline_for_watchers(autojump_clock: trio.testin
 
 async def test_closed_session_refuses_calls_and_reports_closed(
         autojump_clock: trio.testing.MockClock) -> None:
-    """After aclose the state is CLOSED and calls raise SessionError."""
+    """After aclose the state is CLOSED and calls raise SessionClosed."""
     async with gossip_member(("127.0.0.1", 0), "seed") as seed, \
             connect_gossip_session(_endpoint(seed.addr), session_timeout=1.0) as session:
         await session.aclose()
         assert session.state is SessionState.CLOSED
-        with pytest.raises(SessionError):
+        with pytest.raises(SessionClosed):
             await session.register("/x/y", b"")
