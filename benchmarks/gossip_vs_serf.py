@@ -72,9 +72,10 @@ class Agent:
                 return str(m["status"])
         return None
 
-    async def wait_status(self, name: str, status: str) -> float:
-        while await self.status(name) != status:  # noqa: ASYNC110 - polling a CLI
-            await trio.sleep(0.05)
+    async def wait_status(self, name: str, status: str, limit: float = 60.0) -> float:
+        with trio.fail_after(limit):  # a stuck trial fails instead of hanging the run
+            while await self.status(name) != status:  # noqa: ASYNC110 - polling a CLI
+                await trio.sleep(0.05)
         return trio.current_time()
 
     def stop(self) -> None:
