@@ -70,6 +70,7 @@ __all__ = [
     "StreamDecoder",
     "decode_packet",
     "decode_serf_tags",
+    "decode_serf_tags_raw",
     "decode_stream",
     "encode_message",
     "encode_packet",
@@ -621,8 +622,11 @@ def _push_node_state(obj: Any) -> PushNodeState:
 # ---------------------------------------------------------------------------- serf tags
 
 
-def encode_serf_tags(tags: Mapping[str, str]) -> bytes:
-    """Serf's node metadata for ``tags`` (magic byte + msgpack map); at most 512 bytes."""
+def encode_serf_tags(tags: Mapping[str, str | bytes]) -> bytes:
+    """Serf's node metadata for ``tags`` (magic byte + msgpack map); at most 512 bytes.
+
+    A bytes value travels as a raw msgpack string, as a Go string holding those bytes would.
+    """
     meta = bytes((SERF_TAG_MAGIC,)) + _pack(dict(tags))
     if len(meta) > META_MAX_SIZE:
         raise LocalProtocolError(
@@ -632,22 +636,76 @@ def encode_serf_tags(tags: Mapping[str, str]) -> bytes:
 
 def decode_serf_tags(meta: bytes) -> dict[str, str]:
     """The tags in Serf node metadata (legacy metadata without the magic byte is a ``role``)."""
-    if not meta or meta[0] != SERF_TAG_MAGIC:
+    tags: dict[str, str] = {}
+    for key, value in decode_serf_tags_raw(meta).items():
         try:
-            return {"role": meta.decode("utf-8")}
+            tags[key] = value.decode("utf-8")
         except UnicodeDecodeError:
-            raise GossipProtocolError("legacy serf role is not valid UTF-8") from None
+            raise GossipProtocolError("serf tag is not valid UTF-8") from None
+    return tags
+
+
+def decode_serf_tags_raw(meta: bytes) -> dict[str, bytes]:
+    """Like :func:`decode_serf_tags`, with each value's bytes as they are (names are text)."""
+    if not meta or meta[0] != SERF_TAG_MAGIC:
+        return {"role": bytes(meta)}
     obj, _ = _unpack_one(meta[1:], META_MAX_SIZE)
     if not isinstance(obj, dict):
         raise GossipProtocolError("serf tags are not a map")
-    tags: dict[str, str] = {}
+    tags: dict[str, bytes] = {}
     for key, value in obj.items():
         if not isinstance(key, bytes | str) or not isinstance(value, bytes | str):
             raise GossipProtocolError("serf tags must map strings to strings")
         try:
             k = key.decode("utf-8") if isinstance(key, bytes) else key
-            v = value.decode("utf-8") if isinstance(value, bytes) else value
         except UnicodeDecodeError:
-            raise GossipProtocolError("serf tag is not valid UTF-8") from None
-        tags[k] = v
+            raise GossipProtocolError("serf tag name is not valid UTF-8") from None
+        tags[k] = value if isinstance(value, bytes) else value.encode("utf-8")
     return tags
+
+
+# ---------------------------------------------------------------------------- serf intents
+
+#: Serf's own message types inside memberlist user messages (``serf/messages.go``).
+SERF_LEAVE = 0
+SERF_JOIN = 1
+SERF_PUSH_PULL = 2
+SERF_USER_EVENT = 3
+SERF_QUERY = 4
+
+
+def encode_serf_leave(ltime: int, node: str) -> bytes:
+    """Serf's leave intent for ``node`` at Lamport time ``ltime`` (a user-message payload).
+
+    Serf marks a member *left* (rather than *failed*) only when this intent reached it before
+    memberlist's own leave (a ``dead`` from the member itself).
+    """
+    return bytes((SERF_LEAVE,)) + _pack({"LTime": ltime, "Node": node})
+
+
+def serf_lamport_time(payload: bytes, node: str) -> int:
+    """The highest Serf Lamport time in a Serf message (a user message or the user state of a
+    push-pull), counting the status time recorded for ``node``; 0 when it carries none.
+
+    A leave intent must be later than both, or Serf ignores it.
+    """
+    if not payload or payload[0] not in (SERF_LEAVE, SERF_JOIN, SERF_PUSH_PULL, SERF_USER_EVENT,
+                                         SERF_QUERY):
+        return 0
+    try:
+        obj, _ = _unpack_one(payload[1:], len(payload))
+        f = _fields(obj, "serf message")
+    except GossipProtocolError:
+        return 0
+    best = 0
+    for key in ("LTime", "EventLTime", "QueryLTime"):
+        value = f.get(key)
+        if isinstance(value, int) and value > best:
+            best = value
+    statuses = f.get("StatusLTimes")
+    if isinstance(statuses, dict):
+        for key, value in statuses.items():
+            name = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+            if name == node and isinstance(value, int) and value > best:
+                best = value
+    return best

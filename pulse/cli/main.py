@@ -19,7 +19,7 @@ from pulse.cli._run import only_interrupts
 from pulse.cli.logs import configure_logging
 from pulse.errors import NoPlugin
 
-COMMANDS = ("serve", "ping", "keepalive", "agent", "watch", "demo")
+COMMANDS = ("serve", "ping", "keepalive", "agent", "watch", "demo", "member")
 
 
 def _load(name: str) -> ModuleType:

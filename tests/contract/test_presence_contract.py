@@ -1,9 +1,12 @@
-"""One contract, two session backends: the embedded lease server and Apache ZooKeeper.
+"""One contract, three session backends: the embedded lease server, Apache ZooKeeper, gossip.
 
-Every test here runs twice, against ``pulse serve --listen pulse://…`` (a real server
-process) and against a real ZooKeeper server, through nothing but
+Every test here runs three times, against ``pulse serve --listen pulse://…`` (a real server
+process), against a real ZooKeeper server, and against a gossip group without a server
+(``gossip://`` through a ``pulse member`` seed process), through nothing but
 ``pulse.registry.connect_session`` and the :class:`pulse.presence.PresenceSession` API —
-the only things users and the ``pulse agent`` / ``pulse watch`` commands touch.
+the only things users and the ``pulse agent`` / ``pulse watch`` commands touch. Where gossip
+differs by design (no server negotiates the timeout; failure detection is SWIM's, a few
+protocol periods) the test says so and checks gossip's own documented behaviour.
 """
 
 from __future__ import annotations
@@ -52,10 +55,38 @@ def lease_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(10)
 
 
-@pytest.fixture(params=["lease", "zookeeper"])
+@pytest.fixture(scope="module")
+def gossip_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `pulse member` seed process probing at the sessions' pace (timeout / 5)."""
+    from tests.e2e._serf import free_port
+
+    workdir = tmp_path_factory.mktemp("gossip")
+    port = free_port()
+    proc = subprocess.Popen(
+        [*PULSE, "member", "--listen", f"gossip://127.0.0.1:{port}", "--name", "seed",
+         "--probe-interval", str(TIMEOUT / 5), "--json"],
+        stdout=subprocess.PIPE, cwd=workdir,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready, "pulse member printed nothing within 20 s"
+        assert b'"seed"' in proc.stdout.readline()
+        yield f"gossip://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def is_gossip(url: str) -> bool:
+    """True for the serverless gossip backend."""
+    return url.startswith("gossip://")
+
+
+@pytest.fixture(params=["lease", "zookeeper", "gossip"])
 def backend(request: pytest.FixtureRequest) -> str:
     """The URL of the backend under test."""
-    name = "lease_url" if request.param == "lease" else "zookeeper_url"
+    name = {"lease": "lease_url", "zookeeper": "zookeeper_url", "gossip": "gossip_url"}[request.param]
     url: str = request.getfixturevalue(name)
     return url
 
@@ -93,10 +124,21 @@ class Watcher:
         return [(e.event, e.id, e.initial) for e in self.events]
 
 
+async def visible(session: PresenceSession, key: str) -> None:
+    """Wait until ``session`` sees ``key`` (at once on the server backends; gossip is
+    eventually consistent: a registration reaches other members by gossip)."""
+    with trio.fail_after(5):
+        while True:
+            if await session.get(key) is not None:
+                return
+            await trio.sleep(0.05)
+
+
 async def start_watch(nursery: trio.Nursery, session: PresenceSession, prefix: str,
                       sentinel: PresenceSession) -> Watcher:
     """Start a watch and wait until it is armed (its snapshot shows the sentinel member)."""
     await sentinel.register(f"{prefix}/sentinel", b"s")
+    await visible(session, f"{prefix}/sentinel")
     watcher = Watcher()
     nursery.start_soon(watcher.run, session, prefix)
     await watcher.wait_for("online", "sentinel")
@@ -121,7 +163,13 @@ async def test_session_is_connected_with_a_negotiated_timeout(backend: str) -> N
 
 
 async def test_timeout_is_negotiated_into_the_server_bounds(backend: str) -> None:
-    """Asking for far more than 20 ticks yields at most 20 ticks; far less, at least 2."""
+    """Asking for far more than 20 ticks yields at most 20 ticks; far less, at least 2 (gossip:
+    no server negotiates, the timeout is taken as given and sets the probe period)."""
+    if is_gossip(backend):
+        for asked in (600.0, 0.01):
+            async with connect_session(backend, session_timeout=asked) as session:
+                assert session.session_timeout == asked
+        return
     async with connect_session(backend, session_timeout=600) as session:
         assert session.session_timeout == pytest.approx(20 * TICK)
     async with connect_session(backend, session_timeout=0.01) as session:
@@ -148,6 +196,8 @@ async def test_another_session_cannot_take_or_remove_a_live_key(
     """A key held by a live session raises KeyExists for others, and NotOwner on unregister."""
     first, second = two_sessions
     await first.register(f"{prefix}/held", b"1")
+    # Gossip checks ownership in the member's own view: the registration must reach it first.
+    await visible(second, f"{prefix}/held")
     with pytest.raises(KeyExists):
         await second.register(f"{prefix}/held", b"2")
     with pytest.raises(NotOwner):
@@ -161,6 +211,7 @@ async def test_watch_reports_snapshot_then_changes_in_order(
     """Initial members come first (initial=True), then online/offline in order, once each."""
     observer, member = two_sessions
     await member.register(f"{prefix}/early", b"e")
+    await visible(observer, f"{prefix}/early")
     async with trio.open_nursery() as nursery:
         watcher = await start_watch(nursery, observer, prefix, member)
         await member.register(f"{prefix}/late", b"l")
@@ -218,7 +269,10 @@ async def test_killed_agent_goes_offline_within_timeout_plus_tick(
                 await agent.wait()
         nursery.cancel_scope.cancel()
     latency = gone_at - killed_at
-    assert latency <= TIMEOUT + TICK + SLACK, f"offline after {latency:.3f} s"
+    # Gossip: a probe round, the probe timeout, then a suspicion timeout that Lifeguard starts
+    # at 6x its minimum and lowers as other members confirm: about 1.5-3 session timeouts.
+    bound = 3 * TIMEOUT + SLACK if is_gossip(backend) else TIMEOUT + TICK + SLACK
+    assert latency <= bound, f"offline after {latency:.3f} s"
     assert latency > 0
 
 
@@ -371,9 +425,19 @@ async def test_use_after_close_raises_session_closed(backend: str, prefix: str) 
         await session.list(prefix)
 
 
-async def test_expired_session_raises_session_expired(backend: str, prefix: str) -> None:
+@pytest.fixture(params=["lease", "zookeeper"])
+def server_backend(request: pytest.FixtureRequest) -> str:
+    """The URL of a backend with a server that holds the session's lease (not gossip, whose
+    sessions have no server to be cut off from: a member stays CONNECTED and others see it
+    fail)."""
+    url: str = request.getfixturevalue("lease_url" if request.param == "lease" else "zookeeper_url")
+    return url
+
+
+async def test_expired_session_raises_session_expired(server_backend: str, prefix: str) -> None:
     """Cut off from every server, the session expires one timeout after it last heard one;
-    then requests and its watch raise SessionExpired on both backends."""
+    then requests and its watch raise SessionExpired on both server backends."""
+    backend = server_backend
     async with trio.open_nursery() as nursery:
         cutter = Cutter(_host_port(backend))
         await nursery.start(cutter.run)
