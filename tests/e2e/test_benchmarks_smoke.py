@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,4 +39,8 @@ def test_bench_hold_runs_every_server_and_loses_nothing() -> None:
         assert lost == "0", f"{server}: {done.stdout}"
         # 20 connections at 1 Hz for 2 s; too little CPU to compare, but heartbeats flowed.
         assert int(heartbeats.replace(",", "")) >= 20, f"{server}: {done.stdout}"
-    assert "×" in rows["pulse ws://"][11] and "×" in rows["pulse tcp://"][12]
+    # Ratio columns are filled for pulse's rows: a ratio, or "-" when the anchor's CPU or
+    # memory at 20 connections was below what /proc can resolve in 2 s.
+    for server in ("pulse ws://", "pulse tcp://"):
+        for cell in rows[server][11:13]:
+            assert re.fullmatch(r"\d+\.\d+×|-", cell), f"{server}: {done.stdout}"
