@@ -235,7 +235,7 @@ class RpcChannel(Generic[M]):
             elif isinstance(action, PeerAlive):
                 self._log.info("peer_alive", after=round(action.after, 3))
             elif isinstance(action, LocalPause):
-                self._log.warning("local_pause", late_by=round(action.late_by, 3))
+                pass  # the engine logs one event per stall, not one per channel
             elif isinstance(action, PeerDead):
                 self._log.warning("peer_dead", reason=action.reason, missed=action.missed)
             elif isinstance(action, Close):

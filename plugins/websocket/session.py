@@ -616,7 +616,7 @@ class Session:
         elif isinstance(action, PeerAlive):
             log.info("peer_alive", after=round(action.after, 3), **fields)
         elif isinstance(action, LocalPause):
-            log.warning("local_pause", late_by=round(action.late_by, 3), **fields)
+            pass  # the engine logs one event per stall, not one per peer
         elif isinstance(action, PeerDead):
             log.warning("peer_dead", reason=action.reason, missed=action.missed, **fields)
         elif isinstance(action, Close):

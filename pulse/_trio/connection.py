@@ -430,7 +430,7 @@ class HeartbeatConnection:
         elif isinstance(action, PeerAlive):
             self._log.info("peer_alive", after=action.after)
         elif isinstance(action, LocalPause):
-            self._log.warning("local_pause", late_by=action.late_by)
+            pass  # published below; the engine logs one event per stall, not one per peer
         elif isinstance(action, PeerDead):
             self._log.warning("peer_dead", reason=action.reason, missed=action.missed)
         elif isinstance(action, Close):

@@ -31,7 +31,9 @@ Rules this module keeps:
   socket (TLS, memory streams) read in a task of their own instead.
 * **Quiet.** Nothing is logged per wake-up or per client. A wake-up that comes later than
   ``stall_threshold`` after its deadline (a blocked loop, a stopped process) is counted in
-  :attr:`Engine.stalls`; the machines themselves decide what a stall means for their peers.
+  :attr:`Engine.stalls` and logged once (``local_pause``, with how late and how many
+  machines it touched); the machines themselves decide what a stall means for their peers
+  and report it as an action, not as a log line.
 
 The engine of the running trio process is :func:`current_engine`; it starts on first use as a
 trio system task and ends with the run.
@@ -266,9 +268,7 @@ class Engine:
             return
         self.wakeups += 1
         late = now - heap[0][0]
-        if late > self.stall_threshold:
-            self.stalls += 1
-            self.worst_stall = max(self.worst_stall, late)
+        calls = self.timer_calls
         while heap and heap[0][0] <= now:
             when, _, client = heapq.heappop(heap)
             if queued.get(client) != when:
@@ -287,6 +287,12 @@ class Engine:
                 self.watch(client)
             except Exception as exc:
                 self._client_failed(client, exc)
+        if late > self.stall_threshold:
+            # One event for the whole process, however many machines the stall touched
+            # (each of them reports its own LocalPause action without logging it).
+            self.stalls += 1
+            self.worst_stall = max(self.worst_stall, late)
+            log.warning("local_pause", late_by=round(late, 3), machines=self.timer_calls - calls)
 
     def _client_failed(self, client: TimerClient | Reader, exc: Exception) -> None:
         self._queued.pop(client, None)  # type: ignore[arg-type]  # a reader may be a client too

@@ -292,3 +292,22 @@ async def test_a_slow_application_stops_reading_past_the_hold_limit_and_loses_no
                 assert len(right._held) * 1000 <= right.hold_limit + 64 * 1024 + 8000
                 got = [(await right.receive())[0] for _ in range(count)]
                 assert got == list(range(count))
+
+
+def test_a_stall_is_logged_once_for_the_whole_process() -> None:
+    """1,000 machines due during a 2 s stall give one local_pause event (with how late and
+    how many machines), not one per machine; an on-time wake-up gives none."""
+    from structlog.testing import capture_logs
+
+    engine = Engine(stall_threshold=0.5)
+    clients = [Clock(1.0 + i / 10_000) for i in range(1000)]
+    for client in clients:
+        engine.watch(client)
+    with capture_logs() as logs:
+        engine.run_due(3.0)
+        engine.watch(Clock(4.0))
+        engine.run_due(4.01)
+    pauses = [entry for entry in logs if entry["event"] == "local_pause"]
+    assert len(pauses) == 1
+    assert pauses[0]["machines"] == 1000 and pauses[0]["late_by"] == pytest.approx(2.0)
+    assert engine.stalls == 1
