@@ -15,13 +15,21 @@ async def background_nursery() -> AsyncIterator[trio.Nursery]:
     Drivers hand the user an object inside ``async with``; the user's block runs inside
     this nursery. trio wraps errors in an ``ExceptionGroup`` (nested, when nurseries nest);
     when there is exactly one (the usual case: the user's own exception, or a cancellation),
-    it is re-raised as is, so ``except ValueError`` in user code keeps working.
+    it is re-raised as is, so ``except ValueError`` in user code keeps working. The same holds
+    when the one error comes with cancellations (the scope around the block was cancelled
+    while it failed): the error is raised, the cancellations are dropped.
     """
     try:
         async with trio.open_nursery() as nursery:
             yield nursery
     except BaseExceptionGroup as group:
         lone = lone_exception(group)
+        if lone is None:
+            # One real error while the surrounding scope is being cancelled (the peer died
+            # as the application cancelled): the error is what the caller must see; the
+            # cancellation still ends the cancelled scope at its next checkpoint.
+            _, errors = group.split(trio.Cancelled)
+            lone = lone_exception(errors) if errors is not None else None
         if lone is None:
             raise
         raise lone from lone.__cause__

@@ -185,3 +185,22 @@ async def test_a_raising_event_callback_still_releases_the_stream(
                                      else "no data for 3.000s (timeout 3s)")
         with trio.fail_after(1):
             assert [e async for e in conn.events()][-1] == Close(conn.close_reason)
+
+
+async def test_an_error_while_the_surrounding_scope_is_cancelled_is_not_a_group(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """When the block fails (say with PeerTimeout) just as the scope around heartbeat() is
+    cancelled, the caller gets that one exception, not an ExceptionGroup that also holds the
+    reader task's Cancelled."""
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(silent_peer, right)
+        with trio.CancelScope() as scope, pytest.raises(PeerTimeout):
+            async with heartbeat(left, POLICY):  # memory streams: a reader task runs
+                scope.cancel()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    raise PeerTimeout("the peer died as the application cancelled")
+        nursery.cancel_scope.cancel()
