@@ -16,20 +16,13 @@ bytes; and every frame it returns re-encodes to bytes that decode to the same en
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import sys
 from pathlib import Path
-from types import ModuleType
 
-atheris: ModuleType | None
-try:
-    atheris = importlib.import_module("atheris")
-except ImportError:
-    atheris = None
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _fuzzing import instrumented, run
 
-# Under atheris, pulse's modules are instrumented so the fuzzer sees their branch coverage.
-with atheris.instrument_imports() if atheris is not None else contextlib.nullcontext():
+with instrumented():
     from pulse.codec import unpack_body  # noqa: F401  (instrumented through this import)
     from pulse.errors import RemoteProtocolError
     from pulse.frames import Close, Data, FrameDecoder, Hello, Ping, Pong, encode_frame
@@ -66,14 +59,7 @@ def test_one_input(data: bytes) -> None:
 
 def main(argv: list[str]) -> None:
     """Run atheris if it is installed, else replay the given files or the built-in seeds."""
-    if atheris is None:
-        inputs = [Path(name).read_bytes() for name in argv[1:]] or SEEDS
-        for item in inputs:
-            test_one_input(item)
-        print(f"atheris not installed; replayed {len(inputs)} inputs without failure")
-        return
-    atheris.Setup(argv, test_one_input)
-    atheris.Fuzz()
+    run(argv, test_one_input, SEEDS)
 
 
 if __name__ == "__main__":
