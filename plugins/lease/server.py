@@ -345,7 +345,7 @@ class LeaseServer:
         self._budget = _Budget(self.config.limits)
         self._engine = current_engine()
         self._dirty: set[_Connection] = set()  # connections with something to write
-        self._held: set[_Connection] = set()  # connections the engine reads for us
+        self._engine_connections: set[_Connection] = set()  # read by the engine, not a task
         self._nursery: trio.Nursery | None = None  # for writes that must wait for room
         self._expiry_armed: float | None = None
         self.restored = 0
@@ -400,7 +400,7 @@ class LeaseServer:
         try:
             await self._serve_tcp(host, port, task_status)
         finally:
-            for conn in list(self._held):  # the engine holds them: a stopped server closes them
+            for conn in list(self._engine_connections):  # the engine holds them: a stopped server closes them
                 self._close(conn)
 
     async def _serve_tcp(self, host: str, port: int,
@@ -452,7 +452,7 @@ class LeaseServer:
         budget = self._budget
         budget.connections += 1
         assert conn.raw is not None
-        self._held.add(conn)
+        self._engine_connections.add(conn)
         self._engine.add_reader(conn.raw, conn)
         self._engine.watch(conn)
         if budget.connections > self.config.limits.max_connections:
@@ -536,7 +536,7 @@ class LeaseServer:
         if conn.closed:
             return
         conn.closed = True
-        self._held.discard(conn)
+        self._engine_connections.discard(conn)
         self._dirty.discard(conn)
         self._engine.forget(conn)
         if conn.raw is not None:
