@@ -92,3 +92,15 @@ class LimitExceeded(PulseError):
 
 class NoPlugin(PulseError):
     """No plugin is registered for a URL scheme, or it lacks the requested capability."""
+
+
+class PhaseTimeout(PulseError, TimeoutError):
+    """Connecting, a handshake or another bounded phase of a connection took longer than its
+    timeout. Also a :class:`TimeoutError` (so an ``OSError``, like a refused connect)."""
+
+    def __init__(self, phase: str, timeout: float, peer: str | None = None) -> None:
+        where = f" with {peer}" if peer else ""
+        super().__init__(f"{phase}{where} timed out after {timeout:g} s")
+        self.phase = phase
+        self.timeout = timeout
+        self.peer = peer

@@ -10,7 +10,6 @@ Dubbo's do: callers retry or fail over, they never hang on a dead link.
 
 from __future__ import annotations
 
-import errno
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import NoReturn
@@ -20,7 +19,7 @@ import trio
 from pulse._core.backoff import Backoff
 from pulse._core.channel_heartbeat import ChannelTiming, Role
 from pulse._log import get_logger
-from pulse._trio.engine import current_engine
+from pulse._trio.streams import connect, dial
 from pulse.errors import ConnectionClosed, PulseError
 from pulse.rpc import (
     HeartbeatTimer,
@@ -140,11 +139,9 @@ class DubboConsumer:
         await reconnect_loop(self._connect, self._session, backoff=self.backoff, peer=self.peer)
 
     async def _connect(self) -> trio.abc.Stream:
-        with current_engine().move_on_after(self.connect_timeout):
-            if self._open_stream is not None:
-                return await self._open_stream()
-            return await trio.open_tcp_stream(self.host, self.port)
-        raise OSError(errno.ETIMEDOUT, f"connect to {self.peer} timed out")
+        if self._open_stream is not None:
+            return await connect(self._open_stream, timeout=self.connect_timeout, peer=self.peer)
+        return await dial(self.host, self.port, timeout=self.connect_timeout)
 
     async def _session(self, stream: trio.abc.Stream) -> None:
         channel = DubboChannel(

@@ -7,13 +7,12 @@ answered, so a real Dubbo provider keeps the connection open; other frames are i
 
 from __future__ import annotations
 
-import errno
 from collections.abc import AsyncIterator
 
 import trio
 
-from pulse._trio.engine import current_engine
 from pulse._trio.pinger import ping_series
+from pulse._trio.streams import dial
 from pulse.errors import ConnectionClosed
 from pulse.registry import Endpoint, PingOptions, PingReply
 from pulse.rpc import RequestIds
@@ -24,7 +23,7 @@ from .codec import FrameDecoder
 
 
 async def _await_response(
-    stream: trio.SocketStream, decoder: FrameDecoder, request_id: int, peer: str
+    stream: trio.abc.Stream, decoder: FrameDecoder, request_id: int, peer: str
 ) -> None:
     while True:
         data = await stream.receive_some(READ_CHUNK)
@@ -42,10 +41,7 @@ async def ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingRe
     """Yield one :class:`PingReply` per answered heartbeat; raise
     :class:`~pulse.errors.PeerTimeout` when one goes unanswered for ``options.timeout``."""
     peer = f"{endpoint.host}:{endpoint.port}"
-    with current_engine().move_on_after(options.timeout) as connecting:
-        stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-    if connecting.cancelled_caught:
-        raise OSError(errno.ETIMEDOUT, f"connect to {peer} timed out after {options.timeout} s")
+    stream = await dial(endpoint.host, endpoint.port, timeout=options.timeout)
     ids = RequestIds()
     decoder = FrameDecoder()
     if options.on_connected is not None:

@@ -28,7 +28,6 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +37,10 @@ from pulse._core.rate import TokenBucket
 from pulse._core.sessions import SessionTracker
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
+from pulse._trio.streams import accept_tls
 from pulse._trio.writer import raw_socket
 from pulse.codec import MessageDecoder, encode_message
-from pulse.errors import LocalProtocolError, RemoteProtocolError
+from pulse.errors import LocalProtocolError, PhaseTimeout, RemoteProtocolError
 
 from .protocol import (
     MAX_ID,
@@ -207,7 +207,7 @@ class _Connection:
         self.writing = False  # a task is finishing a write
         self.closed = False
 
-    # -- the engine's timer (engine mode) -------------------------------------------------
+    # -- the engine's timer (the handshake's and the final notice's deadlines) ------------
 
     def next_deadline(self) -> float | None:
         """The final notice's deadline while finishing, the handshake's before a session."""
@@ -218,9 +218,12 @@ class _Connection:
         return self.handshake_deadline if self.session is None else None
 
     def handle_timer(self, now: float) -> None:
-        assert self.server is not None
-        if self.finishing:
-            self.server._close(self)  # the peer does not read its final notice
+        if self.finishing:  # the peer does not read its final notice
+            if self.server is not None:
+                self.server._close(self)
+            else:
+                self.scope.cancel()  # task mode: ends the connection's tasks
+                self.closed = True  # and its deadlines with them
         elif self.session is None and now >= self.handshake_deadline:
             self.finish(ErrorNotice(ErrorCode.PROTOCOL_ERROR, "no connect request in time"), now)
 
@@ -306,12 +309,9 @@ class _Connection:
             self.queued.append(final)
             self.queued_bytes += len(final)
             self.budget.queued_bytes += len(final)
-            now = current_engine().now() if now is None else now
-            if self.server is not None:
-                self.finish_deadline = now + FINAL_SEND_TIMEOUT
-                self.server._engine.watch(self)
-            else:
-                self.scope.deadline = min(self.scope.deadline, now + FINAL_SEND_TIMEOUT)
+            engine = current_engine()
+            self.finish_deadline = (engine.now() if now is None else now) + FINAL_SEND_TIMEOUT
+            engine.watch(self)
             self.wake()
 
 
@@ -556,16 +556,14 @@ class LeaseServer:
         served: trio.abc.Stream = stream
         try:
             if self.config.ssl_context is not None:
-                tls = trio.SSLStream(stream, self.config.ssl_context, server_side=True)
                 try:
-                    with current_engine().fail_after(self.config.handshake_timeout):
-                        await tls.do_handshake()
-                except (trio.TooSlowError, trio.BrokenResourceError,
+                    served = await accept_tls(stream, self.config.ssl_context,
+                                              timeout=self.config.handshake_timeout, peer=address)
+                except (PhaseTimeout, trio.BrokenResourceError,
                         trio.ClosedResourceError) as exc:
                     log.info("tls_handshake_failed", peer=address, reason=repr(exc))
                     await trio.aclose_forcefully(stream)
                     return
-                served = tls
             await self.handle_stream(served, address)
         except Exception as exc:  # a bug must cost one connection, never the server
             log.exception("connection_handler_failed", peer=address, reason=repr(exc))
@@ -577,7 +575,10 @@ class LeaseServer:
 
     async def handle_stream(self, stream: trio.abc.Stream, address: str) -> None:
         """Serve one client connection until it closes, fails or its session ends."""
-        conn = _Connection(stream, address, self._budget, self._engine.now())
+        now = self._engine.now()
+        conn = _Connection(stream, address, self._budget, now)
+        conn.handshake_deadline = now + self.config.handshake_timeout
+        self._engine.watch(conn)
         budget = self._budget
         budget.connections += 1
         if budget.connections > self.config.limits.max_connections:
@@ -592,6 +593,7 @@ class LeaseServer:
                     await self._read_loop(conn)
                     nursery.cancel_scope.cancel()
         finally:
+            self._engine.forget(conn)
             budget.connections -= 1
             conn.release()
             self._detach(conn)
@@ -600,14 +602,9 @@ class LeaseServer:
 
     async def _read_loop(self, conn: _Connection) -> None:
         decoder = MessageDecoder(self.config.max_message_size)
-        handshake = self._engine.now() + self.config.handshake_timeout
         while not conn.finishing:
             try:
-                with current_engine().fail_at(handshake) if conn.session is None else nullcontext():
-                    data = await conn.stream.receive_some(65536)
-            except trio.TooSlowError:
-                conn.finish(ErrorNotice(ErrorCode.PROTOCOL_ERROR, "no connect request in time"))
-                break
+                data = await conn.stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 break
             try:

@@ -9,6 +9,7 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -21,11 +22,12 @@ from pulse._trio.connection import HeartbeatConnection, heartbeat
 from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
 from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
+from pulse._trio.streams import dial, peer_name
 from pulse.actions import Reconnect
 from pulse.errors import ConnectionClosed, PulseError, ReconnectGaveUp
 
 from .keepalive import TcpKeepalive
-from .server import peer_name, tune_socket
+from .server import tune_socket
 
 log = get_logger("pulse.tcp")
 
@@ -39,21 +41,13 @@ async def open_stream(
     server_hostname: str | None = None,
     connect_timeout: float = 10.0,
 ) -> tuple[trio.abc.Stream, str]:
-    """Connect (and TLS-handshake) within ``connect_timeout``; returns the stream and peer."""
-    with current_engine().fail_after(connect_timeout):
-        sock = await trio.open_tcp_stream(host, port)
-        try:
-            tune_socket(sock, keepalive)
-            peer = peer_name(sock)
-            if ssl_context is None:
-                return sock, peer
-            tls = trio.SSLStream(sock, ssl_context, server_hostname=server_hostname or host)
-            await tls.do_handshake()
-            return tls, peer
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await sock.aclose()
-            raise
+    """Connect (and TLS-handshake) within ``connect_timeout``; returns the stream and peer
+    (:class:`~pulse.errors.PhaseTimeout` when it takes longer)."""
+    stream = await dial(
+        host, port, ssl_context=ssl_context, server_hostname=server_hostname,
+        prepare=partial(tune_socket, keepalive=keepalive), timeout=connect_timeout,
+    )
+    return stream, peer_name(stream)
 
 
 @asynccontextmanager
@@ -70,7 +64,8 @@ async def connect_tcp(
 ) -> AsyncIterator[HeartbeatConnection]:
     """One heartbeat connection to ``host:port`` for the ``async with`` block (no reconnect).
 
-    Raises ``OSError`` / :class:`trio.TooSlowError` when the server cannot be reached and a
+    Raises ``OSError`` (:class:`~pulse.errors.PhaseTimeout` after ``connect_timeout``) when
+    the server cannot be reached and a
     :class:`~pulse.errors.PulseError` when the handshake fails.
     """
     stream, peer = await open_stream(

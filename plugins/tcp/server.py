@@ -12,7 +12,7 @@ import trio
 from pulse._core.policy import HeartbeatPolicy
 from pulse._log import get_logger
 from pulse._trio.connection import HeartbeatConnection, heartbeat
-from pulse._trio.engine import current_engine
+from pulse._trio.streams import accept_tls, peer_name
 from pulse.errors import PulseError
 
 from .keepalive import TcpKeepalive
@@ -20,16 +20,6 @@ from .keepalive import TcpKeepalive
 log = get_logger("pulse.tcp")
 
 Handler = Callable[[HeartbeatConnection], Awaitable[None]]
-
-
-def peer_name(stream: trio.SocketStream) -> str:
-    """``host:port`` of the remote end of a socket stream ("?" when unknown)."""
-    try:
-        address = stream.socket.getpeername()
-    except OSError:
-        return "?"
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def tune_socket(stream: trio.SocketStream, keepalive: TcpKeepalive | None) -> None:
@@ -72,16 +62,15 @@ async def serve_tcp(
             tune_socket(stream, keepalive)
             wrapped: trio.abc.Stream = stream
             if ssl_context is not None:
-                wrapped = trio.SSLStream(stream, ssl_context, server_side=True)
-                with current_engine().fail_after(handshake_timeout):
-                    await wrapped.do_handshake()
+                wrapped = await accept_tls(stream, ssl_context, timeout=handshake_timeout,
+                                           peer=peer)
             async with heartbeat(
                 wrapped, policy, peer_id=peer_id, handshake_timeout=handshake_timeout,
                 peer=peer, transport=transport, **heartbeat_options,
             ) as conn:
                 await handler(conn)
         except (PulseError, trio.BrokenResourceError, trio.ClosedResourceError, OSError,
-                trio.TooSlowError, ssl.SSLError) as exc:
+                ssl.SSLError) as exc:
             log.info("client_dropped", peer=peer, transport=transport, reason=str(exc) or repr(exc))
         except Exception:  # a bug in the handler must not take the server down
             log.exception("handler_failed", peer=peer, transport=transport)

@@ -396,12 +396,12 @@ class ResilientWebSocket:
     async def _open(self) -> tuple[WebSocketConnection, Accepted]:
         options = self._options
         url = self.url
-        with current_engine().fail_after(options.handshake_timeout):
-            return await open_connection(
-                url, options.opener, options.ssl_context,
-                server_hostname=options.server_hostname, headers=options.headers,
-                subprotocols=options.subprotocols, max_message_size=options.max_message_size,
-            )
+        return await open_connection(
+            url, options.opener, options.ssl_context,
+            server_hostname=options.server_hostname, headers=options.headers,
+            subprotocols=options.subprotocols, max_message_size=options.max_message_size,
+            timeout=options.handshake_timeout,
+        )
 
     async def _run_connection(
         self, conn: WebSocketConnection, accepted: Accepted, handle: AttemptHandle

@@ -9,6 +9,7 @@ handshake has no clock of its own).
 from __future__ import annotations
 
 import http
+import math
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
+from pulse._trio.phase import Phase, bounded
 from pulse.errors import RemoteProtocolError
 
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
@@ -193,16 +195,19 @@ async def open_connection(
     headers: Headers = (),
     subprotocols: Sequence[str] = (),
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    timeout: float = math.inf,
 ) -> tuple[WebSocketConnection, Accepted]:
-    """Dial ``url`` with ``opener``, run the client handshake and wrap the result; the stream
-    is closed if anything fails (the caller bounds the time)."""
-    stream = await opener(url.host, url.port, ssl_context, server_hostname or url.host)
-    try:
-        ws, accepted = await client_handshake(
-            stream, host=url.host_header, target=url.target,
-            headers=headers, subprotocols=subprotocols,
-        )
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
+    """Dial ``url`` with ``opener``, run the client handshake and wrap the result, all within
+    ``timeout`` seconds (:class:`~pulse.errors.PhaseTimeout` after that); the stream is
+    closed if anything fails."""
+    with bounded(Phase.HANDSHAKE, timeout, peer=url.peer):
+        stream = await opener(url.host, url.port, ssl_context, server_hostname or url.host)
+        try:
+            ws, accepted = await client_handshake(
+                stream, host=url.host_header, target=url.target,
+                headers=headers, subprotocols=subprotocols,
+            )
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
     return WebSocketConnection(stream, ws, max_message_size=max_message_size), accepted

@@ -54,8 +54,7 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
         f"{endpoint.scheme}://{endpoint.host}:{endpoint.port}{endpoint.path}")
     context = client_context(endpoint, "wss")
     engine = current_engine()
-    with engine.fail_after(options.timeout):
-        conn, _ = await open_connection(url, open_stream, context)
+    conn, _ = await open_connection(url, open_stream, context, timeout=options.timeout)
     if options.on_connected is not None:
         options.on_connected(url.peer)
 

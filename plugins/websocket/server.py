@@ -30,6 +30,8 @@ from pulse._core.liveness import PeerStats
 from pulse._core.policy import HeartbeatPolicy
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
+from pulse._trio.phase import Phase, bounded
+from pulse._trio.streams import peer_name
 from pulse.errors import ConnectionClosed, PeerTimeout, PulseError
 
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
@@ -51,19 +53,6 @@ log = get_logger("pulse.websocket")
 
 DEFAULT_SERVER_POLICY = HeartbeatPolicy(interval=10.0, timeout=30.0)
 """Ping a client after 10 s of silence; drop it after 30 s (three intervals)."""
-
-
-def peer_name(stream: trio.abc.Stream) -> str:
-    """``host:port`` of a socket stream's remote end ("?" when unknown)."""
-    sock = getattr(stream, "socket", None)
-    try:
-        address = sock.getpeername() if sock is not None else None
-    except OSError:
-        address = None
-    if not address or not isinstance(address, tuple):
-        return "?"
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ServerConnection:
@@ -223,7 +212,7 @@ async def serve_stream(
     transport = "wss" if options.ssl_context is not None else "ws"
     wrapped: trio.abc.Stream = stream
     try:
-        with current_engine().fail_after(options.handshake_timeout):
+        with bounded(Phase.HANDSHAKE, options.handshake_timeout, peer=peer):
             if options.ssl_context is not None:
                 wrapped = trio.SSLStream(stream, options.ssl_context, server_side=True,
                                          https_compatible=True)
@@ -232,9 +221,8 @@ async def serve_stream(
                 wrapped, subprotocols=options.subprotocols, headers=options.headers,
                 check=options.check,
             )
-    except (trio.TooSlowError, PulseError, OSError, trio.BrokenResourceError,
-            trio.ClosedResourceError) as exc:
-        reason = "handshake timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+    except (PulseError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        reason = str(exc) or repr(exc)
         log.info("handshake_failed", peer=peer, transport=transport, reason=reason)
         await trio.aclose_forcefully(wrapped)
         return

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import trio
 
+from pulse._trio.streams import dial
+
 Opener = Callable[[str, int, ssl.SSLContext | None, str], Awaitable[trio.abc.Stream]]
 """``opener(host, port, ssl_context, server_hostname) -> stream``: how a client reaches the
 server. The default dials TCP (and wraps TLS); tests pass one that returns memory streams."""
@@ -62,14 +64,5 @@ async def open_stream(
     host: str, port: int, ssl_context: ssl.SSLContext | None, server_hostname: str
 ) -> trio.abc.Stream:
     """Dial TCP and, with an SSL context, complete the TLS handshake."""
-    sock = await trio.open_tcp_stream(host, port)
-    if ssl_context is None:
-        return sock
-    tls = trio.SSLStream(sock, ssl_context, server_hostname=server_hostname,
-                         https_compatible=True)
-    try:
-        await tls.do_handshake()
-    except BaseException:
-        await trio.aclose_forcefully(sock)
-        raise
-    return tls
+    return await dial(host, port, ssl_context=ssl_context, server_hostname=server_hostname,
+                      https_compatible=True)
