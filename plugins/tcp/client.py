@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import math
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,11 +38,15 @@ async def open_stream(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     connect_timeout: float = 10.0,
+    on_transport: Callable[[], None] | None = None,
 ) -> tuple[trio.abc.Stream, str]:
-    """Connect (and TLS-handshake) within ``connect_timeout``; returns the stream and peer."""
+    """Connect (and TLS-handshake) within ``connect_timeout``; returns the stream and peer.
+    ``on_transport`` is called once the TCP connection is up (before TLS)."""
     with current_engine().fail_after(connect_timeout):
         sock = await trio.open_tcp_stream(host, port)
         try:
+            if on_transport is not None:
+                on_transport()
             tune_socket(sock, keepalive)
             peer = peer_name(sock)
             if ssl_context is None:
@@ -66,16 +70,19 @@ async def connect_tcp(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     connect_timeout: float = 10.0,
+    on_transport: Callable[[], None] | None = None,
     **heartbeat_options: Any,
 ) -> AsyncIterator[HeartbeatConnection]:
     """One heartbeat connection to ``host:port`` for the ``async with`` block (no reconnect).
 
     Raises ``OSError`` / :class:`trio.TooSlowError` when the server cannot be reached and a
-    :class:`~pulse.errors.PulseError` when the handshake fails.
+    :class:`~pulse.errors.PulseError` when the handshake fails. ``on_transport`` is called
+    once the TCP connection is up (before TLS and the handshake).
     """
     stream, peer = await open_stream(
         host, port, keepalive=keepalive, ssl_context=ssl_context,
         server_hostname=server_hostname, connect_timeout=connect_timeout,
+        on_transport=on_transport,
     )
     transport = "tls" if ssl_context is not None else "tcp"
     heartbeat_options.setdefault("handshake_timeout", connect_timeout)
@@ -117,7 +124,7 @@ class ReconnectingClient:
     """
 
     def __init__(self, host: str, port: int, policy: HeartbeatPolicy | None,
-                 backoff: Backoff, options: dict[str, Any]) -> None:
+                 backoff: Backoff, options: dict[str, Any], shared_probe: bool = True) -> None:
         self.host, self.port = host, port
         self.policy = policy
         self.backoff = backoff
@@ -133,6 +140,8 @@ class ReconnectingClient:
             ReconnectMachine(backoff), self._attempt,
             retry_on=(PulseError, OSError, trio.TooSlowError, ssl.SSLError),
             describe=_reason, on_wait=self._waiting, on_give_up=self._gave_up,
+            destination=(("tls" if options.get("ssl_context") is not None else "tcp", host, port)
+                         if shared_probe else None),
         )
 
     def events(self) -> EventFeed[StateChange]:
@@ -202,7 +211,8 @@ class ReconnectingClient:
     async def _attempt(self, handle: AttemptHandle) -> str:
         """One connection: connect, relay its messages until it ends, say why it ended."""
         try:
-            async with connect_tcp(self.host, self.port, self.policy, **self._options) as conn:
+            async with connect_tcp(self.host, self.port, self.policy,
+                                   on_transport=handle.reached, **self._options) as conn:
                 self.connects += 1
                 self.connection = conn
                 handle.connected()
@@ -232,6 +242,7 @@ async def reconnecting_tcp(
     policy: HeartbeatPolicy | None = None,
     *,
     backoff: Backoff | None = None,
+    shared_probe: bool = True,
     **options: Any,
 ) -> AsyncIterator[ReconnectingClient]:
     """A :class:`ReconnectingClient` running for the ``async with`` block.
@@ -239,9 +250,14 @@ async def reconnecting_tcp(
     Reconnects follow :mod:`pulse._core.reconnect` (one attempt at a time, full jitter on
     every attempt including the first after a loss); ``backoff`` defaults to
     :func:`~pulse._core.reconnect.default_backoff`, forever; ``options`` go to
-    :func:`connect_tcp` (keepalive, ssl_context, peer_id, token, …).
+    :func:`connect_tcp` (keepalive, ssl_context, peer_id, token, …). With ``shared_probe``
+    (the default) the clients of this process that connect to the same host and port wait
+    behind one probe while it refuses connections or cannot be reached, instead of each
+    retrying (see ``docs/reconnect.md``); ``shared_probe=False`` keeps this client on its
+    own backoff.
     """
-    client = ReconnectingClient(host, port, policy, backoff or default_backoff(), options)
+    client = ReconnectingClient(host, port, policy, backoff or default_backoff(), options,
+                                shared_probe)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client._run)
         try:

@@ -675,7 +675,8 @@ async def test_close_flushes_the_queue_then_closes_normally(
 async def test_jitter_spreads_reconnects_of_many_clients(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Fifty clients that lose the server together do not come back together."""
+    """Fifty independent clients (no shared probe) that lose the server together do not
+    come back together: each draws its own fully jittered delay."""
     clients = 50
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
@@ -687,7 +688,8 @@ async def test_jitter_spreads_reconnects_of_many_clients(
         async def one(i: int) -> None:
             nonlocal opened
             backoff = Backoff(initial=1.0, maximum=8.0, rng=random.Random(i))
-            async with connect(URL, policy=POLICY, backoff=backoff, opener=server.opener) as ws:
+            async with connect(URL, policy=POLICY, backoff=backoff, opener=server.opener,
+                               shared_probe=False) as ws:
                 await ws.wait_open()
                 opened += 1
                 if opened == clients:
