@@ -366,6 +366,9 @@ class ReconnectMachine:
 #: After a successful probe the waiting clients are released at ``uniform(0, window)``
 #: seconds (so a restarted server is not hit by all of them within one 100 ms).
 DEFAULT_RELEASE_WINDOW = 0.5
+#: A probe standing for n waiting clients comes ``min(n, DEFAULT_MAX_SPEEDUP)`` times as
+#: often as one client's retries would (its delays are divided by that factor).
+DEFAULT_MAX_SPEEDUP = 4.0
 
 
 def probe_backoff(like: Backoff) -> Backoff:
@@ -413,7 +416,9 @@ class ProbeGate:
       wait too. One probe at a time: at the gate's deadline the longest-waiting member gets
       :class:`Probe`. A failed probe puts its member back at the end of the queue and draws
       the next probe time from the gate's backoff (full jitter, capped; the outage's age
-      counts from the failure that closed the gate).
+      counts from the failure that closed the gate), divided by ``min(n, max_speedup)`` for
+      n waiting members: one probe standing for many may come a few times as often as one
+      client's retries, while a single client probes exactly as it would have retried.
     * Any member reaching the destination (the probe, or an attempt already in flight)
       opens the gate: every waiting member gets a release time ``uniform(0, release_window)``
       later, and the backoff resets.
@@ -432,6 +437,7 @@ class ProbeGate:
         "_waiting",
         "backoff",
         "down",
+        "max_speedup",
         "outage_since",
         "probes",
         "release_window",
@@ -442,11 +448,15 @@ class ProbeGate:
         backoff: Backoff,
         *,
         release_window: float = DEFAULT_RELEASE_WINDOW,
+        max_speedup: float = DEFAULT_MAX_SPEEDUP,
     ) -> None:
         if not release_window >= 0 or release_window == float("inf"):
             raise ValueError(f"release_window must be finite and >= 0, got {release_window!r}")
+        if not 1 <= max_speedup < float("inf"):
+            raise ValueError(f"max_speedup must be finite and >= 1, got {max_speedup!r}")
         self.backoff = backoff
         self.release_window = float(release_window)
+        self.max_speedup = float(max_speedup)
         #: True while the destination is known to refuse or be unreachable.
         self.down = False
         #: When the gate closed (None while open).
@@ -583,7 +593,9 @@ class ProbeGate:
     def _schedule_probe(self, now: float) -> None:
         since = self.outage_since if self.outage_since is not None else now
         delay = self.backoff.next_delay(now - since)
-        self._probe_at = now + (delay if delay is not None else self.backoff.maximum)
+        if delay is None:
+            delay = self.backoff.maximum
+        self._probe_at = now + delay / min(max(1, len(self._waiting)), self.max_speedup)
 
     def _open(self, now: float) -> None:
         waiting = list(self._waiting)
