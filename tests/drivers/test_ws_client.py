@@ -717,6 +717,63 @@ async def test_jitter_spreads_reconnects_of_many_clients(
         nursery.cancel_scope.cancel()
 
 
+async def test_clients_of_one_server_share_one_probe_while_it_refuses(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Thirty clients that lose their server wait behind one probe while it refuses: the
+    outage costs about one attempt per client plus the probes, far fewer than the same
+    clients make with shared_probe=False, and all come back."""
+
+    async def outage(shared: bool) -> tuple[int, int]:
+        clients = 30
+        async with trio.open_nursery() as nursery:
+            server = FakeServer(nursery)
+            lost, all_open, back = trio.Event(), trio.Event(), trio.Event()
+            opened = reopened = 0
+
+            async def one(i: int) -> None:
+                nonlocal opened, reopened
+                backoff = Backoff(1.0, 8.0, 2.0, rng=random.Random(i))
+                async with connect(URL, policy=POLICY, backoff=backoff, opener=server.opener,
+                                   shared_probe=shared) as ws:
+                    await ws.wait_open()
+                    opened += 1
+                    if opened == clients:
+                        all_open.set()
+                    await lost.wait()
+                    while ws.state is ClientState.OPEN:
+                        await trio.lowlevel.checkpoint()
+                    await ws.wait_open()
+                    reopened += 1
+                    if reopened == clients:
+                        back.set()
+                    await trio.sleep_forever()
+
+            async with trio.open_nursery() as group:
+                for i in range(clients):
+                    group.start_soon(one, i)
+                await all_open.wait()
+                server.refuse = 10**6
+                for peer in server.peers:
+                    await peer.hang_up()
+                lost.set()
+                before = server.attempts
+                await trio.sleep(20.0)
+                during = server.attempts - before
+                server.refuse = 0
+                with trio.fail_after(30):
+                    await back.wait()
+                group.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+        return during, reopened
+
+    shared_attempts, shared_back = await outage(True)
+    own_attempts, own_back = await outage(False)
+    assert shared_back == own_back == 30
+    assert shared_attempts <= 30 + 40  # refusals until the gate closed, then probes only
+    assert shared_attempts * 2 < own_attempts
+
+
 async def test_default_echo_server_over_memory_streams(autojump_clock: trio.testing.MockClock) -> None:
     """The client and pulse's own echo server talk over any trio stream."""
     async with trio.open_nursery() as nursery:
