@@ -41,7 +41,7 @@ Rules this module keeps:
 
 The shared probe (:class:`ProbeGate`, one per destination and process, driven by the same
 driver): while a destination refuses or cannot be reached, one attempt at a time — the
-probe, on the gate's own fully jittered, capped backoff — stands for every client waiting on
+probe, on the gate's own jittered (fully, by default), capped backoff — stands for every client waiting on
 it. When a probe reaches the destination the waiting clients are released at random times
 spread over a window, each then making its own attempt; a released client whose own attempt
 fails goes back to its own backoff. Only transport failures (refused, unreachable, connect
@@ -83,7 +83,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from pulse._core._checks import check_positive
-from pulse._core.backoff import Backoff, Growth, Jitter
+from pulse._core.backoff import Backoff, Growth
 from pulse.actions import Reconnect
 from pulse.errors import PulseError, ReconnectGaveUp
 
@@ -373,11 +373,17 @@ DEFAULT_MAX_SPEEDUP = 4.0
 
 def probe_backoff(like: Backoff) -> Backoff:
     """The backoff of a gate opened by a client with backoff ``like``: the same ceilings
-    (initial, maximum, multiplier, growth), full jitter, no attempt limit (the waiting
-    clients' own give-up rules apply to them), and ``like``'s random source. A gate with a
-    single client therefore probes as that client alone would have retried."""
-    return Backoff(like.initial, like.maximum, like.multiplier, Jitter.FULL,
-                   reset_after=like.reset_after, rng=like.rng, growth=like.growth)
+    (initial, maximum, multiplier, growth) and jitter (full by default), no attempt limit
+    (the waiting clients' own give-up rules apply to them), ``like``'s random source, and
+    ``like``'s progress (its attempt count). A gate with a single client therefore probes as
+    that client alone would have retried."""
+    probe = Backoff(like.initial, like.maximum, like.multiplier, like.jitter,
+                    reset_after=like.reset_after, rng=like.rng, growth=like.growth)
+    # Carry on where the client's own backoff stands (its count and decorrelated state), as
+    # its next retry would have.
+    probe._attempts = like._attempts
+    probe._previous = like._previous
+    return probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +421,7 @@ class ProbeGate:
     * **Down**: members that ask wait; members whose attempt was already in flight and fails
       wait too. One probe at a time: at the gate's deadline the longest-waiting member gets
       :class:`Probe`. A failed probe puts its member back at the end of the queue and draws
-      the next probe time from the gate's backoff (full jitter, capped; the outage's age
+      the next probe time from the gate's backoff (jittered, capped; the outage's age
       counts from the failure that closed the gate), divided by ``min(n, max_speedup)`` for
       n waiting members: one probe standing for many may come a few times as often as one
       client's retries, while a single client probes exactly as it would have retried.

@@ -267,13 +267,17 @@ def test_release_window_and_speedup_must_be_sane() -> None:
             ProbeGate(Backoff(), max_speedup=bad)
 
 
-def test_probe_backoff_keeps_the_clients_ceilings_with_full_jitter() -> None:
-    """The gate's backoff copies a client's ceilings but jitters fully and never gives up."""
-    like = Backoff(2.0, 20.0, 3.0, Jitter.NONE, max_attempts=4, growth=Growth.ATTEMPTS)
+def test_probe_backoff_keeps_the_clients_ceilings_and_jitter() -> None:
+    """The gate's backoff copies a client's ceilings and jitter but never gives up."""
+    like = Backoff(2.0, 20.0, 3.0, Jitter.EQUAL, max_attempts=4, growth=Growth.ATTEMPTS)
     probe = probe_backoff(like)
     assert (probe.initial, probe.maximum, probe.multiplier) == (2.0, 20.0, 3.0)
-    assert probe.jitter is Jitter.FULL and probe.max_attempts is None
+    assert probe.jitter is Jitter.EQUAL and probe.max_attempts is None
     assert probe.growth is Growth.ATTEMPTS and probe.rng is like.rng
+    like.next_delay()
+    like.next_delay()
+    assert probe_backoff(like).attempts == 2  # carries on where the client stands
+    assert probe_backoff(like).ceiling(probe_backoff(like).attempts) == 18.0
 
 
 # -- the machine behind a gate -----------------------------------------------------------------
