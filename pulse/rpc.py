@@ -382,6 +382,7 @@ async def reconnect_loop(
     backoff: Backoff | None = None,
     peer: str = "",
     on_reconnect: Callable[[Reconnect], None] | None = None,
+    shared_probe: bool = True,
 ) -> NoReturn:
     """Keep a consumer connected: ``connect()``, run ``session(connection)`` until the
     connection ends, wait the backoff's next delay, connect again.
@@ -395,6 +396,10 @@ async def reconnect_loop(
     every :class:`~pulse.actions.Reconnect` before its delay. Raises
     :class:`~pulse.errors.ReconnectGaveUp` once the backoff has no attempts left (default
     backoff: :func:`~pulse._core.reconnect.default_backoff`, unlimited).
+
+    With ``shared_probe`` (the default) and a ``peer``, the loops of this process that name
+    the same ``peer`` wait behind one probe while ``connect()`` fails with ``OSError``
+    (refused, unreachable, timed out) instead of each retrying (``docs/reconnect.md``).
     """
     bound = log.bind(peer=peer)
     machine = ReconnectMachine(backoff if backoff is not None else default_backoff())
@@ -403,7 +408,7 @@ async def reconnect_loop(
         try:
             connection = await connect()
         except OSError as exc:
-            return f"connect failed: {exc}"
+            return handle.unreachable(f"connect failed: {exc}")
         handle.connected()
         bound.info("connected", connects=machine.connects)
         try:
@@ -418,7 +423,8 @@ async def reconnect_loop(
         if on_reconnect is not None:
             on_reconnect(action)
 
-    driver = ReconnectDriver(machine, attempt, retry_on=(), on_wait=waiting)
+    driver = ReconnectDriver(machine, attempt, retry_on=(), on_wait=waiting,
+                             destination=("rpc", peer) if shared_probe and peer else None)
     await driver.run()
     raise ReconnectGaveUp(
         f"gave up reconnecting to {peer or 'the peer'}: {machine.last_reason}"

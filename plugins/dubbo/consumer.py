@@ -70,6 +70,7 @@ class DubboConsumer:
         max_body_size: int = DEFAULT_MAX_BODY,
         on_push: PushHandler | None = None,
         connect: Connector | None = None,
+        shared_probe: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -81,6 +82,8 @@ class DubboConsumer:
         self.max_body_size = max_body_size
         self.on_push = on_push
         self._open_stream = connect
+        #: Wait behind one probe per provider (and process) while it cannot be reached.
+        self.shared_probe = shared_probe
         self.ids = RequestIds()  # one id space for requests and heartbeats, across reconnects
         self.channel: DubboChannel | None = None
         self.connects = 0
@@ -136,7 +139,8 @@ class DubboConsumer:
     async def run(self) -> NoReturn:
         """Connect, serve, reconnect with backoff, forever (raises
         :class:`~pulse.errors.ReconnectGaveUp` if the backoff runs out of attempts)."""
-        await reconnect_loop(self._connect, self._session, backoff=self.backoff, peer=self.peer)
+        await reconnect_loop(self._connect, self._session, backoff=self.backoff, peer=self.peer,
+                             shared_probe=self.shared_probe)
 
     async def _connect(self) -> trio.abc.Stream:
         if self._open_stream is not None:
@@ -189,9 +193,12 @@ async def open_consumer(
     max_body_size: int = DEFAULT_MAX_BODY,
     on_push: PushHandler | None = None,
     connect: Connector | None = None,
+    shared_probe: bool = True,
 ) -> AsyncIterator[DubboConsumer]:
     """A running :class:`DubboConsumer` for the ``async with`` block. Without ``timer`` a
-    private one is started; pass a shared timer to put many consumers on one wheel."""
+    private one is started; pass a shared timer to put many consumers on one wheel.
+    ``shared_probe=False`` keeps this consumer out of the provider's shared probe (while a
+    provider cannot be reached, the consumers of one process wait behind one probe)."""
     timing = timing or ChannelTiming()
     async with trio.open_nursery() as nursery:
         if timer is None:
@@ -200,6 +207,7 @@ async def open_consumer(
         consumer = DubboConsumer(
             host, port, timer, timing=timing, backoff=backoff, connect_timeout=connect_timeout,
             max_body_size=max_body_size, on_push=on_push, connect=connect,
+            shared_probe=shared_probe,
         )
         nursery.start_soon(consumer.run)
         try:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import enum
 import math
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import trio
@@ -40,12 +39,20 @@ async def open_stream(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     connect_timeout: float = 10.0,
+    on_transport: Callable[[], None] | None = None,
 ) -> tuple[trio.abc.Stream, str]:
     """Connect (and TLS-handshake) within ``connect_timeout``; returns the stream and peer
-    (:class:`~pulse.errors.PhaseTimeout` when it takes longer)."""
+    (:class:`~pulse.errors.PhaseTimeout` when it takes longer). ``on_transport`` is called
+    once the TCP connection is up (before TLS)."""
+
+    def prepare(sock: trio.SocketStream) -> None:
+        if on_transport is not None:
+            on_transport()
+        tune_socket(sock, keepalive)
+
     stream = await dial(
         host, port, ssl_context=ssl_context, server_hostname=server_hostname,
-        prepare=partial(tune_socket, keepalive=keepalive), timeout=connect_timeout,
+        prepare=prepare, timeout=connect_timeout,
     )
     return stream, peer_name(stream)
 
@@ -60,17 +67,20 @@ async def connect_tcp(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     connect_timeout: float = 10.0,
+    on_transport: Callable[[], None] | None = None,
     **heartbeat_options: Any,
 ) -> AsyncIterator[HeartbeatConnection]:
     """One heartbeat connection to ``host:port`` for the ``async with`` block (no reconnect).
 
     Raises ``OSError`` (:class:`~pulse.errors.PhaseTimeout` after ``connect_timeout``) when
-    the server cannot be reached and a
-    :class:`~pulse.errors.PulseError` when the handshake fails.
+    the server cannot be reached and a :class:`~pulse.errors.PulseError` when the handshake
+    fails. ``on_transport`` is called once the TCP connection is up (before TLS and the
+    handshake).
     """
     stream, peer = await open_stream(
         host, port, keepalive=keepalive, ssl_context=ssl_context,
         server_hostname=server_hostname, connect_timeout=connect_timeout,
+        on_transport=on_transport,
     )
     transport = "tls" if ssl_context is not None else "tcp"
     heartbeat_options.setdefault("handshake_timeout", connect_timeout)
@@ -112,7 +122,7 @@ class ReconnectingClient:
     """
 
     def __init__(self, host: str, port: int, policy: HeartbeatPolicy | None,
-                 backoff: Backoff, options: dict[str, Any]) -> None:
+                 backoff: Backoff, options: dict[str, Any], shared_probe: bool = True) -> None:
         self.host, self.port = host, port
         self.policy = policy
         self.backoff = backoff
@@ -128,6 +138,8 @@ class ReconnectingClient:
             ReconnectMachine(backoff), self._attempt,
             retry_on=(PulseError, OSError, trio.TooSlowError, ssl.SSLError),
             describe=_reason, on_wait=self._waiting, on_give_up=self._gave_up,
+            destination=(("tls" if options.get("ssl_context") is not None else "tcp", host, port)
+                         if shared_probe else None),
         )
 
     def events(self) -> EventFeed[StateChange]:
@@ -197,7 +209,8 @@ class ReconnectingClient:
     async def _attempt(self, handle: AttemptHandle) -> str:
         """One connection: connect, relay its messages until it ends, say why it ended."""
         try:
-            async with connect_tcp(self.host, self.port, self.policy, **self._options) as conn:
+            async with connect_tcp(self.host, self.port, self.policy,
+                                   on_transport=handle.reached, **self._options) as conn:
                 self.connects += 1
                 self.connection = conn
                 handle.connected()
@@ -227,6 +240,7 @@ async def reconnecting_tcp(
     policy: HeartbeatPolicy | None = None,
     *,
     backoff: Backoff | None = None,
+    shared_probe: bool = True,
     **options: Any,
 ) -> AsyncIterator[ReconnectingClient]:
     """A :class:`ReconnectingClient` running for the ``async with`` block.
@@ -234,9 +248,14 @@ async def reconnecting_tcp(
     Reconnects follow :mod:`pulse._core.reconnect` (one attempt at a time, full jitter on
     every attempt including the first after a loss); ``backoff`` defaults to
     :func:`~pulse._core.reconnect.default_backoff`, forever; ``options`` go to
-    :func:`connect_tcp` (keepalive, ssl_context, peer_id, token, …).
+    :func:`connect_tcp` (keepalive, ssl_context, peer_id, token, …). With ``shared_probe``
+    (the default) the clients of this process that connect to the same host and port wait
+    behind one probe while it refuses connections or cannot be reached, instead of each
+    retrying (see ``docs/reconnect.md``); ``shared_probe=False`` keeps this client on its
+    own backoff.
     """
-    client = ReconnectingClient(host, port, policy, backoff or default_backoff(), options)
+    client = ReconnectingClient(host, port, policy, backoff or default_backoff(), options,
+                                shared_probe)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client._run)
         try:

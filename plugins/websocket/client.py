@@ -147,6 +147,7 @@ class _Options:
     opener: Opener
     on_connect: OnConnect | None
     on_liveness: Callable[[Action], None] | None
+    shared_probe: bool = True
 
 
 class ResilientWebSocket:
@@ -189,6 +190,8 @@ class ResilientWebSocket:
             ReconnectMachine(backoff), self._attempt,
             retry_on=(OSError, trio.TooSlowError, PulseError, trio.BrokenResourceError),
             describe=_describe, on_wait=self._waiting, on_give_up=self._gave_up,
+            destination=(("wss" if url.secure else "ws", url.host, url.port)
+                         if options.shared_probe else None),
         )
         self._closing = False
         self._close_reason = "closed by application"
@@ -366,7 +369,7 @@ class ResilientWebSocket:
         attempt = self._attempt_scope = trio.CancelScope()
         try:
             with attempt:  # cancelled by _stop: closing never waits for a connect
-                opened = await self._open()
+                opened = await self._open(handle)
         except HandshakeRejected as exc:
             if exc.status_code in options.give_up_statuses:
                 raise ReconnectGaveUp(
@@ -393,11 +396,19 @@ class ResilientWebSocket:
         self._set(StateChange(ClientState.FAILED, str(error), self.backoff.attempts))
         self._finish()  # no attempt is in flight: settle the queue before anyone looks
 
-    async def _open(self) -> tuple[WebSocketConnection, Accepted]:
+    async def _open(self, handle: AttemptHandle) -> tuple[WebSocketConnection, Accepted]:
         options = self._options
         url = self.url
+        opener = options.opener
+
+        async def reaching(host: str, port: int, ssl_context: ssl.SSLContext | None,
+                           server_hostname: str) -> trio.abc.Stream:
+            stream = await opener(host, port, ssl_context, server_hostname)
+            handle.reached()  # from here on a failure is this client's own, not the server's
+            return stream
+
         return await open_connection(
-            url, options.opener, options.ssl_context,
+            url, reaching, options.ssl_context,
             server_hostname=options.server_hostname, headers=options.headers,
             subprotocols=options.subprotocols, max_message_size=options.max_message_size,
             timeout=options.handshake_timeout,
@@ -526,6 +537,7 @@ async def connect(
     no_reconnect_codes: Collection[int] = NO_RECONNECT_CODES,
     give_up_statuses: Collection[int] = GIVE_UP_STATUSES,
     opener: Opener | None = None,
+    shared_probe: bool = True,
 ) -> AsyncIterator[ResilientWebSocket]:
     """A :class:`ResilientWebSocket` to ``url`` (``ws://`` or ``wss://``) for the block.
 
@@ -549,6 +561,10 @@ async def connect(
       bounds received messages (close code 1009 beyond it).
     * ``no_reconnect_codes`` / ``give_up_statuses``: server answers that end the client.
     * ``opener``: how to reach the server (tests use memory streams).
+    * ``shared_probe``: while the server refuses connections or cannot be reached, the
+      clients of this process that connect to the same ``(scheme, host, port)`` wait
+      behind one probe instead of each retrying (see ``docs/reconnect.md``); ``False``
+      keeps this client on its own backoff.
     """
     parsed = parse_ws_url(url)
     if parsed.secure and ssl_context is None:
@@ -573,7 +589,7 @@ async def connect(
         close_timeout=close_timeout, max_message_size=max_message_size,
         no_reconnect_codes=frozenset(no_reconnect_codes),
         give_up_statuses=frozenset(give_up_statuses), opener=opener or open_stream,
-        on_connect=on_connect, on_liveness=on_liveness,
+        on_connect=on_connect, on_liveness=on_liveness, shared_probe=shared_probe,
     )
     outbox = Outbox(queue_size, overflow, on_drop or log_drop, peer=parsed.peer)
     client = ResilientWebSocket(parsed, options, backoff or default_backoff(), outbox,

@@ -33,6 +33,20 @@ Rules this module keeps:
 * Time is an argument (``now``); randomness comes from the backoff's ``rng``.
 * Timer contract: :meth:`~ReconnectMachine.next_deadline` is the end of the running wait
   (None otherwise), :meth:`~ReconnectMachine.handle_timer` starts the attempt that is due.
+* **Held behind a gate.** A client whose destination is known to be down waits ``HELD``
+  behind that destination's :class:`ProbeGate` instead of running its own backoff: it makes
+  no attempt until the gate releases it (:meth:`~ReconnectMachine.release`). While held its
+  only deadline is the ``max_elapsed`` give-up; every failed probe counts as one attempt made
+  on its behalf (:meth:`~ReconnectMachine.represented`), so ``max_attempts`` still applies.
+
+The shared probe (:class:`ProbeGate`, one per destination and process, driven by the same
+driver): while a destination refuses or cannot be reached, one attempt at a time — the
+probe, on the gate's own jittered (fully, by default), capped backoff — stands for every client waiting on
+it. When a probe reaches the destination the waiting clients are released at random times
+spread over a window, each then making its own attempt; a released client whose own attempt
+fails goes back to its own backoff. Only transport failures (refused, unreachable, connect
+timeout) are reported to a gate: a handshake or authentication refusal of one client does
+not hold the others back.
 
 Transitions (a pair missing from the table is a driver bug: :class:`ReconnectStateError`)::
 
@@ -45,6 +59,13 @@ Transitions (a pair missing from the table is a driver bug: :class:`ReconnectSta
     ATTEMPTING   connected       -> CONNECTED    (nothing)
     ATTEMPTING   failed / lost   -> WAITING      Reconnect(delay)   | GAVE_UP  GiveUp
     CONNECTED    lost / failed   -> WAITING      Reconnect(delay)   | GAVE_UP  GiveUp
+    ATTEMPTING   failed(hold)    -> HELD         (nothing)          | GAVE_UP  GiveUp
+    IDLE,
+    WAITING      hold            -> HELD         (nothing)
+    HELD         release         -> ATTEMPTING   StartAttempt
+    HELD         retry_now       -> ATTEMPTING   StartAttempt
+    HELD         represented     -> HELD         (nothing)          | GAVE_UP  GiveUp
+    HELD         timer due       -> GAVE_UP      GiveUp (max_elapsed)
     ATTEMPTING,
     CONNECTED    start/retry_now -> (unchanged)  (nothing: single flight)
     any live     give_up         -> GAVE_UP      GiveUp
@@ -56,6 +77,9 @@ Transitions (a pair missing from the table is a driver bug: :class:`ReconnectSta
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from pulse._core._checks import check_positive
@@ -88,6 +112,7 @@ class ReconnectState(enum.Enum):
     ATTEMPTING = "attempting"  # one attempt in flight
     CONNECTED = "connected"  # the attempt succeeded; the connection is up
     WAITING = "waiting"  # a (jittered) delay runs before the next attempt
+    HELD = "held"  # waiting behind the destination's probe gate (no attempts of its own)
     STOPPED = "stopped"  # stopped by the application (terminal)
     GAVE_UP = "gave_up"  # a give-up rule fired (terminal)
 
@@ -159,7 +184,11 @@ class ReconnectMachine:
     def handle_timer(self, now: float) -> list[ReconnectAction]:
         """Start the attempt whose wait is over (nothing if none is due at ``now``)."""
         deadline = self._deadline
-        if self.state is not ReconnectState.WAITING or deadline is None or now < deadline:
+        if deadline is None or now < deadline:
+            return []
+        if self.state is ReconnectState.HELD:  # the only deadline while held: max_elapsed
+            return self._give_up(self._elapsed_reason(now, self.last_reason))
+        if self.state is not ReconnectState.WAITING:
             return []
         return self._attempt()
 
@@ -172,9 +201,44 @@ class ReconnectMachine:
         return []
 
     def retry_now(self, now: float) -> list[ReconnectAction]:
-        """Cut a running wait short (an attempt or a live connection is left alone)."""
-        if self.state in (ReconnectState.IDLE, ReconnectState.WAITING):
+        """Cut a running wait (or a hold) short (an attempt or a live connection is left
+        alone)."""
+        if self.state in (ReconnectState.IDLE, ReconnectState.WAITING, ReconnectState.HELD):
             return self._attempt()
+        return []
+
+    def hold(self, now: float) -> list[ReconnectAction]:
+        """Instead of starting the attempt that is due (or the first connect), wait behind
+        the destination's gate: no attempt until :meth:`release`."""
+        state = self.state
+        if state in TERMINAL:
+            return []
+        if state not in (ReconnectState.IDLE, ReconnectState.WAITING):
+            raise ReconnectStateError(f"hold while {state.value}: only a waiting client holds")
+        if self._outage_since is None:
+            self._outage_since = now
+        self._held()
+        return []
+
+    def release(self, now: float) -> list[ReconnectAction]:
+        """The gate lets this held client attempt now (as the probe, or after one)."""
+        if self.state in TERMINAL:
+            return []
+        if self.state is not ReconnectState.HELD:
+            raise ReconnectStateError(f"release while {self.state.value}: not held")
+        return self._attempt()
+
+    def represented(self, now: float, reason: str = "probe failed") -> list[ReconnectAction]:
+        """A probe made on this held client's behalf failed at ``now``: it counts as one of
+        the client's attempts for the give-up rules (no delay is waited: the gate keeps the
+        time)."""
+        if self.state is not ReconnectState.HELD:
+            return []
+        self.last_reason = reason
+        if self._outage_since is not None and self._elapsed_out(now):
+            return self._give_up(self._elapsed_reason(now, reason))
+        if self.backoff.next_delay(now - (self._outage_since or now)) is None:
+            return self._give_up(f"gave up after {self.backoff.attempts} attempts: {reason}")
         return []
 
     def connected(self, now: float) -> list[ReconnectAction]:
@@ -189,9 +253,14 @@ class ReconnectMachine:
         self.backoff.connected(now)
         return []
 
-    def failed(self, now: float, reason: str = "connect failed") -> list[ReconnectAction]:
-        """The attempt in flight failed at ``now`` (or the connection ended, as :meth:`lost`)."""
-        return self._ended(now, reason)
+    def failed(
+        self, now: float, reason: str = "connect failed", *, hold: bool = False
+    ) -> list[ReconnectAction]:
+        """The attempt in flight failed at ``now`` (or the connection ended, as :meth:`lost`).
+
+        With ``hold`` the client then waits behind its destination's gate (``HELD``) instead
+        of waiting a delay of its own; the failure still counts for the give-up rules."""
+        return self._ended(now, reason, hold)
 
     def lost(self, now: float, reason: str = "connection lost") -> list[ReconnectAction]:
         """The connection (or the attempt in flight) ended at ``now``."""
@@ -239,7 +308,7 @@ class ReconnectMachine:
         self.total_attempts += 1
         return [StartAttempt(self.backoff.attempts, self.total_attempts)]
 
-    def _ended(self, now: float, reason: str) -> list[ReconnectAction]:
+    def _ended(self, now: float, reason: str, hold: bool = False) -> list[ReconnectAction]:
         state = self.state
         if state in TERMINAL:
             return []
@@ -256,20 +325,298 @@ class ReconnectMachine:
                 self._outage_since = None
         if self._outage_since is None:
             self._outage_since = now
-        if self.max_elapsed is not None and now - self._outage_since >= self.max_elapsed:
-            return self._give_up(
-                f"gave up after {now - self._outage_since:.3g} s without a stable connection"
-                f" ({self.total_attempts} attempts): {reason}"
-            )
+        if self._elapsed_out(now):
+            return self._give_up(self._elapsed_reason(now, reason))
         delay = self.backoff.next_delay(now - self._outage_since)
         if delay is None:
             return self._give_up(f"gave up after {self.backoff.attempts} attempts: {reason}")
+        if hold:
+            self._held()
+            return []
         self.state = ReconnectState.WAITING
         self._deadline = now + delay
         return [Reconnect(delay=delay, attempt=self.backoff.attempts)]
+
+    def _held(self) -> None:
+        self.state = ReconnectState.HELD
+        since = self._outage_since
+        # The only deadline while held: the max_elapsed give-up (the gate keeps the rest).
+        self._deadline = (None if self.max_elapsed is None or since is None
+                          else since + self.max_elapsed)
+
+    def _elapsed_out(self, now: float) -> bool:
+        since = self._outage_since
+        return self.max_elapsed is not None and since is not None and (
+            now - since >= self.max_elapsed)
+
+    def _elapsed_reason(self, now: float, reason: str) -> str:
+        since = self._outage_since if self._outage_since is not None else now
+        return (f"gave up after {now - since:.3g} s without a stable connection"
+                f" ({self.total_attempts} attempts): {reason}")
 
     def _give_up(self, reason: str, error: ReconnectGaveUp | None = None) -> list[ReconnectAction]:
         self.state = ReconnectState.GAVE_UP
         self._deadline = None
         self._connected_at = None
         return [GiveUp(error if error is not None else ReconnectGaveUp(reason))]
+
+
+# -- the shared probe ---------------------------------------------------------------------------
+
+#: After a successful probe the waiting clients are released at ``uniform(0, window)``
+#: seconds (so a restarted server is not hit by all of them within one 100 ms).
+DEFAULT_RELEASE_WINDOW = 0.5
+#: A probe standing for n waiting clients comes ``min(n, DEFAULT_MAX_SPEEDUP)`` times as
+#: often as one client's retries would (its delays are divided by that factor).
+DEFAULT_MAX_SPEEDUP = 4.0
+
+
+def probe_backoff(like: Backoff) -> Backoff:
+    """The backoff of a gate opened by a client with backoff ``like``: the same ceilings
+    (initial, maximum, multiplier, growth) and jitter (full by default), no attempt limit
+    (the waiting clients' own give-up rules apply to them), ``like``'s random source, and
+    ``like``'s progress (its attempt count). A gate with a single client therefore probes as
+    that client alone would have retried."""
+    probe = Backoff(like.initial, like.maximum, like.multiplier, like.jitter,
+                    reset_after=like.reset_after, rng=like.rng, growth=like.growth)
+    # Carry on where the client's own backoff stands (its count and decorrelated state), as
+    # its next retry would have.
+    probe._attempts = like._attempts
+    probe._previous = like._previous
+    return probe
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """``member`` makes the one attempt that finds out whether the destination is back."""
+
+    member: Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A probe reached the destination: ``member`` makes its own attempt now."""
+
+    member: Hashable
+
+
+GateAction = Probe | Release
+
+
+class ProbeGate:
+    """One destination's shared probing for the clients of one process (module docstring).
+
+    Members are the clients' hashable tokens (the driver uses itself). Inputs: a member
+    asks before an attempt (:meth:`request`: False means it is now waiting behind the gate),
+    reports a transport verdict (:meth:`reached`, :meth:`unreachable`) or goes away
+    (:meth:`leave`). Outputs come from the timer: :class:`Probe` (one member attempts for
+    all) and :class:`Release` (after a successful probe, one member's own attempt).
+
+    Rules:
+
+    * **Open** (nothing known to be wrong): :meth:`request` lets every attempt through.
+    * A member's transport failure while open closes the gate (``down``) and makes the
+      member wait, unless the gate is **recovering** (releases pending or released members
+      not yet heard from): then the failure is that member's own, and it backs off by itself.
+    * **Down**: members that ask wait; members whose attempt was already in flight and fails
+      wait too. One probe at a time: at the gate's deadline the longest-waiting member gets
+      :class:`Probe`. A failed probe puts its member back at the end of the queue and draws
+      the next probe time from the gate's backoff (jittered, capped; the outage's age
+      counts from the failure that closed the gate), divided by ``min(n, max_speedup)`` for
+      n waiting members: one probe standing for many may come a few times as often as one
+      client's retries, while a single client probes exactly as it would have retried.
+    * Any member reaching the destination (the probe, or an attempt already in flight)
+      opens the gate: every waiting member gets a release time ``uniform(0, release_window)``
+      later, and the backoff resets.
+    * A member leaving (cancelled, stopped, given up, a non-transport failure) is forgotten;
+      if it held the probe, the next waiting member probes at once. A down gate that nobody
+      waits on any more opens again (the next client finds out for itself).
+    """
+
+    __slots__ = (
+        "_order",
+        "_probe_at",
+        "_prober",
+        "_released",
+        "_releases",
+        "_releasing",
+        "_waiting",
+        "backoff",
+        "down",
+        "max_speedup",
+        "outage_since",
+        "probes",
+        "release_window",
+    )
+
+    def __init__(
+        self,
+        backoff: Backoff,
+        *,
+        release_window: float = DEFAULT_RELEASE_WINDOW,
+        max_speedup: float = DEFAULT_MAX_SPEEDUP,
+    ) -> None:
+        if not release_window >= 0 or release_window == float("inf"):
+            raise ValueError(f"release_window must be finite and >= 0, got {release_window!r}")
+        if not 1 <= max_speedup < float("inf"):
+            raise ValueError(f"max_speedup must be finite and >= 1, got {max_speedup!r}")
+        self.backoff = backoff
+        self.release_window = float(release_window)
+        self.max_speedup = float(max_speedup)
+        #: True while the destination is known to refuse or be unreachable.
+        self.down = False
+        #: When the gate closed (None while open).
+        self.outage_since: float | None = None
+        #: Probes handed out so far.
+        self.probes = 0
+        self._waiting: dict[Hashable, None] = {}  # insertion order: longest waiting first
+        self._prober: Hashable | None = None
+        self._probe_at: float | None = None
+        self._releasing: dict[Hashable, float] = {}
+        self._releases: list[tuple[float, int, Hashable]] = []
+        self._released: set[Hashable] = set()
+        self._order = itertools.count()
+
+    # -- the timer contract ----------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """The next probe (while down and no probe in flight) or release, whichever first."""
+        releases = self._releases
+        while releases and self._releasing.get(releases[0][2]) != releases[0][0]:
+            heapq.heappop(releases)  # stale: the member left or is waiting again
+        first = releases[0][0] if releases else None
+        probe = self._probe_at if self.down and self._prober is None else None
+        if probe is None:
+            return first
+        return probe if first is None else min(probe, first)
+
+    def handle_timer(self, now: float) -> list[GateAction]:
+        """Hand out the releases and the probe due at ``now``."""
+        actions: list[GateAction] = []
+        releases, releasing = self._releases, self._releasing
+        while releases and releases[0][0] <= now:
+            when, _, member = heapq.heappop(releases)
+            if releasing.get(member) != when:
+                continue
+            del releasing[member]
+            self._released.add(member)
+            actions.append(Release(member))
+        probe_at = self._probe_at
+        if (self.down and self._prober is None and probe_at is not None and probe_at <= now
+                and self._waiting):
+            member = next(iter(self._waiting))
+            del self._waiting[member]
+            self._prober = member
+            self._probe_at = None
+            self.probes += 1
+            actions.append(Probe(member))
+        return actions
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def request(self, member: Hashable, now: float) -> bool:
+        """``member`` is about to attempt: True lets it, False means it now waits behind
+        the gate (until a :class:`Probe` or :class:`Release` names it)."""
+        if not self.down:
+            return True
+        self._wait(member)
+        if self._prober is None and self._probe_at is None:
+            self._probe_at = now
+        return False
+
+    def reached(self, member: Hashable, now: float) -> None:
+        """``member``'s transport connected: the destination is back (opens a down gate)."""
+        self._released.discard(member)
+        if member == self._prober:
+            self._prober = None
+        if self.down:
+            self._open(now)
+
+    def unreachable(self, member: Hashable, now: float) -> bool:
+        """``member``'s attempt failed at the transport (refused, unreachable, connect
+        timeout). True: the member now waits behind the gate; False: the failure is its own
+        (the gate is recovering) and it backs off by itself."""
+        if member == self._prober:
+            self._prober = None
+            self._waiting[member] = None  # to the end of the queue
+            self._schedule_probe(now)
+            return True
+        released = member in self._released
+        self._released.discard(member)
+        if self.down:
+            self._wait(member)
+            return True
+        if released or self.recovering:
+            return False
+        self.down = True
+        self.outage_since = now
+        self._wait(member)
+        self._schedule_probe(now)
+        return True
+
+    def leave(self, member: Hashable, now: float) -> None:
+        """``member`` no longer waits (cancelled, stopped, given up, or its attempt ended
+        without a transport verdict); a probe it held passes to the next waiting member."""
+        self._waiting.pop(member, None)
+        self._releasing.pop(member, None)
+        self._released.discard(member)
+        if member == self._prober:
+            self._prober = None
+            if self.down:
+                self._probe_at = now
+        if self.down and self._prober is None and not self._waiting:
+            self._reset()
+
+    # -- queries -----------------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> list[Hashable]:
+        """Members waiting behind the gate, longest first (the probe in flight excluded)."""
+        return list(self._waiting)
+
+    @property
+    def prober(self) -> Hashable | None:
+        """The member whose attempt is the probe in flight (None otherwise)."""
+        return self._prober
+
+    @property
+    def recovering(self) -> bool:
+        """True while released members are pending or have not reported yet."""
+        return bool(self._releasing or self._released)
+
+    @property
+    def idle(self) -> bool:
+        """True when the gate holds no state worth keeping (open, nobody waiting)."""
+        return not (self.down or self._waiting or self._releasing or self._released
+                    or self._prober is not None)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _wait(self, member: Hashable) -> None:
+        self._releasing.pop(member, None)
+        self._waiting[member] = None
+
+    def _schedule_probe(self, now: float) -> None:
+        since = self.outage_since if self.outage_since is not None else now
+        delay = self.backoff.next_delay(now - since)
+        if delay is None:
+            delay = self.backoff.maximum
+        self._probe_at = now + delay / min(max(1, len(self._waiting)), self.max_speedup)
+
+    def _open(self, now: float) -> None:
+        waiting = list(self._waiting)
+        self._reset()
+        window = self.release_window
+        rng = self.backoff.rng
+        for member in waiting:
+            when = now + rng.uniform(0.0, window)
+            self._releasing[member] = when
+            heapq.heappush(self._releases, (when, next(self._order), member))
+
+    def _reset(self) -> None:
+        self.down = False
+        self.outage_since = None
+        self._probe_at = None
+        self._prober = None
+        self._waiting.clear()
+        self.backoff.reset()

@@ -155,9 +155,11 @@ async def _hold(args: argparse.Namespace, key: str, meta: dict[str, str]) -> int
 
     async def one_session(handle: AttemptHandle) -> str:
         started = wall_time()
+        entered = False
         try:
             async with connect_session(args.server, session_timeout=args.session_timeout,
                                        **session_options(args)) as session:
+                entered = True
                 changes = session.state_changes()
                 await _register(session, key, meta, started)
                 handle.connected()
@@ -171,6 +173,8 @@ async def _hold(args: argparse.Namespace, key: str, meta: dict[str, str]) -> int
                         break
         except (SessionExpired, ConnectionClosed, OSError) as exc:
             _say(f"session lost: {exc}")
+            if isinstance(exc, OSError) and not entered:  # the server could not be reached
+                return handle.unreachable(f"session lost: {exc}")
             return f"session lost: {exc}"
         except _permanent_errors() as exc:
             _say(f"refused: {exc}")
@@ -185,7 +189,7 @@ async def _hold(args: argparse.Namespace, key: str, meta: dict[str, str]) -> int
 
     backoff = Backoff(RETRY_INITIAL, MAX_RETRY_PAUSE, reset_after=RESET_AFTER)
     driver = ReconnectDriver(ReconnectMachine(backoff), one_session, retry_on=(),
-                             on_wait=waiting)
+                             on_wait=waiting, destination=("agent", args.server))
     await driver.run()
     return 1 if driver.error is not None else 0
 

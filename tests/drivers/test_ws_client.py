@@ -675,7 +675,8 @@ async def test_close_flushes_the_queue_then_closes_normally(
 async def test_jitter_spreads_reconnects_of_many_clients(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Fifty clients that lose the server together do not come back together."""
+    """Fifty independent clients (no shared probe) that lose the server together do not
+    come back together: each draws its own fully jittered delay."""
     clients = 50
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
@@ -687,7 +688,8 @@ async def test_jitter_spreads_reconnects_of_many_clients(
         async def one(i: int) -> None:
             nonlocal opened
             backoff = Backoff(initial=1.0, maximum=8.0, rng=random.Random(i))
-            async with connect(URL, policy=POLICY, backoff=backoff, opener=server.opener) as ws:
+            async with connect(URL, policy=POLICY, backoff=backoff, opener=server.opener,
+                               shared_probe=False) as ws:
                 await ws.wait_open()
                 opened += 1
                 if opened == clients:
@@ -713,6 +715,63 @@ async def test_jitter_spreads_reconnects_of_many_clients(
         buckets = {int(t * 10) for t in first_retries}
         assert len(buckets) >= 5
         nursery.cancel_scope.cancel()
+
+
+async def test_clients_of_one_server_share_one_probe_while_it_refuses(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Thirty clients that lose their server wait behind one probe while it refuses: the
+    outage costs about one attempt per client plus the probes, far fewer than the same
+    clients make with shared_probe=False, and all come back."""
+
+    async def outage(shared: bool) -> tuple[int, int]:
+        clients = 30
+        async with trio.open_nursery() as nursery:
+            server = FakeServer(nursery)
+            lost, all_open, back = trio.Event(), trio.Event(), trio.Event()
+            opened = reopened = 0
+
+            async def one(i: int) -> None:
+                nonlocal opened, reopened
+                backoff = Backoff(1.0, 8.0, 2.0, rng=random.Random(i))
+                async with connect(URL, policy=POLICY, backoff=backoff, opener=server.opener,
+                                   shared_probe=shared) as ws:
+                    await ws.wait_open()
+                    opened += 1
+                    if opened == clients:
+                        all_open.set()
+                    await lost.wait()
+                    while ws.state is ClientState.OPEN:
+                        await trio.lowlevel.checkpoint()
+                    await ws.wait_open()
+                    reopened += 1
+                    if reopened == clients:
+                        back.set()
+                    await trio.sleep_forever()
+
+            async with trio.open_nursery() as group:
+                for i in range(clients):
+                    group.start_soon(one, i)
+                await all_open.wait()
+                server.refuse = 10**6
+                for peer in server.peers:
+                    await peer.hang_up()
+                lost.set()
+                before = server.attempts
+                await trio.sleep(20.0)
+                during = server.attempts - before
+                server.refuse = 0
+                with trio.fail_after(30):
+                    await back.wait()
+                group.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+        return during, reopened
+
+    shared_attempts, shared_back = await outage(True)
+    own_attempts, own_back = await outage(False)
+    assert shared_back == own_back == 30
+    assert shared_attempts <= 30 + 40  # refusals until the gate closed, then probes only
+    assert shared_attempts * 2 < own_attempts
 
 
 async def test_default_echo_server_over_memory_streams(autojump_clock: trio.testing.MockClock) -> None:
