@@ -37,8 +37,9 @@ from pulse._core._checks import check_positive
 #: ``max_silence`` as a multiple of the timeout when the profile does not say.
 DEFAULT_SILENCE_FACTOR = 6.0
 
-#: Re-checks while a verdict is withheld are at least this far apart (seconds).
-MIN_RECHECK = 0.1
+#: Re-checks while a verdict is withheld are at least this far apart (seconds): a floor
+#: against zero-length steps, far below the engine's 20 ms coalescing.
+MIN_RECHECK = 0.001
 
 
 @dataclass(frozen=True, slots=True)
