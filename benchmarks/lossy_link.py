@@ -30,8 +30,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.e2e._lossy import INTERVAL, TIMEOUT, Variant, run_scenario  # noqa: E402
-from tests.netns import NetnsPair, netns_unavailable_reason  # noqa: E402
+from tests.e2e._lossy import INTERVAL, TIMEOUT, Variant, run_scenario
+from tests.netns import NetnsPair, netns_unavailable_reason
 
 
 def _table(outcome_rows: list[list[str]]) -> str:

@@ -7,8 +7,9 @@ host's interfaces, routes or firewall.  :meth:`NetnsPair.pull_cable` adds iptabl
 for INPUT and OUTPUT inside one namespace (a peer that vanished without a FIN or RST);
 :meth:`NetnsPair.restore_cable` removes exactly those rules.  :meth:`NetnsPair.lose` drops
 a random share of the packets entering and leaving one namespace (the iptables ``statistic``
-match: this kernel has no netem), :meth:`NetnsPair.stop_losing` takes those rules away.  Leaving the ``with`` block
-kills the subprocesses it started and deletes both namespaces, whatever happened.
+match: this kernel has no netem), :meth:`NetnsPair.stop_losing` takes those rules away.
+Leaving the ``with`` block kills the subprocesses it started and deletes both namespaces,
+whatever happened.
 
 Code runs inside a namespace two ways:
 

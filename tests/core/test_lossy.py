@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pulse._core.lossy import MIN_RECHECK, LossyLink, LossyLinkJudge, TcpProgress
 from pulse._core.liveness import Liveness, LivenessState
+from pulse._core.lossy import MIN_RECHECK, LossyLink, LossyLinkJudge, TcpProgress
 from pulse._core.policy import PROFILES, HeartbeatPolicy, negotiate, with_profile
 from pulse.actions import PeerDead
 
@@ -44,9 +44,9 @@ def run(machine: Liveness, facts: Facts, until: float,
     arrivals = sorted(data_at)
     for _ in range(10_000):
         deadline = machine.next_deadline()
-        if deadline is None or deadline > until:
-            if not arrivals or arrivals[0] > until:
-                return None
+        quiet = deadline is None or deadline > until
+        if quiet and (not arrivals or arrivals[0] > until):
+            return None
         if arrivals and (deadline is None or arrivals[0] <= deadline):
             machine.data_received(arrivals.pop(0))
             continue

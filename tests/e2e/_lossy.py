@@ -50,6 +50,19 @@ class Side:
     died_at: float | None = None
     closed_at: float | None = None
     judge: LossyLinkJudge | None = None
+    notify: Callable[[], None] = lambda: None
+
+    def dead(self) -> None:
+        """This side declared its peer dead (now)."""
+        if self.died_at is None:
+            self.died_at = trio.current_time()
+            self.notify()
+
+    def closed(self) -> None:
+        """This side's connection ended for another reason (now)."""
+        if self.died_at is None and self.closed_at is None:
+            self.closed_at = trio.current_time()
+            self.notify()
 
 
 @dataclass(slots=True)
@@ -94,8 +107,8 @@ class Variant:
 
 def _on_dead(side: Side) -> Callable[[Action], None]:
     def record(action: Action) -> None:
-        if isinstance(action, PeerDead) and side.died_at is None:
-            side.died_at = trio.current_time()
+        if isinstance(action, PeerDead):
+            side.dead()
     return record
 
 
@@ -132,6 +145,23 @@ class Fleet:
         self.variants = variants
         self.redial = True  # cleared at the cut: no new connections afterwards
         self._scope = trio.CancelScope()
+        self._changed = trio.Event()
+
+    def _poke(self) -> None:
+        self._changed.set()
+
+    async def changed(self) -> None:
+        """Wait until some side opened, died or closed."""
+        await self._changed.wait()
+        self._changed = trio.Event()
+
+    def _side(self, variant: Variant, role: str) -> Side:
+        return Side(variant.name, role, trio.current_time(), notify=self._poke)
+
+    def _opened(self, variant: Variant, side: Side) -> None:
+        side.opened_at = trio.current_time()
+        variant.sides.append(side)
+        self._poke()
 
     def stop(self) -> None:
         """Cancel every server and client."""
@@ -153,25 +183,24 @@ class Fleet:
                 with trio.fail_after(30):
                     while any(len(v.open_at(trio.current_time())) < 2 * v.connections
                               for v in self.variants):
-                        await trio.sleep(0.05)
+                        await self.changed()
                 task_status.started()
 
     # -- tcp -----------------------------------------------------------------------------
 
     async def _serve_tcp(self, variant: Variant, stream: trio.SocketStream) -> None:
-        side = Side(variant.name, "server", trio.current_time())
+        side = self._side(variant, "server")
         try:
             async with heartbeat(stream, variant.policy, peer_id="server",
                                  on_event=_on_dead(side)) as conn:
-                side.opened_at = trio.current_time()
-                variant.sides.append(side)
                 side.judge = conn._liveness.lossy
+                self._opened(variant, side)
                 async for _ in conn:
                     pass
         except PulseError:
             pass
         finally:
-            side.closed_at = trio.current_time() if side.died_at is None else None
+            side.closed()
 
     async def _client_tcp(self, variant: Variant) -> None:
         while self.redial:
@@ -180,34 +209,33 @@ class Fleet:
             except (OSError, trio.TooSlowError):
                 await trio.sleep(RECONNECT_PAUSE)
                 continue
-            side = Side(variant.name, "client", trio.current_time())
+            side = self._side(variant, "client")
             try:
                 async with heartbeat(stream, variant.policy, peer_id="client",
                                      handshake_timeout=10, on_event=_on_dead(side)) as conn:
-                    side.opened_at = trio.current_time()
-                    variant.sides.append(side)
                     side.judge = conn._liveness.lossy
+                    self._opened(variant, side)
                     async for _ in conn:
                         pass
             except PulseError:
                 pass
             finally:
-                side.closed_at = trio.current_time() if side.died_at is None else None
+                side.closed()
             await trio.sleep(RECONNECT_PAUSE)
 
     # -- ws ------------------------------------------------------------------------------
 
     async def _serve_ws(self, variant: Variant, stream: trio.SocketStream) -> None:
         async def handler(conn: ServerConnection) -> None:
-            side = Side(variant.name, "server", trio.current_time())
-            variant.sides.append(side)
+            side = self._side(variant, "server")
             side.judge = conn._session.liveness.lossy
+            self._opened(variant, side)
             async for _ in conn:
                 pass
             if conn.close_reason is not None and conn.close_reason.startswith("peer timeout"):
-                side.died_at = trio.current_time()
+                side.dead()
             else:
-                side.closed_at = trio.current_time()
+                side.closed()
 
         settings = ServerSettings(policy=variant.policy, handshake_timeout=10.0)
         await serve_stream(stream, handler, settings)
@@ -221,9 +249,9 @@ class Fleet:
             return await _dial(self.net, port, timeout=10)
 
         async def on_connect(handle: Any) -> None:
-            side = Side(variant.name, "client", trio.current_time())
+            side = self._side(variant, "client")
             side.judge = handle._session.liveness.lossy
-            variant.sides.append(side)
+            self._opened(variant, side)
             current[:] = [side]
 
         def on_liveness(action: Action) -> None:
@@ -233,9 +261,7 @@ class Fleet:
         def on_event(change: StateChange) -> None:
             # The connection ended (the server's verdict, a lost link): the side is closed.
             if current and change.state is not ClientState.OPEN:
-                side = current.pop()
-                if side.died_at is None and side.closed_at is None:
-                    side.closed_at = trio.current_time()
+                current.pop().closed()
 
         url = f"ws://{self.net.address(self.net.b)}:{variant.port}/"
         async with connect(url, policy=variant.policy, on_connect=on_connect,
@@ -291,7 +317,7 @@ async def run_scenario(
         with trio.move_on_after(cut_window):
             while any(s.died_at is None and s.closed_at is None
                       for sides in open_at_cut.values() for s in sides):
-                await trio.sleep(0.05)
+                await fleet.changed()
         fleet.stop()
     net.restore_cable(net.b)
     net.stop_losing(net.b)
