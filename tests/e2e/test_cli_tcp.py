@@ -185,6 +185,8 @@ async def test_profile_lossy_is_accepted_by_serve_and_ping(tmp_path: Path) -> No
     for url, result in zip(urls, results, strict=True):
         assert result.returncode == 0, (url, result.stderr.decode())
         assert "2 heartbeats sent, 2 answered" in result.stdout.decode(), url
-    refused = subprocess.run([*PULSE, "ping", "tcp://127.0.0.1:9", "--profile", "flaky"],
-                             capture_output=True, text=True, timeout=20, check=False)
-    assert refused.returncode == 2 and "invalid choice: 'flaky'" in refused.stderr
+    with trio.fail_after(20):
+        refused = await trio.run_process(
+            [*PULSE, "ping", "tcp://127.0.0.1:9", "--profile", "flaky"],
+            capture_stdout=True, capture_stderr=True, check=False, cwd=tmp_path)
+    assert refused.returncode == 2 and b"invalid choice: 'flaky'" in refused.stderr
