@@ -32,8 +32,11 @@ async def _serve(
 
 async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingReply]:
     # Idle heartbeats are kept out of the way: pulse ping sends its own, on demand.
+    # Under a profile the connection's own verdict (whatever timeout the peer negotiates)
+    # follows it too.
     policy = HeartbeatPolicy(interval=max(options.interval, options.timeout) * 10,
-                             timeout=max(options.interval, options.timeout) * 30)
+                             timeout=max(options.interval, options.timeout) * 30,
+                             lossy=PROFILES[options.profile])
     async with connect_tcp(
         endpoint.host, endpoint.port, policy, ssl_context=client_context(endpoint, "tls"),
         connect_timeout=options.timeout, peer_id="pulse-ping",

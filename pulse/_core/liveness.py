@@ -188,6 +188,8 @@ class Liveness:
             and not self._lossy_withholds(now)
         ):
             reason = self.detector.explain(now)
+            if self.lossy is not None and self._lossy_until > -math.inf:
+                reason += f"; {self.lossy.explain(now)}"  # the profile had waited
             self.state = LivenessState.DEAD
             silent = now - self._last_received
             self._missed = max(self._missed, self._unanswered)

@@ -138,6 +138,15 @@ class LossyLinkJudge:
         self._facts = facts
         self._sampled_at = now
 
+    def explain(self, now: float) -> str:
+        """What the kernel last said, for a verdict given after the profile had waited."""
+        facts = self._facts
+        if facts is None:
+            return "lossy-link profile: no kernel facts"
+        ack_age = facts.last_ack_recv + max(0.0, now - self._sampled_at)
+        return (f"lossy-link profile: peer's last segment {ack_age:.3f}s ago "
+                f"(window {self.ack_window:g}s, ceiling {self.max_silence:g}s)")
+
     def withhold_until(self, now: float, last_received: float, *, deferring: bool) -> float | None:
         """When to decide again if the verdict due at ``now`` must wait, else None.
 

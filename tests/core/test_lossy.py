@@ -172,3 +172,21 @@ def test_profile_settings_are_checked_and_kept_through_negotiation() -> None:
     assert with_profile(LOSSY, "default").lossy is None
     with pytest.raises(ValueError, match="unknown profile 'flaky'"):
         with_profile(LOSSY, "flaky")
+
+
+def test_a_verdict_after_waiting_says_the_profile_waited() -> None:
+    """The PeerDead reason names the profile and the peer's last segment when it had waited;
+    an ordinary verdict does not mention it."""
+    machine = Liveness(LOSSY, now=0.0)
+    facts = kernel(every_second_until(3.0), growing)
+    dead = []
+    for now in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0):
+        machine.transport_progress(now, facts(now))
+        dead += [a for a in machine.handle_timer(now) if isinstance(a, PeerDead)]
+    assert len(dead) == 1
+    assert "lossy-link profile: peer's last segment 5.000s ago (window 5s, ceiling 30s)" in (
+        dead[0].reason)
+    plain = Liveness(LOSSY, now=0.0)
+    verdicts = [a for now in (1.0, 2.0, 3.0, 4.0, 5.0) for a in plain.handle_timer(now)
+                if isinstance(a, PeerDead)]
+    assert verdicts and "lossy" not in verdicts[0].reason
