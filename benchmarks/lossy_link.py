@@ -13,9 +13,10 @@ kernel has no netem). Run from the repository root::
     sudo .venv/bin/python benchmarks/lossy_link.py --periods 20  # a quick look
 
 Prints one Markdown table: per variant, the false deaths (sides that declared a live peer
-dead during the loss), how many verdicts the profile withheld, the longest gap between the
-peer's segments it saw while withholding, and the detection time of the cut (mean / worst
-over every side open at the cut, and how many sides noticed).
+dead during the loss), how many verdicts the profile withheld, the longest silence it kept a
+peer through, the longest gap between the peer's segments it saw while withholding, and the
+detection time of the cut (mean / worst over every side open at the cut, and how many sides
+noticed).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from tests.netns import NetnsPair, netns_unavailable_reason
 
 
 def _table(outcome_rows: list[list[str]]) -> str:
-    header = ["variant", "false deaths", "withheld", "worst ACK gap (s)",
+    header = ["variant", "false deaths", "withheld", "longest silence survived (s)",
+              "worst ACK gap (s)",
               "cut: detected", "cut: mean (s)", "cut: worst (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in outcome_rows]
@@ -62,6 +64,7 @@ async def main(args: argparse.Namespace) -> int:
         rows.append([
             name, str(outcome.false_deaths[name]),
             str(outcome.withheld[name]) if variant.lossy else "-",
+            f"{outcome.longest_silence[name]:.2f}" if variant.lossy else "-",
             f"{outcome.worst_ack_gap[name]:.2f}" if variant.lossy else "-",
             f"{len(seen)}/{len(times)}",
             f"{statistics.fmean(seen):.2f}" if seen else "-",

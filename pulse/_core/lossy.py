@@ -103,7 +103,7 @@ class LossyLinkJudge:
     """
 
     __slots__ = ("_facts", "_loss_seen_at", "_retrans", "_sampled_at", "ack_window",
-                 "max_silence", "withheld", "worst_ack_gap")
+                 "longest_silence", "max_silence", "withheld", "worst_ack_gap")
 
     def __init__(self, settings: LossyLink, timeout: float) -> None:
         check_positive("timeout", timeout)
@@ -116,6 +116,8 @@ class LossyLinkJudge:
         self.withheld = 0
         #: The longest gap between the peer's segments seen while a verdict was withheld.
         self.worst_ack_gap = 0.0
+        #: The longest silence (no data from the peer) a verdict was withheld through.
+        self.longest_silence = 0.0
 
     @property
     def facts(self) -> TcpProgress | None:
@@ -168,6 +170,7 @@ class LossyLinkJudge:
         if not deferring:
             self.withheld += 1
         self.worst_ack_gap = max(self.worst_ack_gap, ack_age)
+        self.longest_silence = max(self.longest_silence, now - last_received)
         # Look again when the peer's last segment leaves the window (the earliest moment a
         # cut could be confirmed), never past the ceiling.
         return min(ceiling, now + max(self.ack_window - ack_age, MIN_RECHECK))

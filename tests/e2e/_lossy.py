@@ -99,6 +99,11 @@ class Variant:
         """Verdicts the lossy-link judges withheld, over every side."""
         return sum(s.judge.withheld for s in self.sides if s.judge is not None)
 
+    def longest_silence(self) -> float:
+        """The longest silence a lossy-link judge withheld a verdict through."""
+        return max((s.judge.longest_silence for s in self.sides if s.judge is not None),
+                   default=0.0)
+
     def worst_ack_gap(self) -> float:
         """The longest gap between the peer's segments seen while a verdict was withheld."""
         gaps = [s.judge.worst_ack_gap for s in self.sides if s.judge is not None]
@@ -285,6 +290,7 @@ class Outcome:
     detection: dict[str, list[float | None]]  # seconds from the cut to each open side's verdict
     withheld: dict[str, int]  # verdicts the lossy-link judges withheld before the cut
     worst_ack_gap: dict[str, float]  # longest gap between the peer's segments, before the cut
+    longest_silence: dict[str, float]  # longest silence a verdict was withheld through
     loss_seconds: float
 
 
@@ -312,6 +318,7 @@ async def run_scenario(
         open_at_cut = {v.name: v.open_at(cut_at) for v in variants}
         withheld = {v.name: v.withheld() for v in variants}
         worst_gap = {v.name: v.worst_ack_gap() for v in variants}
+        longest = {v.name: v.longest_silence() for v in variants}
         net.pull_cable(net.b)
         say(f"cable cut; watching {cut_window:g} s")
         with trio.move_on_after(cut_window):
@@ -327,5 +334,6 @@ async def run_scenario(
                    for name, sides in open_at_cut.items()},
         withheld=withheld,
         worst_ack_gap=worst_gap,
+        longest_silence=longest,
         loss_seconds=math.fsum(periods),
     )
