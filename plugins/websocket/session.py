@@ -32,6 +32,10 @@ in the socket prove the peer alive, a receive queue that may be full withholds t
 (the peer cannot send, so its silence means nothing), and a small queue that does not grow
 is real silence, judged as such. Over a stream without a socket (memory streams) pulse
 cannot tell and withholds the verdict.
+
+Under the lossy-link profile (``policy.lossy``) the engine's timer call first samples the TCP
+socket's ``TCP_INFO`` (also under ``wss://``) and hands the facts to the liveness core, which
+decides whether a due verdict waits for retransmission (:mod:`pulse._core.lossy`).
 """
 
 from __future__ import annotations

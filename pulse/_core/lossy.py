@@ -3,8 +3,8 @@
 On a link that drops packets the kernel retransmits, with a backoff that doubles each time
 the same segment is lost again (200 ms, 400 ms, 800 ms, 1.6 s, 3.2 s …). A heartbeat answer
 can then arrive seconds after it was sent, and a fixed timeout of a few seconds declares a
-healthy peer dead. Measured with 30 % random loss both ways, interval 1 s, timeout 5 s: five
-false deaths in three minutes on ``tcp://`` and ``ws://``.
+healthy peer dead: with 30 % random loss both ways, interval 1 s and timeout 5 s, ``tcp://``
+and ``ws://`` had false deaths within three minutes (``benchmarks/lossy_link.py``).
 
 The kernel knows what the application cannot see: whether the peer's TCP stack is still
 sending segments (``tcpi_last_ack_recv``: every segment it sends carries an acknowledgement)

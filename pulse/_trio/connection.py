@@ -591,7 +591,10 @@ async def heartbeat(
     optional ``token``); ``authenticate(token)`` returning False refuses the peer with
     :class:`~pulse.errors.AuthFailed`. The negotiated policy is the lower non-zero proposal,
     clamped by ``bounds``. ``detector(policy)`` builds a custom failure detector (fixed
-    timeout by default). Leaving the block closes the connection.
+    timeout by default). A policy with ``lossy=LossyLink()`` (the lossy-link profile) lets a
+    due verdict wait while the kernel's ``TCP_INFO`` shows the peer's segments still
+    arriving over a retransmitting path (TCP and TLS streams on Linux; sampled at each timer
+    wake-up). Leaving the block closes the connection.
 
     Memory is bounded: a frame body is at most ``max_frame_size`` bytes; at most
     ``receive_buffer`` messages wait for the application, and when those are taken up the

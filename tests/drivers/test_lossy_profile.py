@@ -7,6 +7,8 @@ one more retransmission. The peer itself never answers, so only the profile keep
 
 from __future__ import annotations
 
+import importlib
+import types
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from pulse.errors import PeerTimeout
 from pulse.plugins.websocket import session as ws_driver
 from pulse.plugins.websocket.connection import CloseReceived
 from pulse.plugins.websocket.server import ServerConnection, ServerSettings, serve_stream
+from pulse.registry import ServeOptions, parse_url
 
 from .test_heartbeat_connection import RawPeer
 from .ws_fakes import open_raw_client
@@ -119,3 +122,29 @@ async def test_ws_server_waits_while_segments_arrive_and_closes_after_a_cut(
     assert event.code == 1011
     assert 11.0 <= elapsed <= 11.05
     assert kernel.samples >= 8
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "ws"])
+async def test_serve_options_profile_reaches_the_servers_policy(
+    monkeypatch: pytest.MonkeyPatch, scheme: str,
+) -> None:
+    """pulse serve --profile lossy: the tcp and ws plugins serve with HeartbeatPolicy(lossy=…);
+    the default profile leaves it off."""
+    seen: list[HeartbeatPolicy] = []
+
+    async def capture(*args: Any, policy: HeartbeatPolicy,
+                      task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+                      **kwargs: Any) -> None:
+        seen.append(policy)
+        task_status.started(types.SimpleNamespace(listeners=[]))
+
+    module: Any = importlib.import_module(
+        "pulse.plugins.tcp.plugin" if scheme == "tcp" else "pulse.plugins.websocket.plugin")
+    monkeypatch.setattr(module, "serve_tcp" if scheme == "tcp" else "serve", capture)
+    endpoint = parse_url(f"{scheme}://127.0.0.1:1")
+    for profile in ("lossy", "default"):
+        options = ServeOptions(interval=1.0, timeout=5.0, profile=profile)
+        with trio.move_on_after(1):
+            await module._serve(endpoint, options)
+    assert [p.lossy for p in seen] == [LossyLink(), None]
+    assert all((p.interval, p.timeout) == (1.0, 5.0) for p in seen)
