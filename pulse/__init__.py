@@ -12,6 +12,7 @@ from pulse._core.backoff import Backoff, Growth, Jitter
 from pulse._core.detectors import FailureDetector, FixedTimeout, MissedBeats
 from pulse._core.idle import IdleDetector
 from pulse._core.liveness import Liveness, LivenessState, PeerStats
+from pulse._core.lossy import LossyLink, TcpProgress
 from pulse._core.phi import PhiAccrualFailureDetector
 from pulse._core.policy import (
     HeartbeatPolicy,
@@ -53,6 +54,7 @@ __all__ = [
     "Liveness",
     "LivenessState",
     "LocalProtocolError",
+    "LossyLink",
     "MissedBeats",
     "NegotiationBounds",
     "PeerStats",
@@ -62,6 +64,7 @@ __all__ = [
     "PulseError",
     "ReconnectGaveUp",
     "RemoteProtocolError",
+    "TcpProgress",
     "__version__",
     "heartbeat",
     "negotiate",

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
+from pulse._core.policy import PROFILES
 from pulse.errors import NoPlugin
 from pulse.presence import PresenceSession
 
@@ -91,6 +92,12 @@ class ServeOptions:
     interval: float = 10.0
     timeout: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: A named heartbeat profile (``"default"`` or ``"lossy"``, see
+    #: :data:`pulse._core.policy.PROFILES`); TCP-based plugins apply it, others ignore it.
+    profile: str = "default"
+
+    def __post_init__(self) -> None:
+        _check_profile(self.profile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +107,19 @@ class PingOptions:
     interval: float = 1.0
     timeout: float = 5.0
     count: int | None = None
+    #: A named heartbeat profile (``"default"`` or ``"lossy"``); TCP-based plugins apply it.
+    profile: str = "default"
     #: Called with the peer's name once the connection is up (before the first heartbeat),
     #: so the caller can tell "never connected" from "connected, then no answer".
     on_connected: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        _check_profile(self.profile)
+
+
+def _check_profile(profile: str) -> None:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,11 @@ joins them with a veth pair and puts ``10.213.7.1/30`` (in ``a``) and ``10.213.7
 ``b``) on it.  The addresses exist only inside the test's own namespaces: nothing touches the
 host's interfaces, routes or firewall.  :meth:`NetnsPair.pull_cable` adds iptables DROP rules
 for INPUT and OUTPUT inside one namespace (a peer that vanished without a FIN or RST);
-:meth:`NetnsPair.restore_cable` removes exactly those rules.  Leaving the ``with`` block
-kills the subprocesses it started and deletes both namespaces, whatever happened.
+:meth:`NetnsPair.restore_cable` removes exactly those rules.  :meth:`NetnsPair.lose` drops
+a random share of the packets entering and leaving one namespace (the iptables ``statistic``
+match: this kernel has no netem), :meth:`NetnsPair.stop_losing` takes those rules away.
+Leaving the ``with`` block kills the subprocesses it started and deletes both namespaces,
+whatever happened.
 
 Code runs inside a namespace two ways:
 
@@ -138,6 +141,7 @@ class NetnsPair:
         self._veth = {self.a: f"pv{pid:x}x{number:x}a", self.b: f"pv{pid:x}x{number:x}b"}
         self._address = {self.a: ADDRESS_A, self.b: ADDRESS_B}
         self._cut: set[str] = set()
+        self._losing: dict[str, float] = {}
         self._children: list[subprocess.Popen[Any]] = []
         self._created: list[str] = []
 
@@ -183,6 +187,7 @@ class NetnsPair:
                            timeout=COMMAND_TIMEOUT)
         self._created.clear()
         self._cut.clear()
+        self._losing.clear()
 
     def run(
         self, ns: str, *argv: str, timeout: float = COMMAND_TIMEOUT, check: bool = True
@@ -247,6 +252,26 @@ class NetnsPair:
             return
         self._iptables(ns, "-D")
         self._cut.discard(ns)
+
+    def _loss_rules(self, ns: str, action: str, probability: float) -> None:
+        for chain in ("INPUT", "OUTPUT"):
+            self.run(ns, "iptables", "-w", "5", action, chain, "-m", "statistic",
+                     "--mode", "random", "--probability", f"{probability:.4f}", "-j", "DROP")
+
+    def lose(self, ns: str, probability: float) -> None:
+        """Drop each packet entering or leaving ``ns`` with ``probability`` (independently),
+        i.e. that loss rate in both directions of the cable."""
+        if not 0 < probability < 1:
+            raise ValueError(f"probability must be between 0 and 1, got {probability!r}")
+        self.stop_losing(ns)
+        self._loss_rules(ns, "-A", probability)
+        self._losing[ns] = probability
+
+    def stop_losing(self, ns: str) -> None:
+        """Remove the rules :meth:`lose` added in ``ns``."""
+        probability = self._losing.pop(ns, None)
+        if probability is not None:
+            self._loss_rules(ns, "-D", probability)
 
     @contextlib.contextmanager
     def cable_pulled(self, ns: str) -> Iterator[None]:

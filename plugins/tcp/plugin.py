@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
 
-from pulse._core.policy import HeartbeatPolicy
+from pulse._core.policy import PROFILES, HeartbeatPolicy, with_profile
 from pulse._trio.pinger import ping_series
+from pulse._trio.tcpinfo import read_tcp_progress, tcp_socket
 from pulse._trio.tls import client_context, server_context
 from pulse.errors import PeerTimeout
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions
@@ -21,7 +23,7 @@ async def _serve(
     endpoint: Endpoint, options: ServeOptions, *,
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    policy = HeartbeatPolicy(options.interval, options.timeout)
+    policy = with_profile(HeartbeatPolicy(options.interval, options.timeout), options.profile)
     await serve_tcp(
         echo_handler, endpoint.port, host=endpoint.host, policy=policy,
         ssl_context=server_context(endpoint, options, "tls"), task_status=task_status,
@@ -30,8 +32,11 @@ async def _serve(
 
 async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingReply]:
     # Idle heartbeats are kept out of the way: pulse ping sends its own, on demand.
+    # Under a profile the connection's own verdict (whatever timeout the peer negotiates)
+    # follows it too.
     policy = HeartbeatPolicy(interval=max(options.interval, options.timeout) * 10,
-                             timeout=max(options.interval, options.timeout) * 30)
+                             timeout=max(options.interval, options.timeout) * 30,
+                             lossy=PROFILES[options.profile])
     async with connect_tcp(
         endpoint.host, endpoint.port, policy, ssl_context=client_context(endpoint, "tls"),
         connect_timeout=options.timeout, peer_id="pulse-ping",
@@ -45,9 +50,13 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
             limit = conn.policy.dead_after
         peer = f"{endpoint.host}:{endpoint.port}"
 
+        lossy = PROFILES.get(options.profile) is not None
+        sock = tcp_socket(conn.stream)
+
         async def probe(_seq: int) -> float:
             try:
-                return await conn.ping(timeout=options.timeout)
+                # Under a profile the series decides how long an answer may take.
+                return await conn.ping(timeout=math.inf if lossy else options.timeout)
             except PeerTimeout:
                 if limit < options.timeout and conn.closed:
                     raise PeerTimeout(
@@ -56,7 +65,8 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
                     ) from None
                 raise PeerTimeout(f"no answer from {peer} within {options.timeout:g}s") from None
 
-        async for reply in ping_series(options, peer, probe):
+        async for reply in ping_series(options, peer, probe,
+                                       progress=lambda: read_tcp_progress(sock)):
             yield PingReply(reply.seq, reply.rtt, conn.peer)
 
 

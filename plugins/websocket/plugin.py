@@ -8,9 +8,10 @@ from typing import Any
 
 import trio
 
-from pulse._core.policy import HeartbeatPolicy
+from pulse._core.policy import HeartbeatPolicy, with_profile
 from pulse._trio.engine import current_engine
 from pulse._trio.pinger import ping_series
+from pulse._trio.tcpinfo import read_tcp_progress, tcp_socket
 from pulse._trio.tls import client_context, server_context
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions
 
@@ -35,7 +36,7 @@ async def _serve(
 
     ``task_status.started`` receives the listeners, as the other transport plugins do.
     """
-    policy = HeartbeatPolicy(options.interval, options.timeout)
+    policy = with_profile(HeartbeatPolicy(options.interval, options.timeout), options.profile)
     context = server_context(endpoint, options, "wss")
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
@@ -61,8 +62,10 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
     async def probe(seq: int) -> None:
         await _one_ping(conn, seq, engine.now() + options.timeout)
 
+    sock = tcp_socket(conn.stream)
     try:
-        async for reply in ping_series(options, url.peer, probe):
+        async for reply in ping_series(options, url.peer, probe,
+                                       progress=lambda: read_tcp_progress(sock)):
             yield reply
     finally:
         with trio.CancelScope(shield=True), engine.move_on_after(1.0) as scope:

@@ -32,6 +32,10 @@ in the socket prove the peer alive, a receive queue that may be full withholds t
 (the peer cannot send, so its silence means nothing), and a small queue that does not grow
 is real silence, judged as such. Over a stream without a socket (memory streams) pulse
 cannot tell and withholds the verdict.
+
+Under the lossy-link profile (``policy.lossy``) the engine's timer call first samples the TCP
+socket's ``TCP_INFO`` (also under ``wss://``) and hands the facts to the liveness core, which
+decides whether a due verdict waits for retransmission (:mod:`pulse._core.lossy`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from pulse._core.liveness import Liveness, PeerStats
 from pulse._core.policy import HeartbeatPolicy
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
+from pulse._trio.tcpinfo import read_tcp_progress, tcp_socket
 from pulse._trio.writer import raw_socket
 from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
 from pulse.frames import Ping as FramePing
@@ -160,7 +165,7 @@ class Session:
     __slots__ = ("_backlog_seen", "_confirm_pending", "_confirm_seq", "_control", "_direct",
         "_end", "_ended", "_engine", "_failure", "_gate_open", "_inbound_pending", "_inbox",
         "_inbox_blocked", "_markers", "_nursery", "_on_liveness", "_owed", "_raw", "_reading",
-        "_target", "_unconfirmed", "_unsubscribe", "_writer_stopped", "_writing", "_written",
+        "_target", "_tcp", "_unconfirmed", "_unsubscribe", "_writer_stopped", "_writing", "_written",
         "close_timeout", "conn",
         "delivery", "fragment_size", "heartbeat", "liveness", "opened_at", "outbox", "peer",
         "policy", "presumed_delivered", "transport", "window")
@@ -204,6 +209,8 @@ class Session:
         self.liveness = Liveness(policy, self._engine.now(), detector=detector)
         conn.on_receive = self._received
         self._raw = raw_socket(conn.stream)
+        #: The TCP socket the lossy-link profile asks the kernel about (None: not asked).
+        self._tcp = tcp_socket(conn.stream) if self.liveness.wants_transport_progress else None
         self._owed = b""  # the rest of a control frame the socket took only part of
         self._reading: socket.socket | None = None  # set while the engine reads for us
         self._nursery: trio.Nursery | None = None
@@ -570,6 +577,8 @@ class Session:
             return
         if self._evidence_pending():
             self._carry_out(self.liveness.data_received(now), now)
+        if self._tcp is not None:
+            self.liveness.transport_progress(now, read_tcp_progress(self._tcp))
         self._carry_out(self.liveness.handle_timer(now), now)
 
     def timer_failed(self, exc: Exception) -> None:

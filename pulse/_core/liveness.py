@@ -14,6 +14,9 @@ Rules this machine keeps:
   it was given (a blocked event loop, a stopped process), the gap says nothing about the
   peer. The machine reports :class:`~pulse.actions.LocalPause`, sends a heartbeat at once
   and withholds any verdict for one ``interval`` so fresh evidence can arrive.
+* Lossy-link profile (``policy.lossy``): a due verdict waits while the kernel facts the
+  driver passes in (:meth:`Liveness.transport_progress`) show the peer's segments still
+  arriving over a path that retransmits, up to a hard ceiling (:mod:`pulse._core.lossy`).
 * Deadlines are lazy: events only store timestamps; ``next_deadline()`` computes the next
   moment anything can happen, and the driver sleeps until exactly then.
 """
@@ -26,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pulse._core.detectors import FailureDetector, FixedTimeout
+from pulse._core.lossy import LossyLinkJudge, TcpProgress
 from pulse._core.policy import HeartbeatPolicy, IdleMode
 from pulse._core.stats import GapStats, RttStats, RttSummary
 from pulse.actions import (
@@ -103,6 +107,11 @@ class Liveness:
         self.pongs_received = 0
         self._armed: float | None = None
         self._verdict_withheld_until = float("-inf")
+        #: The lossy-link judge when the policy asks for the profile (None otherwise).
+        self.lossy: LossyLinkJudge | None = None
+        if policy.lossy is not None and policy.enabled:
+            self.lossy = LossyLinkJudge(policy.lossy, policy.dead_after)
+        self._lossy_until = float("-inf")
 
     # -- events ---------------------------------------------------------------------------
 
@@ -123,6 +132,7 @@ class Liveness:
             self.detector.heartbeat(now)
         self._unanswered = 0
         self._missed = 0
+        self._lossy_until = float("-inf")
         if self.state is LivenessState.SUSPECT:
             self.state = LivenessState.ALIVE
             return [PeerAlive(after=silent)]
@@ -146,6 +156,18 @@ class Liveness:
         self._last_written = max(self._last_written, now)
         return []
 
+    def transport_progress(self, now: float, facts: TcpProgress | None) -> list[Action]:
+        """The kernel's view of the connection, sampled by the driver at ``now`` (used by the
+        lossy-link profile; ignored without it). None: the transport could not say."""
+        if self.lossy is not None and self.state is not LivenessState.DEAD:
+            self.lossy.observe(now, facts)
+        return []
+
+    @property
+    def wants_transport_progress(self) -> bool:
+        """True when the driver should pass kernel facts in before each timer call."""
+        return self.lossy is not None and self.state is not LivenessState.DEAD
+
     def handle_timer(self, now: float) -> list[Action]:
         """The driver woke up; returns what is due at ``now``."""
         if self.state is LivenessState.DEAD or not self.policy.enabled:
@@ -163,8 +185,11 @@ class Liveness:
             self.detector is not None
             and now >= self._verdict_withheld_until
             and self.detector.is_dead(now)
+            and not self._lossy_withholds(now)
         ):
             reason = self.detector.explain(now)
+            if self.lossy is not None and self._lossy_until > -math.inf:
+                reason += f"; {self.lossy.explain(now)}"  # the profile had waited
             self.state = LivenessState.DEAD
             silent = now - self._last_received
             self._missed = max(self._missed, self._unanswered)
@@ -173,6 +198,16 @@ class Liveness:
         if ping_due or force_ping:
             actions += self._send_ping(now)
         return actions
+
+    def _lossy_withholds(self, now: float) -> bool:
+        if self.lossy is None:
+            return False
+        until = self.lossy.withhold_until(now, self._last_received,
+                                          deferring=self._lossy_until > -math.inf)
+        if until is None:
+            return False
+        self._lossy_until = until
+        return True
 
     def request_ping(self, now: float) -> list[Action]:
         """Send a heartbeat now, on demand (``pulse ping``); it is tracked like any other.
@@ -224,7 +259,7 @@ class Liveness:
         if self.detector is not None:
             dead_at = self.detector.dead_at()
             if dead_at is not None:
-                due = min(due, max(dead_at, self._verdict_withheld_until))
+                due = min(due, max(dead_at, self._verdict_withheld_until, self._lossy_until))
         self._armed = due
         return due
 

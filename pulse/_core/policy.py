@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass
 
+from pulse._core.lossy import LossyLink
 from pulse.errors import NegotiationError
 
 
@@ -45,12 +47,18 @@ class HeartbeatPolicy:
     ``max_local_pause`` bounds how late a driver may wake before the core treats the gap as
     a local stall (blocked loop, stopped process) rather than as evidence against the peer;
     it defaults to ``interval``.
+
+    ``lossy`` switches on the lossy-link profile (:class:`~pulse._core.lossy.LossyLink`):
+    on TCP transports a verdict the timeout would give waits while the kernel shows the
+    peer's segments still arriving over a path that retransmits, up to a hard ceiling. It
+    is a local choice, kept through negotiation.
     """
 
     interval: float = 10.0
     timeout: float | None = None
     idle_mode: IdleMode = IdleMode.READER
     max_local_pause: float | None = None
+    lossy: LossyLink | None = None
 
     def __post_init__(self) -> None:
         _check_duration("interval", self.interval)
@@ -75,6 +83,8 @@ class HeartbeatPolicy:
             object.__setattr__(self, "max_local_pause", self.interval)
         assert self.max_local_pause is not None
         _check_duration("max_local_pause", self.max_local_pause)
+        if self.lossy is not None and not isinstance(self.lossy, LossyLink):
+            raise ValueError(f"lossy must be a LossyLink or None, got {self.lossy!r}")
 
     @property
     def enabled(self) -> bool:
@@ -150,11 +160,25 @@ def negotiate(
     bounds = bounds or NegotiationBounds()
     interval = negotiate_interval(local.interval, remote_interval, bounds)
     if interval == 0:
-        return HeartbeatPolicy(0, 0, local.idle_mode, local.max_local_pause)
+        return HeartbeatPolicy(0, 0, local.idle_mode, local.max_local_pause, local.lossy)
     _check_duration("remote timeout", remote_timeout)
     timeouts = [t for t in (local.dead_after, remote_timeout) if t > 0]
     timeout = min(timeouts) if timeouts else bounds.timeout_factor * interval
     timeout = max(timeout, 2 * interval)
     if not math.isfinite(timeout):
         raise NegotiationError(f"no finite timeout from {local.dead_after} and {remote_timeout}")
-    return HeartbeatPolicy(interval, timeout, local.idle_mode, None)
+    return HeartbeatPolicy(interval, timeout, local.idle_mode, None, local.lossy)
+
+
+#: Named profiles (``pulse serve --profile lossy``): the ``lossy`` setting each one stands for.
+PROFILES: dict[str, LossyLink | None] = {"default": None, "lossy": LossyLink()}
+
+
+def with_profile(policy: HeartbeatPolicy, profile: str) -> HeartbeatPolicy:
+    """``policy`` under the named profile (``"default"`` or ``"lossy"``)."""
+    try:
+        lossy = PROFILES[profile]
+    except KeyError:
+        known = ", ".join(PROFILES)
+        raise ValueError(f"unknown profile {profile!r} (known: {known})") from None
+    return dataclasses.replace(policy, lossy=lossy)

@@ -34,6 +34,7 @@ from pulse._core.rate import TokenBucket
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
+from pulse._trio.tcpinfo import read_tcp_progress, tcp_socket
 from pulse._trio.util import background_nursery
 from pulse._trio.writer import ControlWriter, raw_socket
 from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
@@ -133,6 +134,8 @@ class HeartbeatConnection:
         #: The peer's pings answered per second at most (0: no limit); a sustained flood
         #: closes the connection, so one client cannot keep the server busy with pongs.
         self._pings = TokenBucket(max_ping_rate, self._engine.now())
+        #: The TCP socket the lossy-link profile asks the kernel about (None: not asked).
+        self._tcp = tcp_socket(stream) if self._liveness.wants_transport_progress else None
 
     # -- public API ----------------------------------------------------------------------
 
@@ -246,6 +249,8 @@ class HeartbeatConnection:
         if self._paused:
             # We stopped reading for our own slow consumer: the peer's silence means nothing.
             self._carry_out(self._liveness.data_received(now), now)
+        if self._tcp is not None:
+            self._liveness.transport_progress(now, read_tcp_progress(self._tcp))
         self._carry_out(self._liveness.handle_timer(now), now)
 
     def timer_failed(self, exc: Exception) -> None:
@@ -586,7 +591,10 @@ async def heartbeat(
     optional ``token``); ``authenticate(token)`` returning False refuses the peer with
     :class:`~pulse.errors.AuthFailed`. The negotiated policy is the lower non-zero proposal,
     clamped by ``bounds``. ``detector(policy)`` builds a custom failure detector (fixed
-    timeout by default). Leaving the block closes the connection.
+    timeout by default). A policy with ``lossy=LossyLink()`` (the lossy-link profile) lets a
+    due verdict wait while the kernel's ``TCP_INFO`` shows the peer's segments still
+    arriving over a retransmitting path (TCP and TLS streams on Linux; sampled at each timer
+    wake-up). Leaving the block closes the connection.
 
     Memory is bounded: a frame body is at most ``max_frame_size`` bytes; at most
     ``receive_buffer`` messages wait for the application, and when those are taken up the

@@ -9,6 +9,7 @@ import sys
 
 import trio
 
+from pulse._core.policy import PROFILES
 from pulse._core.stats import RttStats
 from pulse.cli._errors import REPORTABLE, describe
 from pulse.cli._run import until_interrupted
@@ -26,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between heartbeats (default 1)")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="S",
                         help="declare the peer dead after S seconds without an answer (default 5)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="default",
+                        help="heartbeat profile for tcp://, tls://, ws://, wss:// (default: "
+                             "default); 'lossy' keeps waiting past --timeout while the kernel "
+                             "still hears the peer over a retransmitting path")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
@@ -43,7 +48,7 @@ async def ping(args: argparse.Namespace) -> int:
         connected = True
 
     options = PingOptions(interval=args.interval, timeout=args.timeout, count=args.count,
-                          on_connected=on_connected)
+                          on_connected=on_connected, profile=args.profile)
     stats = RttStats()
     sent = 0
     reason = ""

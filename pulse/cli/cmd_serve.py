@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 
+from pulse._core.policy import PROFILES
 from pulse.cli._run import until_interrupted
 from pulse.registry import ServeOptions, serve_function
 
@@ -27,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="heartbeat interval proposed to clients (default 10)")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="silence after which a client is dropped (default 3 × interval)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="default",
+                        help="heartbeat profile for tcp://, tls://, ws://, wss:// (default: "
+                             "default); 'lossy' waits out TCP retransmission on lossy links "
+                             "while the kernel still hears the peer (see docs/heartbeat.md)")
     tls = parser.add_argument_group("TLS (tls://, wss://)")
     tls.add_argument("--certfile", help="server certificate chain (PEM)")
     tls.add_argument("--keyfile", help="server private key (PEM)")
@@ -73,7 +78,8 @@ def _describe(url: str, bound: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     """Serve until interrupted (Ctrl-C is the normal way to stop: status 0)."""
     extra = {key: getattr(args, key) for key in _EXTRA if getattr(args, key) is not None}
-    options = ServeOptions(interval=args.interval, timeout=args.timeout, extra=extra)
+    options = ServeOptions(interval=args.interval, timeout=args.timeout, extra=extra,
+                           profile=args.profile)
     urls = args.listen or ["pulse://127.0.0.1:7070"]
     trio.run(until_interrupted, partial(serve_all, urls, options))
     return 0

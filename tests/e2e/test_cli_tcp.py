@@ -158,3 +158,35 @@ def test_bad_urls_get_one_line_and_status_2(
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+async def test_profile_lossy_is_accepted_by_serve_and_ping(tmp_path: Path) -> None:
+    """pulse serve --profile lossy heartbeats tcp:// and ws:// clients; pulse ping --profile
+    lossy gets its answers from both; an unknown profile is a usage error (status 2)."""
+    command = [*PULSE, "serve", "--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0",
+               "--interval", "0.2", "--profile", "lossy"]
+    async with trio.open_nursery() as nursery:
+        proc: trio.Process = await nursery.start(partial(
+            trio.run_process, command, stdout=subprocess.PIPE, check=False, cwd=tmp_path))
+        assert proc.stdout is not None
+        banners = (await read_until(proc.stdout, b"\n")).decode()
+        if banners.count("\n") < 2:
+            banners += (await read_until(proc.stdout, b"\n")).decode()
+        urls = [line.split()[-1] for line in banners.splitlines() if "listening on" in line]
+        assert len(urls) == 2, banners
+        results = []
+        for url in urls:
+            with trio.fail_after(20):
+                results.append(await trio.run_process(
+                    [*PULSE, "ping", url, "-c", "2", "--interval", "0.1", "--profile", "lossy"],
+                    capture_stdout=True, capture_stderr=True, check=False, cwd=tmp_path))
+        proc.terminate()
+        nursery.cancel_scope.cancel()
+    for url, result in zip(urls, results, strict=True):
+        assert result.returncode == 0, (url, result.stderr.decode())
+        assert "2 heartbeats sent, 2 answered" in result.stdout.decode(), url
+    with trio.fail_after(20):
+        refused = await trio.run_process(
+            [*PULSE, "ping", "tcp://127.0.0.1:9", "--profile", "flaky"],
+            capture_stdout=True, capture_stderr=True, check=False, cwd=tmp_path)
+    assert refused.returncode == 2 and b"invalid choice: 'flaky'" in refused.stderr
