@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.e2e
-
 from ._wait import wait_until
+
+pytestmark = pytest.mark.e2e
 
 
 def test_returns_the_first_truthy_result() -> None:
