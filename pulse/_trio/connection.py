@@ -276,6 +276,8 @@ class HeartbeatConnection:
         self._control.nursery = nursery
         now = trio.current_time()
         for frame in self._early_frames:
+            if self.closed or self._done_reading:
+                break  # a goodbye, an error or a flood verdict ends them, as in _feed
             self._on_frame(frame, now)
         self._early_frames = []
         if not self.closed:
