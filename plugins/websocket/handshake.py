@@ -77,6 +77,8 @@ class HandshakeDecoder:
     a complete head (a rejection's body, the first WebSocket frames) pass through. Anything
     wsproto or h11 refuses, or fails on (non-ASCII header lists, for one), comes out as
     :class:`~pulse.errors.RemoteProtocolError`, and so does every later call once one has.
+    Frames that arrive right behind the head are not returned: they stay in :attr:`ws` for
+    the WebSocket connection that takes it over.
     """
 
     __slots__ = ("_failed", "_head_done", "_max_head_size", "_received", "ws")
@@ -120,10 +122,15 @@ class HandshakeDecoder:
         return events
 
     def _receive(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
         try:
             self.ws.receive_data(data)
-            return list(self.ws.events())
-        except (WsRemoteProtocolError, ValueError, KeyError, IndexError) as exc:
+            for event in self.ws.events():
+                events.append(event)
+                if isinstance(event, Request | AcceptConnection):
+                    break  # what follows is the WebSocket connection's: left in wsproto
+            return events
+        except (WsRemoteProtocolError, ValueError) as exc:
             # ValueError covers UnicodeDecodeError from wsproto's header-list parsing.
             self._fail(f"bad opening handshake: {exc}")
 

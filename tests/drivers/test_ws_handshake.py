@@ -83,3 +83,21 @@ async def test_server_answers_a_non_ascii_upgrade_with_400_and_keeps_serving(
         ws, _ = await client_handshake(good_client, host="test", target="/good")
         assert ws is not None
         nursery.cancel_scope.cancel()
+
+
+def test_frames_right_behind_the_101_stay_for_the_connection() -> None:
+    """A server's first frame in the same read as its 101 is not consumed by the handshake:
+    the decoder returns only the acceptance and the frame is still in the wsproto connection."""
+    from wsproto.events import AcceptConnection, TextMessage
+    from wsproto.utilities import generate_accept_token
+
+    decoder = HandshakeDecoder(ConnectionType.CLIENT)
+    request = decoder.send(Request(host="a", target="/"))
+    key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key:"))
+    answer = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + generate_accept_token(key)
+              + b"\r\n\r\n\x81\x02hi")
+    events = decoder.feed(answer)
+    assert [type(e) for e in events] == [AcceptConnection]
+    assert [e.data for e in decoder.ws.events() if isinstance(e, TextMessage)] == ["hi"]
