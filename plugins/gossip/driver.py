@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
+from pulse._core.bounded import BoundedDeque
 from pulse._core.swim import (
     Member,
     MemberEvent,
@@ -129,7 +130,9 @@ class _Subscriber:
     __slots__ = ("closed", "queue", "wakeup")
 
     def __init__(self) -> None:
-        self.queue: deque[MemberEvent] = deque()
+        # EVENT_BUFFER events at most: _publish drops the oldest (counted) to make room.
+        self.queue: BoundedDeque[MemberEvent] = BoundedDeque(EVENT_BUFFER,
+                                                             "a subscriber's member events")
         self.wakeup = trio.Event()
         self.closed = False
 

@@ -38,7 +38,6 @@ import itertools
 import math
 import random
 import ssl
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from typing import Any
 
 import trio
 
+from pulse._core.bounded import BoundedDeque
 from pulse._core.session_client import (
     Action,
     Disconnect,
@@ -109,6 +109,13 @@ StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 MAX_BUFFERED_EVENTS = 100_000
 MAX_STATE_EVENTS = 1_000
+#: Requests of the application waiting for their answer at once; one more raises
+#: :class:`~pulse.errors.QueueFull` at once instead of queueing.
+MAX_PENDING_CALLS = 10_000
+#: Requests waiting to be written on one connection (the pending calls plus pings, unwatches
+#: and the watches re-sent after a reconnect). A server that stops reading fills it; past it
+#: the connection is dropped as lost ("… the server does not read") and the session reconnects.
+MAX_QUEUED_REQUESTS = 2 * MAX_PENDING_CALLS
 
 
 async def _open_tcp(host: str, port: int) -> trio.abc.Stream:
@@ -173,12 +180,19 @@ class _Connection:
         self.decoder = decoder
         self.scope = trio.CancelScope()
         self.outcome: _Lost | _Ended | None = None
-        self.queue: deque[Request] = deque()
+        self.queue: BoundedDeque[Request] = BoundedDeque(MAX_QUEUED_REQUESTS,
+                                                         "the requests waiting to be sent")
         self.wake = trio.Event()
         self.pings: dict[int, float] = {}
 
     def send(self, request: Request) -> None:
-        self.queue.append(request)
+        try:
+            self.queue.append(request)
+        except QueueFull as exc:
+            if self.outcome is None:
+                self.outcome = _Lost(f"{exc}: the server does not read")
+            self.scope.cancel()
+            return
         self.wake.set()
 
 
@@ -186,7 +200,7 @@ class _Feed:
     """A bounded buffer of items for one consumer."""
 
     def __init__(self, limit: int, *, drop_oldest: bool) -> None:
-        self.items: deque[Any] = deque()
+        self.items: BoundedDeque[Any] = BoundedDeque(limit, "an event feed")
         self.limit = limit
         self.drop_oldest = drop_oldest
         self.overflowed = False
@@ -495,6 +509,8 @@ class LeaseSession:
 
     async def _call(self, body: RequestBody) -> dict[str, Any]:
         self._check_usable()
+        if len(self._pending) >= MAX_PENDING_CALLS:
+            raise QueueFull(f"{MAX_PENDING_CALLS} requests are already waiting for an answer")
         call = _Call(next(self._xids), body)
         self._pending[call.xid] = call
         if self._conn is not None and self.state is SessionState.CONNECTED:

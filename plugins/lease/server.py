@@ -26,13 +26,13 @@ import secrets
 import socket
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+from pulse._core.bounded import BoundedDeque
 from pulse._core.rate import TokenBucket
 from pulse._core.sessions import SessionTracker
 from pulse._log import get_logger
@@ -64,6 +64,10 @@ log = get_logger("pulse.lease")
 
 DEFAULT_TICK = 2.0
 CLIENT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: Unread responses one connection may queue; past it (or past
+#: ``Limits.max_queued_bytes_per_connection`` bytes) the connection gets an ``error`` notice
+#: ``quota_exceeded`` and is closed. Its queue is a ``BoundedDeque`` of this many items plus
+#: the one that went past and the final notice, so the check in ``queue`` is the bound.
 MAX_QUEUED_RESPONSES = 10_000
 FINAL_SEND_TIMEOUT = 1.0
 #: The writer never hands more than this (plus one message) to one ``send_all``: a large
@@ -189,7 +193,8 @@ class _Connection:
         self.session: ServerSession | None = None
         self.sent_seq = 0
         self.client_limit = CLIENT_MAX_MESSAGE_SIZE
-        self.queued: deque[bytes] = deque()
+        self.queued: BoundedDeque[bytes] = BoundedDeque(MAX_QUEUED_RESPONSES + 2,
+                                                        "a connection's unread responses")
         self.queued_bytes = 0
         self.finishing = False
         self._wake = trio.Event()

@@ -24,11 +24,11 @@ Rules this module keeps:
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
+from pulse._core.bounded import BoundedDeque
 from pulse._core.rate import TokenBucket
 from pulse._core.sessions import SessionGrant, SessionTracker
 from pulse.errors import AuthFailed, PulseError, SessionExpired
@@ -171,13 +171,17 @@ class ServerSession:
                  "rate", "timeout", "watches")
 
     def __init__(self, session_id: int, timeout: float, address: str, now: float,
-                 rate: float, burst: float) -> None:
+                 rate: float, burst: float, *, max_events: int = 100_000) -> None:
         self.id = session_id
         self.timeout = timeout
         self.address = address
         self.keys: dict[str, None] = {}  # registration order
         self.watches: dict[int, str] = {}  # watch id -> prefix
-        self.outbox: deque[WatchEvent] = deque()
+        # Unacknowledged watch events, at most ``Limits.max_pending_notifications`` plus the
+        # one that goes past it; past that (or past ``max_pending_bytes`` in event_cost) the
+        # session is closed and later events are not queued (see LeaseState._enqueue).
+        self.outbox: BoundedDeque[WatchEvent] = BoundedDeque(
+            max_events + 1, "a session's unacknowledged watch events")
         self.outbox_bytes = 0  # what the unacknowledged events cost (event_cost)
         self.client_id: str | None = None  # who opened it (authenticated, or as claimed)
         self.bytes = 0  # what its keys cost (key_cost)
@@ -268,8 +272,9 @@ class LeaseState:
         for session_id, timeout in sessions:
             self.tracker.restore(session_id, timeout, now)
             granted = self.tracker.timeout_of(session_id) or timeout
-            self.sessions[session_id] = ServerSession(session_id, granted, "", now,
-                                                      self.limits.max_request_rate, self._burst)
+            self.sessions[session_id] = ServerSession(
+                session_id, granted, "", now, self.limits.max_request_rate, self._burst,
+                max_events=self.limits.max_pending_notifications)
         for key, owner, data in registrations:
             session = self.sessions.get(owner)
             if session is not None:
@@ -324,7 +329,8 @@ class LeaseState:
                                           set() if woken is None else woken))
         grant = self.tracker.open(now, body.timeout, wall)
         session = ServerSession(grant.session_id, grant.timeout, "", now,
-                                self.limits.max_request_rate, self._burst)
+                                self.limits.max_request_rate, self._burst,
+                                max_events=self.limits.max_pending_notifications)
         session.address = address
         self._count_address(address, +1)
         self.sessions[grant.session_id] = session
@@ -566,6 +572,9 @@ class LeaseState:
                 del self._watchers[prefix]
 
     def _enqueue(self, session: ServerSession, event: WatchEvent) -> None:
+        if (len(session.outbox) > self.limits.max_pending_notifications
+                or session.outbox_bytes > self.limits.max_pending_bytes):
+            return  # already backlogged: the session is being closed, its outbox cleared
         session.outbox.append(WatchEvent(session.next_seq, event.watch_id, event.event,
                                          event.id, event.data, event.initial))
         session.next_seq += 1

@@ -1,9 +1,12 @@
 """The RFC 6455 opening handshake over a trio stream, both sides, on wsproto.
 
 wsproto (and the h11 underneath) parses the HTTP upgrade; this module only moves bytes and
-turns outcomes into pulse errors. Limits: the HTTP head is bounded by h11 (16 KiB), the body
-of a rejection is read up to :data:`MAX_REJECT_BODY` bytes. Callers bound the time (the
-handshake has no clock of its own).
+turns outcomes into pulse errors. :class:`HandshakeDecoder` is the sans-IO part (bytes in,
+wsproto events out, every malformed input a :class:`~pulse.errors.RemoteProtocolError`).
+Limits: the HTTP head is bounded by :data:`MAX_HEAD_SIZE` (16 KiB, h11's own limit), counted
+before the bytes are handed to wsproto, so a longer header block is refused without being
+buffered; the body of a rejection is read up to :data:`MAX_REJECT_BODY` bytes. Callers bound
+the time (the handshake has no clock of its own).
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import math
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NoReturn
 
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
+from wsproto.events import AcceptConnection, Event, RejectConnection, RejectData, Request
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from pulse._trio.phase import Phase, bounded
@@ -34,6 +37,9 @@ READ_CHUNK: Final = 64 * 1024
 
 MAX_REJECT_BODY: Final = 4096
 """Bytes of a rejection's body kept for the error message."""
+
+MAX_HEAD_SIZE: Final = 16 * 1024
+"""Largest HTTP head (request or status line plus headers) accepted in the opening handshake."""
 
 
 def _as_bytes(value: str | bytes) -> bytes:
@@ -63,14 +69,83 @@ class UpgradeRequest:
     subprotocols: list[str]
 
 
-async def _feed(stream: trio.abc.Stream, ws: WSConnection) -> None:
+class HandshakeDecoder:
+    """The opening handshake without I/O: feed received bytes, get wsproto events.
+
+    ``role`` is ``ConnectionType.SERVER`` (parses an upgrade request) or ``CLIENT`` (parses
+    the answer to the request :meth:`send` produced). Until the head is complete at most
+    ``max_head_size`` bytes are handed to wsproto; a longer head raises
+    :class:`~pulse.errors.RemoteProtocolError` without the excess being buffered. Bytes after
+    a complete head (a rejection's body, the first WebSocket frames) pass through. Anything
+    wsproto or h11 refuses, or fails on (non-ASCII header lists, for one), comes out as
+    :class:`~pulse.errors.RemoteProtocolError`, and so does every later call once one has.
+    Frames that arrive right behind the head are not returned: they stay in :attr:`ws` for
+    the WebSocket connection that takes it over.
+    """
+
+    __slots__ = ("_failed", "_head_done", "_max_head_size", "_received", "ws")
+
+    def __init__(self, role: ConnectionType, *, max_head_size: int = MAX_HEAD_SIZE) -> None:
+        if max_head_size < 1:
+            raise ValueError(f"max_head_size must be positive, got {max_head_size!r}")
+        self.ws = WSConnection(role)
+        self._max_head_size = max_head_size
+        self._received = 0
+        self._head_done = False
+        self._failed: str | None = None
+
+    @property
+    def head_bytes(self) -> int:
+        """Bytes of the (incomplete or complete) head handed to wsproto so far."""
+        return self._received
+
+    def send(self, event: Request | AcceptConnection) -> bytes:
+        """The bytes for ``event`` (our upgrade request, or our acceptance of theirs)."""
+        return self.ws.send(event)
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Hand received bytes to the parser; return the events they completed."""
+        if self._failed is not None:
+            raise RemoteProtocolError(self._failed)
+        if not data:
+            return []  # wsproto would take b"" for the end of the stream
+        if self._head_done:
+            return self._receive(data)
+        room = self._max_head_size - self._received
+        head, rest = data[:room], data[room:]
+        self._received += len(head)
+        events = self._receive(head)
+        if any(isinstance(e, Request | AcceptConnection | RejectConnection) for e in events):
+            self._head_done = True
+            if rest:
+                events += self._receive(rest)
+        elif rest or self._received >= self._max_head_size:
+            self._fail(f"opening handshake head larger than {self._max_head_size} bytes")
+        return events
+
+    def _receive(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
+        try:
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                events.append(event)
+                if isinstance(event, Request | AcceptConnection):
+                    break  # what follows is the WebSocket connection's: left in wsproto
+            return events
+        except (WsRemoteProtocolError, ValueError) as exc:
+            # ValueError covers UnicodeDecodeError from wsproto's header-list parsing.
+            self._fail(f"bad opening handshake: {exc}")
+
+    def _fail(self, reason: str) -> NoReturn:
+        self._failed = reason
+        raise RemoteProtocolError(reason) from None
+
+
+async def _feed(stream: trio.abc.Stream, decoder: HandshakeDecoder) -> list[Event]:
     data = await stream.receive_some(READ_CHUNK)
     if not data:
         raise WebSocketClosed("connection closed during the opening handshake", 1006)
-    try:
-        ws.receive_data(bytes(data))
-    except WsRemoteProtocolError as exc:
-        raise RemoteProtocolError(f"bad opening handshake: {exc}") from None
+    return decoder.feed(bytes(data))
 
 
 async def client_handshake(
@@ -88,18 +163,19 @@ async def client_handshake(
     :class:`~pulse.errors.RemoteProtocolError` for a malformed one and
     :class:`WebSocketClosed` when the server hangs up first.
     """
-    ws = WSConnection(ConnectionType.CLIENT)
+    decoder = HandshakeDecoder(ConnectionType.CLIENT)
     request = Request(
         host=host, target=target, extra_headers=encode_headers(headers),
         subprotocols=list(subprotocols),
     )
-    await stream.send_all(ws.send(request))
+    await stream.send_all(decoder.send(request))
     rejection: RejectConnection | None = None
     body = bytearray()
+    events: list[Event] = []
     while True:
-        for event in ws.events():
+        for event in events:
             if isinstance(event, AcceptConnection):
-                return ws, Accepted(event.subprotocol, list(event.extra_headers))
+                return decoder.ws, Accepted(event.subprotocol, list(event.extra_headers))
             if isinstance(event, RejectConnection):
                 rejection = event
                 if not event.has_body:
@@ -111,7 +187,7 @@ async def client_handshake(
                     raise HandshakeRejected(rejection.status_code, list(rejection.headers),
                                             bytes(body))
         try:
-            await _feed(stream, ws)
+            events = await _feed(stream, decoder)
         except WebSocketClosed:
             if rejection is not None:
                 raise HandshakeRejected(rejection.status_code, list(rejection.headers),
@@ -158,9 +234,10 @@ async def server_handshake(
     :class:`HandshakeRejected` when ``check`` refused it (HTTP 500 when ``check`` raised;
     the exception is the ``__cause__``).
     """
-    ws = WSConnection(ConnectionType.SERVER)
+    decoder = HandshakeDecoder(ConnectionType.SERVER)
+    events: list[Event] = []
     while True:
-        for event in ws.events():
+        for event in events:
             if not isinstance(event, Request):
                 continue
             request = UpgradeRequest(
@@ -177,10 +254,10 @@ async def server_handshake(
                 raise HandshakeRejected(status, [], b"")
             chosen = next((p for p in subprotocols if p in event.subprotocols), None)
             accept = AcceptConnection(subprotocol=chosen, extra_headers=encode_headers(headers))
-            await stream.send_all(ws.send(accept))
-            return ws, request, chosen
+            await stream.send_all(decoder.send(accept))
+            return decoder.ws, request, chosen
         try:
-            await _feed(stream, ws)
+            events = await _feed(stream, decoder)
         except RemoteProtocolError as exc:
             await _refuse(stream, 400, f"{exc}\n")
             raise

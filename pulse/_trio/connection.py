@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 import socket
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
+from pulse._core.bounded import BoundedDeque
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import Liveness, LivenessState, PeerStats
 from pulse._core.policy import HeartbeatPolicy, NegotiationBounds, negotiate
@@ -43,6 +43,7 @@ from pulse.errors import (
     ConnectionClosed,
     PeerTimeout,
     PulseError,
+    QueueFull,
     RemoteProtocolError,
 )
 from pulse.frames import (
@@ -117,7 +118,10 @@ class HeartbeatConnection:
         self._close_reason: str | None = None
         self._close_error: PulseError | None = None
         self._is_closed = False
-        self._held: deque[Any] = deque()  # messages the application's queue had no room for
+        # Messages the application's queue had no room for. Reading stops once the bytes read
+        # meanwhile pass hold_limit, and every message took at least one byte, so this many
+        # items are never reached (past them the connection closes with a protocol error).
+        self._held: BoundedDeque[Any] = BoundedDeque(hold_limit + READ_CHUNK, "held messages")
         self._held_bytes = 0  # bytes read since the first of them
         #: Bytes read past a full receive queue before reading stops (TCP then pushes back).
         self.hold_limit = hold_limit
@@ -277,6 +281,8 @@ class HeartbeatConnection:
         self._control.nursery = nursery
         now = trio.current_time()
         for frame in self._early_frames:
+            if self.closed or self._done_reading:
+                break  # a goodbye, an error or a flood verdict ends them, as in _feed
             self._on_frame(frame, now)
         self._early_frames = []
         if not self.closed:
@@ -381,7 +387,10 @@ class HeartbeatConnection:
                 pass
             except trio.ClosedResourceError:
                 return  # closed: nobody will read it
-        self._held.append(payload)
+        try:
+            self._held.append(payload)
+        except QueueFull as exc:
+            self._protocol_error(RemoteProtocolError(f"{exc}: the application does not read"))
 
     def _refill(self) -> None:
         """After the application took a message: move held ones in, read again if all fit."""

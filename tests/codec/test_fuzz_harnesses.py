@@ -1,5 +1,6 @@
-"""Runs the atheris harnesses of fuzz/ (lease, Dubbo, ZooKeeper) under hypothesis: for any
-bytes, only typed protocol errors escape the decoders and their buffers stay bounded."""
+"""Runs the atheris harnesses of fuzz/ (lease, Dubbo, ZooKeeper, WebSocket handshake) under
+hypothesis: for any bytes, only typed protocol errors escape the decoders and their buffers
+stay bounded."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 FUZZ = Path(__file__).resolve().parents[2] / "fuzz"
-HARNESSES = ["fuzz_lease", "fuzz_dubbo", "fuzz_zookeeper"]
+HARNESSES = ["fuzz_lease", "fuzz_dubbo", "fuzz_zookeeper", "fuzz_ws_handshake"]
 
 
 @functools.cache

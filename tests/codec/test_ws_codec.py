@@ -1,4 +1,5 @@
-"""Decoders of the WebSocket plugin: ping payloads, in-band heartbeats, frame reassembly."""
+"""Decoders of the WebSocket plugin: ping payloads, in-band heartbeats, frame reassembly, the
+opening handshake."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 from wsproto.events import Ping as WsPing
 
+from pulse.errors import RemoteProtocolError
 from pulse.frames import Data, Ping, Pong, encode_frame
 from pulse.plugins.websocket.connection import (
     CloseReceived,
@@ -21,6 +23,7 @@ from pulse.plugins.websocket.connection import (
     WebSocketConnection,
 )
 from pulse.plugins.websocket.errors import WebSocketClosed, WebSocketProtocolError
+from pulse.plugins.websocket.handshake import HandshakeDecoder
 from pulse.plugins.websocket.heartbeat import (
     PING_PAYLOAD_SIZE,
     classify_inband,
@@ -231,3 +234,41 @@ def test_the_server_ping_fast_path_matches_wsproto(payload: bytes) -> None:
     assert fast == server.send(WsPing(payload=payload))
     client.receive_data(fast)
     assert [e.payload for e in client.events() if isinstance(e, WsPing)] == [payload]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    role=st.sampled_from([ConnectionType.SERVER, ConnectionType.CLIENT]),
+    chunks=st.lists(st.binary(max_size=300), max_size=12),
+    limit=st.integers(1, 600),
+)
+def test_handshake_decoder_raises_only_typed_errors_and_stays_within_its_limit(
+    role: ConnectionType, chunks: list[bytes], limit: int
+) -> None:
+    """Any bytes in any chunking: the handshake decoder returns events or raises a
+    PulseError (RemoteProtocolError), and never hands wsproto more head than its limit."""
+    decoder = HandshakeDecoder(role, max_head_size=limit)
+    if role is ConnectionType.CLIENT:
+        decoder.send(Request(host="h", target="/"))
+    for chunk in chunks:
+        try:
+            decoder.feed(chunk)
+        except RemoteProtocolError:
+            break
+        assert decoder.head_bytes <= limit
+    assert decoder.head_bytes <= limit
+
+
+@settings(max_examples=30, deadline=None)
+@given(line=st.binary(min_size=1, max_size=64).filter(lambda b: b"\r" not in b and b"\n" not in b))
+def test_endless_header_block_is_refused_within_the_limit(line: bytes) -> None:
+    """A peer that sends header lines forever is refused once its head passes the limit:
+    the decoder takes no more than the limit, whatever the lines are."""
+    decoder = HandshakeDecoder(ConnectionType.SERVER, max_head_size=4096)
+    fed = 0
+    with pytest.raises(RemoteProtocolError):
+        decoder.feed(b"GET / HTTP/1.1\r\n")
+        while fed < 10 * 4096:
+            decoder.feed(b"X-" + line + b": v\r\n")
+            fed += len(line) + 7
+    assert decoder.head_bytes <= 4096

@@ -136,3 +136,19 @@ def test_default_limits_cannot_exhaust_24_gib() -> None:
     """The documented worst case of the defaults (data, keys, backlogs, buffers) fits in 24 GiB."""
     limits = Limits()
     assert limits.worst_case_bytes() < 24 * 1024**3 // 2
+
+
+def test_backlogged_watcher_outbox_never_passes_its_item_bound() -> None:
+    """A session ending with many keys floods a watcher past max_pending_notifications in one
+    step: the watcher's outbox stops at its bound (no QueueFull) and the watcher is closed."""
+    s = state(max_pending_notifications=5, max_keys_per_session=50)
+    watcher = session(s, "2.2.2.2")
+    s.handle(watcher.id, Request(1, Watch("/p", 1)), 1.0)  # one "synced" event queued
+    owner = session(s, "1.1.1.1")
+    for i in range(4):
+        register(s, owner, f"/p/k{i}", 10)  # 5 events: at the limit, not past it
+    assert len(watcher.outbox) == 5 and watcher.id in s.sessions
+    ended = s.end_session(owner.id, "closed", "test", set())  # 4 offline events at once
+    assert watcher.outbox.limit == 6
+    assert {e.session_id for e in ended} == {owner.id, watcher.id}
+    assert watcher.id not in s.sessions and s.pending_bytes == 0

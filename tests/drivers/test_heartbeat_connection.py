@@ -264,3 +264,28 @@ async def test_a_ping_flood_closes_only_the_flooder(autojump_clock: trio.testing
             pongs = sum(isinstance(f, Pong) for f in raw.frames)
             assert pongs <= 20 + 50 + 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_flood_pipelined_behind_the_hello_is_one_protocol_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Pings sent in the same write as the HELLO (read with it, before reading starts) stop
+    at the first flood verdict: one protocol_error and one goodbye, not one per ping (each
+    was a log line and a task: thousands of them stalled the server's loop for seconds)."""
+    from structlog.testing import capture_logs
+
+    left, right = trio.testing.memory_stream_pair()
+    flood = b"".join(encode_frame(Ping(i, 0.0)) for i in range(3000))
+    hello = encode_frame(Hello(PROTOCOL_VERSION, 1.0, 3.0, "raw"))
+    raw = RawPeer(right)
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await right.send_all(hello + flood)
+            async with heartbeat(left, HeartbeatPolicy(1.0, 3.0), max_ping_rate=50) as conn:
+                nursery.start_soon(raw.collect)
+                with pytest.raises(ConnectionClosed) as caught:
+                    await conn.receive()
+                assert "ping flood" in str(caught.value.__cause__)
+            nursery.cancel_scope.cancel()
+    assert [entry["event"] for entry in logs].count("protocol_error") == 1
+    assert sum(isinstance(f, Pong) for f in raw.frames) <= 50 + 1

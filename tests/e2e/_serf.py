@@ -8,11 +8,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from typing import Any
 
 import pytest
 import trio
+
+from ._wait import accepts_connections, wait_until
 
 SERF = shutil.which("serf")
 
@@ -60,17 +61,9 @@ class SerfAgent:
         self.stopped = False
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        """Block until the agent's RPC port accepts connections."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serf agent {self.name} exited with {self.proc.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.rpc), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"serf agent {self.name} did not start")
+        """Block (at most ``timeout`` s) until the agent's RPC port accepts connections."""
+        wait_until(lambda: accepts_connections(self.rpc), timeout=timeout,
+                   what=f"serf agent {self.name} starting", process=self.proc)
 
     async def members(self) -> dict[str, dict[str, Any]]:
         """``serf members -format json`` keyed by member name."""

@@ -44,3 +44,25 @@ def test_bench_hold_runs_every_server_and_loses_nothing() -> None:
     for server in ("pulse ws://", "pulse tcp://"):
         for cell in rows[server][11:13]:
             assert re.fullmatch(r"\d+\.\d+×|-", cell), f"{server}: {done.stdout}"
+
+
+def test_attacks_benchmark_reports_each_row_with_its_outcome() -> None:
+    """attacks.py --quick on the WebSocket 4 GiB header, the presence squat and the tcp ping
+    flood prints one row each, and each attacker got the refusal the fixes promise."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "attacks.py"), "--quick", "--rows", "4,6,8"],
+        capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {}
+    for line in done.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0] in {"4", "6", "8"}:
+            rows[cells[0]] = cells
+    assert set(rows) == {"4", "6", "8"}, done.stdout
+    assert "1009" in rows["4"][6], done.stdout
+    assert "forbidden" in rows["6"][6], done.stdout
+    assert "ping flood" in rows["8"][6], done.stdout
+    for cells in rows.values():
+        before = cells[3].split(" / ")[0]
+        assert before != "–", f"the neighbour measured nothing before the attack: {cells}"

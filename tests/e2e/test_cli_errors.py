@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import select
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -79,7 +79,10 @@ def blackholed_port() -> Iterator[int]:
         except BlockingIOError:
             pass
         fillers.append(filler)
-    time.sleep(0.1)
+    # The accept queue is full once a filler's handshake has completed (its socket turns
+    # writable); the others stay in SYN-SENT. Bounded: at most 2 s.
+    _, writable, _ = select.select([], fillers, [], 2.0)
+    assert writable, "no connection reached the accept queue within 2 s"
     yield server.getsockname()[1]
     for filler in fillers:
         filler.close()

@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +20,8 @@ from pulse.plugins.gossip.codec import (
     encode_serf_tags,
     encode_stream,
 )
+
+from ._wait import accepts_connections, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -60,14 +61,8 @@ class SerfAgent:
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("serf agent did not start")
+        wait_until(lambda: accepts_connections(self.port), timeout=timeout,
+                   what="serf agent starting", process=self.proc)
 
     def members(self) -> str:
         out = subprocess.run([str(SERF), "members", "-rpc-addr", f"127.0.0.1:{self.rpc}"],
@@ -145,13 +140,13 @@ def test_push_pull_exchange_with_serf(agent: SerfAgent) -> None:
     assert decode_serf_tags(theirs.meta) == {"role": "web", "dc": "loop"}
     assert len(theirs.vsn) == 6 and theirs.vsn[0] <= theirs.vsn[2] <= theirs.vsn[1]
     # serf merged our state: `serf members` lists the pulse node with its tags.
-    deadline = time.monotonic() + 5
-    listing = ""
-    while time.monotonic() < deadline:
+
+    def listing_with_us() -> str:
         listing = agent.members()
-        if "pulse-member" in listing:
-            break
-        time.sleep(0.1)
+        return listing if "pulse-member" in listing else ""
+
+    listing = wait_until(listing_with_us, timeout=5, what="serf listing pulse-member",
+                         process=agent.proc)
     line = next(line for line in listing.splitlines() if line.startswith("pulse-member"))
     assert "zone=z1" in line
 
@@ -170,7 +165,6 @@ def test_compressed_push_pull_is_understood_by_serf(agent: SerfAgent) -> None:
             reply = decoder.feed(chunk)
     assert isinstance(reply, PushPull)
     assert agent.name in {s.name for s in reply.states}
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "pulse-lzw" not in agent.members():
-        time.sleep(0.1)
+    wait_until(lambda: "pulse-lzw" in agent.members(), timeout=5,
+               what="serf listing pulse-lzw", process=agent.proc)
     assert "codec=lzw" in agent.members()
