@@ -470,20 +470,10 @@ _PING_TAIL: Final = len(_PING_OP)
 MAX_PING_MESSAGE: Final = 4 + 2 + 9 + 9 + _PING_TAIL
 
 
-#: Bytes after the first one of msgpack's unsigned integer formats (uint8 … uint64).
-_UINT_WIDTH: Final = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
-
-
-def _uint_at(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
-    """The msgpack unsigned integer at ``pos`` (ending by ``end``) and the position after
-    it; ``(-1, pos)`` when the bytes there are anything else."""
-    first = data[pos]
-    if first < 0x80:
-        return first, pos + 1
-    width = _UINT_WIDTH.get(first)
-    if width is None or pos + 1 + width > end:
-        return -1, pos
-    return int.from_bytes(data[pos + 1:pos + 1 + width], "big"), pos + 1 + width
+_HEAD: Final = struct.Struct(">IBBB")  # length prefix, array of 5, kind, first byte of xid
+#: msgpack's unsigned integer formats after the first byte (uint8 … uint64), by that byte.
+_UINTS: Final = {0xCC: struct.Struct(">B"), 0xCD: struct.Struct(">H"),
+                 0xCE: struct.Struct(">I"), 0xCF: struct.Struct(">Q")}
 
 
 def parse_ping_message(data: bytes | bytearray, size: int) -> tuple[int, int] | None:
@@ -492,15 +482,28 @@ def parse_ping_message(data: bytes | bytearray, size: int) -> tuple[int, int] | 
     arguments; None for anything else, which the general decoder then handles."""
     if not 14 <= size <= MAX_PING_MESSAGE or len(data) < size:
         return None
-    if (data[0] or data[1] or data[2] or data[3] != size - 4 or data[4] != 0x95
-            or data[5] != REQUEST or not data.endswith(_PING_OP, 0, size)):
+    length, array, kind, first = _HEAD.unpack_from(data)
+    if (length != size - 4 or array != 0x95 or kind != REQUEST
+            or not data.endswith(_PING_OP, 0, size)):
         return None
-    ints_end = size - _PING_TAIL
-    xid, pos = _uint_at(data, 6, ints_end)
-    if xid < 0 or xid > MAX_ID or pos >= ints_end:
-        return None
-    ack, pos = _uint_at(data, pos, ints_end)
-    if ack < 0 or ack > MAX_ID or pos != ints_end:
+    ack_at = size - _PING_TAIL - 1  # where a one-byte ack would be
+    if first < 0x80:
+        xid, pos = first, 7
+    else:
+        unpacker = _UINTS.get(first)
+        if unpacker is None or 7 + unpacker.size > ack_at:
+            return None
+        xid, pos = unpacker.unpack_from(data, 7)[0], 7 + unpacker.size
+    if pos == ack_at:
+        ack = data[pos]
+        if ack >= 0x80:
+            return None
+    else:
+        unpacker = _UINTS.get(data[pos])
+        if unpacker is None or pos + 1 + unpacker.size != size - _PING_TAIL:
+            return None
+        ack = unpacker.unpack_from(data, pos + 1)[0]
+    if xid > MAX_ID or ack > MAX_ID:
         return None
     return xid, ack
 

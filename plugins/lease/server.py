@@ -507,10 +507,11 @@ class LeaseServer:
     def _on_ping(self, conn: _Connection, xid: int, ack: int, now: float) -> None:
         """A ping on a connection with a session (what :meth:`_on_message` does with one,
         without building the request, the outcome or the response as objects)."""
+        if not conn.rate.take(now):
+            self._over_rate(conn, xid)
+            return
         session = conn.session
         assert session is not None
-        if not self._admit(conn, xid, now):
-            return
         try:
             session = self.state.renew(session.id, ack, now)
         except RequestFailed as exc:
@@ -712,25 +713,23 @@ class LeaseServer:
 
     # -- requests ------------------------------------------------------------------------
 
-    def _admit(self, conn: _Connection, xid: object, now: float) -> bool:
-        """Spend a token of the connection's rate for a request with id ``xid`` (whatever
-        the envelope held there); when there is none, refuse it and close a flooder."""
-        if conn.rate.take(now):
-            return True
+    def _over_rate(self, conn: _Connection, xid: object) -> None:
+        """The connection had no token of its rate for request ``xid`` (whatever the
+        envelope held there): refuse the request, or close a flooder."""
         rate = self.config.limits.max_request_rate
         if conn.refusals > max(MAX_RATE_REFUSALS, rate):
             log.info("connection_flooding", peer=conn.peer, rate=rate)
             conn.finish(ErrorNotice(ErrorCode.RATE_LIMITED,
                                     f"kept sending beyond {rate:g} requests per second"))
-            return False
+            return
         if isinstance(xid, int) and not isinstance(xid, bool) and 0 <= xid <= MAX_ID:
             self._reply_error(conn, xid, ErrorCode.RATE_LIMITED,
                               f"more than {rate:g} requests per second on this connection")
-        return False
 
     def _on_message(self, conn: _Connection, message: object, now: float) -> None:
-        xid = message[1] if isinstance(message, list) and len(message) == 5 else None
-        if not self._admit(conn, xid, now):
+        if not conn.rate.take(now):
+            self._over_rate(conn, message[1] if isinstance(message, list)
+                            and len(message) == 5 else None)
             return
         try:
             request = parse_request(message)
