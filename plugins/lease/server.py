@@ -5,6 +5,10 @@ engine (:mod:`pulse._trio.engine`), which calls the server when the socket is re
 server decodes the requests (:class:`pulse.codec.MessageDecoder`), applies them to the state
 and writes the responses and the sessions' pending watch events straight to the non-blocking
 socket, once per batch; only when a socket's buffer is full does a task finish the write.
+A renewal (a whole ``ping`` in one read, :func:`.protocol.parse_ping_message`) skips the
+decoder and the request objects: it is applied with :meth:`.state.LeaseState.renew` and
+answered with the pre-built :func:`.protocol.ping_reply`, straight to the socket unless
+something is already waiting to be written on that connection (then it queues behind it).
 Session expiry is a timer client of the same engine: the tracker's next bucket is its
 deadline. The handshake deadline (the first request must come in time) and the final
 notice's deadline are each connection's own engine timer. TLS connections and other streams
