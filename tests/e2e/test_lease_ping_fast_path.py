@@ -62,8 +62,7 @@ def ping(xid: int, ack: int = 0) -> bytes:
 
 async def test_a_ping_is_answered_byte_for_byte_without_building_a_request(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pings read whole are answered with exactly the general encoding of ``ok {}``, and
-    the server never builds a Request for them (only for the connect)."""
+    """Whole pings get exactly the general encoding of ``ok {}``; no Request is built."""
     parsed: list[Request] = []
 
     def counting(obj: object) -> Request:
@@ -84,8 +83,7 @@ async def test_a_ping_is_answered_byte_for_byte_without_building_a_request(
 
 
 async def test_pings_together_or_split_are_answered_in_order() -> None:
-    """Two pings in one segment and one ping split over two segments go the general way
-    and are answered like any other."""
+    """Two pings in one read, or one ping split over two, are answered (general path)."""
     with trio.fail_after(10):
         async with running() as (_server, port):
             stream = await open_session(port)
@@ -103,8 +101,7 @@ async def test_pings_together_or_split_are_answered_in_order() -> None:
 
 
 async def test_fast_and_general_paths_refuse_alike_beyond_the_rate() -> None:
-    """A connection over its request rate gets the same rate_limited answers whether its
-    pings take the fast path or (with an argument) the general one."""
+    """Over the rate, fast-path and general-path pings get the same rate_limited answers."""
     config = ServerConfig(tick=0.5, limits=Limits(max_request_rate=0.5))  # connect took it
 
     async def answers(make: Callable[[int], bytes]) -> list[tuple[Any, ...]]:
@@ -131,8 +128,7 @@ async def test_fast_and_general_paths_refuse_alike_beyond_the_rate() -> None:
 
 
 async def test_a_ping_behind_a_backed_up_connection_keeps_every_event_in_order() -> None:
-    """While a watcher's socket is full (a write task owns the rest), its ping is answered
-    after what was already owed and every watch event still arrives once, in order."""
+    """A ping on a backed-up connection is answered and every watch event arrives in order."""
     data = b"x" * 60_000
     with trio.fail_after(30):
         async with running() as (server, port):
