@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import enum
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -453,6 +454,79 @@ def parse_request(obj: object) -> Request:
     if op is None:
         raise BadRequest(f"unknown operation {op_name!r}", xid)
     return Request(xid, _parse_body(op, _args_map(args, xid), xid), ack)
+
+
+# -- the renewal fast path -----------------------------------------------------------------
+# A session's steady state is one ``ping`` per few seconds and its ``ok`` answer. The server
+# recognises that request from its bytes and writes a pre-built answer, without msgpack,
+# dataclasses or dicts. Both functions are defined by the general path: a message either
+# parses here to exactly what decoding and :func:`parse_request` make of it, or it is left to
+# them (None); the answer is byte for byte what :func:`response_to_wire` and
+# :func:`pulse.codec.encode_message` produce (both checked by the codec tests).
+
+_PING_OP: Final = b"\xa4ping\x80"  # "ping", then the empty map of arguments
+_PING_TAIL: Final = len(_PING_OP)
+#: The longest ping message: prefix, array and kind, two uint64 (9 bytes each), the op.
+MAX_PING_MESSAGE: Final = 4 + 2 + 9 + 9 + _PING_TAIL
+
+
+_HEAD: Final = struct.Struct(">IBBB")  # length prefix, array of 5, kind, first byte of xid
+#: msgpack's unsigned integer formats after the first byte (uint8 … uint64), by that byte.
+_UINTS: Final = {0xCC: struct.Struct(">B"), 0xCD: struct.Struct(">H"),
+                 0xCE: struct.Struct(">I"), 0xCF: struct.Struct(">Q")}
+
+
+def parse_ping_message(data: bytes | bytearray, size: int) -> tuple[int, int] | None:
+    """``(xid, ack)`` when the first ``size`` bytes of ``data`` are exactly one framed
+    ``ping`` request (length prefix included) with unsigned msgpack integers and no
+    arguments; None for anything else, which the general decoder then handles."""
+    if not 14 <= size <= MAX_PING_MESSAGE or len(data) < size:
+        return None
+    length, array, kind, first = _HEAD.unpack_from(data)
+    if (length != size - 4 or array != 0x95 or kind != REQUEST
+            or not data.endswith(_PING_OP, 0, size)):
+        return None
+    ack_at = size - _PING_TAIL - 1  # where a one-byte ack would be
+    if first < 0x80:
+        xid, pos = first, 7
+    else:
+        unpacker = _UINTS.get(first)
+        if unpacker is None or 7 + unpacker.size > ack_at:
+            return None
+        xid, pos = unpacker.unpack_from(data, 7)[0], 7 + unpacker.size
+    if pos == ack_at:
+        ack = data[pos]
+        if ack >= 0x80:
+            return None
+    else:
+        unpacker = _UINTS.get(data[pos])
+        if unpacker is None or pos + 1 + unpacker.size != size - _PING_TAIL:
+            return None
+        ack = unpacker.unpack_from(data, pos + 1)[0]
+    if xid > MAX_ID or ack > MAX_ID:
+        return None
+    return xid, ack
+
+
+_OK_EMPTY: Final = b"\xa2ok\x80"  # "ok", then the empty map of results
+_REPLY_FIX: Final = struct.Struct(">IBBB")
+_REPLY_U8: Final = struct.Struct(">IBBBB")
+_REPLY_U16: Final = struct.Struct(">IBBBH")
+_REPLY_U32: Final = struct.Struct(">IBBBI")
+_REPLY_U64: Final = struct.Struct(">IBBBQ")
+
+
+def ping_reply(xid: int) -> bytes:
+    """The framed ``ok`` response with an empty result to request ``xid`` (0 … MAX_ID)."""
+    if xid < 0x80:
+        return _REPLY_FIX.pack(7, 0x94, RESPONSE, xid) + _OK_EMPTY
+    if xid < 0x100:
+        return _REPLY_U8.pack(8, 0x94, RESPONSE, 0xCC, xid) + _OK_EMPTY
+    if xid < 0x10000:
+        return _REPLY_U16.pack(9, 0x94, RESPONSE, 0xCD, xid) + _OK_EMPTY
+    if xid < 0x100000000:
+        return _REPLY_U32.pack(11, 0x94, RESPONSE, 0xCE, xid) + _OK_EMPTY
+    return _REPLY_U64.pack(15, 0x94, RESPONSE, 0xCF, xid) + _OK_EMPTY
 
 
 # -- server messages ---------------------------------------------------------------------

@@ -5,6 +5,10 @@ engine (:mod:`pulse._trio.engine`), which calls the server when the socket is re
 server decodes the requests (:class:`pulse.codec.MessageDecoder`), applies them to the state
 and writes the responses and the sessions' pending watch events straight to the non-blocking
 socket, once per batch; only when a socket's buffer is full does a task finish the write.
+A renewal (a whole ``ping`` in one read, :func:`.protocol.parse_ping_message`) skips the
+decoder and the request objects: it is applied with :meth:`.state.LeaseState.renew` and
+answered with the pre-built :func:`.protocol.ping_reply`, straight to the socket unless
+something is already waiting to be written on that connection (then it queues behind it).
 Session expiry is a timer client of the same engine: the tracker's next bucket is its
 deadline. The handshake deadline (the first request must come in time) and the final
 notice's deadline are each connection's own engine timer. TLS connections and other streams
@@ -45,6 +49,7 @@ from pulse.errors import LocalProtocolError, PhaseTimeout, RemoteProtocolError
 from .protocol import (
     MAX_ID,
     MAX_KEY_LENGTH,
+    MAX_PING_MESSAGE,
     BadRequest,
     Connect,
     ErrorCode,
@@ -53,7 +58,9 @@ from .protocol import (
     Response,
     SessionNotice,
     notice_to_wire,
+    parse_ping_message,
     parse_request,
+    ping_reply,
     response_to_wire,
     watch_event_to_wire,
 )
@@ -69,6 +76,8 @@ CLIENT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: ``quota_exceeded`` and is closed. Its queue is a ``BoundedDeque`` of this many items plus
 #: the one that went past and the final notice, so the check in ``queue`` is the bound.
 MAX_QUEUED_RESPONSES = 10_000
+#: Bytes read from a socket at once (into one buffer the server reuses for every socket).
+RECEIVE_SIZE = 65536
 FINAL_SEND_TIMEOUT = 1.0
 #: The writer never hands more than this (plus one message) to one ``send_all``: a large
 #: backlog of responses and watch events goes out in bounded pieces, never joined whole.
@@ -241,10 +250,6 @@ class _Connection:
         if self.server is not None:
             self.server._close(self)
 
-    def take_token(self, now: float) -> bool:
-        """One request's worth of this connection's rate (True if it may be served)."""
-        return self.rate.take(now)
-
     @property
     def refusals(self) -> int:
         """Requests refused for the rate in a row."""
@@ -287,6 +292,10 @@ class _Connection:
                 raise
             too_large = Response(message[1], error=ErrorCode.RESPONSE_TOO_LARGE, message=str(exc))
             encoded = encode_message(response_to_wire(too_large))
+        self.queue_encoded(encoded)
+
+    def queue_encoded(self, encoded: bytes) -> None:
+        """Queue one message already encoded (within the client's limit)."""
         if self.finishing:
             return  # only the final notice goes out now
         self.queued.append(encoded)
@@ -354,6 +363,10 @@ class LeaseServer:
         self._nursery: trio.Nursery | None = None  # for writes that must wait for room
         self._expiry_armed: float | None = None
         self.restored = 0
+        # One receive buffer for every engine-read socket: reads are synchronous, and the
+        # decoder copies whatever it keeps.
+        self._received = bytearray(RECEIVE_SIZE)
+        self._received_view = memoryview(self._received)
 
     # -- running -------------------------------------------------------------------------
 
@@ -469,19 +482,28 @@ class LeaseServer:
 
     def _on_readable(self, conn: _Connection, now: float) -> None:
         assert conn.raw is not None and conn.decoder is not None
+        received = self._received
         try:
-            data = conn.raw.recv(65536)
+            size = conn.raw.recv_into(received)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data or conn.finishing:
+            size = 0
+        if not size or conn.finishing:
             # The end (or bytes after our final notice, which are not served): close.
-            if not data:
+            if not size:
                 self._close(conn)
             return
+        # The steady state of a session: one whole ping request in one read.
+        if size <= MAX_PING_MESSAGE and conn.session is not None and not conn.decoder.buffered:
+            ping = parse_ping_message(received, size)
+            if ping is not None:
+                self._on_ping(conn, ping[0], ping[1], now)
+                if self._dirty:
+                    self._flush_dirty()
+                return
         try:
-            for message in conn.decoder.feed(data):
+            for message in conn.decoder.feed(self._received_view[:size]):
                 self._on_message(conn, message, now)
                 if conn.finishing:
                     break
@@ -490,6 +512,26 @@ class LeaseServer:
                      session_id=None if conn.session is None else conn.session.id)
             conn.finish(ErrorNotice(ErrorCode.PROTOCOL_ERROR, str(exc)), now)
         self._flush_dirty()
+
+    def _on_ping(self, conn: _Connection, xid: int, ack: int, now: float) -> None:
+        """A ping on a connection with a session (what :meth:`_on_message` does with one,
+        without building the request, the outcome or the response as objects)."""
+        if not conn.rate.take(now):
+            self._over_rate(conn, xid)
+            return
+        session = conn.session
+        assert session is not None
+        try:
+            session = self.state.renew(session.id, ack, now)
+        except RequestFailed as exc:
+            self._refuse(conn, session, xid, exc)
+            return
+        reply = ping_reply(xid)
+        if (conn.queued or conn.owed or conn.writing or conn.raw is None
+                or (session.outbox and session.outbox[-1].seq > conn.sent_seq)):
+            conn.queue_encoded(reply)  # behind what waits already
+        else:
+            self._send(conn, reply)
 
     def _flush_dirty(self) -> None:
         dirty, self._dirty = self._dirty, set()
@@ -503,23 +545,29 @@ class LeaseServer:
         while True:
             data = conn.owed or _joined(self._next_chunk(conn))
             conn.owed = b""
-            if not data:
+            if not data or not self._send(conn, data):
                 break
-            try:
-                sent = conn.raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._close(conn)
-                return
-            if sent < len(data):
-                conn.owed = data[sent:]
-                conn.writing = True
-                assert self._nursery is not None
-                self._nursery.start_soon(self._finish_writes, conn)
-                return
-        if conn.finishing:
+        if conn.finishing and not conn.writing and not conn.closed:
             self._close(conn)
+
+    def _send(self, conn: _Connection, data: bytes) -> bool:
+        """Write ``data`` to the non-blocking socket; True if it all went. What the socket
+        does not take is left to a task; an error closes the connection."""
+        assert conn.raw is not None
+        try:
+            sent = conn.raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close(conn)
+            return False
+        if sent < len(data):
+            conn.owed = data[sent:]
+            conn.writing = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._finish_writes, conn)
+            return False
+        return True
 
     async def _finish_writes(self, conn: _Connection) -> None:
         try:
@@ -671,18 +719,23 @@ class LeaseServer:
 
     # -- requests ------------------------------------------------------------------------
 
+    def _over_rate(self, conn: _Connection, xid: object) -> None:
+        """The connection had no token of its rate for request ``xid`` (whatever the
+        envelope held there): refuse the request, or close a flooder."""
+        rate = self.config.limits.max_request_rate
+        if conn.refusals > max(MAX_RATE_REFUSALS, rate):
+            log.info("connection_flooding", peer=conn.peer, rate=rate)
+            conn.finish(ErrorNotice(ErrorCode.RATE_LIMITED,
+                                    f"kept sending beyond {rate:g} requests per second"))
+            return
+        if isinstance(xid, int) and not isinstance(xid, bool) and 0 <= xid <= MAX_ID:
+            self._reply_error(conn, xid, ErrorCode.RATE_LIMITED,
+                              f"more than {rate:g} requests per second on this connection")
+
     def _on_message(self, conn: _Connection, message: object, now: float) -> None:
-        if not conn.take_token(now):
-            rate = self.config.limits.max_request_rate
-            if conn.refusals > max(MAX_RATE_REFUSALS, rate):
-                log.info("connection_flooding", peer=conn.peer, rate=rate)
-                conn.finish(ErrorNotice(ErrorCode.RATE_LIMITED,
-                                        f"kept sending beyond {rate:g} requests per second"))
-                return
-            xid = message[1] if isinstance(message, list) and len(message) == 5 else None
-            if isinstance(xid, int) and not isinstance(xid, bool) and 0 <= xid <= MAX_ID:
-                self._reply_error(conn, xid, ErrorCode.RATE_LIMITED,
-                                  f"more than {rate:g} requests per second on this connection")
+        if not conn.rate.take(now):
+            self._over_rate(conn, message[1] if isinstance(message, list)
+                            and len(message) == 5 else None)
             return
         try:
             request = parse_request(message)
@@ -711,12 +764,7 @@ class LeaseServer:
         try:
             outcome = self.state.handle(session.id, request, now)
         except RequestFailed as exc:
-            if exc.code in (ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_KEYS,
-                            ErrorCode.TOO_MANY_WATCHES, ErrorCode.DATA_TOO_LARGE,
-                            ErrorCode.QUOTA_EXCEEDED):
-                log.info("limit_exceeded", session_id=session.id, peer=conn.peer,
-                         reason=exc.message)
-            self._reply_error(conn, request.xid, exc.code, exc.message)
+            self._refuse(conn, session, request.xid, exc)
             return
         conn.queue(response_to_wire(Response(request.xid, outcome.result)))
         self._apply(outcome)
@@ -768,6 +816,15 @@ class LeaseServer:
         self._rearm()
         log.info("session_reattached" if result["reattached"] else "session_opened",
                  session_id=session.id, peer=conn.peer, timeout=session.timeout)
+
+    def _refuse(self, conn: _Connection, session: ServerSession, xid: int,
+                exc: RequestFailed) -> None:
+        if exc.code in (ErrorCode.RATE_LIMITED, ErrorCode.TOO_MANY_KEYS,
+                        ErrorCode.TOO_MANY_WATCHES, ErrorCode.DATA_TOO_LARGE,
+                        ErrorCode.QUOTA_EXCEEDED):
+            log.info("limit_exceeded", session_id=session.id, peer=conn.peer,
+                     reason=exc.message)
+        self._reply_error(conn, xid, exc.code, exc.message)
 
     def _reply_error(self, conn: _Connection, xid: int, code: ErrorCode, message: str) -> None:
         conn.queue(response_to_wire(Response(xid, error=code, message=message)))

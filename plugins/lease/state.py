@@ -415,13 +415,23 @@ class LeaseState:
 
     # -- requests ------------------------------------------------------------------------
 
-    def handle(self, session_id: int, request: Request, now: float) -> Outcome:
-        """Serve one request of a connected session (connect is handled by :meth:`connect`)."""
+    def renew(self, session_id: int, ack: int, now: float) -> ServerSession:
+        """What every request on a session does first, and all a ``ping`` does: touch the
+        session, drop the events the client acknowledged (``ack``), spend a token of its
+        rate. Returns the session; raises :class:`RequestFailed` like :meth:`handle`."""
         session = self.sessions.get(session_id)
         if session is None or not self.tracker.touch(session_id, now):
             raise RequestFailed(ErrorCode.SESSION_CLOSING, f"session {session_id:#x} is closing")
-        self.pending_bytes -= session.acknowledge(request.ack)
-        self._take_token(session, now)
+        if session.outbox:
+            self.pending_bytes -= session.acknowledge(ack)
+        if not session.rate.take(now):
+            raise RequestFailed(ErrorCode.RATE_LIMITED, f"more than {session.rate.rate:g} "
+                                "requests per second on this session")
+        return session
+
+    def handle(self, session_id: int, request: Request, now: float) -> Outcome:
+        """Serve one request of a connected session (connect is handled by :meth:`connect`)."""
+        session = self.renew(session_id, request.ack, now)
         outcome = Outcome({}, set(), [])
         body = request.body
         if isinstance(body, Ping):
@@ -448,11 +458,6 @@ class LeaseState:
         else:
             raise RequestFailed(ErrorCode.BAD_REQUEST, "connect is only valid as the first request")
         return outcome
-
-    def _take_token(self, session: ServerSession, now: float) -> None:
-        if not session.rate.take(now):
-            raise RequestFailed(ErrorCode.RATE_LIMITED, f"more than {session.rate.rate:g} "
-                                "requests per second on this session")
 
     def _register(self, session: ServerSession, key: str, data: bytes, outcome: Outcome) -> None:
         limits = self.limits
