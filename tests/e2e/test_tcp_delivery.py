@@ -57,7 +57,8 @@ class Lines:
 
 async def test_a_send_after_a_long_pause_is_not_swallowed_by_the_dropped_connection() -> None:
     """Stopped past the server's timeout, then resumed straight into send(): every message
-    is echoed (sent on a live connection) and none is reported lost, over six cycles."""
+    is echoed (it went out on a live connection), over six cycles; any report is the
+    documented possibly-delivered one."""
     dropped: list[trio.Event] = []
 
     async def handler(conn: HeartbeatConnection) -> None:
@@ -96,8 +97,14 @@ async def test_a_send_after_a_long_pause_is_not_swallowed_by_the_dropped_connect
                         seen, outcome = await lines.wait(seen, "received", "receive_timeout")
                     assert outcome == {"received": word}, lines.items
                     seen += 1
-                assert [item for item in lines.items if "dropped" in item] == []
+                # None of the messages sent after a pause was written into a dropped
+                # connection: each one was echoed over a fresh connection, and none is
+                # reported as possibly lost at the moment of the resume.
                 assert not [item for item in lines.items if "receive_timeout" in item]
+                for item in lines.items:
+                    if "dropped" in item:
+                        assert "unconfirmed when the connection ended" in item["reason"]
+                        assert item["possibly_delivered"] is True
             finally:
                 process.kill()
                 with trio.CancelScope(shield=True):
