@@ -21,6 +21,7 @@ from pulse._core.backoff import Backoff
 from pulse._core.channel_heartbeat import ChannelTiming, Role
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
+from pulse._trio.util import background_nursery
 from pulse.errors import ConnectionClosed, PulseError
 from pulse.rpc import (
     HeartbeatTimer,
@@ -196,7 +197,7 @@ async def open_consumer(
     """A running :class:`DubboConsumer` for the ``async with`` block. Without ``timer`` a
     private one is started; pass a shared timer to put many consumers on one wheel."""
     timing = timing or ChannelTiming()
-    async with trio.open_nursery() as nursery:
+    async with background_nursery() as nursery:
         if timer is None:
             own = await nursery.start(_run_timer, tick_for(timing))
             timer = own

@@ -31,6 +31,7 @@ from pulse._trio.connection import DEFAULT_WINDOW, HeartbeatConnection, heartbea
 from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
 from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
+from pulse._trio.util import background_nursery
 from pulse.actions import Reconnect
 from pulse.delivery import Delivery, Dropped
 from pulse.errors import ConnectionClosed, PulseError, ReconnectGaveUp
@@ -339,7 +340,7 @@ async def reconnecting_tcp(
     """
     client = ReconnectingClient(host, port, policy, backoff or default_backoff(), options,
                                 delivery=delivery, on_drop=on_drop, window=window)
-    async with trio.open_nursery() as nursery:
+    async with background_nursery() as nursery:
         nursery.start_soon(client._run)
         try:
             yield client
