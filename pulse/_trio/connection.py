@@ -357,10 +357,15 @@ class HeartbeatConnection:
         wait for the connection to prove itself after one."""
         now = self._engine.now()
         if self._liveness.overslept(now):
-            # We are the first to run after the pause: report it and send the heartbeat
-            # that tests the connection now, instead of writing into it blind.
-            self.handle_timer(now)
-            self._engine.watch(self)
+            # We are the first to run after the pause. As the engine would: fresh evidence
+            # first (what arrived while we were away, e.g. pongs that confirm messages),
+            # then report the pause and send the heartbeat that tests the connection now,
+            # instead of writing into it blind.
+            if self._raw is not None and not self._paused:
+                self.on_readable(now)
+            if not self.closed:
+                self.handle_timer(now)
+                self._engine.watch(self)
         while self._verify_seq is not None and not self.closed:
             await self._verified.wait()
         self._raise_if_closed()
