@@ -142,6 +142,25 @@ async def _gossip_member(peers: trio.Nursery, _: pytest.MonkeyPatch) -> Any:
             ConnectionClosed("the group went away"))
 
 
+@case("gossip via pulse.registry.connect_session")
+async def _gossip_session(peers: trio.Nursery, _: pytest.MonkeyPatch) -> Any:
+    from pulse.plugins.gossip.driver import gossip_member
+    seed: list[tuple[str, int]] = []
+    ready = trio.Event()
+
+    async def run_seed() -> None:
+        async with gossip_member(("127.0.0.1", 0), "seed", rng=random.Random(2)) as member:
+            seed.append(member.addr)
+            ready.set()
+            await trio.sleep_forever()
+
+    peers.start_soon(run_seed)
+    await ready.wait()
+    host, port = seed[0]
+    return (connect_session(f"gossip://{host}:{port}", session_timeout=5.0),
+            SessionExpired("the session expired"))
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 async def test_the_documented_error_comes_out_alone_while_the_scope_is_cancelled(
     name: str, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch,
@@ -188,3 +207,38 @@ async def test_an_error_from_the_block_comes_out_as_itself(
             async with manager:
                 raise KeyError("application")
         peers.cancel_scope.cancel()
+
+
+# -- servers: per-client errors stay with the client; cancelling the server is clean -----------
+
+
+async def test_cancelling_a_websocket_server_while_a_handler_fails_is_clean(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A handler that raises the documented error (its client died) as the server's scope is
+    cancelled: serve_stream keeps it to that client and the cancel completes cleanly."""
+    from pulse.plugins.websocket.server import ServerConnection, ServerSettings, serve_stream
+
+    from .ws_fakes import open_raw_client
+
+    entered = trio.Event()
+
+    async def handler(conn: ServerConnection) -> None:
+        entered.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise PeerTimeout("the client died")
+
+    client_end, server_end = trio.testing.memory_stream_pair()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as scope:
+                nursery.start_soon(open_raw_client, client_end)
+                async with trio.open_nursery() as server:
+                    server.start_soon(serve_stream, server_end, handler,
+                                      ServerSettings(policy=POLICY))
+                    await entered.wait()
+                    scope.cancel()
+            assert scope.cancelled_caught
+            nursery.cancel_scope.cancel()
