@@ -202,9 +202,15 @@ class ReconnectingClient:
                 if conn is not None and not conn.closed:
                     try:
                         await conn.send(payload)
-                        return
                     except ConnectionClosed:
                         pass
+                    else:
+                        if conn.closed:
+                            # It closed while our bytes went out, perhaps already settled:
+                            # what it left unconfirmed (ours included) is reported or
+                            # resent now rather than forgotten.
+                            self._settle(conn)
+                        return
                 await changed.wait()
 
     async def receive(self) -> Any:

@@ -199,14 +199,17 @@ class HeartbeatConnection:
         ``Delivery.AT_LEAST_ONCE`` it also waits while ``window`` messages are unconfirmed.
         """
         self._raise_if_closed()
-        await self._check_after_pause()
+        if self._verify_seq is not None or self._liveness.overslept(self._engine.now()):
+            await self._check_after_pause()
         window = self._window
         if window is not None and window.keep_all:
             while window.full and not self.closed:
                 await self._room.wait()
             self._raise_if_closed()
         await self._write(encode_frame(Data(payload)), progress=True)
-        if window is not None and not self.closed:
+        if window is not None:
+            # Tracked even if the connection closed meanwhile: the bytes were handed over,
+            # so the message may have arrived and its owner must hear of it.
             now = self._engine.now()
             self._confirm(window.written(payload, now), now)
 

@@ -291,3 +291,60 @@ async def test_a_send_after_a_local_pause_never_goes_into_a_dead_connection(
             assert await client.receive() == "after the pause"
         assert client.connects == 2
     assert drops == []
+
+
+class HangUpDuringWrite(trio.abc.Stream):
+    """Hands bytes on, but the first write carrying ``marker`` ends the stream before it
+    returns (as if the server's goodbye was read while our write was in progress)."""
+
+    def __init__(self, inner: trio.abc.Stream, marker: bytes) -> None:
+        self.inner, self.marker, self.fired = inner, marker, False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+        if not self.fired and self.marker in bytes(data):
+            self.fired = True
+            await self.inner.aclose()
+            await trio.sleep(0.5)  # the reader sees the end; the client moves on meanwhile
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_message_written_as_its_connection_closes_is_still_reported(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A send whose bytes were handed over just as the connection ended (and was already
+    settled by the client) is reported too, not forgotten."""
+    streams = iter(range(2))
+
+    @asynccontextmanager
+    async def connect(host: str, port: int, policy: HeartbeatPolicy | None,
+                      **options: Any) -> AsyncIterator[HeartbeatConnection]:
+        ours, theirs = trio.testing.memory_stream_pair()
+        first = next(streams) == 0
+        stream = HangUpDuringWrite(ours, b"late") if first else ours
+        async with background_nursery() as nursery:
+            async def server() -> None:
+                async with heartbeat(theirs, POLICY, peer_id="server") as conn:
+                    await echo(conn)
+            nursery.start_soon(server)
+            async with heartbeat(stream, policy, peer="fake", transport="tcp",
+                                 **options) as conn:
+                yield conn
+
+    monkeypatch.setattr(client_module, "connect_tcp", connect)
+    drops: list[Dropped] = []
+    backoff = Backoff(initial=0.1, maximum=1.0, rng=random.Random(1))
+    async with reconnecting_tcp("server", 1, POLICY, backoff=backoff,
+                                on_drop=drops.append) as client:
+        await open_client(client)
+        await client.send("late")
+        await open_client(client, connects=2)
+    assert [(d.message, d.possibly_delivered) for d in drops] == [("late", True)]
