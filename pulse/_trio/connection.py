@@ -369,7 +369,7 @@ class HeartbeatConnection:
             if not self.closed:
                 self.handle_timer(now)
                 self._engine.watch(self)
-        while self._verify_seq is not None and not self.closed:
+        while self._verify_seq is not None and not self.closed and not self._paused:
             await self._verified.wait()
         self._raise_if_closed()
 
@@ -443,6 +443,12 @@ class HeartbeatConnection:
                 self._resumed = trio.Event()
                 if self._raw is not None:
                     self._engine.pause_reader(self._raw)
+                if self._verify_seq is not None:
+                    # No pong can be read until the application catches up, and it may be
+                    # waiting in send(): give up the check rather than deadlock (what is
+                    # written from here on is covered by the delivery contract).
+                    self._verify_seq = None
+                    self._verified.set()
 
     def _on_frame(self, frame: Frame, now: float) -> None:
         if isinstance(frame, Pong):
