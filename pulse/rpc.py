@@ -56,6 +56,7 @@ from pulse._core.wheel import DEFAULT_SLOTS, DEFAULT_TICK, HashedWheel, Timer
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
 from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
+from pulse._trio.util import background_nursery
 from pulse.actions import (
     Action,
     Close,
@@ -363,7 +364,7 @@ async def open_heartbeat_timer(
 ) -> AsyncIterator[HeartbeatTimer]:
     """A :class:`HeartbeatTimer` whose task runs for the duration of the ``async with``."""
     timer = HeartbeatTimer(tick=tick, slots=slots)
-    async with trio.open_nursery() as nursery:
+    async with background_nursery() as nursery:
         await nursery.start(timer.run)
         try:
             yield timer

@@ -20,6 +20,7 @@ from pulse._core.backoff import Backoff
 from pulse._core.channel_heartbeat import ChannelTiming, Role
 from pulse._log import get_logger
 from pulse._trio.streams import connect, dial
+from pulse._trio.util import background_nursery
 from pulse.errors import ConnectionClosed, PulseError
 from pulse.rpc import (
     HeartbeatTimer,
@@ -200,7 +201,7 @@ async def open_consumer(
     ``shared_probe=False`` keeps this consumer out of the provider's shared probe (while a
     provider cannot be reached, the consumers of one process wait behind one probe)."""
     timing = timing or ChannelTiming()
-    async with trio.open_nursery() as nursery:
+    async with background_nursery() as nursery:
         if timer is None:
             own = await nursery.start(_run_timer, tick_for(timing))
             timer = own

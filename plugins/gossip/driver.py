@@ -60,6 +60,7 @@ from pulse._core.swim_messages import (
 )
 from pulse._log import get_logger
 from pulse._trio.engine import Engine, current_engine
+from pulse._trio.util import background_nursery
 from pulse.errors import NoServerReachable, RemoteProtocolError
 
 from .codec import (
@@ -515,7 +516,7 @@ async def gossip_member(
         tcp.close()
         raise
     join_error: GossipJoinError | None = None
-    async with trio.open_nursery() as nursery:
+    async with background_nursery() as nursery:
         member = GossipMember(swim, udp, engine, nursery, stream_timeout=stream_timeout)
         member.listener = listener
         engine.add_reader(udp, member)

@@ -36,6 +36,7 @@ from typing import Any
 import trio
 
 from pulse._core.swim import SwimConfig
+from pulse._trio.util import background_nursery
 from pulse.errors import KeyExists, NotOwner, SessionClosed, SessionExpired
 from pulse.presence import PresenceEvent, SessionEvent, SessionState
 from pulse.registry import Endpoint
@@ -247,7 +248,7 @@ async def connect_gossip_session(endpoint: Endpoint, *, session_timeout: float =
                              advertise=options.get("advertise"),
                              leave_propagate=min(1.0, session_timeout),
                              join_timeout=float(options.get("start_timeout") or session_timeout)) as member, \
-            trio.open_nursery() as nursery:
+            background_nursery() as nursery:
         session = GossipSession(member, session_id, session_timeout)
         nursery.start_soon(session._follow)
         try:

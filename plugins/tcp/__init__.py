@@ -8,6 +8,8 @@ SO_KEEPALIVE / TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT / TCP_USER_TIMEOUT.
 
 from __future__ import annotations
 
+from pulse.delivery import Delivery, Dropped
+
 from .client import ClientState, ReconnectingClient, StateChange, connect_tcp, reconnecting_tcp
 from .keepalive import (
     AppliedKeepalive,
@@ -26,6 +28,8 @@ from .server import echo_handler, serve_tcp
 __all__ = [
     "AppliedKeepalive",
     "ClientState",
+    "Delivery",
+    "Dropped",
     "KeepaliveRoundingWarning",
     "KeepaliveUnsupported",
     "KeepaliveWarning",

@@ -1,5 +1,15 @@
 """TCP clients: one heartbeat connection, or a client that reconnects with backoff (under
-the one reconnect supervisor, :mod:`pulse._trio.reconnect`)."""
+the one reconnect supervisor, :mod:`pulse._trio.reconnect`).
+
+The reconnecting client keeps the WebSocket client's delivery contract
+(:mod:`pulse.delivery`): a message ``send`` handed to a connection that then died before
+the server confirmed it (a pong to a heartbeat written after it) is never lost silently. Under
+``Delivery.AT_MOST_ONCE`` (the default) it is reported through ``on_drop`` as a
+:class:`~pulse.delivery.Dropped` with ``possibly_delivered=True``; under
+``Delivery.AT_LEAST_ONCE`` it is sent again on the next connection, first and in order.
+After a local pause (the process was stopped) a send first checks that the connection still
+stands, so a connection the server dropped meanwhile does not swallow it.
+"""
 
 from __future__ import annotations
 
@@ -17,18 +27,28 @@ from pulse._core.backoff import Backoff
 from pulse._core.policy import HeartbeatPolicy
 from pulse._core.reconnect import ReconnectMachine, default_backoff
 from pulse._log import get_logger
-from pulse._trio.connection import HeartbeatConnection, heartbeat
+from pulse._trio.connection import DEFAULT_WINDOW, HeartbeatConnection, heartbeat
 from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
 from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
 from pulse._trio.streams import dial, peer_name
+from pulse._trio.util import background_nursery
 from pulse.actions import Reconnect
+from pulse.delivery import Delivery, Dropped
 from pulse.errors import ConnectionClosed, PulseError, ReconnectGaveUp
 
 from .keepalive import TcpKeepalive
 from .server import tune_socket
 
 log = get_logger("pulse.tcp")
+
+DropHandler = Callable[[Dropped], None]
+
+
+def log_drop(dropped: Dropped) -> None:
+    """The default ``on_drop``: one structlog warning per message given up on."""
+    log.warning("message_dropped", peer=dropped.peer, transport="tcp", reason=dropped.reason,
+                possibly_delivered=dropped.possibly_delivered)
 
 
 async def open_stream(
@@ -116,17 +136,32 @@ class StateChange:
 class ReconnectingClient:
     """A TCP heartbeat client that survives server restarts and dead links.
 
-    Use :func:`reconnecting_tcp`. ``send`` waits (up to ``send_timeout``) for a live
+    Use :func:`reconnecting_tcp`. ``send`` waits (up to its ``timeout``) for a live
     connection; ``receive`` returns messages from whichever connection is current; every
-    transition is published on ``events()`` and logged.
+    transition is published on ``events()`` and logged. Messages a dead connection may have
+    swallowed are reported or resent according to ``delivery`` (see the module docstring).
     """
 
     def __init__(self, host: str, port: int, policy: HeartbeatPolicy | None,
-                 backoff: Backoff, options: dict[str, Any], shared_probe: bool = True) -> None:
+                 backoff: Backoff, options: dict[str, Any], *,
+                 delivery: Delivery = Delivery.AT_MOST_ONCE,
+                 on_drop: DropHandler | None = None,
+                 window: int = DEFAULT_WINDOW,
+                 shared_probe: bool = True) -> None:
+        if not isinstance(delivery, Delivery):
+            raise ValueError(f"delivery must be a Delivery, got {delivery!r}")
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window!r}")
         self.host, self.port = host, port
         self.policy = policy
         self.backoff = backoff
-        self._options = options
+        self.delivery = delivery
+        self.on_drop = on_drop or log_drop
+        self._options = {**options, "delivery": delivery, "window": window}
+        self._resend: list[Any] = []  # unconfirmed on a dead connection, to send again first
+        self._closing = False
+        #: Messages reported through ``on_drop`` so far.
+        self.dropped_count = 0
         self.state = ClientState.CONNECTING
         self.connection: HeartbeatConnection | None = None
         self._changed = trio.Event()  # set (and replaced) at every state change
@@ -168,16 +203,22 @@ class ReconnectingClient:
             while True:
                 if self._failure is not None:
                     raise self._failure
-                if self.state is ClientState.CLOSED:
+                if self.state is ClientState.CLOSED or self._closing:
                     raise ConnectionClosed("client closed")
                 conn = self.connection
                 changed = self._changed
                 if conn is not None and not conn.closed:
                     try:
                         await conn.send(payload)
-                        return
                     except ConnectionClosed:
                         pass
+                    else:
+                        if conn.closed:
+                            # It closed while our bytes went out, perhaps already settled:
+                            # what it left unconfirmed (ours included) is reported or
+                            # resent now rather than forgotten.
+                            self._settle(conn)
+                        return
                 await changed.wait()
 
     async def receive(self) -> Any:
@@ -202,16 +243,30 @@ class ReconnectingClient:
         try:
             await self._driver.run()
         finally:
+            self._give_up_resends("client closed")
             self._wake()
             self._inbound_send.close()
             self._events.close()
 
+    @property
+    def unconfirmed(self) -> int:
+        """Messages written to the current connection that the server has not confirmed,
+        plus those waiting to be sent again (at-least-once)."""
+        conn = self.connection
+        return len(self._resend) + (conn.unconfirmed if conn is not None else 0)
+
     async def _attempt(self, handle: AttemptHandle) -> str:
-        """One connection: connect, relay its messages until it ends, say why it ended."""
+        """One connection: connect, send again what the last one left unconfirmed, relay
+        its messages until it ends, say why it ended."""
+        opened: HeartbeatConnection | None = None
         try:
             async with connect_tcp(self.host, self.port, self.policy,
                                    on_transport=handle.reached, **self._options) as conn:
+                opened = conn
                 self.connects += 1
+                while self._resend:  # first, in order, before anything sent from now on
+                    await conn.send(self._resend[0])
+                    self._resend.pop(0)
                 self.connection = conn
                 handle.connected()
                 self._set(StateChange(ClientState.OPEN, "connected"))
@@ -220,15 +275,52 @@ class ReconnectingClient:
             return conn.close_reason or "connection closed"
         finally:
             self.connection = None
+            if opened is not None:
+                self._settle(opened)
+
+    def _settle(self, conn: HeartbeatConnection) -> None:
+        """The connection is gone: what it left unconfirmed is sent again or reported."""
+        unconfirmed = conn.take_unconfirmed()
+        if not unconfirmed:
+            return
+        why = conn.close_reason or "connection closed"
+        if self.delivery is Delivery.AT_LEAST_ONCE and not self._closing:
+            self._resend[:0] = unconfirmed
+            log.info("resending", peer=f"{self.host}:{self.port}", transport="tcp",
+                     count=len(unconfirmed), reason=why)
+        else:
+            self._report(unconfirmed, f"unconfirmed when the connection ended: {why}")
+
+    def _report(self, messages: list[Any], reason: str) -> None:
+        peer = f"{self.host}:{self.port}"
+        for message in messages:
+            self.dropped_count += 1
+            self.on_drop(Dropped(message, reason, True, peer))
+
+    def _give_up_resends(self, why: str) -> None:
+        """The client ends: what was waiting to be sent again will not be."""
+        resend, self._resend = self._resend, []
+        self._report(resend, f"not sent again: {why}")
+
+    async def _drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for the server to confirm what was sent (a clean exit)."""
+        with current_engine().move_on_after(timeout):
+            while True:
+                conn = self.connection
+                if conn is None or conn.closed or not conn.unconfirmed:
+                    return
+                await conn.wait_confirmed()
 
     def _waiting(self, wait: Reconnect, reason: str) -> None:
         self._set(StateChange(ClientState.RECONNECTING, reason, wait.attempt, wait.delay))
 
     def _gave_up(self, error: ReconnectGaveUp) -> None:
         self._failure = error
+        self._give_up_resends(f"client failed ({error})")
         self._set(StateChange(ClientState.FAILED, str(error), self.backoff.attempts))
 
     def _close(self) -> None:
+        self._closing = True
         self._driver.stop()
         self._set(StateChange(ClientState.CLOSED, "closed by application"))
 
@@ -241,6 +333,10 @@ async def reconnecting_tcp(
     *,
     backoff: Backoff | None = None,
     shared_probe: bool = True,
+    delivery: Delivery = Delivery.AT_MOST_ONCE,
+    on_drop: DropHandler | None = None,
+    window: int = DEFAULT_WINDOW,
+    close_timeout: float = 2.0,
     **options: Any,
 ) -> AsyncIterator[ReconnectingClient]:
     """A :class:`ReconnectingClient` running for the ``async with`` block.
@@ -253,13 +349,23 @@ async def reconnecting_tcp(
     behind one probe while it refuses connections or cannot be reached, instead of each
     retrying (see ``docs/reconnect.md``); ``shared_probe=False`` keeps this client on its
     own backoff.
+
+    ``delivery`` chooses what happens to messages a dead connection may have swallowed
+    (written, not yet confirmed by the server): ``Delivery.AT_MOST_ONCE`` (default) reports
+    each through ``on_drop(Dropped(message, reason, possibly_delivered=True, peer))``
+    (default: a structlog warning), ``Delivery.AT_LEAST_ONCE`` sends them again on the next
+    connection, first and in order. At most ``window`` messages are tracked. Leaving the
+    block normally waits up to ``close_timeout`` s for the server to confirm what was sent;
+    what is still unconfirmed then is reported.
     """
     client = ReconnectingClient(host, port, policy, backoff or default_backoff(), options,
-                                shared_probe)
-    async with trio.open_nursery() as nursery:
+                                delivery=delivery, on_drop=on_drop, window=window,
+                                shared_probe=shared_probe)
+    async with background_nursery() as nursery:
         nursery.start_soon(client._run)
         try:
             yield client
+            await client._drain(close_timeout)
         finally:
             client._close()
             nursery.cancel_scope.cancel()

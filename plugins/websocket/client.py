@@ -41,6 +41,7 @@ from pulse._log import get_logger
 from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
 from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
+from pulse._trio.util import background_nursery
 from pulse.actions import Action, Reconnect
 from pulse.errors import ConnectionClosed, PulseError, ReconnectGaveUp
 
@@ -595,7 +596,7 @@ async def connect(
     client = ResilientWebSocket(parsed, options, backoff or default_backoff(), outbox,
                                 receive_buffer,
                                 on_event)
-    async with trio.open_nursery() as nursery:
+    async with background_nursery() as nursery:
         nursery.start_soon(client._run)
         try:
             yield client

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import trio
 
 from pulse._log import get_logger
+from pulse.delivery import Dropped as Dropped
 from pulse.errors import PulseError, QueueFull
 
 log = get_logger("pulse.websocket")
@@ -39,22 +40,6 @@ class Overflow(enum.Enum):
     WAIT = "wait"
     DROP_OLDEST = "drop-oldest"
     RAISE = "raise"
-
-
-@dataclass(frozen=True, slots=True)
-class Dropped:
-    """A message pulse gave up on, and why.
-
-    ``possibly_delivered`` is False when the message never left this process (the queue
-    overflowed, or it was still queued when the client closed or gave up). It is True when
-    the message was handed to a socket that died before the peer confirmed it: it may or may
-    not have arrived.
-    """
-
-    message: Payload
-    reason: str
-    possibly_delivered: bool = False
-    peer: str = ""
 
 
 @dataclass(slots=True)

@@ -56,6 +56,7 @@ from pulse._trio.engine import current_engine
 from pulse._trio.tcpinfo import read_tcp_progress, tcp_socket
 from pulse._trio.writer import raw_socket
 from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
+from pulse.delivery import Delivery as Delivery
 from pulse.frames import Ping as FramePing
 
 from .connection import (
@@ -103,23 +104,6 @@ CLOSE_NORMAL: Final = 1000
 CLOSE_ABNORMAL: Final = 1006
 CLOSE_PEER_TIMEOUT: Final = CLOSE_INTERNAL_ERROR
 """The close code sent to a peer declared dead (as the websockets library does)."""
-
-
-class Delivery(enum.Enum):
-    """What happens to the unconfirmed window when a connection dies.
-
-    ``AT_MOST_ONCE``: each message is sent once; messages the peer had not confirmed are
-    reported as :class:`~.outbox.Dropped` with ``possibly_delivered=True``. The window is
-    bounded: beyond ``window`` unconfirmed messages the oldest is presumed delivered and no
-    longer tracked (the writer never stalls).
-
-    ``AT_LEAST_ONCE``: unconfirmed messages are sent again on the next connection, ahead of
-    the queue, so nothing handed to pulse is lost while the client keeps reconnecting; the
-    peer may see a message twice. The writer stalls when ``window`` messages are unconfirmed.
-    """
-
-    AT_MOST_ONCE = "at-most-once"
-    AT_LEAST_ONCE = "at-least-once"
 
 
 class Initiator(enum.Enum):

@@ -219,6 +219,15 @@ class Liveness:
             return []
         return [self._track_ping(now)]
 
+    def overslept(self, now: float) -> bool:
+        """True when ``now`` is more than ``max_local_pause`` past the deadline last handed out
+        and :meth:`handle_timer` has not run since: the driver slept through its deadline (a
+        stopped process, a blocked loop) and has not noticed yet. A driver about to act on
+        the connection calls :meth:`handle_timer` first, so the pause is reported and the
+        connection is checked before it is trusted again."""
+        assert self.policy.max_local_pause is not None
+        return self._armed is not None and now - self._armed > self.policy.max_local_pause
+
     def _track_ping(self, now: float) -> SendPing:
         seq = self._next_seq()
         self._in_flight[seq] = now

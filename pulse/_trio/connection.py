@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from pulse._core.bounded import BoundedDeque
+from pulse._core.confirm import ConfirmWindow, RequestConfirmation
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import Liveness, LivenessState, PeerStats
 from pulse._core.policy import HeartbeatPolicy, NegotiationBounds, negotiate
@@ -38,6 +39,7 @@ from pulse._trio.tcpinfo import read_tcp_progress, tcp_socket
 from pulse._trio.util import background_nursery
 from pulse._trio.writer import ControlWriter, raw_socket
 from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
+from pulse.delivery import Delivery
 from pulse.errors import (
     AuthFailed,
     ConnectionClosed,
@@ -73,6 +75,11 @@ DEFAULT_MAX_PING_RATE = 200.0
 #: How long a graceful close (a CLOSE frame, a TLS close_notify) may take before the stream
 #: is closed forcefully.
 CLOSE_TIMEOUT = 1.0
+#: Default bound on the unconfirmed window (messages) when delivery is tracked.
+DEFAULT_WINDOW = 1024
+#: Confirmation pings are at most this often (20 a second: a tenth of the default
+#: ``max_ping_rate``, so a chatty application never looks like a ping flood).
+CONFIRM_SPACING = 0.05
 
 DetectorFactory = Callable[[HeartbeatPolicy], FailureDetector]
 Authenticator = Callable[[str | None], bool]
@@ -101,6 +108,8 @@ class HeartbeatConnection:
         on_event: Callable[[Action], None] | None,
         hold_limit: int = 1024 * 1024,
         max_ping_rate: float = DEFAULT_MAX_PING_RATE,
+        delivery: Delivery | None = None,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         self.stream = stream
         self.policy = policy
@@ -140,6 +149,21 @@ class HeartbeatConnection:
         self._pings = TokenBucket(max_ping_rate, self._engine.now())
         #: The TCP socket the lossy-link profile asks the kernel about (None: not asked).
         self._tcp = tcp_socket(stream) if self._liveness.wants_transport_progress else None
+        #: Messages written and not yet confirmed by a pong (None: delivery not tracked).
+        self._window: ConfirmWindow[Any] | None = None
+        if delivery is not None:
+            self._window = ConfirmWindow(
+                window, spacing=CONFIRM_SPACING,
+                retry_after=policy.interval if policy.enabled else 1.0,
+                keep_all=delivery is Delivery.AT_LEAST_ONCE,
+            )
+        self._room = trio.Event()  # set when the window shrinks or the connection closes
+        # After a local pause (our process stopped or blocked past a deadline) application
+        # writes wait until a pong to a heartbeat sent after the pause shows the connection
+        # still stands, or until it is found dead: a peer that dropped us meanwhile must
+        # not swallow what the application sends next.
+        self._verify_seq: int | None = None
+        self._verified = trio.Event()
 
     # -- public API ----------------------------------------------------------------------
 
@@ -172,9 +196,44 @@ class HeartbeatConnection:
         return self._events
 
     async def send(self, payload: object) -> None:
-        """Send one application message (bytes, or any msgpack-serialisable object)."""
+        """Send one application message (bytes, or any msgpack-serialisable object).
+
+        Right after a local pause (this process was stopped or its loop blocked for longer
+        than the policy's ``max_local_pause``) the message waits until the peer answers a
+        heartbeat sent after the pause, or raises :class:`ConnectionClosed` once the
+        connection turns out to be dead: nothing is written into a connection the peer may
+        have dropped while we were away. With delivery tracking under
+        ``Delivery.AT_LEAST_ONCE`` it also waits while ``window`` messages are unconfirmed.
+        """
         self._raise_if_closed()
+        if self._verify_seq is not None or self._liveness.overslept(self._engine.now()):
+            await self._check_after_pause()
+        window = self._window
+        if window is not None and window.keep_all:
+            while window.full and not self.closed:
+                await self._room.wait()
+            self._raise_if_closed()
         await self._write(encode_frame(Data(payload)), progress=True)
+        if window is not None:
+            # Tracked even if the connection closed meanwhile: the bytes were handed over,
+            # so the message may have arrived and its owner must hear of it.
+            now = self._engine.now()
+            self._confirm(window.written(payload, now), now)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Messages written that no pong has confirmed yet (0 when delivery is not tracked)."""
+        return len(self._window) if self._window is not None else 0
+
+    def take_unconfirmed(self) -> list[Any]:
+        """Remove and return the unconfirmed messages, oldest first (call it once the
+        connection closed: they may or may not have reached the peer)."""
+        return self._window.take() if self._window is not None else []
+
+    async def wait_confirmed(self) -> None:
+        """Return once every message written is confirmed or the connection closed."""
+        while self._window is not None and len(self._window) and not self.closed:
+            await self._room.wait()
 
     async def receive(self) -> Any:
         """The next application message; raises :class:`ConnectionClosed` (or its subclass
@@ -223,6 +282,8 @@ class HeartbeatConnection:
         limit = self.policy.dead_after if timeout is None else timeout
         try:
             await self._write(encode_frame(Ping(request.seq, request.now)), progress=False)
+            if self._window is not None:
+                self._window.ping_written(request.seq, trio.current_time())
             with trio.move_on_after(limit if limit > 0 else math.inf):
                 await done.wait()  # set by the pong, or by the connection closing
         finally:
@@ -243,8 +304,16 @@ class HeartbeatConnection:
     # -- the timer (called by the engine) ------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        """The liveness machine's next deadline (None once closed)."""
-        return None if self.closed else self._liveness.next_deadline()
+        """The liveness machine's next deadline, or a due confirmation ping (None once
+        closed)."""
+        if self.closed:
+            return None
+        due = self._liveness.next_deadline()
+        if self._window is not None:
+            confirm = self._window.next_deadline()
+            if confirm is not None and (due is None or confirm < due):
+                due = confirm
+        return due
 
     def handle_timer(self, now: float) -> None:
         """Carry out what the liveness machine says is due at ``now`` (synchronously)."""
@@ -256,6 +325,8 @@ class HeartbeatConnection:
         if self._tcp is not None:
             self._liveness.transport_progress(now, read_tcp_progress(self._tcp))
         self._carry_out(self._liveness.handle_timer(now), now)
+        if self._window is not None and not self.closed:
+            self._confirm(self._window.handle_timer(now), now)
 
     def timer_failed(self, exc: Exception) -> None:
         """A callback (``on_event``) raised inside the engine: the connection closes and the
@@ -265,12 +336,51 @@ class HeartbeatConnection:
             self._nursery.start_soon(_reraise, exc)
 
     def _carry_out(self, actions: list[Action], now: float) -> None:
+        paused = False
         for action in actions:
             if isinstance(action, SendPing):
-                if self._control.send(encode_heartbeat(FrameType.PING, action.seq, action.now)):
-                    self._liveness.data_sent(now)
+                if paused:
+                    self._verify_seq = action.seq  # its pong shows the connection stands
+                self._write_ping(action, now)
             else:
+                if isinstance(action, LocalPause):
+                    paused = True
+                    if self._verified.is_set():
+                        self._verified = trio.Event()
                 self._on_action(action)
+
+    def _write_ping(self, ping: SendPing, now: float, confirmation: bool = False) -> None:
+        if self._control.send(encode_heartbeat(FrameType.PING, ping.seq, ping.now)):
+            self._liveness.data_sent(now)
+        if self._window is not None and not self.closed:
+            self._window.ping_written(ping.seq, now, confirmation)
+
+    def _confirm(self, requests: list[RequestConfirmation], now: float) -> None:
+        """Write a confirmation ping when the window asks for one."""
+        if not requests or self.closed:
+            return
+        for action in self._liveness.request_ping(now):
+            if isinstance(action, SendPing):
+                self._write_ping(action, now, confirmation=True)
+        self._engine.watch(self)  # the next confirmation may be due before the liveness
+
+    async def _check_after_pause(self) -> None:
+        """Before an application write: notice a pause the engine has not handled yet, and
+        wait for the connection to prove itself after one."""
+        now = self._engine.now()
+        if self._liveness.overslept(now):
+            # We are the first to run after the pause. As the engine would: fresh evidence
+            # first (what arrived while we were away, e.g. pongs that confirm messages),
+            # then report the pause and send the heartbeat that tests the connection now,
+            # instead of writing into it blind.
+            if self._raw is not None and not self._paused:
+                self.on_readable(now)
+            if not self.closed:
+                self.handle_timer(now)
+                self._engine.watch(self)
+        while self._verify_seq is not None and not self.closed and not self._paused:
+            await self._verified.wait()
+        self._raise_if_closed()
 
     # -- reading: the engine's readiness set, or one task ---------------------------------
 
@@ -344,12 +454,31 @@ class HeartbeatConnection:
                 self._resumed = trio.Event()
                 if self._raw is not None:
                     self._engine.pause_reader(self._raw)
+                if self._verify_seq is not None:
+                    # No pong can be read until the application catches up, and it may be
+                    # waiting in send(): give up the check rather than deadlock (what is
+                    # written from here on is covered by the delivery contract).
+                    self._verify_seq = None
+                    self._verified.set()
 
     def _on_frame(self, frame: Frame, now: float) -> None:
         if isinstance(frame, Pong):
             actions = self._liveness.pong(now, frame.seq)
             if actions:
                 self._carry_out(actions, now)
+            if self._verify_seq is not None and frame.seq >= self._verify_seq:
+                self._verify_seq = None
+                self._verified.set()
+            window = self._window
+            if window is not None:
+                before = len(window)
+                requests = window.pong(frame.seq, now)
+                if len(window) < before:
+                    self._room.set()
+                    self._room = trio.Event()
+                self._confirm(requests, now)
+                if window.next_deadline() is not None:
+                    self._engine.watch(self)
             waiter = self._pong_waiters.get(frame.seq)
             if waiter is not None:
                 self._pong_rtts[frame.seq] = now - frame.ts
@@ -518,6 +647,8 @@ class HeartbeatConnection:
         self._control.close()
         for waiter in self._pong_waiters.values():
             waiter.set()  # wake pending pings: they report the close
+        self._verified.set()  # wake writers waiting for a check or for room: they fail
+        self._room.set()
         self._inbound_send.close()
         self._log.info("connection_closed", reason=reason)
         try:
@@ -593,6 +724,8 @@ async def heartbeat(
     peer: str = "?",
     transport: str = "stream",
     on_event: Callable[[Action], None] | None = None,
+    delivery: Delivery | None = None,
+    window: int = DEFAULT_WINDOW,
 ) -> AsyncIterator[HeartbeatConnection]:
     """Wrap ``stream`` in a heartbeat-supervised connection for the ``async with`` block.
 
@@ -611,6 +744,14 @@ async def heartbeat(
     bytes, then stops reading so that TCP pushes back on the peer. Nothing is dropped.
     The peer's pings are answered up to ``max_ping_rate`` per second (200); a flood beyond
     that for about a second closes the connection with a protocol error ("ping flood").
+
+    ``delivery`` (None: off) tracks which messages the peer has read: every heartbeat
+    answered confirms the messages written before it, and a confirmation heartbeat follows
+    a burst of writes (at most one every :data:`CONFIRM_SPACING` s). ``unconfirmed`` counts
+    the rest and ``take_unconfirmed()`` hands them over once the connection is gone, for a
+    reconnecting owner to report or resend (:class:`~pulse.delivery.Delivery`; at most
+    ``window`` are kept, and under ``AT_LEAST_ONCE`` ``send`` waits while that many are
+    unconfirmed).
     """
     policy = policy or HeartbeatPolicy()
     decoder = FrameDecoder(max_frame_size=max_frame_size)
@@ -628,7 +769,8 @@ async def heartbeat(
             stream, agreed, remote, decoder,
             detector=detector(agreed) if detector is not None and agreed.enabled else None,
             receive_buffer=receive_buffer, peer=peer, transport=transport, on_event=on_event,
-            hold_limit=hold_limit, max_ping_rate=max_ping_rate,
+            hold_limit=hold_limit, max_ping_rate=max_ping_rate, delivery=delivery,
+            window=window,
         )
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         await trio.aclose_forcefully(stream)

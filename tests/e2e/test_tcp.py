@@ -164,3 +164,29 @@ async def test_tls_round_trip() -> None:
                 await trio.sleep(0.3)
                 assert conn.stats().pongs_received >= 1
             nursery.cancel_scope.cancel()
+
+
+async def test_cancelling_serve_tcp_while_a_handler_fails_is_clean() -> None:
+    """A handler raising the documented error (its client died) while the server's scope is
+    cancelled: serve_tcp keeps the error to that client and the cancel completes cleanly,
+    with no ExceptionGroup."""
+    from pulse._trio.connection import HeartbeatConnection
+
+    entered = trio.Event()
+
+    async def handler(conn: HeartbeatConnection) -> None:
+        entered.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise PeerTimeout("the client died")
+
+    with trio.fail_after(10):
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                port = await start_server(nursery, handler)
+                async with connect_tcp("127.0.0.1", port, FAST):
+                    await entered.wait()
+                    scope.cancel()
+                    await trio.sleep_forever()
+        assert scope.cancelled_caught
