@@ -118,13 +118,19 @@ class Outbox:
         """Queue ``message``, applying the overflow policy when the queue is full."""
         _check_payload(message)
         await trio.lowlevel.checkpoint_if_cancelled()
-        while self.full and self.overflow is Overflow.WAIT:
+        if self.overflow is Overflow.WAIT:
+            await self.wait_room()
+        self.put_nowait(message)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_room(self) -> None:
+        """Return once a new message fits without the overflow policy (at once if it does);
+        raises the closing error once the queue was closed."""
+        while self.full:
             self._raise_if_closed()
             if self._space is None:
                 self._space = trio.Event()
             await self._space.wait()
-        self.put_nowait(message)
-        await trio.lowlevel.cancel_shielded_checkpoint()
 
     def put_nowait(self, message: Payload) -> None:
         """Queue ``message`` without waiting; a full ``WAIT`` queue raises ``QueueFull`` too."""

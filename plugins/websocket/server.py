@@ -36,7 +36,7 @@ from .connection import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 from .errors import WebSocketClosed
 from .handshake import Headers, RequestCheck, UpgradeRequest, server_handshake
 from .heartbeat import HeartbeatMode
-from .inbox import Inbox
+from .inbox import EchoInbox, Inbox
 from .outbox import DropHandler, Outbox, Overflow, Payload, log_drop
 from .session import (
     CLOSE_INTERNAL_ERROR,
@@ -240,8 +240,8 @@ async def serve_stream(
         return
     conn = WebSocketConnection(wrapped, ws, max_message_size=options.max_message_size)
     del ws  # the opening handshake's state is not needed any more
-    inbox = Inbox(options.receive_buffer)
     outbox = Outbox(options.queue_size, options.overflow, options.on_drop or log_drop, peer=peer)
+    inbox = EchoInbox(outbox) if handler is echo else Inbox(options.receive_buffer)
     detector = (options.detector_factory(options.policy)
                 if options.detector_factory is not None else None)
     session = Session(
@@ -253,6 +253,35 @@ async def serve_stream(
     connections = server.connections if server is not None else set()
     connections.add(client)
     log.info("client_connected", peer=peer, transport=transport, path=request.path)
+    try:
+        if handler is echo:
+            # The built-in echo needs no task of its own: the reader hands each message
+            # straight back to the outbox (see EchoInbox); this task only runs the session.
+            _finish(session, await session.run(), inbox, outbox, peer, transport)
+        else:
+            await _run_with_handler(handler, client, session, options, peer, transport)
+    except Exception:  # pragma: no cover - last line of defence for the other clients
+        log.exception("connection_failed", peer=peer, transport=transport)
+    finally:
+        connections.discard(client)
+        await trio.aclose_forcefully(wrapped)
+
+
+def _finish(session: Session, end: SessionEnd, inbox: Inbox, outbox: Outbox, peer: str,
+            transport: str) -> None:
+    """The session ended: close the queues, report what was not delivered, log why."""
+    inbox.close()
+    outbox.close(closed_error(end), f"not sent: connection closed ({end.reason})")
+    outbox.report(session.unconfirmed(), f"unconfirmed when the connection ended: "
+                  f"{end.reason}", possibly_delivered=True)
+    log.info("client_gone", peer=peer, transport=transport, reason=end.reason,
+             code=end.code, initiator=end.initiator.value)
+
+
+async def _run_with_handler(handler: Handler, client: ServerConnection, session: Session,
+                            options: ServerSettings, peer: str, transport: str) -> None:
+    """Run the session and the application's handler side by side until both are done."""
+    inbox, outbox = client._inbox, client._outbox
     handler_done = trio.Event()
 
     async def run_handler() -> None:
@@ -270,26 +299,12 @@ async def serve_stream(
         finally:
             handler_done.set()
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_handler)
-            end = await session.run()
-            inbox.close()
-            error = closed_error(end)
-            outbox.close(error, f"not sent: connection closed ({end.reason})")
-            outbox.report(session.unconfirmed(), f"unconfirmed when the connection ended: "
-                          f"{end.reason}", possibly_delivered=True)
-            log.info("client_gone", peer=peer, transport=transport, reason=end.reason,
-                     code=end.code, initiator=end.initiator.value)
-            with current_engine().move_on_after(options.close_timeout):
-                await handler_done.wait()
-            nursery.cancel_scope.cancel()
-    except Exception:  # pragma: no cover - last line of defence for the other clients
-        log.exception("connection_failed", peer=peer, transport=transport)
-    finally:
-        connections.discard(client)
-        await trio.aclose_forcefully(wrapped)
-
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_handler)
+        _finish(session, await session.run(), inbox, outbox, peer, transport)
+        with current_engine().move_on_after(options.close_timeout):
+            await handler_done.wait()
+        nursery.cancel_scope.cancel()
 
 
 async def serve(
