@@ -18,10 +18,12 @@ that raises — ends only that client's connection:
 
 from __future__ import annotations
 
+import errno
 import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import trio
 
@@ -48,6 +50,12 @@ from .session import (
 )
 
 log = get_logger("pulse.websocket")
+
+ACCEPT_RETRY: Final = 0.1
+"""Seconds before accepting again when the process ran out of descriptors or memory."""
+
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                                           errno.ENOBUFS})
 
 DEFAULT_SERVER_POLICY = HeartbeatPolicy(interval=10.0, timeout=30.0)
 """Ping a client after 10 s of silence; drop it after 30 s (three intervals)."""
@@ -165,6 +173,8 @@ class WebSocketServer:
 
     listeners: list[trio.SocketListener]
     connections: set[ServerConnection] = field(default_factory=set)
+    _nursery: trio.Nursery | None = field(default=None, repr=False)
+    """Where sessions without a task of their own start theirs (set while serving)."""
 
     @property
     def port(self) -> int:
@@ -238,6 +248,9 @@ async def serve_stream(
         log.info("handshake_failed", peer=peer, transport=transport, reason=reason)
         await trio.aclose_forcefully(wrapped)
         return
+    except BaseException:  # cancelled (the server stops): the stream is ours to close
+        await trio.aclose_forcefully(wrapped)
+        raise
     conn = WebSocketConnection(wrapped, ws, max_message_size=options.max_message_size)
     del ws  # the opening handshake's state is not needed any more
     outbox = Outbox(options.queue_size, options.overflow, options.on_drop or log_drop, peer=peer)
@@ -253,10 +266,24 @@ async def serve_stream(
     connections = server.connections if server is not None else set()
     connections.add(client)
     log.info("client_connected", peer=peer, transport=transport, path=request.path)
+    if handler is echo and server is not None and server._nursery is not None \
+            and session.launchable:
+        # The built-in echo needs no task: the reader hands each message straight back to
+        # the outbox (EchoInbox) and the engine reads the socket and keeps the time, so
+        # this task ends here; the session starts one in the server's nursery only while
+        # it has something to wait for, and once to close.
+        async def closed(end: SessionEnd) -> None:
+            try:
+                _finish(session, end, inbox, outbox, peer, transport)
+            finally:
+                connections.discard(client)
+                await trio.aclose_forcefully(wrapped)
+
+        session.launch(server._nursery, closed)
+        return
     try:
         if handler is echo:
-            # The built-in echo needs no task of its own: the reader hands each message
-            # straight back to the outbox (see EchoInbox); this task only runs the session.
+            # The built-in echo needs no handler task (EchoInbox); this task runs the session.
             _finish(session, await session.run(), inbox, outbox, peer, transport)
         else:
             await _run_with_handler(handler, client, session, options, peer, transport)
@@ -355,8 +382,43 @@ async def serve(
         await serve_stream(stream, handler, settings, server=server)
 
     async with trio.open_nursery() as nursery:
+        server._nursery = nursery
         task_status.started(server)
-        await trio.serve_listeners(accept, listeners, handler_nursery=nursery)
+        try:
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(_accept_loop, listener, nursery, accept)
+        finally:
+            # Sessions without a task are not reached by the cancellation: end each with
+            # 1001 (going away); each closes in a task of this nursery, waited for here.
+            server._nursery = None
+            for client in list(server.connections):
+                if client._session.launched:
+                    client._session.go_away()
+
+
+async def _accept_loop(listener: trio.SocketListener, nursery: trio.Nursery,
+                       accept: Callable[[trio.SocketStream], Awaitable[None]]) -> None:
+    """Start ``accept(stream)`` in ``nursery`` for every client of ``listener``.
+
+    Unlike ``trio.serve_listeners`` it leaves the stream open when ``accept`` returns:
+    :func:`serve_stream` closes it, and a session without a task outlives the task that
+    accepted it. Out of file descriptors or memory, it retries after
+    :data:`ACCEPT_RETRY` seconds, as trio's loop does.
+    """
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("accept_failed", reason=errno.errorcode.get(exc.errno or 0, "?"),
+                          retry_in=ACCEPT_RETRY)
+                with current_engine().move_on_after(ACCEPT_RETRY):
+                    await trio.sleep_forever()
+            else:
+                nursery.start_soon(accept, stream)
 
 
 async def echo(conn: ServerConnection) -> None:
