@@ -20,6 +20,8 @@ from .outbox import Outbox, Overflow, Payload
 class Inbox:
     """A FIFO of received messages, bounded for the reader, unbounded for leftovers."""
 
+    __slots__ = ("_closed", "_data", "_items", "_space", "maxsize")
+
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize must be at least 1, got {maxsize!r}")
@@ -115,6 +117,8 @@ class EchoInbox(Inbox):
     flow-controlled by TCP instead of losing echoes. Messages that arrive while the
     connection closes (:meth:`put_leftover`) are not echoed (there is nobody to send to).
     """
+
+    __slots__ = ("_outbox",)
 
     def __init__(self, outbox: Outbox) -> None:
         super().__init__(1)

@@ -79,6 +79,9 @@ def log_drop(dropped: Dropped) -> None:
 class Outbox:
     """A bounded FIFO of outgoing messages shared by successive connections."""
 
+    __slots__ = ("_changed", "_closed", "_entries", "_listeners", "_numbers", "_pinned",
+                 "_space", "dropped_count", "maxsize", "on_drop", "overflow", "peer")
+
     def __init__(
         self,
         maxsize: int = 1024,
@@ -157,7 +160,12 @@ class Outbox:
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` whenever a message is queued; returns the unsubscribe function."""
         self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+        return lambda: self.unsubscribe(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener`` (nothing happens if it is not subscribed)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def begin(self) -> Entry | None:
         """Pin and return the next message to write, or None when there is none."""

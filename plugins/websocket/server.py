@@ -23,6 +23,7 @@ import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final
 
 import trio
@@ -76,6 +77,8 @@ def peer_name(stream: trio.abc.Stream) -> str:
 
 class ServerConnection:
     """One connected client, as the handler sees it."""
+
+    __slots__ = ("_inbox", "_outbox", "_session", "remote", "request", "subprotocol")
 
     def __init__(self, session: Session, inbox: Inbox,
                  outbox: Outbox, request: UpgradeRequest, subprotocol: str | None,
@@ -272,14 +275,7 @@ async def serve_stream(
         # the outbox (EchoInbox) and the engine reads the socket and keeps the time, so
         # this task ends here; the session starts one in the server's nursery only while
         # it has something to wait for, and once to close.
-        async def closed(end: SessionEnd) -> None:
-            try:
-                _finish(session, end, inbox, outbox, peer, transport)
-            finally:
-                connections.discard(client)
-                await trio.aclose_forcefully(wrapped)
-
-        session.launch(server._nursery, closed)
+        session.launch(server._nursery, partial(_launched_closed, connections, client))
         return
     try:
         if handler is echo:
@@ -292,6 +288,17 @@ async def serve_stream(
     finally:
         connections.discard(client)
         await trio.aclose_forcefully(wrapped)
+
+
+async def _launched_closed(connections: set[ServerConnection], client: ServerConnection,
+                           end: SessionEnd) -> None:
+    """A launched session closed: what serve_stream does after a session it ran."""
+    session = client._session
+    try:
+        _finish(session, end, client._inbox, client._outbox, client.remote, session.transport)
+    finally:
+        connections.discard(client)
+        await trio.aclose_forcefully(session.conn.stream)
 
 
 def _finish(session: Session, end: SessionEnd, inbox: Inbox, outbox: Outbox, peer: str,

@@ -160,7 +160,7 @@ class Session:
     __slots__ = ("_backlog_seen", "_confirm_pending", "_confirm_seq", "_control", "_direct",
         "_end", "_ended", "_engine", "_failure", "_gate_open", "_going_away", "_helpers",
         "_inbound_pending", "_inbox", "_inbox_blocked", "_markers", "_nursery", "_on_closed",
-        "_on_liveness", "_owed", "_raw", "_reading", "_target", "_unconfirmed", "_unsubscribe",
+        "_on_liveness", "_owed", "_raw", "_reading", "_target", "_unconfirmed",
         "_writer_stopped", "_writing", "_written", "close_timeout", "conn",
         "delivery", "fragment_size", "heartbeat", "liveness", "opened_at", "outbox", "peer",
         "policy", "presumed_delivered", "transport", "window")
@@ -231,7 +231,7 @@ class Session:
         # helper tasks they started, and what to call once closed.
         self._helpers: list[trio.CancelScope] | None = None
         self._on_closed: Callable[[SessionEnd], Awaitable[None]] | None = None
-        self._unsubscribe = outbox.subscribe(self._wake)
+        outbox.subscribe(self._wake)  # undone by outbox.unsubscribe (no closure kept)
         self.opened_at = self._engine.now()
 
     # -- public controls ------------------------------------------------------------------
@@ -415,7 +415,7 @@ class Session:
     async def _wind_down(self) -> None:
         self._engine.forget(self)
         self._stop_reading()
-        self._unsubscribe()
+        self.outbox.unsubscribe(self._wake)
         self.outbox.release(interrupted=self.conn.write_interrupted)
         with trio.CancelScope(shield=True):
             await self._shutdown()
