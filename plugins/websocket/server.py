@@ -269,13 +269,24 @@ async def serve_stream(
     connections = server.connections if server is not None else set()
     connections.add(client)
     log.info("client_connected", peer=peer, transport=transport, path=request.path)
-    if handler is echo and server is not None and server._nursery is not None \
-            and session.launchable:
-        # The built-in echo needs no task: the reader hands each message straight back to
-        # the outbox (EchoInbox) and the engine reads the socket and keeps the time, so
-        # this task ends here; the session starts one in the server's nursery only while
-        # it has something to wait for, and once to close.
-        session.launch(server._nursery, partial(_launched_closed, connections, client))
+    if server is not None and server._nursery is not None and session.launchable:
+        # The session needs no task of its own: the engine reads the socket and keeps the
+        # time; the session starts tasks in the server's nursery only while it has
+        # something to wait for, and once to close. The built-in echo needs none either
+        # (EchoInbox hands each message straight back to the outbox), so this task ends
+        # here; an application's handler runs in this task.
+        if handler is echo:
+            session.launch(server._nursery, partial(_launched_closed, connections, client, None,
+                                                    options.close_timeout))
+            return
+        run = _HandlerRun()
+        session.launch(server._nursery, partial(_launched_closed, connections, client, run,
+                                                options.close_timeout))
+        try:
+            with run.scope:  # cancelled once the session closed and close_timeout passed
+                await _call_handler(handler, client, options)
+        finally:
+            run.finished()
         return
     try:
         if handler is echo:
@@ -290,12 +301,39 @@ async def serve_stream(
         await trio.aclose_forcefully(wrapped)
 
 
+class _HandlerRun:
+    """The application's handler of a launched session, as its closing sees it."""
+
+    __slots__ = ("_done", "_finished", "scope")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self._finished = False
+        self._done: trio.Event | None = None  # made only when the closing waits for it
+
+    def finished(self) -> None:
+        self._finished = True
+        if self._done is not None:
+            self._done.set()
+
+    async def stop(self, grace: float) -> None:
+        """Give the handler ``grace`` seconds to return by itself, then cancel it."""
+        if not self._finished:
+            self._done = trio.Event()
+            with current_engine().move_on_after(grace):
+                await self._done.wait()
+        self.scope.cancel()
+
+
 async def _launched_closed(connections: set[ServerConnection], client: ServerConnection,
+                           run: _HandlerRun | None, close_timeout: float,
                            end: SessionEnd) -> None:
     """A launched session closed: what serve_stream does after a session it ran."""
     session = client._session
     try:
         _finish(session, end, client._inbox, client._outbox, client.remote, session.transport)
+        if run is not None:
+            await run.stop(close_timeout)
     finally:
         connections.discard(client)
         await trio.aclose_forcefully(session.conn.stream)
@@ -312,6 +350,23 @@ def _finish(session: Session, end: SessionEnd, inbox: Inbox, outbox: Outbox, pee
              code=end.code, initiator=end.initiator.value)
 
 
+async def _call_handler(handler: Handler, client: ServerConnection,
+                        options: ServerSettings) -> None:
+    """Run the application's handler; end the session the way its outcome says."""
+    session = client._session
+    try:
+        await handler(client)
+    except ConnectionClosed:
+        pass  # the client went away; the session knows why
+    except Exception as exc:  # a bug in one handler must not take the server down
+        log.exception("handler_failed", peer=client.remote, transport=session.transport)
+        session.end(f"handler failed: {type(exc).__name__}", CLOSE_INTERNAL_ERROR)
+    else:
+        with current_engine().move_on_after(options.close_timeout):
+            await client._outbox.wait_empty()
+        session.end("handler finished", CLOSE_NORMAL)
+
+
 async def _run_with_handler(handler: Handler, client: ServerConnection, session: Session,
                             options: ServerSettings, peer: str, transport: str) -> None:
     """Run the session and the application's handler side by side until both are done."""
@@ -320,16 +375,7 @@ async def _run_with_handler(handler: Handler, client: ServerConnection, session:
 
     async def run_handler() -> None:
         try:
-            await handler(client)
-        except ConnectionClosed:
-            pass  # the client went away; the session knows why
-        except Exception as exc:  # a bug in one handler must not take the server down
-            log.exception("handler_failed", peer=peer, transport=transport)
-            session.end(f"handler failed: {type(exc).__name__}", CLOSE_INTERNAL_ERROR)
-        else:
-            with current_engine().move_on_after(options.close_timeout):
-                await outbox.wait_empty()
-            session.end("handler finished", CLOSE_NORMAL)
+            await _call_handler(handler, client, options)
         finally:
             handler_done.set()
 

@@ -90,8 +90,9 @@ async def test_idle_echo_connections_have_no_task_and_no_handshake_state() -> No
             nursery.cancel_scope.cancel()
 
 
-async def test_an_application_handler_still_runs_in_its_own_task() -> None:
-    """With a handler of its own, a client's session runs in the task that serves it."""
+async def test_an_application_handler_runs_in_one_task_per_client() -> None:
+    """With a handler of its own, each client costs one task (the handler's, the one that
+    accepted it) and the session none; the handler still sees the client's messages."""
     seen: list[str] = []
 
     async def handler(conn: ServerConnection) -> None:
@@ -101,13 +102,58 @@ async def test_an_application_handler_still_runs_in_its_own_task() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             server = await start(nursery, handler)
-            client = await dial(server, "/app")
-            await client.write(client.encode_message("hi"))
-            assert await next_event(client) == MessageReceived("hi")
-            assert seen == ["/app"]
-            (conn,) = server.connections
-            assert not conn._session.launched
-            assert server._nursery is not None and len(server._nursery.child_tasks) == 1
+            clients = [await dial(server, f"/app{i}") for i in range(3)]
+            for i, client in enumerate(clients):
+                await client.write(client.encode_message(f"hi {i}"))
+                assert await next_event(client) == MessageReceived(f"hi {i}")
+            assert sorted(seen) == ["/app0", "/app1", "/app2"]
+            assert all(conn._session.launched for conn in server.connections)
+            assert server._nursery is not None
+            while len(server._nursery.child_tasks) > 3:  # noqa: ASYNC110
+                await trio.sleep(0.01)  # a writer task may still be finishing
+            assert len(server._nursery.child_tasks) == 3
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_handler_that_returns_closes_its_client_with_1000() -> None:
+    """A handler that returns gets its queued messages flushed, then the client is closed
+    with 1000 and forgotten (the closing runs without the handler's task)."""
+
+    async def handler(conn: ServerConnection) -> None:
+        await conn.send("bye")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await start(nursery, handler)
+            client = await dial(server)
+            assert await next_event(client) == MessageReceived("bye")
+            event = await next_event(client)
+            assert isinstance(event, CloseReceived) and event.code == 1000
+            await gone(server)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_handler_that_ignores_the_end_is_cancelled_after_close_timeout() -> None:
+    """A handler still running after its client left is cancelled once close_timeout
+    passed (and not before)."""
+    cancelled = trio.Event()
+
+    async def handler(conn: ServerConnection) -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled.set()
+            raise
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await start(nursery, handler, close_timeout=0.5)
+            client = await dial(server)
+            await client.write(client.encode_close(1000, "leaving"))
+            closed_at = trio.current_time()
+            await cancelled.wait()
+            assert trio.current_time() - closed_at >= 0.5
+            await gone(server)
             nursery.cancel_scope.cancel()
 
 
