@@ -1,9 +1,13 @@
 """A WebSocket server that heartbeats every client and drops dead ones.
 
 Each client gets its own session (reader, writer, liveness; see :mod:`.session`), its own
-bounded outgoing queue and receive buffer, and its own handler task. Whatever one client
-does — a stalled handshake, garbage bytes, an oversized message, a frozen process, a handler
-that raises — ends only that client's connection:
+bounded outgoing queue and receive buffer, and the task that accepted it runs the handler.
+On a plain socket the session has no task of its own (the engine reads and times it; a
+writer task runs only while something is written, one task closes the connection), and the
+built-in :func:`echo` needs no task at all: the reader hands each message straight back to
+the outgoing queue. Whatever one client does — a stalled handshake, garbage bytes, an
+oversized message, a frozen process, a handler that raises — ends only that client's
+connection:
 
 * handshake (TLS + HTTP upgrade) bounded by ``handshake_timeout``; a bad upgrade gets HTTP
   400 and the socket is closed;
@@ -418,7 +422,12 @@ async def serve(
     that client and pauses its liveness verdict), messages up to ``max_message_size`` bytes.
     ``check(request)`` may refuse an upgrade by returning an HTTP status. When the handler
     returns, queued messages are flushed (up to ``close_timeout``) and the connection closes
-    with 1000. When the server is cancelled every client gets 1001 (going away).
+    with 1000; a handler still running ``close_timeout`` after its connection ended is
+    cancelled. When the server is cancelled every client gets 1001 (going away).
+
+    Each client costs one task, its handler's; with ``handler=echo`` an idle client costs
+    none (see :class:`~.inbox.EchoInbox`). Over ``wss://`` the session needs a task of its
+    own besides.
     """
     settings = ServerSettings(
         policy=policy or DEFAULT_SERVER_POLICY, heartbeat=heartbeat,
