@@ -1,7 +1,9 @@
 """One WebSocket connection's life under heartbeat supervision: reader, writer, liveness.
 
-Two tasks run per connection; the session's timer is the process's one engine
-(:mod:`pulse._trio.engine`):
+:meth:`Session.run` runs a session in the caller's task; :meth:`Session.launch` runs it
+with no task of its own (a server's way on plain sockets: tasks are started only to write,
+to wait for a full inbox, and once to close). Either way the session's timer is the
+process's one engine (:mod:`pulse._trio.engine`), and so is its reader on a plain socket:
 
 * the **reader** reports every complete frame to the liveness core (a finished frame proves
   the peer alive: a timestamp, nothing re-armed), then handles it: pings are answered,
