@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import trio
 
-from .outbox import Payload
+from pulse.errors import PulseError
+
+from .outbox import Outbox, Overflow, Payload
 
 
 class Inbox:
     """A FIFO of received messages, bounded for the reader, unbounded for leftovers."""
+
+    __slots__ = ("_closed", "_data", "_items", "_space", "maxsize")
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
@@ -101,3 +105,43 @@ class Inbox:
         if self._space is not None:
             self._space.set()
             self._space = None
+
+
+class EchoInbox(Inbox):
+    """The inbox of the built-in echo: every message goes straight back out through
+    ``outbox``, from the task (or engine callback) that received it; no handler task and no
+    queue of its own.
+
+    While the outbox is full (and its overflow policy is not ``DROP_OLDEST``) it reports no
+    room, so the reader stops reading that client until the writer made room: the client is
+    flow-controlled by TCP instead of losing echoes. Messages that arrive while the
+    connection closes (:meth:`put_leftover`) are not echoed (there is nobody to send to).
+    """
+
+    __slots__ = ("_outbox",)
+
+    def __init__(self, outbox: Outbox) -> None:
+        super().__init__(1)
+        self._outbox = outbox
+
+    def put_nowait(self, message: Payload) -> bool:
+        """Queue ``message`` for sending back if the outbox has room; False when full."""
+        outbox = self._outbox
+        if self._closed or outbox.closed:
+            raise trio.ClosedResourceError("the connection is closing")
+        if outbox.full and outbox.overflow is not Overflow.DROP_OLDEST:
+            return False
+        outbox.put_nowait(message)
+        return True
+
+    async def put(self, message: Payload) -> None:
+        """Queue ``message`` for sending back, waiting while the outbox is full."""
+        while not self.put_nowait(message):
+            try:
+                await self._outbox.wait_room()
+            except PulseError:  # the outbox closed: the connection is over
+                raise trio.ClosedResourceError("the connection is closing") from None
+        await trio.lowlevel.checkpoint()
+
+    def put_leftover(self, message: Payload) -> None:
+        """A message that arrived while the connection closed: not echoed."""

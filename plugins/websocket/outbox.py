@@ -64,6 +64,9 @@ def log_drop(dropped: Dropped) -> None:
 class Outbox:
     """A bounded FIFO of outgoing messages shared by successive connections."""
 
+    __slots__ = ("_changed", "_closed", "_entries", "_listeners", "_numbers", "_pinned",
+                 "_space", "dropped_count", "maxsize", "on_drop", "overflow", "peer")
+
     def __init__(
         self,
         maxsize: int = 1024,
@@ -103,13 +106,19 @@ class Outbox:
         """Queue ``message``, applying the overflow policy when the queue is full."""
         _check_payload(message)
         await trio.lowlevel.checkpoint_if_cancelled()
-        while self.full and self.overflow is Overflow.WAIT:
+        if self.overflow is Overflow.WAIT:
+            await self.wait_room()
+        self.put_nowait(message)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_room(self) -> None:
+        """Return once a new message fits without the overflow policy (at once if it does);
+        raises the closing error once the queue was closed."""
+        while self.full:
             self._raise_if_closed()
             if self._space is None:
                 self._space = trio.Event()
             await self._space.wait()
-        self.put_nowait(message)
-        await trio.lowlevel.cancel_shielded_checkpoint()
 
     def put_nowait(self, message: Payload) -> None:
         """Queue ``message`` without waiting; a full ``WAIT`` queue raises ``QueueFull`` too."""
@@ -136,7 +145,12 @@ class Outbox:
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` whenever a message is queued; returns the unsubscribe function."""
         self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+        return lambda: self.unsubscribe(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener`` (nothing happens if it is not subscribed)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def begin(self) -> Entry | None:
         """Pin and return the next message to write, or None when there is none."""

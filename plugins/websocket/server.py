@@ -1,9 +1,13 @@
 """A WebSocket server that heartbeats every client and drops dead ones.
 
 Each client gets its own session (reader, writer, liveness; see :mod:`.session`), its own
-bounded outgoing queue and receive buffer, and its own handler task. Whatever one client
-does — a stalled handshake, garbage bytes, an oversized message, a frozen process, a handler
-that raises — ends only that client's connection:
+bounded outgoing queue and receive buffer, and the task that accepted it runs the handler.
+On a plain socket the session has no task of its own (the engine reads and times it; a
+writer task runs only while something is written, one task closes the connection), and the
+built-in :func:`echo` needs no task at all: the reader hands each message straight back to
+the outgoing queue. Whatever one client does — a stalled handshake, garbage bytes, an
+oversized message, a frozen process, a handler that raises — ends only that client's
+connection:
 
 * handshake (TLS + HTTP upgrade) bounded by ``handshake_timeout``; a bad upgrade gets HTTP
   400 and the socket is closed;
@@ -18,10 +22,13 @@ that raises — ends only that client's connection:
 
 from __future__ import annotations
 
+import errno
 import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Final
 
 import trio
 
@@ -38,7 +45,7 @@ from .connection import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
 from .errors import WebSocketClosed
 from .handshake import Headers, RequestCheck, UpgradeRequest, server_handshake
 from .heartbeat import HeartbeatMode
-from .inbox import Inbox
+from .inbox import EchoInbox, Inbox
 from .outbox import DropHandler, Outbox, Overflow, Payload, log_drop
 from .session import (
     CLOSE_INTERNAL_ERROR,
@@ -51,12 +58,20 @@ from .session import (
 
 log = get_logger("pulse.websocket")
 
+ACCEPT_RETRY: Final = 0.1
+"""Seconds before accepting again when the process ran out of descriptors or memory."""
+
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                                           errno.ENOBUFS})
+
 DEFAULT_SERVER_POLICY = HeartbeatPolicy(interval=10.0, timeout=30.0)
 """Ping a client after 10 s of silence; drop it after 30 s (three intervals)."""
 
 
 class ServerConnection:
     """One connected client, as the handler sees it."""
+
+    __slots__ = ("_inbox", "_outbox", "_session", "remote", "request", "subprotocol")
 
     def __init__(self, session: Session, inbox: Inbox,
                  outbox: Outbox, request: UpgradeRequest, subprotocol: str | None,
@@ -154,6 +169,8 @@ class WebSocketServer:
 
     listeners: list[trio.SocketListener]
     connections: set[ServerConnection] = field(default_factory=set)
+    _nursery: trio.Nursery | None = field(default=None, repr=False)
+    """Where sessions without a task of their own start theirs (set while serving)."""
 
     @property
     def port(self) -> int:
@@ -226,10 +243,13 @@ async def serve_stream(
         log.info("handshake_failed", peer=peer, transport=transport, reason=reason)
         await trio.aclose_forcefully(wrapped)
         return
+    except BaseException:  # cancelled (the server stops): the stream is ours to close
+        await trio.aclose_forcefully(wrapped)
+        raise
     conn = WebSocketConnection(wrapped, ws, max_message_size=options.max_message_size)
     del ws  # the opening handshake's state is not needed any more
-    inbox = Inbox(options.receive_buffer)
     outbox = Outbox(options.queue_size, options.overflow, options.on_drop or log_drop, peer=peer)
+    inbox = EchoInbox(outbox) if handler is echo else Inbox(options.receive_buffer)
     detector = (options.detector_factory(options.policy)
                 if options.detector_factory is not None else None)
     session = Session(
@@ -241,43 +261,122 @@ async def serve_stream(
     connections = server.connections if server is not None else set()
     connections.add(client)
     log.info("client_connected", peer=peer, transport=transport, path=request.path)
-    handler_done = trio.Event()
-
-    async def run_handler() -> None:
+    if server is not None and server._nursery is not None and session.launchable:
+        # The session needs no task of its own: the engine reads the socket and keeps the
+        # time; the session starts tasks in the server's nursery only while it has
+        # something to wait for, and once to close. The built-in echo needs none either
+        # (EchoInbox hands each message straight back to the outbox), so this task ends
+        # here; an application's handler runs in this task.
+        if handler is echo:
+            session.launch(server._nursery, partial(_launched_closed, connections, client, None,
+                                                    options.close_timeout))
+            return
+        run = _HandlerRun()
+        session.launch(server._nursery, partial(_launched_closed, connections, client, run,
+                                                options.close_timeout))
         try:
-            await handler(client)
-        except ConnectionClosed:
-            pass  # the client went away; the session knows why
-        except Exception as exc:  # a bug in one handler must not take the server down
-            log.exception("handler_failed", peer=peer, transport=transport)
-            session.end(f"handler failed: {type(exc).__name__}", CLOSE_INTERNAL_ERROR)
-        else:
-            with current_engine().move_on_after(options.close_timeout):
-                await outbox.wait_empty()
-            session.end("handler finished", CLOSE_NORMAL)
+            with run.scope:  # cancelled once the session closed and close_timeout passed
+                await _call_handler(handler, client, options)
         finally:
-            handler_done.set()
-
+            run.finished()
+        return
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_handler)
-            end = await session.run()
-            inbox.close()
-            error = closed_error(end)
-            outbox.close(error, f"not sent: connection closed ({end.reason})")
-            outbox.report(session.unconfirmed(), f"unconfirmed when the connection ended: "
-                          f"{end.reason}", possibly_delivered=True)
-            log.info("client_gone", peer=peer, transport=transport, reason=end.reason,
-                     code=end.code, initiator=end.initiator.value)
-            with current_engine().move_on_after(options.close_timeout):
-                await handler_done.wait()
-            nursery.cancel_scope.cancel()
+        if handler is echo:
+            # The built-in echo needs no handler task (EchoInbox); this task runs the session.
+            _finish(session, await session.run(), inbox, outbox, peer, transport)
+        else:
+            await _run_with_handler(handler, client, session, options, peer, transport)
     except Exception:  # pragma: no cover - last line of defence for the other clients
         log.exception("connection_failed", peer=peer, transport=transport)
     finally:
         connections.discard(client)
         await trio.aclose_forcefully(wrapped)
 
+
+class _HandlerRun:
+    """The application's handler of a launched session, as its closing sees it."""
+
+    __slots__ = ("_done", "_finished", "scope")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self._finished = False
+        self._done: trio.Event | None = None  # made only when the closing waits for it
+
+    def finished(self) -> None:
+        self._finished = True
+        if self._done is not None:
+            self._done.set()
+
+    async def stop(self, grace: float) -> None:
+        """Give the handler ``grace`` seconds to return by itself, then cancel it."""
+        if not self._finished:
+            self._done = trio.Event()
+            with current_engine().move_on_after(grace):
+                await self._done.wait()
+        self.scope.cancel()
+
+
+async def _launched_closed(connections: set[ServerConnection], client: ServerConnection,
+                           run: _HandlerRun | None, close_timeout: float,
+                           end: SessionEnd) -> None:
+    """A launched session closed: what serve_stream does after a session it ran."""
+    session = client._session
+    try:
+        _finish(session, end, client._inbox, client._outbox, client.remote, session.transport)
+        if run is not None:
+            await run.stop(close_timeout)
+    finally:
+        connections.discard(client)
+        await trio.aclose_forcefully(session.conn.stream)
+
+
+def _finish(session: Session, end: SessionEnd, inbox: Inbox, outbox: Outbox, peer: str,
+            transport: str) -> None:
+    """The session ended: close the queues, report what was not delivered, log why."""
+    inbox.close()
+    outbox.close(closed_error(end), f"not sent: connection closed ({end.reason})")
+    outbox.report(session.unconfirmed(), f"unconfirmed when the connection ended: "
+                  f"{end.reason}", possibly_delivered=True)
+    log.info("client_gone", peer=peer, transport=transport, reason=end.reason,
+             code=end.code, initiator=end.initiator.value)
+
+
+async def _call_handler(handler: Handler, client: ServerConnection,
+                        options: ServerSettings) -> None:
+    """Run the application's handler; end the session the way its outcome says."""
+    session = client._session
+    try:
+        await handler(client)
+    except ConnectionClosed:
+        pass  # the client went away; the session knows why
+    except Exception as exc:  # a bug in one handler must not take the server down
+        log.exception("handler_failed", peer=client.remote, transport=session.transport)
+        session.end(f"handler failed: {type(exc).__name__}", CLOSE_INTERNAL_ERROR)
+    else:
+        with current_engine().move_on_after(options.close_timeout):
+            await client._outbox.wait_empty()
+        session.end("handler finished", CLOSE_NORMAL)
+
+
+async def _run_with_handler(handler: Handler, client: ServerConnection, session: Session,
+                            options: ServerSettings, peer: str, transport: str) -> None:
+    """Run the session and the application's handler side by side until both are done."""
+    inbox, outbox = client._inbox, client._outbox
+    handler_done = trio.Event()
+
+    async def run_handler() -> None:
+        try:
+            await _call_handler(handler, client, options)
+        finally:
+            handler_done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_handler)
+        _finish(session, await session.run(), inbox, outbox, peer, transport)
+        with current_engine().move_on_after(options.close_timeout):
+            await handler_done.wait()
+        nursery.cancel_scope.cancel()
 
 
 async def serve(
@@ -311,7 +410,12 @@ async def serve(
     that client and pauses its liveness verdict), messages up to ``max_message_size`` bytes.
     ``check(request)`` may refuse an upgrade by returning an HTTP status. When the handler
     returns, queued messages are flushed (up to ``close_timeout``) and the connection closes
-    with 1000. When the server is cancelled every client gets 1001 (going away).
+    with 1000; a handler still running ``close_timeout`` after its connection ended is
+    cancelled. When the server is cancelled every client gets 1001 (going away).
+
+    Each client costs one task, its handler's; with ``handler=echo`` an idle client costs
+    none (see :class:`~.inbox.EchoInbox`). Over ``wss://`` the session needs a task of its
+    own besides.
     """
     settings = ServerSettings(
         policy=policy or DEFAULT_SERVER_POLICY, heartbeat=heartbeat,
@@ -328,8 +432,43 @@ async def serve(
         await serve_stream(stream, handler, settings, server=server)
 
     async with trio.open_nursery() as nursery:
+        server._nursery = nursery
         task_status.started(server)
-        await trio.serve_listeners(accept, listeners, handler_nursery=nursery)
+        try:
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(_accept_loop, listener, nursery, accept)
+        finally:
+            # Sessions without a task are not reached by the cancellation: end each with
+            # 1001 (going away); each closes in a task of this nursery, waited for here.
+            server._nursery = None
+            for client in list(server.connections):
+                if client._session.launched:
+                    client._session.go_away()
+
+
+async def _accept_loop(listener: trio.SocketListener, nursery: trio.Nursery,
+                       accept: Callable[[trio.SocketStream], Awaitable[None]]) -> None:
+    """Start ``accept(stream)`` in ``nursery`` for every client of ``listener``.
+
+    Unlike ``trio.serve_listeners`` it leaves the stream open when ``accept`` returns:
+    :func:`serve_stream` closes it, and a session without a task outlives the task that
+    accepted it. Out of file descriptors or memory, it retries after
+    :data:`ACCEPT_RETRY` seconds, as trio's loop does.
+    """
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("accept_failed", reason=errno.errorcode.get(exc.errno or 0, "?"),
+                          retry_in=ACCEPT_RETRY)
+                with current_engine().move_on_after(ACCEPT_RETRY):
+                    await trio.sleep_forever()
+            else:
+                nursery.start_soon(accept, stream)
 
 
 async def echo(conn: ServerConnection) -> None:

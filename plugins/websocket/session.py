@@ -1,7 +1,9 @@
 """One WebSocket connection's life under heartbeat supervision: reader, writer, liveness.
 
-Two tasks run per connection; the session's timer is the process's one engine
-(:mod:`pulse._trio.engine`):
+:meth:`Session.run` runs a session in the caller's task; :meth:`Session.launch` runs it
+with no task of its own (a server's way on plain sockets: tasks are started only to write,
+to wait for a full inbox, and once to close). Either way the session's timer is the
+process's one engine (:mod:`pulse._trio.engine`), and so is its reader on a plain socket:
 
 * the **reader** reports every complete frame to the liveness core (a finished frame proves
   the peer alive: a timestamp, nothing re-armed), then handles it: pings are answered,
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import enum
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -147,10 +149,10 @@ class Session:
     """Runs one open :class:`~.connection.WebSocketConnection` until it ends."""
 
     __slots__ = ("_backlog_seen", "_confirm_pending", "_confirm_seq", "_control", "_direct",
-        "_end", "_ended", "_engine", "_failure", "_gate_open", "_inbound_pending", "_inbox",
-        "_inbox_blocked", "_markers", "_nursery", "_on_liveness", "_owed", "_raw", "_reading",
-        "_target", "_tcp", "_unconfirmed", "_unsubscribe", "_writer_stopped", "_writing", "_written",
-        "close_timeout", "conn",
+        "_end", "_ended", "_engine", "_failure", "_gate_open", "_going_away", "_helpers",
+        "_inbound_pending", "_inbox", "_inbox_blocked", "_markers", "_nursery", "_on_closed",
+        "_on_liveness", "_owed", "_raw", "_reading", "_target", "_tcp", "_unconfirmed",
+        "_writer_stopped", "_writing", "_written", "close_timeout", "conn",
         "delivery", "fragment_size", "heartbeat", "liveness", "opened_at", "outbox", "peer",
         "policy", "presumed_delivered", "transport", "window")
 
@@ -216,8 +218,13 @@ class Session:
         self._backlog_seen: int | None = None
         self._inbound_pending: Payload | None = None
         self._end: SessionEnd | None = None
-        self._ended = trio.Event()
-        self._unsubscribe = outbox.subscribe(self._wake)
+        self._ended: trio.Event | None = None  # made only when a task waits for the end
+        self._going_away = False  # ended because the server stops (no leftovers read)
+        # Launched sessions (no task of their own, see launch): the cancel scopes of the
+        # helper tasks they started, and what to call once closed.
+        self._helpers: list[trio.CancelScope] | None = None
+        self._on_closed: Callable[[SessionEnd], Awaitable[None]] | None = None
+        outbox.subscribe(self._wake)  # undone by outbox.unsubscribe (no closure kept)
         self.opened_at = self._engine.now()
 
     # -- public controls ------------------------------------------------------------------
@@ -238,7 +245,11 @@ class Session:
         """End the session (idempotent: the first reason wins)."""
         if self._end is None:
             self._end = SessionEnd(reason, code, initiator, peer_dead)
-            self._ended.set()
+            if self._ended is not None:
+                self._ended.set()
+            if self._helpers is not None:  # launched: no task waits for the end, start one
+                assert self._nursery is not None
+                self._nursery.start_soon(self._close_launched)
 
     def release_outbox(self) -> None:
         """Let the writer start on the outbox (after an ``on_connect`` hook)."""
@@ -252,7 +263,7 @@ class Session:
         self._wake()
         async with trio.open_nursery() as nursery:
             async def watch_end() -> None:
-                await self._ended.wait()
+                await self._end_event().wait()
                 nursery.cancel_scope.cancel()
             nursery.start_soon(watch_end)
             await item.done.wait()
@@ -277,6 +288,13 @@ class Session:
                 break
             self._inbox.put_leftover(message)
         self._target = self._inbox
+
+    def _end_event(self) -> trio.Event:
+        if self._ended is None:
+            self._ended = trio.Event()
+            if self._end is not None:
+                self._ended.set()
+        return self._ended
 
     @property
     def close_code(self) -> int:
@@ -308,7 +326,7 @@ class Session:
                 self._wake()  # anything queued before the session started
                 self._engine.watch(self)
                 try:
-                    await self._ended.wait()
+                    await self._end_event().wait()
                 except trio.Cancelled:
                     self.conn.abort_write(self._grace())  # a frame in flight may finish
                     raise
@@ -321,22 +339,96 @@ class Session:
                 self.conn.abort_write()
                 nursery.cancel_scope.cancel()
         finally:
-            self._engine.forget(self)
-            self._stop_reading()
-            self._unsubscribe()
-            self.outbox.release(interrupted=self.conn.write_interrupted)
-            with trio.CancelScope(shield=True):
-                await self._shutdown()
+            await self._wind_down()
         if self._failure is not None:
             raise self._failure
         assert self._end is not None
         return self._end
 
+    @property
+    def launchable(self) -> bool:
+        """True when :meth:`launch` can run this session (the engine reads its socket)."""
+        return self._raw is not None and self._engine.can_read
+
+    def launch(self, nursery: trio.Nursery,
+               on_closed: Callable[[SessionEnd], Awaitable[None]]) -> None:
+        """Run the session without a task of its own (only when :attr:`launchable`).
+
+        The engine reads the socket and keeps the time, heartbeats and pongs go straight
+        to the socket; tasks are started in ``nursery`` only while there is something to
+        wait for (a write, a full inbox) and once to close the connection, after which
+        ``on_closed(end)`` is awaited there. An idle connection costs no task. The owner
+        must call :meth:`go_away` (or :meth:`end`) on every launched session before
+        ``nursery`` closes, e.g. when the server stops.
+        """
+        if not self.launchable or self._nursery is not None:
+            raise RuntimeError("launch() needs an engine-readable socket and a fresh session")
+        self._nursery = nursery
+        self._helpers = []
+        self._on_closed = on_closed
+        assert self._raw is not None
+        self._reading = self._raw
+        self._engine.add_reader(self._raw, self)
+        self._drain()  # events that came with the handshake
+        self._wake()  # anything queued before the session started
+        self._engine.watch(self)
+
+    @property
+    def launched(self) -> bool:
+        """True when the session runs through :meth:`launch` (without a task of its own)."""
+        return self._helpers is not None
+
+    def go_away(self) -> None:
+        """The server stops: end with 1001 (going away), as a cancelled :meth:`run` does."""
+        if self._end is None:
+            self._going_away = True
+            self.end("going away", CLOSE_GOING_AWAY, Initiator.LOCAL)
+
+    async def _close_launched(self) -> None:
+        """A launched session ended: what :meth:`run` does after the end, in a task of the
+        owner's nursery, shielded (the server may be stopping) and bounded by the grace."""
+        assert self._end is not None and self._on_closed is not None
+        with trio.CancelScope(shield=True):
+            try:
+                if self._writing:
+                    self._writer_stopped = trio.Event()
+                    with current_engine().move_on_after(self._grace()):
+                        await self._writer_stopped.wait()
+                self.conn.abort_write()
+                for scope in self._helpers or ():
+                    scope.cancel()
+                await self._wind_down()
+            finally:
+                end = self._end
+                if self._failure is not None:
+                    log.error("session_failed", peer=self.peer, transport=self.transport,
+                              reason=repr(self._failure))
+                await self._on_closed(end)
+
+    async def _wind_down(self) -> None:
+        self._engine.forget(self)
+        self._stop_reading()
+        self.outbox.unsubscribe(self._wake)
+        self.outbox.release(interrupted=self.conn.write_interrupted)
+        with trio.CancelScope(shield=True):
+            await self._shutdown()
+
+    async def _helper(self, work: Callable[[Payload], Awaitable[None]], data: Payload) -> None:
+        """A launched session's helper task: cancelled when the session closes."""
+        assert self._helpers is not None
+        with trio.CancelScope() as scope:
+            self._helpers.append(scope)
+            try:
+                await work(data)
+            finally:
+                self._helpers.remove(scope)
+
     async def _shutdown(self) -> None:
-        cancelled = self._end is None
+        cancelled = self._end is None or self._going_away
         end = self._end or SessionEnd("going away", CLOSE_GOING_AWAY, Initiator.LOCAL)
         self._end = end
-        self._ended.set()
+        if self._ended is not None:
+            self._ended.set()
         conn = self.conn
         graceful = not cancelled and end.initiator is Initiator.LOCAL and not end.peer_dead
         deadline = self._engine.now() + self._grace()
@@ -463,7 +555,10 @@ class Session:
         if self._reading is not None:
             self._engine.pause_reader(self._reading)
         assert self._nursery is not None
-        self._nursery.start_soon(self._hand_over, data)
+        if self._helpers is not None:
+            self._nursery.start_soon(self._helper, self._hand_over, data)
+        else:
+            self._nursery.start_soon(self._hand_over, data)
 
     async def _hand_over(self, data: Payload) -> None:
         try:
