@@ -222,21 +222,32 @@ class Engine:
             self._epoll.modify(fd, events)
 
     def run_ready(self, now: float) -> None:
-        """Call the reader of every readable socket once."""
-        assert self._epoll is not None
-        for fd, _ in self._epoll.poll(0, MAX_READY):
-            reader = self._readers.get(fd)
-            if reader is None:
-                continue
-            try:
-                reader.on_readable(now)
-            except Exception as exc:
-                self._readers.pop(fd, None)
+        """Call the reader of every readable socket about once: in batches of ``MAX_READY``
+        until a batch comes back short, or as many calls were made as there are readers
+        (level-triggered, a busy socket may come back in a later batch, so this bounds the
+        pass). Every reply already in a socket is read before any verdict of this pass."""
+        epoll = self._epoll
+        assert epoll is not None
+        readers = self._readers
+        budget = len(readers)
+        while True:
+            ready = epoll.poll(0, MAX_READY)
+            for fd, _ in ready:
+                reader = readers.get(fd)
+                if reader is None:
+                    continue
                 try:
-                    self._epoll.unregister(fd)
-                except OSError:
-                    pass
-                self._client_failed(reader, exc)
+                    reader.on_readable(now)
+                except Exception as exc:
+                    readers.pop(fd, None)
+                    try:
+                        epoll.unregister(fd)
+                    except OSError:
+                        pass
+                    self._client_failed(reader, exc)
+            budget -= len(ready)
+            if len(ready) < MAX_READY or budget <= 0:
+                return
 
     # -- the one task ---------------------------------------------------------------------
 

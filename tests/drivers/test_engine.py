@@ -311,3 +311,44 @@ def test_a_stall_is_logged_once_for_the_whole_process() -> None:
     assert len(pauses) == 1
     assert pauses[0]["machines"] == 1000 and pauses[0]["late_by"] == pytest.approx(2.0)
     assert engine.stalls == 1
+
+
+class _Counter:
+    """A reader that counts its calls and, unless ``flood``, drains its socket."""
+
+    def __init__(self, sock: socket.socket, *, flood: bool = False) -> None:
+        self.sock, self.flood, self.calls = sock, flood, 0
+
+    def on_readable(self, now: float) -> None:
+        self.calls += 1
+        if not self.flood:
+            self.sock.recv(4096)
+
+
+def test_every_ready_socket_is_read_in_one_pass_beyond_one_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More ready sockets than one epoll batch holds are all read before the pass's
+    verdicts (a reply left unread would let a live peer be judged silent under load); a
+    socket that stays readable cannot make the pass go on without end."""
+    import pulse._trio.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "MAX_READY", 4)
+    engine = Engine()
+    pairs = [socket.socketpair() for _ in range(11)]
+    try:
+        readers = []
+        for index, (ours, theirs) in enumerate(pairs):
+            ours.setblocking(False)
+            reader = _Counter(ours, flood=index == 0)
+            engine.add_reader(ours, reader)
+            readers.append(reader)
+            theirs.send(b"pong")
+        engine.run_ready(0.0)
+        assert all(reader.calls >= 1 for reader in readers)
+        assert sum(reader.calls for reader in readers) <= len(readers) + 4
+    finally:
+        for ours, theirs in pairs:
+            engine.remove_reader(ours)
+            ours.close()
+            theirs.close()
