@@ -111,7 +111,8 @@ class _EventQueue(list[Event]):
 class WebSocketConnection:
     """An open WebSocket connection (after the opening handshake)."""
 
-    __slots__ = ("_closed", "_fragments", "_fragments_size", "_parsed", "_write_scope",
+    __slots__ = ("_closed", "_fragments", "_fragments_size", "_parsed", "_write_limit",
+                 "_write_scope",
                  "bytes_received", "bytes_sent", "max_message_size", "on_receive", "stream",
                  "write_interrupted", "ws")
 
@@ -143,6 +144,7 @@ class WebSocketConnection:
         self.write_interrupted = False
         """True once a write was abandoned half-way: the byte stream is no longer framed."""
         self._write_scope: trio.CancelScope | None = None
+        self._write_limit = math.inf  # when every write is abandoned (set by abort_write)
         self.bytes_received = 0
         self.bytes_sent = 0
 
@@ -287,14 +289,15 @@ class WebSocketConnection:
 
         The write is shielded from cancellation (a frame cut short would break the framing
         of everything after it, the close frame included); it is abandoned only at
-        ``deadline`` or through :meth:`abort_write`, after which the stream is unusable.
+        ``deadline`` or at the limit set by :meth:`abort_write`, after which the stream is
+        unusable.
         """
         if not data:
             return
         if self.write_interrupted:
             raise WebSocketClosed("an earlier write was interrupted", 1006)
         self.write_interrupted = True
-        with trio.CancelScope(shield=True, deadline=deadline) as scope:
+        with trio.CancelScope(shield=True, deadline=min(deadline, self._write_limit)) as scope:
             self._write_scope = scope
             try:
                 await self.stream.send_all(data)
@@ -308,11 +311,15 @@ class WebSocketConnection:
         self.write_interrupted = False
         self.bytes_sent += len(data)
 
-    def abort_write(self, after: float = 0.0) -> None:
-        """Give a write in progress at most ``after`` more seconds, then abandon it."""
+    def abort_write(self, after: float = 0.0) -> float:
+        """Closing: the write in progress, and every later one (the close frame included),
+        is abandoned ``after`` seconds from now at the latest (an earlier limit stays).
+        Returns that limit, the end of the closing phase."""
+        self._write_limit = min(self._write_limit, current_engine().now() + after)
         scope = self._write_scope
         if scope is not None:
-            scope.deadline = min(scope.deadline, current_engine().now() + after)
+            scope.deadline = min(scope.deadline, self._write_limit)
+        return self._write_limit
 
     def receive_backlog(self) -> tuple[int, int] | None:
         """``(unread, capacity)``: bytes the kernel received that we have not read yet, and

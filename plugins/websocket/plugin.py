@@ -45,6 +45,10 @@ async def _serve(
         task_status.started(server.listeners)
 
 
+CLOSE_GRACE = 1.0
+"""Seconds ``pulse ping`` gives its close frame before it hangs up."""
+
+
 async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingReply]:
     """RFC 6455 pings whose payload carries the sequence number; one reply per pong.
 
@@ -68,11 +72,11 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
                                        progress=lambda: read_tcp_progress(sock)):
             yield reply
     finally:
-        with trio.CancelScope(shield=True), engine.move_on_after(1.0) as scope:
+        with trio.CancelScope(shield=True):
             try:
                 if conn.can_send_close:
-                    await conn.write(conn.encode_close(1000, "pulse ping done"),
-                                     deadline=scope.deadline)
+                    conn.abort_write(CLOSE_GRACE)  # the goodbye's bound
+                    await conn.write(conn.encode_close(1000, "pulse ping done"))
             except WebSocketClosed:
                 pass
         await conn.aclose()

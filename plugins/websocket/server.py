@@ -274,11 +274,7 @@ async def serve_stream(
         run = _HandlerRun()
         session.launch(server._nursery, partial(_launched_closed, connections, client, run,
                                                 options.close_timeout))
-        try:
-            with run.scope:  # cancelled once the session closed and close_timeout passed
-                await _call_handler(handler, client, options)
-        finally:
-            run.finished()
+        await run.call(handler, client, options)
         return
     try:
         if handler is echo:
@@ -303,10 +299,16 @@ class _HandlerRun:
         self._finished = False
         self._done: trio.Event | None = None  # made only when the closing waits for it
 
-    def finished(self) -> None:
-        self._finished = True
-        if self._done is not None:
-            self._done.set()
+    async def call(self, handler: Handler, client: ServerConnection,
+                   options: ServerSettings) -> None:
+        """Run the handler (cancelled by :meth:`stop`); note when it is over."""
+        try:
+            with self.scope:
+                await _call_handler(handler, client, options)
+        finally:
+            self._finished = True
+            if self._done is not None:
+                self._done.set()
 
     async def stop(self, grace: float) -> None:
         """Give the handler ``grace`` seconds to return by itself, then cancel it."""
@@ -362,21 +364,11 @@ async def _call_handler(handler: Handler, client: ServerConnection,
 async def _run_with_handler(handler: Handler, client: ServerConnection, session: Session,
                             options: ServerSettings, peer: str, transport: str) -> None:
     """Run the session and the application's handler side by side until both are done."""
-    inbox, outbox = client._inbox, client._outbox
-    handler_done = trio.Event()
-
-    async def run_handler() -> None:
-        try:
-            await _call_handler(handler, client, options)
-        finally:
-            handler_done.set()
-
+    run = _HandlerRun()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_handler)
-        _finish(session, await session.run(), inbox, outbox, peer, transport)
-        with current_engine().move_on_after(options.close_timeout):
-            await handler_done.wait()
-        nursery.cancel_scope.cancel()
+        nursery.start_soon(run.call, handler, client, options)
+        _finish(session, await session.run(), client._inbox, client._outbox, peer, transport)
+        await run.stop(options.close_timeout)
 
 
 async def serve(

@@ -327,17 +327,12 @@ class Session:
                 self._engine.watch(self)
                 try:
                     await self._end_event().wait()
-                except trio.Cancelled:
-                    self.conn.abort_write(self._grace())  # a frame in flight may finish
-                    raise
-                # Let the writer finish the frame it is writing (a frame cut short breaks
-                # the stream for the close frame), unless the socket is stuck.
-                if self._writing:
-                    self._writer_stopped = trio.Event()
-                    with current_engine().move_on_after(self._grace()):
-                        await self._writer_stopped.wait()
-                self.conn.abort_write()
-                nursery.cancel_scope.cancel()
+                finally:
+                    # The closing phase starts: the writer may finish the frame it is
+                    # writing (a frame cut short breaks the stream for the close frame)
+                    # within the grace, which bounds every write from here on.
+                    self.conn.abort_write(self._grace())
+                nursery.cancel_scope.cancel()  # waits for the writer's shielded write
         finally:
             await self._wind_down()
         if self._failure is not None:
@@ -390,11 +385,10 @@ class Session:
         assert self._end is not None and self._on_closed is not None
         with trio.CancelScope(shield=True):
             try:
-                if self._writing:
+                self.conn.abort_write(self._grace())  # the closing phase bounds every write
+                if self._writing:  # the writer only awaits writes: it stops by the limit
                     self._writer_stopped = trio.Event()
-                    with current_engine().move_on_after(self._grace()):
-                        await self._writer_stopped.wait()
-                self.conn.abort_write()
+                    await self._writer_stopped.wait()
                 for scope in self._helpers or ():
                     scope.cancel()
                 await self._wind_down()
@@ -431,17 +425,15 @@ class Session:
             self._ended.set()
         conn = self.conn
         graceful = not cancelled and end.initiator is Initiator.LOCAL and not end.peer_dead
-        deadline = self._engine.now() + self._grace()
+        deadline = conn.abort_write(self._grace())  # the end of the closing phase
         if end.initiator is not Initiator.NETWORK and not conn.write_interrupted:
-            with current_engine().move_on_at(deadline):
-                try:
-                    if conn.can_send_close:
-                        code = CLOSE_NORMAL if end.code in (1005, 1006) else end.code
-                        owed, self._owed = self._owed, b""  # a control frame's rest first
-                        await conn.write(owed + conn.encode_close(code, end.reason),
-                                         deadline=deadline)
-                except WebSocketClosed:
-                    pass
+            try:
+                if conn.can_send_close:
+                    code = CLOSE_NORMAL if end.code in (1005, 1006) else end.code
+                    owed, self._owed = self._owed, b""  # a control frame's rest first
+                    await conn.write(owed + conn.encode_close(code, end.reason))
+            except WebSocketClosed:
+                pass
         # What the peer sent before the end is still the application's: read what is
         # already here (after our close frame: up to the peer's answer) and queue it beyond
         # the inbox's bound, so closing never waits for a slow application.
