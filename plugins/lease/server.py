@@ -23,7 +23,6 @@ session ends, its connection gets a ``session`` notice and is closed.
 
 from __future__ import annotations
 
-import errno
 import hmac
 import math
 import secrets
@@ -41,7 +40,7 @@ from pulse._core.rate import TokenBucket
 from pulse._core.sessions import SessionTracker
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
-from pulse._trio.streams import accept_tls
+from pulse._trio.streams import accept_forever, accept_tls
 from pulse._trio.writer import raw_socket
 from pulse.codec import MessageDecoder, encode_message
 from pulse.errors import LocalProtocolError, PhaseTimeout, RemoteProtocolError
@@ -87,8 +86,6 @@ WRITE_CHUNK = 256 * 1024
 #: registrations and watches after a reconnect may overshoot once without being cut off).
 MAX_RATE_REFUSALS = 100
 #: accept() errors that mean "out of resources for now": wait a little and go on accepting.
-ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-ACCEPT_CAPACITY_SLEEP = 0.1
 
 
 PRESENCE_PREFIX = "/pulse/presence"
@@ -439,20 +436,7 @@ class LeaseServer:
 
     async def _accept(self, listener: trio.SocketListener) -> None:
         """Accept connections and hand each socket to the engine: no task per client."""
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                log.error("accept_failed", reason=repr(exc), retry_in=ACCEPT_CAPACITY_SLEEP)
-                await current_engine().sleep(ACCEPT_CAPACITY_SLEEP)
-                continue
-            try:
-                self._open(stream)
-            except Exception as exc:  # a bug must cost one connection, never the server
-                log.exception("connection_handler_failed", reason=repr(exc))
-                stream.socket.close()
+        await accept_forever(listener, self._open)
 
     # -- engine mode: one plain socket, no task ------------------------------------------
 

@@ -22,13 +22,11 @@ connection:
 
 from __future__ import annotations
 
-import errno
 import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Final
 
 import trio
 
@@ -38,7 +36,7 @@ from pulse._core.policy import HeartbeatPolicy
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
 from pulse._trio.phase import Phase, bounded
-from pulse._trio.streams import peer_name
+from pulse._trio.streams import accept_forever, peer_name
 from pulse.errors import ConnectionClosed, PeerTimeout, PulseError
 
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
@@ -57,12 +55,6 @@ from .session import (
 )
 
 log = get_logger("pulse.websocket")
-
-ACCEPT_RETRY: Final = 0.1
-"""Seconds before accepting again when the process ran out of descriptors or memory."""
-
-ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
-                                           errno.ENOBUFS})
 
 DEFAULT_SERVER_POLICY = HeartbeatPolicy(interval=10.0, timeout=30.0)
 """Ping a client after 10 s of silence; drop it after 30 s (three intervals)."""
@@ -441,26 +433,14 @@ async def serve(
 
 async def _accept_loop(listener: trio.SocketListener, nursery: trio.Nursery,
                        accept: Callable[[trio.SocketStream], Awaitable[None]]) -> None:
-    """Start ``accept(stream)`` in ``nursery`` for every client of ``listener``.
+    """Start ``accept(stream)`` in ``nursery`` for every client of ``listener``; the stream
+    stays open when ``accept`` returns (:func:`serve_stream` closes it, and a session
+    without a task outlives the task that accepted it)."""
+    def take(stream: trio.SocketStream) -> None:
+        nursery.start_soon(accept, stream)
 
-    Unlike ``trio.serve_listeners`` it leaves the stream open when ``accept`` returns:
-    :func:`serve_stream` closes it, and a session without a task outlives the task that
-    accepted it. Out of file descriptors or memory, it retries after
-    :data:`ACCEPT_RETRY` seconds, as trio's loop does.
-    """
     async with listener:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                log.error("accept_failed", reason=errno.errorcode.get(exc.errno or 0, "?"),
-                          retry_in=ACCEPT_RETRY)
-                with current_engine().move_on_after(ACCEPT_RETRY):
-                    await trio.sleep_forever()
-            else:
-                nursery.start_soon(accept, stream)
+        await accept_forever(listener, take)
 
 
 async def echo(conn: ServerConnection) -> None:

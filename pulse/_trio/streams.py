@@ -9,15 +9,27 @@ fails" is written once; the timeout runs on the engine's timer
 
 from __future__ import annotations
 
+import errno
 import math
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Final, NoReturn
 
 import trio
 
+from pulse._log import get_logger
+from pulse._trio.engine import current_engine
 from pulse._trio.phase import Phase, bounded
 
-__all__ = ["accept_tls", "connect", "dial", "peer_name"]
+__all__ = ["ACCEPT_RETRY", "accept_forever", "accept_tls", "connect", "dial", "peer_name"]
+
+log = get_logger("pulse.streams")
+
+ACCEPT_RETRY: Final = 0.1
+"""Seconds before accepting again when the process ran out of descriptors or memory."""
+
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                                           errno.ENOBUFS})
 
 Prepare = Callable[[trio.SocketStream], None]
 
@@ -92,3 +104,29 @@ async def accept_tls(
     with bounded(Phase.HANDSHAKE, timeout, peer=peer):
         await tls.do_handshake()
     return tls
+
+
+async def accept_forever(
+    listener: trio.SocketListener, take: Callable[[trio.SocketStream], None]
+) -> NoReturn:
+    """Hand every connection ``listener`` accepts to ``take`` (which must not block: it
+    starts a task or gives the socket to the engine). The stream stays open when ``take``
+    returns — unlike ``trio.serve_listeners``, so a connection without a task of its own
+    outlives its accept. Out of descriptors or memory it logs ``accept_failed`` and tries
+    again after :data:`ACCEPT_RETRY` seconds, as trio's loop does; ``take`` raising costs
+    that one connection, never the listener."""
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                raise
+            log.error("accept_failed", reason=errno.errorcode.get(exc.errno or 0, "?"),
+                      retry_in=ACCEPT_RETRY)
+            await current_engine().sleep(ACCEPT_RETRY)
+            continue
+        try:
+            take(stream)
+        except Exception as exc:  # a bug must cost one connection, never the server
+            log.exception("connection_handler_failed", reason=repr(exc))
+            stream.socket.close()

@@ -124,3 +124,63 @@ async def test_dial_that_hangs_in_tls_times_out_and_closes(
         with trio.fail_after(5):
             await saw_eof.wait()
     assert math.isfinite(trio.current_time())
+
+
+class _Listener:
+    """A listener whose accepts fail with the given errors first, then hand out sockets."""
+
+    def __init__(self, *failures: int) -> None:
+        self.failures = list(failures)
+        self.accepted_at: list[float] = []
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+
+    async def accept(self) -> trio.SocketStream:
+        await trio.lowlevel.checkpoint()
+        if self.failures:
+            code = self.failures.pop(0)
+            raise OSError(code, "accept failed")
+        if len(self.pairs) >= 2:
+            await trio.sleep_forever()
+        self.accepted_at.append(trio.current_time())
+        ours, theirs = socket.socketpair()
+        self.pairs.append((ours, theirs))
+        return trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+
+
+async def test_accept_forever_waits_out_a_descriptor_shortage(
+    clock: trio.testing.MockClock,
+) -> None:
+    """Out of descriptors, accepting pauses ACCEPT_RETRY s and goes on; a connection whose
+    handler raises is closed and costs nobody else."""
+    import errno
+
+    from pulse._trio.streams import ACCEPT_RETRY, accept_forever
+
+    listener = _Listener(errno.EMFILE, errno.EMFILE)
+    taken: list[trio.SocketStream] = []
+
+    def take(stream: trio.SocketStream) -> None:
+        taken.append(stream)
+        if len(taken) == 1:
+            raise RuntimeError("a bug in one connection's handler")
+
+    start = trio.current_time()
+    with trio.move_on_after(5):
+        await accept_forever(listener, take)  # type: ignore[arg-type]
+    assert len(taken) == 2
+    assert listener.accepted_at[0] - start >= 2 * ACCEPT_RETRY
+    assert taken[0].socket.fileno() == -1  # the failed one was closed
+    assert taken[1].socket.fileno() != -1
+    for ours, theirs in listener.pairs:
+        ours.close()
+        theirs.close()
+
+
+async def test_accept_forever_raises_other_errors() -> None:
+    """An accept error that is not a shortage (a closed listener) is not retried."""
+    import errno
+
+    from pulse._trio.streams import accept_forever
+
+    with pytest.raises(OSError):
+        await accept_forever(_Listener(errno.EBADF), lambda stream: None)  # type: ignore[arg-type]
