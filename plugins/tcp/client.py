@@ -28,8 +28,8 @@ from pulse._core.policy import HeartbeatPolicy
 from pulse._core.reconnect import ReconnectMachine, default_backoff
 from pulse._log import get_logger
 from pulse._trio.connection import DEFAULT_WINDOW, HeartbeatConnection, heartbeat
-from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
+from pulse._trio.phase import Phase, bounded
 from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
 from pulse._trio.streams import dial, peer_name
 from pulse._trio.util import background_nursery
@@ -194,12 +194,13 @@ class ReconnectingClient:
         self._changed = trio.Event()
 
     async def send(self, payload: object, timeout: float = math.inf) -> None:
-        """Send on the current connection, waiting up to ``timeout`` s for one to be open.
+        """Send on the current connection, waiting up to ``timeout`` s for one to be open
+        (:class:`~pulse.errors.PhaseTimeout` after that).
 
         A connection that has closed but is not yet replaced is not retried in a loop: the
         send waits for the client's next state change (reconnecting, open, failed, closed).
         """
-        with current_engine().fail_after(timeout):
+        with bounded(Phase.CONNECT, timeout, peer=f"{self.host}:{self.port}"):
             while True:
                 if self._failure is not None:
                     raise self._failure
@@ -304,7 +305,7 @@ class ReconnectingClient:
 
     async def _drain(self, timeout: float) -> None:
         """Wait up to ``timeout`` s for the server to confirm what was sent (a clean exit)."""
-        with current_engine().move_on_after(timeout):
+        with bounded(Phase.CLOSE, timeout, move_on=True):
             while True:
                 conn = self.connection
                 if conn is None or conn.closed or not conn.unconfirmed:

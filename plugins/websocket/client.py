@@ -38,8 +38,8 @@ from pulse._core.liveness import PeerStats
 from pulse._core.policy import HeartbeatPolicy
 from pulse._core.reconnect import ReconnectMachine, default_backoff
 from pulse._log import get_logger
-from pulse._trio.engine import current_engine
 from pulse._trio.feed import EventFeed
+from pulse._trio.phase import Phase, bounded
 from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
 from pulse._trio.util import background_nursery
 from pulse.actions import Action, Reconnect
@@ -304,7 +304,7 @@ class ResilientWebSocket:
         if not self._closing and not self._finished.is_set():
             # Also while (re)connecting: a connection that opens within close_timeout
             # still carries what was queued.
-            with current_engine().move_on_after(self._options.close_timeout):
+            with bounded(Phase.CLOSE, self._options.close_timeout, move_on=True):
                 await self._outbox.wait_empty()
             self._stop(reason)
         await self._finished.wait()

@@ -34,7 +34,6 @@ from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import PeerStats
 from pulse._core.policy import HeartbeatPolicy
 from pulse._log import get_logger
-from pulse._trio.engine import current_engine
 from pulse._trio.phase import Phase, bounded
 from pulse._trio.streams import accept_forever, peer_name
 from pulse.errors import ConnectionClosed, PeerTimeout, PulseError
@@ -306,7 +305,7 @@ class _HandlerRun:
         """Give the handler ``grace`` seconds to return by itself, then cancel it."""
         if not self._finished:
             self._done = trio.Event()
-            with current_engine().move_on_after(grace):
+            with bounded(Phase.CLOSE, grace, move_on=True):
                 await self._done.wait()
         self.scope.cancel()
 
@@ -348,7 +347,7 @@ async def _call_handler(handler: Handler, client: ServerConnection,
         log.exception("handler_failed", peer=client.remote, transport=session.transport)
         session.end(f"handler failed: {type(exc).__name__}", CLOSE_INTERNAL_ERROR)
     else:
-        with current_engine().move_on_after(options.close_timeout):
+        with bounded(Phase.CLOSE, options.close_timeout, move_on=True):
             await client._outbox.wait_empty()
         session.end("handler finished", CLOSE_NORMAL)
 

@@ -55,6 +55,7 @@ from pulse._core.liveness import Liveness, PeerStats
 from pulse._core.policy import HeartbeatPolicy
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
+from pulse._trio.phase import Phase, bounded
 from pulse._trio.tcpinfo import read_tcp_progress, tcp_socket
 from pulse._trio.writer import raw_socket
 from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
@@ -464,7 +465,7 @@ class Session:
             self._inbound_pending = None
         if not until_close:
             deadline = min(deadline, self._engine.now() + LEFTOVER_READ_TIME)
-        with current_engine().move_on_at(deadline):
+        with bounded(Phase.CLOSE, max(0.0, deadline - self._engine.now()), move_on=True):
             try:
                 while True:
                     event = await self.conn.receive_event()
