@@ -34,6 +34,7 @@ from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import PeerStats
 from pulse._core.policy import HeartbeatPolicy
 from pulse._log import get_logger
+from pulse._trio.connection import DEFAULT_MAX_PING_RATE
 from pulse._trio.phase import Phase, bounded
 from pulse._trio.streams import accept_forever, peer_name
 from pulse.errors import ConnectionClosed, PeerTimeout, PulseError
@@ -188,6 +189,7 @@ class ServerSettings:
     headers: Headers = ()
     check: RequestCheck | None = None
     fragment_size: int = DEFAULT_FRAGMENT_SIZE
+    max_ping_rate: float = DEFAULT_MAX_PING_RATE
 
     def __post_init__(self) -> None:
         for name in ("queue_size", "receive_buffer", "max_message_size"):
@@ -247,6 +249,7 @@ async def serve_stream(
         conn, policy=options.policy, outbox=outbox, inbox=inbox, heartbeat=options.heartbeat,
         detector=detector, fragment_size=options.fragment_size,
         close_timeout=options.close_timeout, peer=peer, transport=transport,
+        max_ping_rate=options.max_ping_rate,
     )
     client = ServerConnection(session, inbox, outbox, request, subprotocol, peer)
     connections = server.connections if server is not None else set()
@@ -382,6 +385,7 @@ async def serve(
     headers: Headers = (),
     check: RequestCheck | None = None,
     fragment_size: int = DEFAULT_FRAGMENT_SIZE,
+    max_ping_rate: float = DEFAULT_MAX_PING_RATE,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSocket clients on ``host:port`` until cancelled; ``handler(conn)`` per client.
@@ -394,7 +398,9 @@ async def serve(
     ``check(request)`` may refuse an upgrade by returning an HTTP status. When the handler
     returns, queued messages are flushed (up to ``close_timeout``) and the connection closes
     with 1000; a handler still running ``close_timeout`` after its connection ended is
-    cancelled. When the server is cancelled every client gets 1001 (going away).
+    cancelled. When the server is cancelled every client gets 1001 (going away). A client's
+    pings are answered up to ``max_ping_rate`` per second (200; 0: no limit); one that keeps
+    pinging faster for about a second is closed with 1008 ("ping flood").
 
     Each client costs one task, its handler's; with ``handler=echo`` an idle client costs
     none (see :class:`~.inbox.EchoInbox`). Over ``wss://`` the session needs a task of its
@@ -407,6 +413,7 @@ async def serve(
         receive_buffer=receive_buffer, handshake_timeout=handshake_timeout,
         close_timeout=close_timeout, ssl_context=ssl_context, subprotocols=subprotocols,
         headers=headers, check=check, fragment_size=fragment_size,
+        max_ping_rate=max_ping_rate,
     )
     listeners = await trio.open_tcp_listeners(port, host=host)
     server = WebSocketServer(listeners)

@@ -53,7 +53,9 @@ import trio
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import Liveness, PeerStats
 from pulse._core.policy import HeartbeatPolicy
+from pulse._core.rate import TokenBucket
 from pulse._log import get_logger
+from pulse._trio.connection import DEFAULT_MAX_PING_RATE
 from pulse._trio.engine import current_engine
 from pulse._trio.phase import Phase, bounded
 from pulse._trio.tcpinfo import read_tcp_progress, tcp_socket
@@ -104,6 +106,7 @@ CLOSE_INTERNAL_ERROR: Final = 1011
 #: pings and never reads cannot grow the queue.
 MAX_QUEUED_CONTROL: Final = 16
 CLOSE_NORMAL: Final = 1000
+CLOSE_POLICY_VIOLATION: Final = 1008
 CLOSE_ABNORMAL: Final = 1006
 CLOSE_PEER_TIMEOUT: Final = CLOSE_INTERNAL_ERROR
 """The close code sent to a peer declared dead (as the websockets library does)."""
@@ -152,7 +155,7 @@ class Session:
     __slots__ = ("_backlog_seen", "_confirm_pending", "_confirm_seq", "_control", "_direct",
         "_end", "_ended", "_engine", "_failure", "_gate_open", "_going_away", "_helpers",
         "_inbound_pending", "_inbox", "_inbox_blocked", "_markers", "_nursery", "_on_closed",
-        "_on_liveness", "_owed", "_raw", "_reading", "_target", "_tcp", "_unconfirmed",
+        "_on_liveness", "_owed", "_pings", "_raw", "_reading", "_target", "_tcp", "_unconfirmed",
         "_writer_stopped", "_writing", "_written", "close_timeout", "conn",
         "delivery", "fragment_size", "heartbeat", "liveness", "opened_at", "outbox", "peer",
         "policy", "presumed_delivered", "transport", "window")
@@ -174,6 +177,7 @@ class Session:
         peer: str = "",
         transport: str = "ws",
         on_liveness: Callable[[Action], None] | None = None,
+        max_ping_rate: float = DEFAULT_MAX_PING_RATE,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window!r}")
@@ -194,6 +198,10 @@ class Session:
         self._target = inbox
         self._engine = current_engine()
         self.liveness = Liveness(policy, self._engine.now(), detector=detector)
+        #: The peer's pings answered per second at most (0: no limit); a flood past that
+        #: for about a second ends the session with 1008, so one client cannot keep the
+        #: server busy writing pongs.
+        self._pings = TokenBucket(max_ping_rate, self._engine.now())
         conn.on_receive = self._received
         self._raw = raw_socket(conn.stream)
         #: The TCP socket the lossy-link profile asks the kernel about (None: not asked).
@@ -522,7 +530,12 @@ class Session:
         if isinstance(event, MessageReceived):
             self._on_message_now(event.data)
         elif isinstance(event, PingReceived):
-            self._send_control(_Control(_Kind.PONG, event.payload))
+            pings = self._pings
+            if pings.take(self._engine.now()):
+                self._send_control(_Control(_Kind.PONG, event.payload))
+            elif pings.refused > pings.burst:  # a second's worth unanswered
+                self.end(f"ping flood: more than {pings.rate:g} pings per second",
+                         CLOSE_POLICY_VIOLATION, Initiator.LOCAL)
         elif isinstance(event, PongReceived):
             seq = pong_seq(event.payload)
             if seq is not None:

@@ -13,6 +13,7 @@ from pulse.plugins.websocket.connection import (
     CloseReceived,
     MessageReceived,
     PingReceived,
+    PongReceived,
     WebSocketConnection,
 )
 from pulse.plugins.websocket.server import ServerSettings, WebSocketServer, echo, serve_stream
@@ -301,7 +302,8 @@ async def test_a_client_that_pings_and_never_reads_cannot_grow_the_server(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """5,000 pings from a client that reads nothing: the server keeps at most one pong
-    queued for it (the answer to the latest ping), and a neighbour is served as usual."""
+    queued for it (the answer to the latest ping), and a neighbour is served as usual
+    (checked with the ping rate bound off, which would close the flooder first)."""
     sessions: list[ServerConnection] = []
 
     async def keep(conn: ServerConnection) -> None:
@@ -309,7 +311,8 @@ async def test_a_client_that_pings_and_never_reads_cannot_grow_the_server(
         await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
-        settings = ServerSettings(policy=HeartbeatPolicy(interval=1000.0, timeout=3000.0))
+        settings = ServerSettings(policy=HeartbeatPolicy(interval=1000.0, timeout=3000.0),
+                                  max_ping_rate=0)
         flooder = await start_client(nursery, keep, settings, path="/flood", lockstep=True)
         good = LiveClient(await start_client(nursery, echo, settings, path="/good"), nursery)
         for i in range(5000):
@@ -358,4 +361,40 @@ async def test_a_client_trickling_bytes_into_a_frame_is_declared_dead(
                     break
         assert closed_at is not None
         assert closed_at - opened <= POLICY.dead_after + POLICY.interval + 0.1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_ping_flood_is_closed_with_1008_and_a_neighbour_is_unaffected(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client whose pings keep coming faster than max_ping_rate, a second's worth past
+    the limit, is closed with 1008 ("ping flood"); one that pings at half the rate for five
+    seconds is answered every time and stays open."""
+    async with trio.open_nursery() as nursery:
+        settings = ServerSettings(policy=HeartbeatPolicy(interval=1000.0, timeout=3000.0),
+                                  max_ping_rate=50.0)
+        flooder = await start_client(nursery, echo, settings, path="/flood")
+        steady = await start_client(nursery, echo, settings, path="/steady")
+        closed = None
+        for i in range(1000):  # back to back: far faster than 50 a second
+            try:
+                await flooder.write(flooder.encode_ping(i.to_bytes(4, "big")))
+            except Exception:
+                break
+        with trio.fail_after(5):
+            while closed is None:
+                event = await next_message(flooder)
+                if isinstance(event, CloseReceived):
+                    closed = event
+        assert closed.code == 1008 and "ping flood" in closed.reason
+        pongs = 0
+        for i in range(125):  # 25 pings a second for five seconds
+            await steady.write(steady.encode_ping(i.to_bytes(4, "big")))
+            with trio.fail_after(1):
+                while not isinstance(await steady.receive_event(), PongReceived):
+                    pass
+                pongs += 1
+            await trio.sleep(0.04)
+        assert pongs == 125
+        await LiveClient(steady, nursery).echo_check("still open")
         nursery.cancel_scope.cancel()
