@@ -12,11 +12,13 @@ CPU-starved process), while their own timers fire on time. Ten healthy members a
 staggered times. Each row runs the same seeds with:
 
 * ``SWIM``: plain SWIM (no awareness, fixed suspicion timeout, no buddy, no nacks);
-* ``Lifeguard``: memberlist's Lifeguard (local health stretches the probe *interval*);
-* ``Lifeguard, paper LHM``: the paper's local-health-aware probe, which stretches the probe
-  *timeout* too, so a slow member waits long enough for the acks it processes late;
-* ``Lifeguard, mult 3``: memberlist's Lifeguard with suspicion multiplier 3, the paper's point
-  that fewer false positives buy a faster setting.
+* ``Lifeguard``: pulse's Lifeguard, as the paper describes it: local health stretches the
+  probe interval *and* the probe timeout, so a slow member waits long enough for the acks it
+  processes late instead of accusing healthy members;
+* ``Lifeguard, memberlist LHM``: memberlist's variant, where local health stretches only the
+  probe interval;
+* ``Lifeguard, mult 3``: Lifeguard with suspicion multiplier 3, the paper's point that fewer
+  false positives buy a faster setting.
 
 With ``--seeds`` every variant runs once per seed; false positives are summed and the
 detection medians are taken over all kills of all seeds.
@@ -49,13 +51,13 @@ def scenario(n: int, duration: float, delay: float, lifeguard: bool, seed: int,
                      slow=count if delay > 0 else 0, slow_delay=delay, kills=kills, seed=seed, swim=swim)
 
 
-#: (label, Lifeguard on, SwimConfig overrides). "paper LHM" stretches the probe timeout with
-#: the local health multiplier as well as the probe interval, as the Lifeguard paper's
-#: local-health-aware probe does; memberlist (and pulse's default) stretches only the interval.
+#: (label, Lifeguard on, SwimConfig overrides). Lifeguard's local health stretches the probe
+#: timeout as well as the probe interval (the paper's local-health-aware probe, pulse's
+#: default); "memberlist LHM" stretches only the interval, as memberlist does.
 VARIANTS: list[tuple[str, bool, tuple[tuple[str, object], ...]]] = [
     ("SWIM", False, ()),
     ("Lifeguard", True, ()),
-    ("Lifeguard, paper LHM", True, (("awareness_scales_probe_timeout", True),)),
+    ("Lifeguard, memberlist LHM", True, (("awareness_scales_probe_timeout", False),)),
     ("Lifeguard, mult 3", True, (("suspicion_mult", 3),)),
 ]
 
@@ -93,7 +95,7 @@ def main() -> None:
     slow = max(1, args.n // 20) if args.slow is None else args.slow
     print(f"N={args.n}, {args.duration:.0f} s simulated per seed, loss 1 %, slow members {slow} "
           f"(when delay > 0), 10 kills per seed, seeds {','.join(map(str, seeds))}")
-    header = (f"{'delay':>6} {'protocol':<22} {'FP healthy':>10} {'FP slow':>8} {'detect 1st':>10} "
+    header = (f"{'delay':>6} {'protocol':<26} {'FP healthy':>10} {'FP slow':>8} {'detect 1st':>10} "
               f"{'detect all':>10} {'missed':>6} {'pkts/member/s':>13} {'wall':>6}")
     print(header)
     print("-" * len(header))
@@ -106,7 +108,7 @@ def main() -> None:
                 pooled.add(run(scenario(args.n, args.duration, delay, lifeguard, seed, swim, args.slow)))
             wall = time.perf_counter() - started
             results[label] = pooled
-            print(f"{delay:6.1f} {label:<22} {pooled.fp_healthy:>10} {pooled.fp_slow:>8} "
+            print(f"{delay:6.1f} {label:<26} {pooled.fp_healthy:>10} {pooled.fp_slow:>8} "
                   f"{_fmt(pooled.median(pooled.first)):>10} {_fmt(pooled.median(pooled.full)):>10} "
                   f"{pooled.undetected:>6} {pooled.load:>13.2f} {wall:5.0f}s", flush=True)
         if "SWIM" not in results:

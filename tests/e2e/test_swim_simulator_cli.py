@@ -24,12 +24,12 @@ def test_slow_member_table_pools_seeds_and_lifeguard_has_fewer_false_positives()
     rows = {}
     for line in done.stdout.splitlines():
         if line.startswith("   5.0 "):
-            label = line[7:29].strip()
-            rows[label] = line[29:].split()
-    assert set(rows) == {"SWIM", "Lifeguard", "Lifeguard, paper LHM", "Lifeguard, mult 3"}
+            label = line[7:33].strip()
+            rows[label] = line[33:].split()
+    assert set(rows) == {"SWIM", "Lifeguard", "Lifeguard, memberlist LHM", "Lifeguard, mult 3"}
     fp_healthy = {label: int(cells[0]) for label, cells in rows.items()}
     assert fp_healthy["SWIM"] > 0
     assert fp_healthy["Lifeguard"] < fp_healthy["SWIM"]
-    assert fp_healthy["Lifeguard, paper LHM"] < fp_healthy["SWIM"]
+    assert fp_healthy["Lifeguard, memberlist LHM"] < fp_healthy["SWIM"]
     assert "seeds 1,2" in done.stdout
     assert "healthy-member false positives, SWIM / Lifeguard:" in done.stdout
