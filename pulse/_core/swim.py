@@ -98,7 +98,8 @@ DEFAULT_VSN = (1, 5, 2, 2, 5, 5)
 
 @dataclass(frozen=True, slots=True)
 class SwimConfig:
-    """Tunables; the defaults are memberlist's ``DefaultLANConfig``."""
+    """Tunables; the defaults are memberlist's ``DefaultLANConfig``, except that local health
+    stretches the probe timeout too (``awareness_scales_probe_timeout``, the paper's rule)."""
 
     name: str
     addr: Addr
