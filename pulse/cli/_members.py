@@ -74,12 +74,16 @@ class MemberTable:
         from pulse.cli._presence import format_seconds
 
         colours = {"alive": "green", "suspect": "yellow", "failed": "red", "left": "dim"}
-        table = Table(title=title, title_justify="left", expand=False)
-        for name in ("NAME", "ADDRESS", "STATE", "INCARNATION", "SINCE", "TAGS"):
-            table.add_column(name, no_wrap=name != "TAGS", overflow="fold")
+        table = Table(title=f"{title} (* this watcher)", title_justify="left", expand=False)
+        table.add_column("NAME", no_wrap=True, overflow="fold")
+        table.add_column("ADDRESS", no_wrap=True, min_width=9)
+        table.add_column("STATE", no_wrap=True, min_width=7)
+        table.add_column("INC", no_wrap=True, justify="right")
+        table.add_column("SINCE", no_wrap=True, min_width=8)
+        table.add_column("TAGS", overflow="fold")
         for row in sorted(self.rows.values(), key=lambda r: r.name):
             colour = colours.get(row.state, "white")
-            name = f"{row.name} (this watcher)" if row.name == me else row.name
+            name = f"{row.name} *" if row.name == me else row.name
             tags = ",".join(f"{k}={v}" for k, v in sorted(row.tags.items()))
             table.add_row(name, row.addr, f"[{colour}]{row.state}[/{colour}]", str(row.incarnation),
                           f"{format_seconds(now - row.changed)} ago", tags)

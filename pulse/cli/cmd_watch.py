@@ -233,6 +233,13 @@ async def _watch_members(args: argparse.Namespace) -> int:
             nursery.start_soon(stop_on_signal)
             if live is not None:
                 live.start()
+
+                async def age_rows() -> None:  # the SINCE column keeps counting
+                    while True:
+                        await trio.sleep(1.0)
+                        refresh()
+
+                nursery.start_soon(age_rows)
             try:
                 snapshot_at = current_engine().now()
                 for member in gm.all_members():

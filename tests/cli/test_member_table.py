@@ -60,6 +60,6 @@ def test_render_lists_every_member_with_its_state() -> None:
     console = Console(width=200, record=True)
     console.print(table.render("members", 5.0, "w"))
     text = console.export_text()
-    assert "w (this watcher)" in text
+    assert "w *" in text and "(* this watcher)" in text
     assert "role=web" in text
     assert "suspect" in text and "5.0 s ago" in text
