@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import trio
@@ -171,21 +172,29 @@ async def stop_serf_pair_serf() -> float:
 
 async def kill_pulse() -> float:
     s1 = Agent("serf-1")
-    proc = subprocess.Popen([sys.executable,  # noqa: ASYNC220 - started before timing "-m", "pulse.cli.main", "member", "--listen",
-                             f"gossip://127.0.0.1:{_free_port()}", "--name", "pulse-proc",
-                             "--join", f"127.0.0.1:{s1.port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        await s1.wait_status("pulse-proc", "alive")
-        await trio.sleep(2)
-        proc.kill()
-        t0 = trio.current_time()
-        with trio.fail_after(60):
-            return await s1.wait_status("pulse-proc", "failed") - t0
-    finally:
-        proc.kill()
-        proc.wait()
-        s1.stop()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable,  # noqa: ASYNC220 - started before timing
+                                 "-m", "pulse.cli.main", "member", "--listen",
+                                 f"gossip://127.0.0.1:{_free_port()}", "--name", "pulse-proc",
+                                 "--join", f"127.0.0.1:{s1.port}", "--join-timeout", "10"],
+                                stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            try:
+                await s1.wait_status("pulse-proc", "alive", limit=30.0)
+            except trio.TooSlowError:
+                err.seek(0)
+                print(f"kill pulse: the member never showed up in serf-1 (exit status "
+                      f"{proc.poll()}): {err.read().decode(errors='replace')[-2000:]}", file=sys.stderr)
+                raise
+            await trio.sleep(2)
+            proc.kill()
+            t0 = trio.current_time()
+            with trio.fail_after(60):
+                return await s1.wait_status("pulse-proc", "failed") - t0
+        finally:
+            proc.kill()
+            proc.wait()
+            s1.stop()
 
 
 async def kill_serf() -> float:

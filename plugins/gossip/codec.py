@@ -76,6 +76,7 @@ __all__ = [
     "encode_packet",
     "encode_serf_tags",
     "encode_stream",
+    "is_compressed_packet",
 ]
 
 MIN_PROTOCOL_VERSION = 2
@@ -383,6 +384,14 @@ def _decode_command(buf: bytes, out: list[PacketMessage], depth: int, max_decomp
         raise GossipProtocolError(f"unknown message type {kind}")
 
 
+def is_compressed_packet(data: bytes) -> bool:
+    """True when the packet's outer message (under an optional CRC header) is LZW-compressed:
+    the sender compresses, as memberlist does by default (``EnableCompression``)."""
+    if len(data) >= 6 and data[0] == MessageType.HAS_CRC:
+        return data[5] == MessageType.COMPRESS
+    return len(data) >= 1 and data[0] == MessageType.COMPRESS
+
+
 def _split_compound(body: bytes) -> list[bytes]:
     if not body:
         raise GossipProtocolError("compound message without its count byte")
@@ -501,6 +510,11 @@ class StreamDecoder:
     def done(self) -> bool:
         """True once a whole message was decoded."""
         return self._done is not None
+
+    @property
+    def compressed(self) -> bool:
+        """True when the stream message came LZW-compressed (known from its first byte)."""
+        return self._kind == MessageType.COMPRESS
 
     def feed(self, data: bytes) -> StreamMessage | None:
         """Add ``data``; the decoded message when the stream message is complete."""

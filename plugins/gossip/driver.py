@@ -28,7 +28,7 @@ from __future__ import annotations
 import errno
 import random
 import socket
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -72,6 +72,7 @@ from .codec import (
     encode_serf_leave,
     encode_serf_tags,
     encode_stream,
+    is_compressed_packet,
     serf_lamport_time,
 )
 
@@ -93,6 +94,8 @@ MAX_PACKETS_PER_WAKEUP = 64
 MAX_PACKET = 65536
 #: Member events buffered per subscriber before the oldest are dropped.
 EVENT_BUFFER = 4096
+#: Peer addresses remembered as compressing (least recently heard from forgotten first).
+MAX_COMPRESSING_PEERS = 4096
 
 
 class GossipJoinError(NoServerReachable):
@@ -121,6 +124,8 @@ class _Counters:
     packets_out: int = 0
     packets_dropped: int = 0
     bad_packets: int = 0
+    packets_compressed_in: int = 0
+    packets_compressed_out: int = 0
     streams_in: int = 0
     streams_out: int = 0
     stream_errors: int = 0
@@ -163,6 +168,8 @@ class GossipMember:
         self.serf_clock = 0
         #: The TCP listener (set by :func:`gossip_member`).
         self.listener: trio.SocketListener | None = None
+        #: Peers that send us LZW-compressed packets or streams; we compress towards them.
+        self._compressing: OrderedDict[Addr, None] = OrderedDict()
 
     # ------------------------------------------------------------------ queries
 
@@ -183,6 +190,16 @@ class GossipMember:
     def all_members(self) -> list[Member]:
         """Every member we know, failed and left ones included (until they are reaped)."""
         return self.swim.members()
+
+    def compresses(self, addr: Addr) -> bool:
+        """True when the peer at ``addr`` was seen compressing, so we compress towards it."""
+        return addr in self._compressing
+
+    def _peer_compresses(self, addr: Addr) -> None:
+        self._compressing[addr] = None
+        self._compressing.move_to_end(addr)
+        if len(self._compressing) > MAX_COMPRESSING_PEERS:
+            self._compressing.popitem(last=False)
 
     async def events(self) -> AsyncIterator[MemberEvent]:
         """Membership changes from now on (join, alive, suspect, failed, left, update).
@@ -294,6 +311,9 @@ class GossipMember:
                           error=str(exc))
                 continue
             addr: Addr = (from_[0], from_[1])
+            if is_compressed_packet(data):
+                self.counters.packets_compressed_in += 1
+                self._peer_compresses(addr)
             for msg in messages:
                 self._run_actions(now, swim.packet_received(now, addr, msg))
         self._engine.watch(self)
@@ -318,9 +338,14 @@ class GossipMember:
 
     def _send(self, action: SendPacket) -> None:
         try:
-            data = encode_packet(action.messages, crc=action.crc)
+            # memberlist's rule: compress, keep it only when smaller; here only towards peers
+            # that compress themselves (a pulse-only group stays uncompressed).
+            compress = action.addr in self._compressing
+            data = encode_packet(action.messages, crc=action.crc, compress=compress)
             self._udp.sendto(data, action.addr)
             self.counters.packets_out += 1
+            if compress and is_compressed_packet(data):
+                self.counters.packets_compressed_out += 1
         except (BlockingIOError, InterruptedError):
             self.counters.packets_dropped += 1
         except OSError as exc:
@@ -378,8 +403,11 @@ class GossipMember:
                 return None
             async with stream:
                 try:
-                    await stream.send_all(encode_stream(message))
-                    return await _read_message(stream)
+                    await stream.send_all(encode_stream(message, compress=addr in self._compressing))
+                    reply, compressed = await _read_message(stream)
+                    if compressed:
+                        self._peer_compresses(addr)
+                    return reply
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
                         RemoteProtocolError) as exc:
                     self.counters.stream_errors += 1
@@ -416,7 +444,7 @@ class GossipMember:
         async with stream:
             with self._engine.move_on_after(self._stream_timeout):
                 try:
-                    msg = await _read_message(stream)
+                    msg, compressed = await _read_message(stream)
                     if msg is None:
                         return
                     if isinstance(msg, PushPull):
@@ -425,7 +453,8 @@ class GossipMember:
                     actions = self.swim.stream_received(now, addr, msg)
                     if actions and isinstance(actions[0], StreamReply):
                         reply = actions[0].message
-                        await stream.send_all(encode_stream(reply))
+                        # Answer in kind: compressed to a peer that compressed its request.
+                        await stream.send_all(encode_stream(reply, compress=compressed))
                         actions = actions[1:]
                     self._run_actions(self._engine.now(), actions)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
@@ -435,15 +464,16 @@ class GossipMember:
                               error=str(exc))
 
 
-async def _read_message(stream: trio.SocketStream) -> Message | None:
+async def _read_message(stream: trio.SocketStream) -> tuple[Message | None, bool]:
+    """One stream message (None at EOF first) and whether it came compressed."""
     decoder = StreamDecoder()
     while True:
         chunk = await stream.receive_some(65536)
         if not chunk:
-            return None
+            return None, decoder.compressed
         msg = decoder.feed(chunk)
         if msg is not None:
-            return msg
+            return msg, decoder.compressed
 
 
 def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:

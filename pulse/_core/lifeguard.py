@@ -5,8 +5,9 @@ HashiCorp memberlist ships them; this module keeps the numbers memberlist uses:
 
 * **Local health awareness.** A score in ``[0, max - 1]``: a probe that ends without an ack
   (or with fewer nacks than expected) raises it, having to refute a suspicion about ourselves
-  raises it, a probe answered in time lowers it. The probe interval is multiplied by
-  ``score + 1``, so a member that is itself slow probes (and accuses) less often.
+  raises it, a probe answered in time lowers it. The probe interval (memberlist) and, by
+  default, the probe timeout (the paper) are multiplied by ``score + 1``, so a member that is
+  itself slow probes less often and waits longer for the acks it reads late.
 * **Dynamic suspicion timeout.** A suspicion starts at ``max`` and falls towards ``min`` as
   independent members confirm it: with ``n`` of the ``k`` wanted confirmations the timeout is
   ``max - log(n + 1) / log(k + 1) * (max - min)`` (never below ``min``), measured from the

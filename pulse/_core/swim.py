@@ -26,7 +26,8 @@ with the gossip codec its packets, interoperate with memberlist and Serf. Rules 
   over TCP) with one random member repairs whatever gossip missed; joining is a push-pull
   with the seeds.
 * **Lifeguard** (on unless ``lifeguard=False``, which gives plain SWIM for comparison):
-  local health awareness stretches our probe period (and, optionally, the probe timeout);
+  local health awareness stretches our probe period and probe timeout (the paper's rule;
+  memberlist stretches only the period, ``awareness_scales_probe_timeout=False``);
   the suspicion timeout starts at ``suspicion_max_timeout_mult`` times the minimum and falls
   logarithmically with independent confirmations; a ping to a suspect member carries the
   suspicion (buddy system) so it can refute at once; indirect probes ask for nacks.
@@ -97,7 +98,8 @@ DEFAULT_VSN = (1, 5, 2, 2, 5, 5)
 
 @dataclass(frozen=True, slots=True)
 class SwimConfig:
-    """Tunables; the defaults are memberlist's ``DefaultLANConfig``."""
+    """Tunables; the defaults are memberlist's ``DefaultLANConfig``, except that local health
+    stretches the probe timeout too (``awareness_scales_probe_timeout``, the paper's rule)."""
 
     name: str
     addr: Addr
@@ -118,8 +120,11 @@ class SwimConfig:
     vsn: tuple[int, ...] = DEFAULT_VSN
     #: False turns off every Lifeguard extension (plain SWIM, for comparisons).
     lifeguard: bool = True
-    #: Lifeguard's paper stretches the probe timeout too; memberlist does not (default).
-    awareness_scales_probe_timeout: bool = False
+    #: Local health stretches the probe timeout as well as the interval, as the Lifeguard
+    #: paper's local-health-aware probe does (memberlist stretches only the interval: False).
+    #: A member that processes messages late then waits long enough for the acks it reads
+    #: late instead of accusing healthy members; with a score of 0 nothing changes.
+    awareness_scales_probe_timeout: bool = True
 
     def __post_init__(self) -> None:
         for name in ("probe_interval", "probe_timeout", "push_pull_interval", "gossip_interval",

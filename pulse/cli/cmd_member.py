@@ -43,10 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe-interval", type=float, default=1.0, metavar="S",
                         help="SWIM protocol period (default 1, memberlist's LAN setting; the probe "
                              "timeout is half of it, and failures are detected in about 5 periods)")
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--join-timeout", type=float, default=0.0, metavar="S",
+                        help="keep retrying the join (every 0.2 s) for this long when no seed "
+                             "answers (default 0: one attempt, then exit with an error)")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per line (with the wall-clock `time` of the change)")
 
 
 def _line(event: MemberEvent, as_json: bool) -> str:
+    from pulse.cli._presence import wall_time
     from pulse.plugins.gossip.driver import tags_of
 
     m: Member = event.member
@@ -55,7 +60,8 @@ def _line(event: MemberEvent, as_json: bool) -> str:
     if as_json:
         return json.dumps({"event": event.kind.value, "name": m.name, "addr": addr, "tags": tags,
                            "incarnation": m.incarnation,
-                           "confirmed_by": list(event.confirmed_by)})
+                           "confirmed_by": list(event.confirmed_by),
+                           "time": round(wall_time(), 6)})
     text = f"{event.kind.value:<8} {m.name} {addr}"
     if tags:
         text += " " + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
@@ -70,6 +76,8 @@ async def member(args: argparse.Namespace) -> int:
     from pulse.plugins.gossip.driver import gossip_member
 
     endpoint = parse_url(args.listen, default_port=7946)
+    if not args.join_timeout >= 0:
+        raise ValueError(f"--join-timeout must be >= 0, got {args.join_timeout}")
     if not args.probe_interval > 0:
         raise ValueError(f"--probe-interval must be > 0, got {args.probe_interval}")
     config = SwimConfig(name=args.name, addr=("127.0.0.1", 1), probe_interval=args.probe_interval,
@@ -80,7 +88,8 @@ async def member(args: argparse.Namespace) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with (
             gossip_member((endpoint.host, endpoint.port), args.name, tags=dict(args.tag),
-                          join=args.join, advertise=args.advertise, config=config) as gm,
+                          join=args.join, advertise=args.advertise, config=config,
+                          join_timeout=args.join_timeout) as gm,
             trio.open_nursery() as nursery,
         ):
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print one JSON object per line and per change")
     parser.add_argument("--session-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="the watcher's own session timeout (default 10)")
+    parser.add_argument("--members", action="store_true",
+                        help="gossip:// only: show the group's members (name, address, state, "
+                             "incarnation, tags) instead of presence registrations")
+    parser.add_argument("--bind", default="127.0.0.1:0", metavar="HOST:PORT",
+                        help="with --members: the watcher's own gossip address, reachable by the "
+                             "group (default a free loopback port)")
+    parser.add_argument("--name", default=None,
+                        help="with --members: the watcher's member name (default pulse-watch-PID)")
 
 
 async def _close_iterator(events: AsyncIterator[PresenceEvent]) -> None:
@@ -177,10 +186,84 @@ async def _watch(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _watch_members(args: argparse.Namespace) -> int:
+    """Join the gossip group as a member and show its member table until a signal."""
+    from pulse._core.swim import MemberEventKind
+    from pulse._trio.engine import current_engine
+    from pulse.cli._members import MemberTable, member_json, member_line
+    from pulse.plugins.gossip.driver import gossip_member, member_state_name
+    from pulse.registry import parse_url
+
+    endpoint = parse_url(args.server, default_port=7946)
+    bind = _bind_addr(args.bind)
+    name = args.name or f"pulse-watch-{os.getpid()}"
+    table = MemberTable()
+    live = None
+    if not args.json and sys.stdout.isatty():
+        from rich.live import Live
+
+        live = Live(auto_refresh=False, transient=False)
+
+    def refresh() -> None:
+        if live is None:
+            return
+        counts = table.counts()
+        summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+        title = f"members of {args.server} — {summary}"
+        live.update(table.render(title, wall_time(), name), refresh=True)
+
+    def show(kind: str, row: Any, event: Any, initial: bool) -> None:
+        if args.json:
+            print(member_json(kind, row, event, initial=initial), flush=True)
+        elif live is None:
+            print(member_line(kind, row, event, initial=initial), flush=True)
+        refresh()
+
+    first_kind = {"alive": MemberEventKind.JOINED.value, "suspect": "suspect", "failed": "failed",
+                  "left": "left"}
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with gossip_member(bind, name, join=list(endpoint.hosts),
+                                 join_timeout=args.session_timeout) as gm, \
+                trio.open_nursery() as nursery:
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            if live is not None:
+                live.start()
+
+                async def age_rows() -> None:  # the SINCE column keeps counting
+                    while True:
+                        await trio.sleep(1.0)
+                        refresh()
+
+                nursery.start_soon(age_rows)
+            try:
+                snapshot_at = current_engine().now()
+                for member in gm.all_members():
+                    row = table.apply(member, wall_time())
+                    if row is not None:
+                        show(first_kind[member_state_name(member)], row, None, True)
+                async for event in gm.events():
+                    if event.at < snapshot_at:
+                        continue  # from before the initial snapshot, which already has it
+                    row = table.apply(event.member, wall_time())
+                    if row is not None:
+                        show(event.kind.value, row, event, False)
+            finally:
+                if live is not None:
+                    live.stop()
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Watch until SIGTERM / Ctrl-C; exit status 0, 2 for bad options, 1 on other errors."""
     from pulse.cli.cmd_agent import connect_check
 
+    if args.members:
+        return _run_members(args)
     try:
         connect_check(args.server)
         if not args.prefix.startswith("/"):
@@ -191,6 +274,36 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         status: int = trio.run(_watch, args)
+    except BaseException as error:
+        lone = reportable(error)
+        if lone is None:
+            raise
+        print(f"pulse watch: {describe(lone, timeout=args.session_timeout)}", file=sys.stderr)
+        return 2 if isinstance(lone, ValueError) else 1
+    return status
+
+
+def _bind_addr(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` with a port from 0 (any free one) to 65535."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--bind expects HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _run_members(args: argparse.Namespace) -> int:
+    from pulse.registry import parse_url
+
+    try:
+        endpoint = parse_url(args.server, default_port=7946)
+        if endpoint.scheme != "gossip":
+            raise ValueError(f"--members needs a gossip://HOST:PORT server, not {endpoint.scheme}://")
+        _bind_addr(args.bind)
+    except ValueError as exc:
+        print(f"pulse watch: {exc}", file=sys.stderr)
+        return 2
+    try:
+        status: int = trio.run(_watch_members, args)
     except BaseException as error:
         lone = reportable(error)
         if lone is None:

@@ -623,15 +623,27 @@ def test_successful_probes_lower_the_health_score() -> None:
     assert m.health_score == 1
 
 
-def test_awareness_can_stretch_the_probe_timeout_too() -> None:
-    """With awareness_scales_probe_timeout the indirect phase starts (score+1) x timeout late."""
-    m = make(0, awareness_scales_probe_timeout=True)
+def test_awareness_stretches_the_probe_timeout_too() -> None:
+    """By default (the paper's rule) the indirect phase starts (score+1) x timeout late."""
+    m = make(0)
     with_peers(m, 9)
     m.packet_received(0.0, addr(1), Suspect(1, "n0", "n1"))
     assert m.health_score == 1
     t, _, _ = next_probe(m)
     assert not messages(run_until(m, t + 0.999), IndirectPing)
     assert messages(run_until(m, t + 1.0), IndirectPing)
+
+
+def test_memberlist_awareness_keeps_the_probe_timeout() -> None:
+    """With awareness_scales_probe_timeout=False (memberlist's rule) only the period stretches:
+    the indirect phase starts one plain timeout after the ping."""
+    m = make(0, awareness_scales_probe_timeout=False)
+    with_peers(m, 9)
+    m.packet_received(0.0, addr(1), Suspect(1, "n0", "n1"))
+    assert m.health_score == 1
+    t, _, _ = next_probe(m)
+    assert not messages(run_until(m, t + 0.499), IndirectPing)
+    assert messages(run_until(m, t + 0.5), IndirectPing)
 
 
 # ---------------------------------------------------------------------------- join, leave, meta

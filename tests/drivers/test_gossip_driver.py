@@ -175,3 +175,54 @@ async def test_too_many_datagrams_are_read_over_several_wakeups(
                 acks += 1
         assert a.counters.packets_in == 200
         assert acks == 200
+
+
+async def test_packets_are_compressed_towards_a_peer_that_compresses(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """An uncompressed ping gets an uncompressed ack; once the peer's ping arrives
+    LZW-compressed, the ack (with its piggybacked gossip) goes back compressed too."""
+    from pulse._core.swim_messages import Ack, Ping
+    from pulse.plugins.gossip.codec import decode_packet, encode_packet, is_compressed_packet
+
+    blob = "abcdef" * 60  # a large, repetitive tag: the piggybacked alive compresses well
+    async with gossip_member(LOOP, "a", rng=random.Random(1)) as a, \
+            gossip_member(LOOP, "b", tags={"blob": blob}, join=[a.addr], rng=random.Random(2)):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+            me = s.getsockname()
+            s.sendto(encode_packet([Ping(1, "a", me, "probe")]), a.addr)
+            s.sendto(encode_packet([Ping(2, "a", me, "probe")], compress=True,
+                                   compress_if_smaller=False), a.addr)
+            await trio.sleep(0.01)
+            replies = [s.recvfrom(65536)[0], s.recvfrom(65536)[0]]
+        acks = {m.seq_no: is_compressed_packet(r) for r in replies for m in decode_packet(r)
+                if isinstance(m, Ack)}
+        assert acks == {1: False, 2: True}
+        assert a.compresses(me)
+        assert a.counters.packets_compressed_in == 1
+        assert a.counters.packets_compressed_out == 1
+        assert not a.compresses(("127.0.0.1", 1))
+
+
+async def test_stream_reply_is_compressed_like_the_request(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A push-pull that arrives LZW-compressed is answered compressed, a plain one plainly;
+    both answers decode to the member's state."""
+    from pulse._core.swim_messages import PushPull
+    from pulse.plugins.gossip.codec import StreamDecoder, encode_stream
+
+    async with gossip_member(LOOP, "a", rng=random.Random(1)) as a:
+        for compress in (False, True):
+            stream = await trio.open_tcp_stream(*a.addr)
+            async with stream:
+                await stream.send_all(encode_stream(PushPull(False, ()), compress=compress))
+                decoder = StreamDecoder()
+                reply = None
+                while reply is None:
+                    chunk = await stream.receive_some(65536)
+                    assert chunk
+                    reply = decoder.feed(chunk)
+            assert isinstance(reply, PushPull)
+            assert [s.name for s in reply.states] == ["a"]
+            assert decoder.compressed is compress

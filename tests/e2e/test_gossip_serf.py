@@ -89,6 +89,28 @@ async def test_pulse_member_joins_serf_cluster_and_both_sides_list_everyone_with
                 await _wait_serf_status(agent, "pulse-1", "alive", {"role": "pulse", "zone": "z2"})
 
 
+async def test_pulse_compresses_towards_serf_and_serf_understands(
+        cluster: tuple[SerfAgent, SerfAgent]) -> None:
+    """Serf compresses its packets (memberlist's EnableCompression), so pulse compresses towards
+    both agents; a tag update that travels only in compressed gossip reaches both of them."""
+    s1, s2 = cluster
+    async with gossip_member(("127.0.0.1", 0), "pulse-z", tags={"role": "pulse"},
+                             join=[s1.addr]) as member:
+        with trio.fail_after(15):
+            await _wait_pulse_sees(member, {"serf-1", "serf-2", "pulse-z"})
+            while not (member.compresses(s1.addr) and member.compresses(s2.addr)):  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        assert member.counters.packets_compressed_in > 0
+        before = member.counters.packets_compressed_out
+        blob = "pulse-" * 40  # repetitive: the gossiped alive is much smaller compressed
+        await member.update_tags({"role": "pulse", "blob": blob})
+        # Push-pull runs every 30 s; within 10 s only the (compressed) UDP gossip carries it.
+        with trio.fail_after(10):
+            for agent in (s1, s2):
+                await _wait_serf_status(agent, "pulse-z", "alive", {"role": "pulse", "blob": blob})
+        assert member.counters.packets_compressed_out > before
+
+
 async def test_sigstopped_serf_agent_is_marked_failed_by_pulse(cluster: tuple[SerfAgent, SerfAgent]) -> None:
     """A SIGSTOPped serf agent becomes suspect, then failed, in pulse (and failed in the other agent)."""
     s1, s2 = cluster
