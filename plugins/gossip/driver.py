@@ -60,6 +60,8 @@ from pulse._core.swim_messages import (
 )
 from pulse._log import get_logger
 from pulse._trio.engine import Engine, current_engine
+from pulse._trio.phase import Phase, bounded
+from pulse._trio.streams import dial
 from pulse._trio.util import background_nursery
 from pulse.errors import NoServerReachable, RemoteProtocolError
 
@@ -390,12 +392,12 @@ class GossipMember:
                         deadline: float | None) -> Message | None:
         """Open a stream to ``addr``, send ``message``, read one reply (None on any failure)."""
         self.counters.streams_out += 1
-        limit = self._engine.now() + self._stream_timeout
+        timeout = self._stream_timeout
         if deadline is not None:
-            limit = min(limit, deadline)
-        with self._engine.move_on_at(limit):
+            timeout = max(0.0, min(timeout, deadline - self._engine.now()))
+        with bounded(Phase.EXCHANGE, timeout, move_on=True):
             try:
-                stream = await trio.open_tcp_stream(addr[0], addr[1])
+                stream = await dial(addr[0], addr[1])
             except OSError as exc:
                 self.counters.stream_errors += 1
                 log.debug("gossip_stream_failed", name=self.name, peer=f"{addr[0]}:{addr[1]}",
@@ -442,7 +444,7 @@ class GossipMember:
             return
         addr: Addr = (peer[0], peer[1])
         async with stream:
-            with self._engine.move_on_after(self._stream_timeout):
+            with bounded(Phase.EXCHANGE, self._stream_timeout, move_on=True):
                 try:
                     msg, compressed = await _read_message(stream)
                     if msg is None:
@@ -464,14 +466,14 @@ class GossipMember:
                               error=str(exc))
 
 
-async def _read_message(stream: trio.SocketStream) -> tuple[Message | None, bool]:
+async def _read_message(stream: trio.abc.ReceiveStream) -> tuple[Message | None, bool]:
     """One stream message (None at EOF first) and whether it came compressed."""
     decoder = StreamDecoder()
     while True:
         chunk = await stream.receive_some(65536)
         if not chunk:
             return None, decoder.compressed
-        msg = decoder.feed(chunk)
+        msg = decoder.feed(bytes(chunk))
         if msg is not None:
             return msg, decoder.compressed
 
