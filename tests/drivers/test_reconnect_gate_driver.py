@@ -271,10 +271,16 @@ async def test_cancelled_waiting_client_leaves_the_gate(
         cancelled_at = trio.current_time()
         await trio.sleep(30.0)
         switch.down = False
-        await trio.sleep(2.0)
+
+        def connected() -> list[bool]:
+            return [d.machine.state is ReconnectState.CONNECTED for d in drivers]
+
+        # The next probe comes within the probe's capped, jittered backoff (virtual time).
+        with trio.move_on_after(120.0):
+            while connected() != [True, True, False, True]:
+                await trio.sleep(0.1)
         assert not any(i == 2 and t > cancelled_at for t, i in switch.starts)
-        connected = [d.machine.state is ReconnectState.CONNECTED for d in drivers]
-        assert connected == [True, True, False, True]
+        assert connected() == [True, True, False, True]
         nursery.cancel_scope.cancel()
 
 
