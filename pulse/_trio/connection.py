@@ -157,13 +157,14 @@ class HeartbeatConnection:
                 retry_after=policy.interval if policy.enabled else 1.0,
                 keep_all=delivery is Delivery.AT_LEAST_ONCE,
             )
-        self._room = trio.Event()  # set when the window shrinks or the connection closes
+        # Made only while someone waits (an idle connection holds no event objects):
+        self._room: trio.Event | None = None  # set when the window shrinks or it closes
         # After a local pause (our process stopped or blocked past a deadline) application
         # writes wait until a pong to a heartbeat sent after the pause shows the connection
         # still stands, or until it is found dead: a peer that dropped us meanwhile must
         # not swallow what the application sends next.
         self._verify_seq: int | None = None
-        self._verified = trio.Event()
+        self._verified: trio.Event | None = None  # set when that check is over
 
     # -- public API ----------------------------------------------------------------------
 
@@ -211,7 +212,7 @@ class HeartbeatConnection:
         window = self._window
         if window is not None and window.keep_all:
             while window.full and not self.closed:
-                await self._room.wait()
+                await _wait(self, "_room")
             self._raise_if_closed()
         await self._write(encode_frame(Data(payload)), progress=True)
         if window is not None:
@@ -233,7 +234,7 @@ class HeartbeatConnection:
     async def wait_confirmed(self) -> None:
         """Return once every message written is confirmed or the connection closed."""
         while self._window is not None and len(self._window) and not self.closed:
-            await self._room.wait()
+            await _wait(self, "_room")
 
     async def receive(self) -> Any:
         """The next application message; raises :class:`ConnectionClosed` (or its subclass
@@ -345,8 +346,6 @@ class HeartbeatConnection:
             else:
                 if isinstance(action, LocalPause):
                     paused = True
-                    if self._verified.is_set():
-                        self._verified = trio.Event()
                 self._on_action(action)
 
     def _write_ping(self, ping: SendPing, now: float, confirmation: bool = False) -> None:
@@ -379,7 +378,7 @@ class HeartbeatConnection:
                 self.handle_timer(now)
                 self._engine.watch(self)
         while self._verify_seq is not None and not self.closed and not self._paused:
-            await self._verified.wait()
+            await _wait(self, "_verified")
         self._raise_if_closed()
 
     # -- reading: the engine's readiness set, or one task ---------------------------------
@@ -459,7 +458,7 @@ class HeartbeatConnection:
                     # waiting in send(): give up the check rather than deadlock (what is
                     # written from here on is covered by the delivery contract).
                     self._verify_seq = None
-                    self._verified.set()
+                    _wake(self, "_verified")
 
     def _on_frame(self, frame: Frame, now: float) -> None:
         if isinstance(frame, Pong):
@@ -468,14 +467,13 @@ class HeartbeatConnection:
                 self._carry_out(actions, now)
             if self._verify_seq is not None and frame.seq >= self._verify_seq:
                 self._verify_seq = None
-                self._verified.set()
+                _wake(self, "_verified")
             window = self._window
             if window is not None:
                 before = len(window)
                 requests = window.pong(frame.seq, now)
                 if len(window) < before:
-                    self._room.set()
-                    self._room = trio.Event()
+                    _wake(self, "_room")
                 self._confirm(requests, now)
                 if window.next_deadline() is not None:
                     self._engine.watch(self)
@@ -647,8 +645,8 @@ class HeartbeatConnection:
         self._control.close()
         for waiter in self._pong_waiters.values():
             waiter.set()  # wake pending pings: they report the close
-        self._verified.set()  # wake writers waiting for a check or for room: they fail
-        self._room.set()
+        _wake(self, "_verified")  # wake writers waiting for a check or for room: they fail
+        _wake(self, "_room")
         self._inbound_send.close()
         self._log.info("connection_closed", reason=reason)
         try:
@@ -797,3 +795,20 @@ async def _await(work: Coroutine[Any, Any, None]) -> None:
 
 async def _reraise(exc: Exception) -> None:
     raise exc
+
+
+async def _wait(owner: HeartbeatConnection, name: str) -> None:
+    """Wait for the next ``_wake(owner, name)`` (the event is made by the first waiter)."""
+    event = getattr(owner, name)
+    if event is None:
+        event = trio.Event()
+        setattr(owner, name, event)
+    await event.wait()
+
+
+def _wake(owner: HeartbeatConnection, name: str) -> None:
+    """Wake whoever waits on ``owner.<name>``; the next waiter gets a fresh event."""
+    event = getattr(owner, name)
+    if event is not None:
+        event.set()
+        setattr(owner, name, None)

@@ -277,7 +277,7 @@ async def test_cancelled_waiting_client_leaves_the_gate(
 
         # The next probe comes within the probe's capped, jittered backoff (virtual time).
         with trio.move_on_after(120.0):
-            while connected() != [True, True, False, True]:
+            while connected() != [True, True, False, True]:  # noqa: ASYNC110 - polls machine states in virtual time
                 await trio.sleep(0.1)
         assert not any(i == 2 and t > cancelled_at for t, i in switch.starts)
         assert connected() == [True, True, False, True]
