@@ -278,7 +278,7 @@ class Engine:
         if not heap or heap[0][0] > now:
             return
         self.wakeups += 1
-        late = now - heap[0][0]
+        late = 0.0  # how late the earliest machine really called was (stale entries aside)
         calls = self.timer_calls
         while heap and heap[0][0] <= now:
             when, _, client = heapq.heappop(heap)
@@ -293,6 +293,8 @@ class Engine:
                     queued[client] = deadline
                     heapq.heappush(heap, (deadline, next(self._order), client))
                     continue
+                if self.timer_calls == calls:
+                    late = now - deadline
                 self.timer_calls += 1
                 client.handle_timer(now)
                 self.watch(client)

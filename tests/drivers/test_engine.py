@@ -109,6 +109,21 @@ def test_late_wakeups_are_counted_as_stalls() -> None:
     assert engine.stalls == 1 and engine.worst_stall == pytest.approx(2.0)
 
 
+def test_entries_of_forgotten_or_rescheduled_machines_are_no_stall() -> None:
+    """A late wake-up that only finds stale heap entries (a machine forgotten, or one whose
+    deadline moved on) touched no machine late: it is not a stall."""
+    engine = Engine(stall_threshold=0.5)
+    gone, moved = Clock(1.0), Clock(1.0)
+    engine.watch(gone)
+    engine.watch(moved)
+    engine.forget(gone)
+    moved.plan = [5.0]  # a data event moved its deadline later (lazy rescheduling)
+    engine.run_due(3.0)
+    assert engine.stalls == 0 and gone.calls == [] and moved.calls == []
+    engine.run_due(5.1)
+    assert engine.stalls == 0 and moved.calls == [5.1]
+
+
 async def test_the_running_engine_sleeps_until_the_earliest_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
