@@ -94,6 +94,13 @@ class HeartbeatConnection:
     :class:`~pulse.actions.Close`); ``stats()`` gives RTT, missed beats and suspicion.
     """
 
+    __slots__ = ("_close_error", "_close_reason", "_control", "_decoder", "_done_reading",
+                 "_early_frames", "_engine", "_events", "_goodbye", "_held", "_held_bytes",
+                 "_inbound_receive", "_inbound_send", "_is_closed", "_liveness", "_nursery",
+                 "_on_event", "_paused", "_pings", "_pong_rtts", "_pong_waiters", "_raw",
+                 "_resumed", "_room", "_send_lock", "_tcp", "_verified", "_verify_seq",
+                 "_window", "hold_limit", "peer", "policy", "remote", "stream", "transport")
+
     def __init__(
         self,
         stream: trio.abc.Stream,
@@ -130,7 +137,8 @@ class HeartbeatConnection:
         # Messages the application's queue had no room for. Reading stops once the bytes read
         # meanwhile pass hold_limit, and every message took at least one byte, so this many
         # items are never reached (past them the connection closes with a protocol error).
-        self._held: BoundedDeque[Any] = BoundedDeque(hold_limit + READ_CHUNK, "held messages")
+        # (Made when the first message is held: most connections never hold one.)
+        self._held: BoundedDeque[Any] | None = None
         self._held_bytes = 0  # bytes read since the first of them
         #: Bytes read past a full receive queue before reading stops (TCP then pushes back).
         self.hold_limit = hold_limit
@@ -143,7 +151,6 @@ class HeartbeatConnection:
         self._pong_waiters: dict[int, trio.Event] = {}
         self._pong_rtts: dict[int, float] = {}
         self._nursery: trio.Nursery | None = None
-        self._log = log.bind(peer=peer, transport=transport)
         #: The peer's pings answered per second at most (0: no limit); a sustained flood
         #: closes the connection, so one client cannot keep the server busy with pongs.
         self._pings = TokenBucket(max_ping_rate, self._engine.now())
@@ -165,6 +172,11 @@ class HeartbeatConnection:
         # not swallow what the application sends next.
         self._verify_seq: int | None = None
         self._verified: trio.Event | None = None  # set when that check is over
+
+    def _logger(self) -> Any:
+        """The connection's logger, bound to its peer (bound per event: events are rare,
+        and a bound logger kept per connection cost 1.5 KiB of its memory)."""
+        return log.bind(peer=self.peer, transport=self.transport)
 
     # -- public API ----------------------------------------------------------------------
 
@@ -514,6 +526,8 @@ class HeartbeatConnection:
                 pass
             except trio.ClosedResourceError:
                 return  # closed: nobody will read it
+        if self._held is None:
+            self._held = BoundedDeque(self.hold_limit + READ_CHUNK, "held messages")
         try:
             self._held.append(payload)
         except QueueFull as exc:
@@ -536,7 +550,7 @@ class HeartbeatConnection:
                 self._engine.resume_reader(self._raw)
 
     def _protocol_error(self, exc: RemoteProtocolError) -> None:
-        self._log.warning("protocol_error", reason=str(exc))
+        self._logger().warning("protocol_error", reason=str(exc))
         self._stop_reading()
         reason = f"protocol error: {exc}"
         self._spawn(self._say_goodbye(reason, reason, exc, shield=False))
@@ -567,13 +581,13 @@ class HeartbeatConnection:
 
     def _on_action(self, action: Action) -> None:
         if isinstance(action, PeerSuspect):
-            self._log.info("peer_suspect", missed=action.missed, silent_for=action.silent_for)
+            self._logger().info("peer_suspect", missed=action.missed, silent_for=action.silent_for)
         elif isinstance(action, PeerAlive):
-            self._log.info("peer_alive", after=action.after)
+            self._logger().info("peer_alive", after=action.after)
         elif isinstance(action, LocalPause):
             pass  # published below; the engine logs one event per stall, not one per peer
         elif isinstance(action, PeerDead):
-            self._log.warning("peer_dead", reason=action.reason, missed=action.missed)
+            self._logger().warning("peer_dead", reason=action.reason, missed=action.missed)
         elif isinstance(action, Close):
             # The peer is dead: no goodbye can reach it, so the stream is closed at once.
             self._drop(action.reason, PeerTimeout(action.reason))
@@ -648,7 +662,7 @@ class HeartbeatConnection:
         _wake(self, "_verified")  # wake writers waiting for a check or for room: they fail
         _wake(self, "_room")
         self._inbound_send.close()
-        self._log.info("connection_closed", reason=reason)
+        self._logger().info("connection_closed", reason=reason)
         try:
             self._publish(Close(reason))
         finally:

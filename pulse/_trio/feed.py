@@ -21,8 +21,10 @@ class EventFeed(Generic[T]):
     def __init__(self, maxlen: int = 256) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
-        self._items: deque[T] = deque(maxlen=maxlen)
-        self._changed = trio.Event()
+        self._maxlen = maxlen
+        # Made on first use: most feeds (one per connection) never carry an event.
+        self._items: deque[T] | None = None
+        self._changed: trio.Event | None = None  # made by a waiting consumer
         self._closed = False
         self.dropped = 0
 
@@ -30,22 +32,28 @@ class EventFeed(Generic[T]):
         """Append an event (dropping the oldest when full); never blocks."""
         if self._closed:
             return
-        if len(self._items) == self._items.maxlen:
+        items = self._items
+        if items is None:
+            items = self._items = deque(maxlen=self._maxlen)
+        if len(items) == self._maxlen:
             self.dropped += 1
-        self._items.append(item)
-        self._changed.set()
+        items.append(item)
+        if self._changed is not None:
+            self._changed.set()
 
     def close(self) -> None:
         """No more events: iteration ends once the queued ones are consumed."""
         self._closed = True
-        self._changed.set()
+        if self._changed is not None:
+            self._changed.set()
 
     async def get(self) -> T:
         """The next event; raises ``trio.EndOfChannel`` once closed and drained."""
         while not self._items:
             if self._closed:
                 raise trio.EndOfChannel
-            self._changed = trio.Event() if self._changed.is_set() else self._changed
+            if self._changed is None or self._changed.is_set():
+                self._changed = trio.Event()
             await self._changed.wait()
         return self._items.popleft()
 

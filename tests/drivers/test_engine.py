@@ -304,6 +304,7 @@ async def test_a_slow_application_stops_reading_past_the_hold_limit_and_loses_no
                                  hold_limit=64 * 1024) as right:
                 await trio.sleep(0.5)  # the application reads nothing for a while
                 assert sent < count  # the sender is held back by TCP
+                assert right._held is not None
                 assert len(right._held) * 1000 <= right.hold_limit + 64 * 1024 + 8000
                 got = [(await right.receive())[0] for _ in range(count)]
                 assert got == list(range(count))
