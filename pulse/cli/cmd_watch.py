@@ -35,15 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``pulse watch``."""
     parser.add_argument("--server", required=True, metavar="URL",
                         help="session backend, e.g. pulse://127.0.0.1:7400 or zk://host:2181")
-    parser.add_argument("--prefix", default=PRESENCE_PREFIX,
-                        help=f"the prefix whose children are watched (default {PRESENCE_PREFIX})")
+    parser.add_argument("--prefix", default=None,
+                        help=f"the prefix whose children are watched (default {PRESENCE_PREFIX}); "
+                             "on gossip:// a prefix selects presence registrations instead of "
+                             "the member table")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per line and per change")
     parser.add_argument("--session-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="the watcher's own session timeout (default 10)")
     parser.add_argument("--members", action="store_true",
                         help="gossip:// only: show the group's members (name, address, state, "
-                             "incarnation, tags) instead of presence registrations")
+                             "incarnation, tags) — the default on gossip:// unless --prefix "
+                             "is given")
     parser.add_argument("--bind", default="127.0.0.1:0", metavar="HOST:PORT",
                         help="with --members: the watcher's own gossip address, reachable by the "
                              "group (default a free loopback port)")
@@ -262,8 +265,10 @@ def run(args: argparse.Namespace) -> int:
     """Watch until SIGTERM / Ctrl-C; exit status 0, 2 for bad options, 1 on other errors."""
     from pulse.cli.cmd_agent import connect_check
 
-    if args.members:
+    if args.members or (args.prefix is None and args.server.startswith("gossip://")):
         return _run_members(args)
+    if args.prefix is None:
+        args.prefix = PRESENCE_PREFIX
     try:
         connect_check(args.server)
         if not args.prefix.startswith("/"):

@@ -110,12 +110,13 @@ def test_bad_listen_url_is_a_one_line_error() -> None:
 
 
 class WatchProc:
-    """``pulse watch --server gossip://… --members --json`` with its output in a file."""
+    """``pulse watch --server gossip://… --json`` (the member table is the default on
+    gossip://) with its output in a file."""
 
     def __init__(self, tmp: Path, seed: int) -> None:
         self.out = tmp / "watch.jsonl"
         args = [sys.executable, "-m", "pulse.cli.main", "watch", "--server",
-                f"gossip://127.0.0.1:{seed}", "--members", "--json", "--name", "watcher"]
+                f"gossip://127.0.0.1:{seed}", "--json", "--name", "watcher"]
         with self.out.open("wb") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.PIPE)
 
