@@ -4,8 +4,8 @@
   heartbeats idle consumers itself and closes channels silent for ``heartbeat_timeout``.
 * ``ping`` measures a provider's heartbeat round trips (:func:`~.ping.ping`).
 
-Library use: :mod:`.codec` (frames), :class:`~.consumer.DubboConsumer` /
-:func:`~.consumer.open_consumer` (a self-healing consumer), :class:`~.provider.DubboProvider`;
+Library use: :mod:`.codec` (frames), :class:`DubboConsumer` / :func:`open_consumer` (a
+self-healing consumer), :class:`DubboProvider`; ``max_frame_size`` bounds one frame's body;
 all channels of a process can share one :class:`pulse.rpc.HeartbeatTimer`. See
 ``docs/dubbo.md``.
 """
@@ -20,7 +20,16 @@ from pulse._deprecation import deprecated
 from pulse.registry import Endpoint, Plugin, ServeOptions
 from pulse.rpc import ChannelTiming, open_heartbeat_timer, tick_for
 
-from .codec import DEFAULT_MAX_BODY
+from .channel import DubboChannel
+from .codec import (
+    DEFAULT_MAX_BODY,
+    BadMagic,
+    BodyTooLarge,
+    DubboProtocolError,
+    FrameDecoder,
+    TruncatedFrame,
+)
+from .consumer import DubboConsumer, open_consumer
 from .ping import ping
 from .provider import DubboProvider
 
@@ -63,4 +72,20 @@ plugin = Plugin(
     ping=ping,
 )
 
-__all__ = ["DEFAULT_PORT", "ping", "plugin", "serve"]
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_PORT",
+    "BadMagic",
+    "BodyTooLarge",
+    "ChannelTiming",
+    "DubboChannel",
+    "DubboConsumer",
+    "DubboProtocolError",
+    "DubboProvider",
+    "FrameDecoder",
+    "TruncatedFrame",
+    "open_consumer",
+    "ping",
+    "plugin",
+    "serve",
+]
