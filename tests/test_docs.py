@@ -1,15 +1,15 @@
 """Every ```python block in README.md and docs/ compiles, and every block that can run, runs.
 
 A block runs in a fresh interpreter and must exit 0 within a minute; a block written with
-top-level ``await`` / ``async with`` runs inside ``trio.run``. The HTML comment on the line
-before a block says what it needs:
+top-level ``await`` / ``async with`` runs inside ``trio.run``. HTML comments on the lines
+right before a block say what it needs:
 
-* ``<!-- run-with: SERVICE TEXT -->``: the block talks to a real local peer, which the test
-  starts first and stops afterwards; every occurrence of ``TEXT`` in the block is replaced
-  by where that peer listens. SERVICE is ``tcp``, ``tls``-less ``ws``, ``pulse`` (a lease
-  server) or ``dubbo`` (``pulse serve --listen SCHEME://127.0.0.1:PORT`` on a free port;
-  TEXT is the port the block names), or ``zookeeper`` (a real ZooKeeper server, TEXT is the
-  ``zk://`` URL the block names).
+* ``<!-- run-with: SERVICE TEXT -->`` (one line per peer): the block talks to a real local
+  peer, which the test starts first and stops afterwards; every occurrence of ``TEXT`` in the
+  block is replaced by where that peer listens. SERVICE is ``tcp``, ``ws``, ``pulse`` (a
+  lease server) or ``dubbo``: ``pulse serve --listen SCHEME://127.0.0.1:PORT`` on a free
+  port, TEXT being the port the block names; or ``zookeeper``: a real ZooKeeper server, TEXT
+  being the ``zk://`` URL the block names.
 * ``<!-- run-serving: TEXT -->``: the block is a server that runs until cancelled. TEXT (the
   port it names) becomes a free port; the block passes once that port accepts a TCP
   connection while the block is still running (it is then stopped).
@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +70,8 @@ class Block:
     name: str
     code: str
     mode: str  # "run", "no-run", "with" or "serving"
-    service: str = ""
-    text: str = ""
+    services: tuple[tuple[str, str], ...] = ()  # (SERVICE, TEXT) per run-with line
+    text: str = ""  # run-serving's TEXT
 
 
 def blocks() -> list[Block]:
@@ -85,7 +85,14 @@ def blocks() -> list[Block]:
                 index += 1
                 continue
             start = index
-            previous = next((line for line in reversed(lines[:start]) if line.strip()), "")
+            comments = []  # the comment lines right before the fence (blank lines skipped)
+            for line in reversed(lines[:start]):
+                if not line.strip():
+                    continue
+                if not line.strip().startswith("<!--"):
+                    break
+                comments.append(line)
+            previous = "\n".join(comments)
             index += 1
             while index < len(lines) and lines[index].strip() != "```":
                 index += 1
@@ -93,10 +100,10 @@ def blocks() -> list[Block]:
             name = f"{path.relative_to(ROOT)}:{start + 1}"
             if NO_RUN.search(previous):
                 found.append(Block(name, code, "no-run"))
-            elif match := RUN_WITH.search(previous):
-                found.append(Block(name, code, "with", match[1], match[2]))
+            elif services := RUN_WITH.findall(previous):
+                found.append(Block(name, code, "with", tuple(services)))
             elif match := RUN_SERVING.search(previous):
-                found.append(Block(name, code, "serving", "", match[1]))
+                found.append(Block(name, code, "serving", text=match[1]))
             else:
                 found.append(Block(name, code, "run"))
             index += 1
@@ -119,9 +126,10 @@ def test_directives_are_well_formed() -> None:
     """Every run-with names a known service and a TEXT the block contains; every
     run-serving's TEXT is in the block."""
     for block in BLOCKS:
-        if block.mode == "with":
-            assert block.service in {*SERVED_SCHEMES, "zookeeper"}, block.name
-        if block.mode in ("with", "serving"):
+        for service, text in block.services:
+            assert service in {*SERVED_SCHEMES, "zookeeper"}, block.name
+            assert text in block.code, f"{block.name}: {text!r} not in the block"
+        if block.mode == "serving":
             assert block.text in block.code, f"{block.name}: {block.text!r} not in the block"
 
 
@@ -180,7 +188,8 @@ def _params() -> list[object]:
     for block in BLOCKS:
         if block.mode == "no-run":
             continue
-        marks = [pytest.mark.zookeeper] if block.service == "zookeeper" else []
+        needs_zookeeper = any(service == "zookeeper" for service, _ in block.services)
+        marks = [pytest.mark.zookeeper] if needs_zookeeper else []
         params.append(pytest.param(block, marks=marks, id=block.name))
     return params
 
@@ -210,11 +219,14 @@ def test_block_runs(block: Block, tmp_path: Path, request: pytest.FixtureRequest
         finally:
             stop(process)
         return
-    if block.service == "zookeeper":
-        url = request.getfixturevalue("zookeeper_url")
-        result = run_block(block.name, block.code.replace(block.text, url), tmp_path)
-    else:
-        port = free_port()
-        with pulse_server(SERVED_SCHEMES[block.service], port):
-            result = run_block(block.name, block.code.replace(block.text, str(port)), tmp_path)
+    code = block.code
+    with ExitStack() as peers:
+        for service, text in block.services:
+            if service == "zookeeper":
+                code = code.replace(text, request.getfixturevalue("zookeeper_url"))
+            else:
+                port = free_port()
+                peers.enter_context(pulse_server(SERVED_SCHEMES[service], port))
+                code = code.replace(text, str(port))
+        result = run_block(block.name, code, tmp_path)
     assert result.returncode == 0, f"{block.name} failed:\n{result.stdout}\n{result.stderr}"
