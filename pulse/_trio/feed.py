@@ -1,7 +1,9 @@
-"""A bounded, never-blocking feed of state-change events for one consumer.
+"""Bounded, never-blocking feeds of state-change events.
 
-Producers (drivers) must never block on a slow consumer, so the feed keeps at most
-``maxlen`` events, drops the oldest beyond that and counts what it dropped.
+Producers (drivers) must never block on a slow consumer, so a feed keeps at most ``maxlen``
+events, drops the oldest beyond that and counts what it dropped. :class:`EventFeed` is one
+consumer's queue; :class:`EventHub` hands every event to any number of them and is what
+``events()`` subscribes to on every client and connection (one rule across pulse).
 """
 
 from __future__ import annotations
