@@ -16,6 +16,8 @@ import trio.testing
 
 from pulse import (
     EventFeed,
+    FailureDetector,
+    FixedTimeout,
     FrameTooLarge,
     HeartbeatPolicy,
     PeerTimeout,
@@ -229,11 +231,17 @@ def test_tcp_echo_handler_is_a_deprecated_alias_of_echo() -> None:
 
 def test_websocket_detector_factory_and_detector_are_not_both_accepted() -> None:
     """serve(detector_factory=, detector=) is refused rather than picking one."""
-    from pulse.plugins.websocket import serve
+    from pulse.plugins.websocket import ServerConnection, echo, serve
+
+    def never(policy: HeartbeatPolicy) -> FailureDetector:
+        raise AssertionError("no detector is built when the call is refused")
+
+    async def handler(conn: ServerConnection) -> None:
+        await echo(conn)
 
     async def main() -> None:
         with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="both"):
-            await serve(print, "127.0.0.1", 0, detector=print, detector_factory=print)
+            await serve(handler, "127.0.0.1", 0, detector=never, detector_factory=never)
 
     trio.run(main)
 
@@ -321,6 +329,9 @@ async def test_deprecation_warnings_point_at_the_callers_line(
     from pulse.plugins.dubbo import FrameDecoder
     from pulse.plugins.websocket import reconnecting_websocket
 
+    def fixed(policy: HeartbeatPolicy) -> FailureDetector:
+        return FixedTimeout(policy.dead_after)
+
     def check(record: pytest.WarningsRecorder) -> None:
         assert [Path(w.filename).name for w in record] == [Path(__file__).name]
 
@@ -343,6 +354,6 @@ async def test_deprecation_warnings_point_at_the_callers_line(
             pass
     check(record)
     with pytest.warns(DeprecationWarning) as record, trio.move_on_after(0.5):
-        async with reconnecting_websocket("ws://127.0.0.1:9/", detector_factory=print):
+        async with reconnecting_websocket("ws://127.0.0.1:9/", detector_factory=fixed):
             pass
     check(record)
