@@ -1,4 +1,4 @@
-"""Old spellings kept for one 0.x release: each use warns once per call site.
+"""Old spellings kept for one 0.x release: each use raises a DeprecationWarning at the caller's line.
 
 ``docs/api/vocabulary.md`` lists every rename; an old spelling goes away in the release
 after the one that deprecated it.
@@ -14,19 +14,6 @@ def deprecated(old: str, new: str, *, stacklevel: int = 3) -> None:
     """Warn that ``old`` is now spelled ``new`` (a :class:`DeprecationWarning` at the caller's
     caller by default)."""
     warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=stacklevel)
-
-
-def renamed_option(options: dict[str, Any], old: str, new: str, where: str,
-                   current: Any = None, *, stacklevel: int = 4) -> Any:
-    """Pop the old keyword ``old`` from ``options`` (with a warning) and return the value of
-    the option under its new name ``new`` (``current``), refusing both at once."""
-    if old not in options:
-        return current
-    value = options.pop(old)
-    if current is not None:
-        raise TypeError(f"{where}() got both {old}= (deprecated) and {new}=")
-    deprecated(f"{where}({old}=...)", f"{new}=", stacklevel=stacklevel)
-    return value
 
 
 def renamed(where: str, old: str, new: str, old_value: Any, new_value: Any, *,
