@@ -45,6 +45,9 @@ def connect(endpoint: Endpoint | str, *, session_timeout: float = 10.0,
 
     if isinstance(endpoint, str):
         endpoint = parse_url(endpoint, DEFAULT_PORT)
+    if endpoint.scheme != "gossip":
+        raise ValueError(f"not a gossip URL: {endpoint.raw or endpoint.scheme!r} "
+                         "(expected gossip://seed:7946)")
     return connect_gossip_session(endpoint, session_timeout=session_timeout, **options)
 
 

@@ -146,6 +146,9 @@ def connect(
         servers = (parse_url(servers, DEFAULT_PORT) if "://" in servers
                    else parse_servers(servers))
     if isinstance(servers, Endpoint):
+        if servers.scheme != "pulse":
+            raise ValueError(f"not a lease server URL: {servers.raw or servers.scheme!r} "
+                             "(expected pulse://host:port)")
         servers = list(servers.hosts)
     return open_session(list(servers), session_timeout, **options)
 

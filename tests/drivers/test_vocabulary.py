@@ -206,6 +206,17 @@ def test_lease_connect_takes_a_url_an_endpoint_or_a_host_list(
     lease.connect("d:5,e:6")
     assert calls == [([("a", 1), ("b", 7400)], 3), ([("c", 2)], 4),
                      ([("d", 5), ("e", 6)], 10.0)]
+    with pytest.raises(ValueError, match="pulse://"):
+        lease.connect("zk://127.0.0.1:2181")
+    assert len(calls) == 3
+
+
+def test_gossip_connect_refuses_another_scheme() -> None:
+    """gossip.connect names the scheme it expects instead of joining whatever a URL says."""
+    from pulse.plugins import gossip
+
+    with pytest.raises(ValueError, match="gossip://"):
+        gossip.connect("pulse://127.0.0.1:7400")
 
 
 def test_lease_connect_session_is_a_deprecated_alias() -> None:
