@@ -17,7 +17,7 @@ import trio
 
 from pulse import HeartbeatPolicy
 from pulse.frames import FrameDecoder, Ping, encode_frame
-from pulse.plugins.tcp import connect_tcp, echo_handler, serve_tcp
+from pulse.plugins.tcp import connect_tcp, echo, serve_tcp
 
 QUIET = HeartbeatPolicy(interval=60.0, timeout=180.0)
 
@@ -48,7 +48,7 @@ async def raw_echo_rtts(n: int, size: int) -> list[float]:
 async def pulse_ping_rtts(n: int) -> list[float]:
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
-            lambda task_status: serve_tcp(echo_handler, 0, policy=QUIET, task_status=task_status))
+            lambda task_status: serve_tcp(echo, port=0, policy=QUIET, task_status=task_status))
         port = listeners[0].socket.getsockname()[1]
         rtts = []
         async with connect_tcp("127.0.0.1", port, QUIET) as conn:

@@ -5,7 +5,7 @@ Run: ``python benchmarks/bench_reconnect_storm.py [--clients 1000] [--downtime 2
 For each client library, one after the other in the same run:
 
 * ``websockets``: ``async for ws in websockets.asyncio.client.connect(url)`` per client;
-* ``pulse``: ``pulse.plugins.websocket.connect(url)`` per client (default backoff);
+* ``pulse``: ``pulse.plugins.websocket.reconnecting_websocket(url)`` per client (default backoff);
 
 the clients run in ``--processes`` processes of their own (``storm_clients.py``) against a
 fresh counting server (``storm_server.py``, raw asyncio) that reports, every 100 ms, the

@@ -4,7 +4,7 @@ Run: ``python benchmarks/storm_clients.py --lib websockets|pulse --url ws://HOST
 
 * ``websockets``: ``async for ws in websockets.asyncio.client.connect(url, ...)`` per client
   (the library's own reconnect loop and backoff; ``compression=None``, no proxy);
-* ``pulse``: ``pulse.plugins.websocket.connect(url)`` per client (its own reconnect
+* ``pulse``: ``pulse.plugins.websocket.reconnecting_websocket(url)`` per client (its own reconnect
   supervisor and backoff, default settings; structlog filtered to warnings, as an
   application would configure it).
 
@@ -72,7 +72,7 @@ def run_pulse(url: str, count: int) -> None:
     import structlog
     import trio
 
-    from pulse.plugins.websocket import connect
+    from pulse.plugins.websocket import reconnecting_websocket
 
     # As an application would: keep warnings, drop the per-connection info/debug events
     # (websockets' events go to an unconfigured stdlib logger and cost nothing either).
@@ -90,7 +90,7 @@ def run_pulse(url: str, count: int) -> None:
             Count.successes += 1
 
     async def one() -> None:
-        async with connect(url, opener=counting_opener, on_event=on_event):
+        async with reconnecting_websocket(url, opener=counting_opener, on_event=on_event):
             await trio.sleep_forever()
 
     async def main() -> None:

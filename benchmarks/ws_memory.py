@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from pulse._core.policy import HeartbeatPolicy
-from pulse.plugins.websocket.server import ServerConnection, WebSocketServer, echo, serve
+from pulse.plugins.websocket.server import ServerConnection, WebSocketServer, echo, serve_websocket
 
 WARMUP = 20
 
@@ -75,7 +75,7 @@ async def measure(args: argparse.Namespace) -> None:
     handler: Any = app if args.handler == "app" else echo
     async with trio.open_nursery() as nursery:
         server: WebSocketServer = await nursery.start(
-            lambda task_status: serve(handler, policy=HeartbeatPolicy(100, 300),
+            lambda task_status: serve_websocket(handler, policy=HeartbeatPolicy(100, 300),
                                       task_status=task_status))
         await connect_and_wait(server, WARMUP, sockets)  # first-use caches, code objects
         gc.collect()

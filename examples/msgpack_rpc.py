@@ -19,9 +19,8 @@ from typing import Any
 import msgpack
 import trio
 
-from pulse._core.channel_heartbeat import ChannelTiming, Role
 from pulse.errors import ConnectionClosed, PeerTimeout
-from pulse.rpc import HeartbeatTimer
+from pulse.rpc import ChannelTiming, HeartbeatTimer, Role
 
 REQUEST, RESPONSE = 0, 1
 HEARTBEAT_METHOD = "pulse.heartbeat"

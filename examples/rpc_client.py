@@ -17,11 +17,18 @@ import sys
 import trio
 from msgpack_rpc import RemoteError, RpcConnection
 
-from pulse._core.backoff import Backoff
-from pulse._core.channel_heartbeat import ChannelTiming, Role
+from pulse import Backoff
 from pulse.cli.logs import configure_logging
 from pulse.errors import ConnectionClosed
-from pulse.rpc import HeartbeatTimer, RequestIds, open_heartbeat_timer, reconnect_loop, tick_for
+from pulse.rpc import (
+    ChannelTiming,
+    HeartbeatTimer,
+    RequestIds,
+    Role,
+    open_heartbeat_timer,
+    reconnect_loop,
+    tick_for,
+)
 
 
 class RpcClient:

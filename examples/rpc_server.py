@@ -16,9 +16,8 @@ from typing import Any
 import trio
 from msgpack_rpc import Method, RpcConnection
 
-from pulse._core.channel_heartbeat import ChannelTiming, Role
 from pulse.cli.logs import configure_logging
-from pulse.rpc import RequestIds, open_heartbeat_timer, tick_for
+from pulse.rpc import ChannelTiming, RequestIds, Role, open_heartbeat_timer, tick_for
 
 
 async def add(a: int, b: int) -> int:

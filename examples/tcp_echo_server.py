@@ -29,7 +29,7 @@ async def main(port: int) -> None:
     keepalive = TcpKeepalive(idle=1, interval=1, count=2, user_timeout=3)
 
     async def started(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve_tcp(handle, port, policy=policy, keepalive=keepalive, task_status=task_status)
+        await serve_tcp(handle, port=port, policy=policy, keepalive=keepalive, task_status=task_status)
 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(started)

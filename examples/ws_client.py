@@ -16,7 +16,7 @@ import sys
 import trio
 
 from pulse import Backoff, HeartbeatPolicy
-from pulse.plugins.websocket import ConnectionHandle, Delivery, Dropped, connect
+from pulse.plugins.websocket import ConnectionHandle, Delivery, Dropped, reconnecting_websocket
 
 
 async def greet(handle: ConnectionHandle) -> None:
@@ -37,7 +37,7 @@ def report_drop(dropped: Dropped) -> None:
 async def main(url: str, count: int) -> int:
     policy = HeartbeatPolicy(interval=1.0, timeout=3.0)
     backoff = Backoff(initial=0.2, maximum=5.0)
-    async with connect(url, policy=policy, backoff=backoff, on_connect=greet,
+    async with reconnecting_websocket(url, policy=policy, backoff=backoff, on_connect=greet,
                        delivery=Delivery.AT_LEAST_ONCE, on_drop=report_drop) as ws:
 
         async def report() -> None:

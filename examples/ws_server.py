@@ -15,7 +15,7 @@ import sys
 import trio
 
 from pulse import HeartbeatPolicy, PulseError
-from pulse.plugins.websocket import Dropped, Overflow, ServerConnection, serve
+from pulse.plugins.websocket import Dropped, Overflow, ServerConnection, serve_websocket
 
 
 async def handle(conn: ServerConnection) -> None:
@@ -48,8 +48,9 @@ def report_drop(dropped: Dropped) -> None:
 
 async def main(port: int) -> None:
     policy = HeartbeatPolicy(interval=1.0, timeout=3.0)
-    start = functools.partial(serve, handle, "127.0.0.1", port, policy=policy, queue_size=64,
-                              overflow=Overflow.DROP_OLDEST, on_drop=report_drop)
+    start = functools.partial(serve_websocket, handle, host="127.0.0.1", port=port,
+                              policy=policy, queue_size=64, overflow=Overflow.DROP_OLDEST,
+                              on_drop=report_drop)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(start)
         print(f"listening on ws://127.0.0.1:{server.port}/", flush=True)

@@ -2,7 +2,10 @@
 
 The pure core (policies, idle detection, liveness, failure detectors, backoff) lives in
 ``pulse._core`` and is re-exported here; ``heartbeat(stream)`` wraps any trio stream;
-transports are plugins under ``pulse.plugins`` found through :mod:`pulse.registry`.
+transports are plugins under ``pulse.plugins`` found through :mod:`pulse.registry`. The names
+every plugin shares (``serve_*``, ``connect*``, ``reconnecting_*``, ``events()``,
+``on_event``/``on_liveness``, ``detector=``, ``max_frame_size``/``max_message_size``) are
+listed in ``docs/api/vocabulary.md``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from pulse._core.policy import (
     negotiate,
     negotiate_interval,
 )
+from pulse._core.reconnect import ReconnectMachine, StartAttempt, default_backoff
 from pulse._trio.connection import HeartbeatConnection, heartbeat
+from pulse._trio.feed import EventFeed
 from pulse.errors import (
     AuthFailed,
     ConnectionClosed,
@@ -43,6 +48,7 @@ __all__ = [
     "Backoff",
     "BertierMargin",
     "ConnectionClosed",
+    "EventFeed",
     "FailureDetector",
     "FixedTimeout",
     "FrameTooLarge",
@@ -65,9 +71,12 @@ __all__ = [
     "ProtocolError",
     "PulseError",
     "ReconnectGaveUp",
+    "ReconnectMachine",
     "RemoteProtocolError",
+    "StartAttempt",
     "TcpProgress",
     "__version__",
+    "default_backoff",
     "heartbeat",
     "negotiate",
     "negotiate_interval",

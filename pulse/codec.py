@@ -11,9 +11,9 @@ Rules this module keeps:
 
 * The decoder is sans-IO: :meth:`MessageDecoder.feed` takes bytes in any chunking and
   returns the messages completed so far. It never reads a socket or a clock.
-* Input is untrusted. A declared length of zero or above ``max_message_size`` is rejected as
+* Input is untrusted. A declared length of zero or above ``max_frame_size`` is rejected as
   soon as the 4 header bytes are in, before any body byte is buffered; the decoder never holds
-  more than ``max_message_size + 4`` bytes. msgpack's own ``max_*_len`` limits are set from the
+  more than ``max_frame_size + 4`` bytes. msgpack's own ``max_*_len`` limits are set from the
   body length, so a small body can never make msgpack allocate a large string or container.
 * A body must hold exactly one msgpack object: fewer bytes (a truncated object) or more bytes
   (trailing data) are errors, as are invalid UTF-8 in a string, reserved type bytes, nesting
@@ -32,6 +32,7 @@ from typing import Final
 
 import msgpack
 
+from pulse._deprecation import deprecated, renamed
 from pulse.errors import FrameTooLarge, LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -63,20 +64,23 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 1024 * 1024
 """Default limit on a message body, in bytes (1 MiB); the prefix is not counted."""
 
 
-def encode_message(obj: object, *, max_message_size: int | None = None) -> bytes:
+def encode_message(obj: object, *, max_frame_size: int | None = None,
+                   max_message_size: int | None = None) -> bytes:
     """Return ``obj`` packed as one message: 4-byte big-endian length + msgpack body.
 
     ``bytes``/``bytearray``/``memoryview`` pack as msgpack bin (``use_bin_type=True``), ``str``
     as msgpack str, tuples as arrays. Raises :class:`LocalProtocolError` if msgpack cannot pack
-    ``obj`` or if the body is longer than ``max_message_size`` (when given; use the peer's
+    ``obj`` or if the body is longer than ``max_frame_size`` (when given; use the peer's
     limit to fail here rather than have the peer drop the connection) or than the prefix can
-    express.
+    express. ``max_message_size`` is the deprecated old name of ``max_frame_size``.
     """
+    max_frame_size = renamed("encode_message", "max_message_size", "max_frame_size",
+                             max_message_size, max_frame_size)
     try:
         body: bytes = msgpack.packb(obj, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"cannot encode message: {exc}") from exc
-    limit = MAX_WIRE_LENGTH if max_message_size is None else max_message_size
+    limit = MAX_WIRE_LENGTH if max_frame_size is None else max_frame_size
     if len(body) > limit:
         raise LocalProtocolError(f"message body of {len(body)} bytes exceeds the limit of {limit} bytes")
     return len(body).to_bytes(HEADER_SIZE, "big") + body
@@ -141,37 +145,46 @@ class MessageDecoder:
     """Streaming decoder of length-prefixed msgpack messages with hard size limits.
 
     Feed it bytes as they arrive, in any chunking; it returns each message's decoded object
-    once the whole message is in. At most ``max_message_size + 4`` bytes are ever buffered.
+    once the whole message is in. At most ``max_frame_size + 4`` bytes are ever buffered.
     """
 
     __slots__ = ("_buffer", "_error", "_max_message_size", "_strict_map_key")
 
     def __init__(
         self,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_frame_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         *,
         strict_map_key: bool = True,
+        max_message_size: int | None = None,
     ) -> None:
         """Create a decoder.
 
-        ``max_message_size`` limits the body (the 4-byte prefix is not counted); it must be
+        ``max_frame_size`` limits the body (the 4-byte prefix is not counted); it must be
         between 1 and 2**32 - 1. ``strict_map_key`` (default ``True``) accepts only ``str``
         and ``bytes`` map keys: integer keys hash predictably in Python, so a peer could send a
         map whose keys all collide and make decoding quadratic. Turn it off only for peers you
-        trust.
+        trust. ``max_message_size`` is the deprecated old name of ``max_frame_size``.
         """
-        if not 1 <= max_message_size <= MAX_WIRE_LENGTH:
+        max_frame_size = renamed("MessageDecoder", "max_message_size", "max_frame_size",
+                                 max_message_size, max_frame_size)
+        if not 1 <= max_frame_size <= MAX_WIRE_LENGTH:
             raise ValueError(
-                f"max_message_size must be between 1 and {MAX_WIRE_LENGTH}, got {max_message_size}"
+                f"max_frame_size must be between 1 and {MAX_WIRE_LENGTH}, got {max_frame_size}"
             )
-        self._max_message_size = max_message_size
+        self._max_message_size = max_frame_size
         self._strict_map_key = strict_map_key
         self._buffer = bytearray()
         self._error: ProtocolError | None = None
 
     @property
-    def max_message_size(self) -> int:
+    def max_frame_size(self) -> int:
         """The largest body length accepted, in bytes."""
+        return self._max_message_size
+
+    @property
+    def max_message_size(self) -> int:
+        """Deprecated name of :attr:`max_frame_size`."""
+        deprecated("MessageDecoder.max_message_size", "max_frame_size")
         return self._max_message_size
 
     @property

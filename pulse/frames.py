@@ -271,7 +271,7 @@ def encode_frame(frame: Frame, *, max_frame_size: int | None = None) -> bytes:
     Raises :class:`LocalProtocolError` if a field is invalid, a ``Data`` payload cannot be
     packed, or the body exceeds ``max_frame_size`` (when given; pass the peer's limit).
     """
-    return encode_message(frame_to_wire(frame), max_message_size=max_frame_size)
+    return encode_message(frame_to_wire(frame), max_frame_size=max_frame_size)
 
 
 def _check_arity(kind: str, fields: Sequence[object], expected: int) -> None:
@@ -380,7 +380,7 @@ class FrameDecoder:
     @property
     def max_frame_size(self) -> int:
         """The largest frame body accepted, in bytes (the 4-byte prefix not counted)."""
-        return self._messages.max_message_size
+        return self._messages.max_frame_size
 
     @property
     def buffered(self) -> int:

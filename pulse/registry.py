@@ -29,6 +29,24 @@ from pulse.presence import PresenceSession
 
 ENTRY_POINT_GROUP = "pulse.plugins"
 
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Endpoint",
+    "PingFn",
+    "PingOptions",
+    "PingReply",
+    "Plugin",
+    "ServeFn",
+    "ServeOptions",
+    "SessionFn",
+    "available_schemes",
+    "connect_session",
+    "get_plugin",
+    "parse_url",
+    "ping_function",
+    "serve_function",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:

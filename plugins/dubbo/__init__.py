@@ -4,8 +4,8 @@
   heartbeats idle consumers itself and closes channels silent for ``heartbeat_timeout``.
 * ``ping`` measures a provider's heartbeat round trips (:func:`~.ping.ping`).
 
-Library use: :mod:`.codec` (frames), :class:`~.consumer.DubboConsumer` /
-:func:`~.consumer.open_consumer` (a self-healing consumer), :class:`~.provider.DubboProvider`;
+Library use: :mod:`.codec` (frames), :class:`DubboConsumer` / :func:`open_consumer` (a
+self-healing consumer), :class:`DubboProvider`; ``max_frame_size`` bounds one frame's body;
 all channels of a process can share one :class:`pulse.rpc.HeartbeatTimer`. See
 ``docs/dubbo.md``.
 """
@@ -16,11 +16,20 @@ from typing import Any
 
 import trio
 
-from pulse._core.channel_heartbeat import ChannelTiming
+from pulse._deprecation import deprecated
 from pulse.registry import Endpoint, Plugin, ServeOptions
-from pulse.rpc import open_heartbeat_timer, tick_for
+from pulse.rpc import ChannelTiming, open_heartbeat_timer, tick_for
 
-from .codec import DEFAULT_MAX_BODY
+from .channel import DubboChannel
+from .codec import (
+    DEFAULT_MAX_BODY,
+    BadMagic,
+    BodyTooLarge,
+    DubboProtocolError,
+    FrameDecoder,
+    TruncatedFrame,
+)
+from .consumer import DubboConsumer, open_consumer
 from .ping import ping
 from .provider import DubboProvider
 
@@ -39,14 +48,19 @@ async def serve(
 
     ``options.interval`` is the heartbeat, ``options.timeout`` the heartbeat_timeout
     (default 3 x heartbeat); ``options.extra`` may set ``tick`` (wheel tick, seconds) and
-    ``max_body_size`` (bytes, default 8 MiB).
+    ``max_frame_size`` (bytes of one frame's body, default 8 MiB; ``max_body_size`` is its
+    deprecated old name).
     """
     timing = ChannelTiming(options.interval, options.timeout)
     tick = float(options.extra.get("tick", tick_for(timing)))
-    max_body = int(options.extra.get("max_body_size", DEFAULT_MAX_BODY))
+    extra = dict(options.extra)
+    if "max_body_size" in extra:
+        deprecated("the dubbo serve option max_body_size", "max_frame_size")
+        extra.setdefault("max_frame_size", extra.pop("max_body_size"))
+    max_body = int(extra.get("max_frame_size", DEFAULT_MAX_BODY))
     listeners = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
     async with open_heartbeat_timer(tick=tick) as timer, trio.open_nursery() as nursery:
-        provider = DubboProvider(timer, timing=timing, max_body_size=max_body)
+        provider = DubboProvider(timer, timing=timing, max_frame_size=max_body)
         await nursery.start(trio.serve_listeners, provider.handle_stream, listeners)
         task_status.started(listeners)
 
@@ -58,4 +72,20 @@ plugin = Plugin(
     ping=ping,
 )
 
-__all__ = ["DEFAULT_PORT", "ping", "plugin", "serve"]
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_PORT",
+    "BadMagic",
+    "BodyTooLarge",
+    "ChannelTiming",
+    "DubboChannel",
+    "DubboConsumer",
+    "DubboProtocolError",
+    "DubboProvider",
+    "FrameDecoder",
+    "TruncatedFrame",
+    "open_consumer",
+    "ping",
+    "plugin",
+    "serve",
+]

@@ -84,7 +84,7 @@ class DubboChannel:
         *,
         timing: ChannelTiming | None = None,
         ids: Callable[[], int] | None = None,
-        max_body_size: int = DEFAULT_MAX_BODY,
+        max_frame_size: int = DEFAULT_MAX_BODY,
         serialization: int = HESSIAN2,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
@@ -93,7 +93,7 @@ class DubboChannel:
         self.stream = stream
         self.peer = peer
         self.role = role
-        self.max_body_size = max_body_size
+        self.max_frame_size = max_frame_size
         self._to_writer, self._outgoing = trio.open_memory_channel[bytes](queue_size)
         self.max_queued_bytes = max_queued_bytes
         self.queued_bytes = 0
@@ -209,7 +209,7 @@ class DubboChannel:
                 self.rpc.wrote()
 
     async def _reader(self, on_frame: FrameHandler) -> None:
-        decoder = FrameDecoder(self.max_body_size)
+        decoder = FrameDecoder(self.max_frame_size)
         while True:
             try:
                 data = await self.stream.receive_some(READ_CHUNK)

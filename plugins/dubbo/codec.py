@@ -20,7 +20,7 @@ requests and responses, other events) is handed to the application untouched, an
 re-encoding a decoded frame gives back the exact bytes.
 
 :class:`FrameDecoder` is sans-IO (``feed(bytes) -> frames``), takes any chunking, and bounds
-its buffer by ``max_body_size`` (Dubbo's default payload limit, 8 MiB). Garbage raises a
+its buffer by ``max_frame_size`` (Dubbo's default payload limit, 8 MiB). Garbage raises a
 :class:`DubboProtocolError` (a :class:`~pulse.errors.RemoteProtocolError`) naming what was
 wrong; after that the decoder refuses more input, and the driver closes that one channel.
 """
@@ -31,6 +31,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from pulse._deprecation import renamed
 from pulse.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 
 MAGIC = 0xDABB
@@ -236,18 +237,21 @@ def error_response(
 class FrameDecoder:
     """Incremental decoder: ``feed`` bytes in any chunks, get complete frames out.
 
-    At most one header plus ``max_body_size`` bytes of body are buffered per frame; a larger
+    At most one header plus ``max_frame_size`` bytes of body are buffered per frame; a larger
     announced body is refused as soon as its header is complete, before any of it arrives.
     """
 
-    __slots__ = ("_buffer", "_error", "frames_decoded", "max_body_size")
+    __slots__ = ("_buffer", "_error", "frames_decoded", "max_frame_size")
 
-    def __init__(self, max_body_size: int = DEFAULT_MAX_BODY) -> None:
-        if not isinstance(max_body_size, int) or not 0 <= max_body_size <= MAX_BODY_LENGTH:
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_BODY, *,
+                 max_body_size: int | None = None) -> None:
+        max_frame_size = renamed("FrameDecoder", "max_body_size", "max_frame_size",
+                                 max_body_size, max_frame_size)
+        if not isinstance(max_frame_size, int) or not 0 <= max_frame_size <= MAX_BODY_LENGTH:
             raise ValueError(
-                f"max_body_size must be an int in [0, 2**31 - 1], got {max_body_size!r}"
+                f"max_frame_size must be an int in [0, 2**31 - 1], got {max_frame_size!r}"
             )
-        self.max_body_size = max_body_size
+        self.max_frame_size = max_frame_size
         self._buffer = bytearray()
         self._error: DubboProtocolError | None = None
         self.frames_decoded = 0
@@ -283,10 +287,10 @@ class FrameDecoder:
                 _, flag, status, request_id, length = _HEADER.unpack_from(buf, pos)
                 if length > MAX_BODY_LENGTH:
                     raise self._fail(BodyTooLarge(f"negative body length {length - 2**32}"))
-                if length > self.max_body_size:
+                if length > self.max_frame_size:
                     raise self._fail(
                         BodyTooLarge(
-                            f"body of {length} bytes exceeds the limit of {self.max_body_size}"
+                            f"body of {length} bytes exceeds the limit of {self.max_frame_size}"
                         )
                     )
                 frame_end = pos + HEADER_LENGTH + length

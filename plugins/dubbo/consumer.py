@@ -18,6 +18,7 @@ import trio
 
 from pulse._core.backoff import Backoff
 from pulse._core.channel_heartbeat import ChannelTiming, Role
+from pulse._deprecation import renamed
 from pulse._log import get_logger
 from pulse._trio.streams import connect, dial
 from pulse._trio.util import background_nursery
@@ -68,11 +69,14 @@ class DubboConsumer:
         timing: ChannelTiming | None = None,
         backoff: Backoff | None = None,
         connect_timeout: float = 5.0,
-        max_body_size: int = DEFAULT_MAX_BODY,
+        max_frame_size: int = DEFAULT_MAX_BODY,
         on_push: PushHandler | None = None,
         connect: Connector | None = None,
         shared_probe: bool = True,
+        max_body_size: int | None = None,
     ) -> None:
+        max_frame_size = renamed("DubboConsumer", "max_body_size", "max_frame_size",
+                                 max_body_size, max_frame_size)
         self.host = host
         self.port = port
         self.peer = f"{host}:{port}"
@@ -80,7 +84,7 @@ class DubboConsumer:
         self.timing = timing or ChannelTiming()
         self.backoff = backoff if backoff is not None else Backoff()
         self.connect_timeout = connect_timeout
-        self.max_body_size = max_body_size
+        self.max_frame_size = max_frame_size
         self.on_push = on_push
         self._open_stream = connect
         #: Wait behind one probe per provider (and process) while it cannot be reached.
@@ -151,7 +155,7 @@ class DubboConsumer:
     async def _session(self, stream: trio.abc.Stream) -> None:
         channel = DubboChannel(
             stream, self.timer, Role.CONSUMER, timing=self.timing, ids=self.ids,
-            max_body_size=self.max_body_size, peer=self.peer,
+            max_frame_size=self.max_frame_size, peer=self.peer,
         )
         self.channel = channel
         self.connects += 1
@@ -191,15 +195,19 @@ async def open_consumer(
     timing: ChannelTiming | None = None,
     backoff: Backoff | None = None,
     connect_timeout: float = 5.0,
-    max_body_size: int = DEFAULT_MAX_BODY,
+    max_frame_size: int = DEFAULT_MAX_BODY,
     on_push: PushHandler | None = None,
     connect: Connector | None = None,
     shared_probe: bool = True,
+    max_body_size: int | None = None,
 ) -> AsyncIterator[DubboConsumer]:
     """A running :class:`DubboConsumer` for the ``async with`` block. Without ``timer`` a
     private one is started; pass a shared timer to put many consumers on one wheel.
     ``shared_probe=False`` keeps this consumer out of the provider's shared probe (while a
-    provider cannot be reached, the consumers of one process wait behind one probe)."""
+    provider cannot be reached, the consumers of one process wait behind one probe).
+    ``max_body_size=`` is the deprecated old name of ``max_frame_size=``."""
+    max_frame_size = renamed("open_consumer", "max_body_size", "max_frame_size",
+                             max_body_size, max_frame_size, stacklevel=5)
     timing = timing or ChannelTiming()
     async with background_nursery() as nursery:
         if timer is None:
@@ -207,7 +215,7 @@ async def open_consumer(
             timer = own
         consumer = DubboConsumer(
             host, port, timer, timing=timing, backoff=backoff, connect_timeout=connect_timeout,
-            max_body_size=max_body_size, on_push=on_push, connect=connect,
+            max_frame_size=max_frame_size, on_push=on_push, connect=connect,
             shared_probe=shared_probe,
         )
         nursery.start_soon(consumer.run)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import trio
 
 from pulse._core.channel_heartbeat import ChannelTiming, Role
+from pulse._deprecation import renamed
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
 from pulse.errors import ConnectionClosed
@@ -66,14 +67,17 @@ class DubboProvider:
         *,
         timing: ChannelTiming | None = None,
         handler: RequestHandler = not_found_handler,
-        max_body_size: int = DEFAULT_MAX_BODY,
+        max_frame_size: int = DEFAULT_MAX_BODY,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         history: int = 1000,
+        max_body_size: int | None = None,
     ) -> None:
+        max_frame_size = renamed("DubboProvider", "max_body_size", "max_frame_size",
+                                 max_body_size, max_frame_size)
         self.timer = timer
         self.timing = timing or ChannelTiming()
         self.handler = handler
-        self.max_body_size = max_body_size
+        self.max_frame_size = max_frame_size
         self.max_concurrent = max_concurrent
         self.ids = RequestIds()  # the provider's own requests are heartbeats only
         self.channels: set[DubboChannel] = set()
@@ -96,7 +100,7 @@ class DubboProvider:
                 peer = "?"
         channel = DubboChannel(
             stream, self.timer, Role.PROVIDER, timing=self.timing, ids=self.ids,
-            max_body_size=self.max_body_size, peer=peer,
+            max_frame_size=self.max_frame_size, peer=peer,
         )
         self.accepted += 1
         self.channels.add(channel)

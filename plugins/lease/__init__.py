@@ -2,23 +2,32 @@
 presence watches over length-prefixed msgpack on TCP (URL scheme ``pulse://host:port``).
 
 ``serve`` runs a lease server (``pulse serve --listen pulse://0.0.0.0:7400``);
-``connect_session`` opens a :class:`pulse.presence.PresenceSession` on one or more servers
-(``pulse://host1:7400,host2:7400``). See ``docs/leasing.md``.
+:func:`connect` opens a :class:`LeaseSession` (a :class:`pulse.presence.PresenceSession`) on
+one or more servers (``pulse://host1:7400,host2:7400``), with the same shape as
+:func:`pulse.plugins.zookeeper.connect` and :func:`pulse.registry.connect_session`. See
+``docs/leasing.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import fields
 from typing import Any
 
 import trio
 
+from pulse._deprecation import deprecated
 from pulse.presence import PresenceSession
-from pulse.registry import Endpoint, Plugin, ServeOptions
+from pulse.registry import Endpoint, Plugin, ServeOptions, parse_url
 
+from .client import LeaseSession, parse_servers
+from .errors import AccessDenied
+from .server import AccessPolicy, LeaseServer, ServerConfig
 from .state import Limits
+
+#: The lease server's default port (``pulse://host`` without a port).
+DEFAULT_PORT = 7400
 
 SERVER_OPTIONS = ("data_dir", "tick", "server_id", "min_timeout", "max_timeout")
 #: Environment variables read by :func:`server_config` when the option is not given.
@@ -118,18 +127,65 @@ async def serve(
     await server.serve_tcp(endpoint.host, endpoint.port, task_status=task_status)
 
 
-def connect_session(
+def connect(
+    servers: Endpoint | str | Sequence[tuple[str, int]],
+    *,
+    session_timeout: float = 10.0,
+    **options: Any,
+) -> AbstractAsyncContextManager[LeaseSession]:
+    """Open a lease session; the context manager yields it connected and closes it.
+
+    ``servers`` is a ``pulse://host:port,host:port`` URL, a parsed :class:`Endpoint`, a
+    ``"host:port,host:port"`` string or a list of ``(host, port)`` pairs. ``options`` are
+    :class:`LeaseSession`'s (``reregister``, ``client_id``, ``token``, ``ssl_context``,
+    ``max_frame_size``, ``session_id``, ``session_password``, ``start_timeout``, …).
+    """
+    from .client import connect as open_session
+
+    if isinstance(servers, str):
+        servers = (parse_url(servers, DEFAULT_PORT) if "://" in servers
+                   else parse_servers(servers))
+    if isinstance(servers, Endpoint):
+        if servers.scheme != "pulse":
+            raise ValueError(f"not a lease server URL: {servers.raw or servers.scheme!r} "
+                             "(expected pulse://host:port)")
+        servers = list(servers.hosts)
+    return open_session(list(servers), session_timeout, **options)
+
+
+def _connect_session(
     endpoint: Endpoint, *, session_timeout: float = 10.0, **options: Any
 ) -> AbstractAsyncContextManager[PresenceSession]:
-    """Open a lease session on the servers of ``endpoint`` (see :func:`.client.connect`)."""
-    from .client import connect
+    return connect(endpoint, session_timeout=session_timeout, **options)
 
-    return connect(list(endpoint.hosts), session_timeout, **options)
+
+def __getattr__(name: str) -> Any:
+    if name == "connect_session":
+        deprecated("pulse.plugins.lease.connect_session",
+                   "pulse.plugins.lease.connect (or pulse.registry.connect_session)")
+        return _connect_session
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 plugin = Plugin(
     name="lease",
     description="embedded lease server: sessions, ephemeral keys and presence watches",
     serve=serve,
-    connect_session=connect_session,
+    connect_session=_connect_session,
+    default_ports={"pulse": DEFAULT_PORT},
 )
+
+__all__ = [
+    "DEFAULT_PORT",
+    "AccessDenied",
+    "AccessPolicy",
+    "LeaseServer",
+    "LeaseSession",
+    "Limits",
+    "ServerConfig",
+    "connect",
+    "plugin",
+    "read_credentials",
+    "serve",
+    "server_config",
+]

@@ -59,6 +59,7 @@ from pulse._core.session_client import (
 )
 from pulse._core.session_client import Connect as ConnectTo
 from pulse._core.session_timing import ClientTiming
+from pulse._deprecation import renamed
 from pulse._log import get_logger
 from pulse._trio.session import SessionDriver
 from pulse._trio.util import background_nursery
@@ -356,14 +357,17 @@ class LeaseSession:
         open_stream: StreamOpener | None = None,
         shuffle: bool = True,
         rng: random.Random | None = None,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_frame_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         client_id: str | None = None,
         token: bytes | str = b"",
         ssl_context: ssl.SSLContext | None = None,
         session_id: int | None = None,
         session_password: bytes = b"",
         start_timeout: float | None = None,
+        max_message_size: int | None = None,
     ) -> None:
+        max_frame_size = renamed("LeaseSession", "max_message_size", "max_frame_size",
+                                 max_message_size, max_frame_size)
         if not servers:
             raise ValueError("need at least one server")
         if not (isinstance(session_timeout, int | float) and math.isfinite(session_timeout)
@@ -388,7 +392,7 @@ class LeaseSession:
         if ssl_context is not None:
             opener = _tls_opener(opener, ssl_context)
         self._open_stream = opener
-        self._max_message_size = max_message_size
+        self._max_message_size = max_frame_size
         self._superseded: tuple[int, bytes] | None = None
         self._last_seq = 0
         self._xids = itertools.count(1)
@@ -960,7 +964,7 @@ async def connect(
 
     ``servers`` is a list of ``(host, port)`` pairs or a ``"host:port,host:port"`` string.
     Options: ``reregister`` (start a new session and restore registrations and watches after an
-    expiry), ``open_stream`` (for tests), ``shuffle``, ``rng``, ``max_message_size``,
+    expiry), ``open_stream`` (for tests), ``shuffle``, ``rng``, ``max_frame_size``,
     ``start_timeout``, ``session_id`` and ``session_password`` (resume a session).
     Leaving the block closes the session. Errors come out as themselves, not wrapped in
     exception groups.

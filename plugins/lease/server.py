@@ -283,7 +283,7 @@ class _Connection:
 
     def queue(self, message: list[Any]) -> None:
         try:
-            encoded = encode_message(message, max_message_size=self.client_limit)
+            encoded = encode_message(message, max_frame_size=self.client_limit)
         except LocalProtocolError as exc:
             if message[0] != 1:  # not a response: nothing smaller to send instead
                 raise

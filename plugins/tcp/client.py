@@ -28,7 +28,7 @@ from pulse._core.policy import HeartbeatPolicy
 from pulse._core.reconnect import ReconnectMachine, default_backoff
 from pulse._log import get_logger
 from pulse._trio.connection import DEFAULT_WINDOW, HeartbeatConnection, heartbeat
-from pulse._trio.feed import EventFeed
+from pulse._trio.feed import EventFeed, EventHub
 from pulse._trio.phase import Phase, bounded
 from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
 from pulse._trio.streams import dial, peer_name
@@ -147,7 +147,8 @@ class ReconnectingClient:
                  delivery: Delivery = Delivery.AT_MOST_ONCE,
                  on_drop: DropHandler | None = None,
                  window: int = DEFAULT_WINDOW,
-                 shared_probe: bool = True) -> None:
+                 shared_probe: bool = True,
+                 on_event: Callable[[StateChange], None] | None = None) -> None:
         if not isinstance(delivery, Delivery):
             raise ValueError(f"delivery must be a Delivery, got {delivery!r}")
         if window < 1:
@@ -167,7 +168,8 @@ class ReconnectingClient:
         self._changed = trio.Event()  # set (and replaced) at every state change
         self._failure: PulseError | None = None
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[Any](256)
-        self._events: EventFeed[StateChange] = EventFeed()
+        self._events: EventHub[StateChange] = EventHub()
+        self._on_event = on_event
         self.connects = 0
         self._driver = ReconnectDriver(
             ReconnectMachine(backoff), self._attempt,
@@ -178,12 +180,16 @@ class ReconnectingClient:
         )
 
     def events(self) -> EventFeed[StateChange]:
-        """State changes, in order (bounded feed, never blocks the client)."""
-        return self._events
+        """A new subscription to the state changes, in order (each call is independent;
+        the first also gets what happened before it; bounded, never blocks the client).
+        Pass ``on_event`` to :func:`reconnecting_tcp` to see every change synchronously."""
+        return self._events.subscribe()
 
     def _set(self, change: StateChange) -> None:
         self.state = change.state
         self._events.publish(change)
+        if self._on_event is not None:
+            self._on_event(change)
         log.info("client_state", peer=f"{self.host}:{self.port}", transport="tcp",
                  state=change.state.value, reason=change.reason, attempt=change.attempt,
                  delay=round(change.delay, 3))
@@ -338,6 +344,7 @@ async def reconnecting_tcp(
     on_drop: DropHandler | None = None,
     window: int = DEFAULT_WINDOW,
     close_timeout: float = 2.0,
+    on_event: Callable[[StateChange], None] | None = None,
     **options: Any,
 ) -> AsyncIterator[ReconnectingClient]:
     """A :class:`ReconnectingClient` running for the ``async with`` block.
@@ -358,10 +365,13 @@ async def reconnecting_tcp(
     connection, first and in order. At most ``window`` messages are tracked. Leaving the
     block normally waits up to ``close_timeout`` s for the server to confirm what was sent;
     what is still unconfirmed then is reported.
+
+    ``on_event(change)`` is called synchronously with every :class:`StateChange` (the same
+    changes ``client.events()`` yields), as for the WebSocket client.
     """
     client = ReconnectingClient(host, port, policy, backoff or default_backoff(), options,
                                 delivery=delivery, on_drop=on_drop, window=window,
-                                shared_probe=shared_probe)
+                                shared_probe=shared_probe, on_event=on_event)
     async with background_nursery() as nursery:
         nursery.start_soon(client._run)
         try:

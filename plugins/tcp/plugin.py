@@ -16,7 +16,7 @@ from pulse.errors import PeerTimeout
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions
 
 from .client import connect_tcp
-from .server import echo_handler, serve_tcp
+from .server import echo, serve_tcp
 
 
 async def _serve(
@@ -25,7 +25,7 @@ async def _serve(
 ) -> None:
     policy = with_profile(HeartbeatPolicy(options.interval, options.timeout), options.profile)
     await serve_tcp(
-        echo_handler, endpoint.port, host=endpoint.host, policy=policy,
+        echo, port=endpoint.port, host=endpoint.host, policy=policy,
         ssl_context=server_context(endpoint, options, "tls"), task_status=task_status,
     )
 

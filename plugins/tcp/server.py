@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from pulse._core.policy import HeartbeatPolicy
+from pulse._deprecation import deprecated
 from pulse._log import get_logger
 from pulse._trio.connection import HeartbeatConnection, heartbeat
 from pulse._trio.streams import accept_tls, peer_name
@@ -35,9 +36,9 @@ def tune_socket(stream: trio.SocketStream, keepalive: TcpKeepalive | None) -> No
 
 async def serve_tcp(
     handler: Handler,
-    port: int,
-    *,
+    *args: int,
     host: str = "127.0.0.1",
+    port: int = 0,
     policy: HeartbeatPolicy | None = None,
     keepalive: TcpKeepalive | None = None,
     ssl_context: ssl.SSLContext | None = None,
@@ -53,7 +54,17 @@ async def serve_tcp(
     a bad frame, a failed handshake, an exception in ``handler`` — is logged and closes only
     that connection; the server keeps serving everyone else. ``task_status.started`` receives
     the listeners (their ``socket.getsockname()`` tells the bound port when ``port`` is 0).
+
+    Every argument after ``handler`` is a keyword (the shape of every ``serve_*`` in pulse);
+    the old positional port, ``serve_tcp(handler, 7070)``, still works with a
+    :class:`DeprecationWarning`.
     """
+    if args:
+        if len(args) > 1:
+            raise TypeError(f"serve_tcp() takes the handler and keywords, got {len(args) + 1} "
+                            "positional arguments")
+        deprecated("serve_tcp(handler, port)", "serve_tcp(handler, port=port)")
+        port = args[0]
 
     async def one_client(stream: trio.SocketStream) -> None:
         peer = peer_name(stream)
@@ -81,7 +92,7 @@ async def serve_tcp(
     await trio.serve_tcp(one_client, port, host=host, task_status=task_status)
 
 
-async def echo_handler(conn: HeartbeatConnection) -> None:
+async def echo(conn: HeartbeatConnection) -> None:
     """Echo every application message back; log the connection's liveness changes."""
     try:
         async for message in conn:

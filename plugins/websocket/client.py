@@ -24,11 +24,10 @@ from __future__ import annotations
 import enum
 import math
 import ssl
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -37,8 +36,9 @@ from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import PeerStats
 from pulse._core.policy import HeartbeatPolicy
 from pulse._core.reconnect import ReconnectMachine, default_backoff
+from pulse._deprecation import deprecated
 from pulse._log import get_logger
-from pulse._trio.feed import EventFeed
+from pulse._trio.feed import EventFeed, EventHub
 from pulse._trio.phase import Phase, bounded
 from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
 from pulse._trio.util import background_nursery
@@ -132,7 +132,7 @@ OnConnect = Callable[[ConnectionHandle], Awaitable[None]]
 class _Options:
     policy: HeartbeatPolicy
     heartbeat: HeartbeatMode
-    detector_factory: Callable[[HeartbeatPolicy], FailureDetector] | None
+    detector: Callable[[HeartbeatPolicy], FailureDetector] | None
     delivery: Delivery
     window: int
     fragment_size: int
@@ -152,7 +152,7 @@ class _Options:
 
 
 class ResilientWebSocket:
-    """A WebSocket client that reconnects by itself; create it with :func:`connect`.
+    """A WebSocket client that reconnects by itself; create it with :func:`reconnecting_websocket`.
 
     ``send`` queues (it never waits for a connection, only for queue room under the ``wait``
     policy); ``receive`` / ``async for`` return messages from whichever connection is
@@ -175,7 +175,7 @@ class ResilientWebSocket:
         self._inbox = Inbox(receive_buffer)
         self._receive_buffer = receive_buffer
         self._on_event = on_event
-        self._feeds: weakref.WeakSet[EventFeed[StateChange]] = weakref.WeakSet()
+        self._events: EventHub[StateChange] = EventHub()
         self.state = ClientState.CONNECTING
         self.connects = 0
         """Successful connections so far (on_connect included)."""
@@ -203,16 +203,13 @@ class ResilientWebSocket:
     # -- observing ------------------------------------------------------------------------
 
     def events(self) -> EventFeed[StateChange]:
-        """A new feed of state changes from now on (each call subscribes once more).
+        """A new subscription to the state changes (each call subscribes once more; the
+        first also gets what happened before it).
 
-        The feed keeps the latest 256 events if it is not read; pass ``on_event`` to
-        :func:`connect` to see every event synchronously instead.
+        A subscription keeps the latest 256 events if it is not read; pass ``on_event`` to
+        :func:`reconnecting_websocket` to see every event synchronously instead.
         """
-        feed: EventFeed[StateChange] = EventFeed()
-        if self._finished.is_set():
-            feed.close()
-        self._feeds.add(feed)
-        return feed
+        return self._events.subscribe()
 
     @property
     def pending(self) -> int:
@@ -322,8 +319,7 @@ class ResilientWebSocket:
 
     def _set(self, change: StateChange) -> None:
         self.state = change.state
-        for feed in list(self._feeds):
-            feed.publish(change)
+        self._events.publish(change)
         if self._on_event is not None:
             self._on_event(change)
         log.info("client_state", peer=self.url.peer, transport="wss" if self.url.secure else "ws",
@@ -357,8 +353,7 @@ class ResilientWebSocket:
         self._inbox.close()
         self._opened.set()
         self._finished.set()
-        for feed in list(self._feeds):
-            feed.close()
+        self._events.close()
 
     async def _attempt(self, handle: AttemptHandle) -> str:
         """One attempt: open, run the connection to its end, say why it ended (raise
@@ -420,8 +415,8 @@ class ResilientWebSocket:
     ) -> SessionEnd:
         """Run one connection to its end (raises the hook's ReconnectGaveUp)."""
         options = self._options
-        detector = (options.detector_factory(options.policy)
-                    if options.detector_factory is not None else None)
+        detector = (options.detector(options.policy)
+                    if options.detector is not None else None)
         session = Session(
             conn, policy=options.policy, outbox=self._outbox, inbox=self._inbox,
             heartbeat=options.heartbeat, detector=detector, delivery=options.delivery,
@@ -511,7 +506,7 @@ def _describe(exc: BaseException) -> str:
 
 
 @asynccontextmanager
-async def connect(
+async def reconnecting_websocket(
     url: str,
     *,
     policy: HeartbeatPolicy | None = None,
@@ -524,7 +519,7 @@ async def connect(
     on_liveness: Callable[[Action], None] | None = None,
     delivery: Delivery = Delivery.AT_MOST_ONCE,
     heartbeat: HeartbeatMode = HeartbeatMode.CONTROL,
-    detector_factory: Callable[[HeartbeatPolicy], FailureDetector] | None = None,
+    detector: Callable[[HeartbeatPolicy], FailureDetector] | None = None,
     headers: Headers = (),
     subprotocols: Sequence[str] = (),
     ssl_context: ssl.SSLContext | None = None,
@@ -539,6 +534,7 @@ async def connect(
     give_up_statuses: Collection[int] = GIVE_UP_STATUSES,
     opener: Opener | None = None,
     shared_probe: bool = True,
+    detector_factory: Callable[[HeartbeatPolicy], FailureDetector] | None = None,
 ) -> AsyncIterator[ResilientWebSocket]:
     """A :class:`ResilientWebSocket` to ``url`` (``ws://`` or ``wss://``) for the block.
 
@@ -547,7 +543,9 @@ async def connect(
 
     * ``policy``: heartbeat timing (default :data:`DEFAULT_POLICY`: ping after 10 s of
       silence from the server, dead after 20 s). ``heartbeat`` picks RFC 6455 control frames
-      (default) or pulse frames in binary messages.
+      (default) or pulse frames in binary messages. ``detector(policy)`` builds the failure
+      detector of each connection (default: a fixed timeout); ``detector_factory=`` is its
+      deprecated old name.
     * ``backoff``: reconnect delays (default: full jitter below max(3 s, outage age), at most
       30 s, forever, reset after a connection stayed up 30 s; see ``docs/reconnect.md``);
       ``Backoff(max_attempts=n)`` gives up after n.
@@ -566,7 +564,14 @@ async def connect(
       clients of this process that connect to the same ``(scheme, host, port)`` wait
       behind one probe instead of each retrying (see ``docs/reconnect.md``); ``False``
       keeps this client on its own backoff.
+    * ``on_event(change)`` is called synchronously with every :class:`StateChange`;
+      ``on_liveness(action)`` with every liveness change of the current connection.
     """
+    if detector_factory is not None:
+        if detector is not None:
+            raise TypeError("got both detector_factory= (deprecated) and detector=")
+        deprecated("reconnecting_websocket(detector_factory=...)", "detector=", stacklevel=4)
+        detector = detector_factory
     parsed = parse_ws_url(url)
     if parsed.secure and ssl_context is None:
         ssl_context = ssl.create_default_context()
@@ -583,7 +588,7 @@ async def connect(
     if fragment_size < 0:
         raise ValueError(f"fragment_size must be >= 0 (0: never fragment), got {fragment_size!r}")
     options = _Options(
-        policy=policy or DEFAULT_POLICY, heartbeat=heartbeat, detector_factory=detector_factory,
+        policy=policy or DEFAULT_POLICY, heartbeat=heartbeat, detector=detector,
         delivery=delivery, window=window, fragment_size=fragment_size, headers=headers,
         subprotocols=subprotocols, ssl_context=ssl_context,
         server_hostname=server_hostname or parsed.host, handshake_timeout=handshake_timeout,
@@ -606,3 +611,10 @@ async def connect(
         else:
             await client.aclose()
 
+
+
+def connect(url: str, **options: Any) -> AbstractAsyncContextManager[ResilientWebSocket]:
+    """Deprecated name of :func:`reconnecting_websocket` (in pulse, ``connect*`` opens one
+    connection and ``reconnecting_*`` a client that comes back by itself)."""
+    deprecated("pulse.plugins.websocket.connect", "pulse.plugins.websocket.reconnecting_websocket")
+    return reconnecting_websocket(url, **options)

@@ -24,7 +24,7 @@ from .connection import (
 from .errors import WebSocketClosed
 from .handshake import open_connection
 from .heartbeat import ping_payload, pong_seq
-from .server import echo, serve
+from .server import echo, serve_websocket
 from .transport import open_stream, parse_ws_url
 
 
@@ -40,7 +40,8 @@ async def _serve(
     context = server_context(endpoint, options, "wss")
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
-            partial(serve, echo, endpoint.host, endpoint.port, policy=policy, ssl_context=context)
+            partial(serve_websocket, echo, host=endpoint.host, port=endpoint.port, policy=policy,
+                    ssl_context=context)
         )
         task_status.started(server.listeners)
 

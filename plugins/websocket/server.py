@@ -27,12 +27,14 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import trio
 
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import PeerStats
 from pulse._core.policy import HeartbeatPolicy
+from pulse._deprecation import deprecated
 from pulse._log import get_logger
 from pulse._trio.connection import DEFAULT_MAX_PING_RATE
 from pulse._trio.phase import Phase, bounded
@@ -172,11 +174,12 @@ class WebSocketServer:
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    """What the server applies to every client (see :func:`serve` for the meaning)."""
+    """What the server applies to every client (see :func:`serve_websocket` for the meaning);
+    :func:`serve_stream` takes one to serve a single accepted stream."""
 
     policy: HeartbeatPolicy = DEFAULT_SERVER_POLICY
     heartbeat: HeartbeatMode = HeartbeatMode.CONTROL
-    detector_factory: Callable[[HeartbeatPolicy], FailureDetector] | None = None
+    detector: Callable[[HeartbeatPolicy], FailureDetector] | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     queue_size: int = 256
     overflow: Overflow = Overflow.WAIT
@@ -243,8 +246,8 @@ async def serve_stream(
     del ws  # the opening handshake's state is not needed any more
     outbox = Outbox(options.queue_size, options.overflow, options.on_drop or log_drop, peer=peer)
     inbox = EchoInbox(outbox) if handler is echo else Inbox(options.receive_buffer)
-    detector = (options.detector_factory(options.policy)
-                if options.detector_factory is not None else None)
+    detector = (options.detector(options.policy)
+                if options.detector is not None else None)
     session = Session(
         conn, policy=options.policy, outbox=outbox, inbox=inbox, heartbeat=options.heartbeat,
         detector=detector, fragment_size=options.fragment_size,
@@ -365,14 +368,14 @@ async def _run_with_handler(handler: Handler, client: ServerConnection, session:
         await run.stop(options.close_timeout)
 
 
-async def serve(
+async def serve_websocket(
     handler: Handler,
+    *,
     host: str = "127.0.0.1",
     port: int = 0,
-    *,
     policy: HeartbeatPolicy | None = None,
     heartbeat: HeartbeatMode = HeartbeatMode.CONTROL,
-    detector_factory: Callable[[HeartbeatPolicy], FailureDetector] | None = None,
+    detector: Callable[[HeartbeatPolicy], FailureDetector] | None = None,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     queue_size: int = 256,
     overflow: Overflow = Overflow.WAIT,
@@ -389,6 +392,9 @@ async def serve(
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSocket clients on ``host:port`` until cancelled; ``handler(conn)`` per client.
+
+    Every argument after ``handler`` is a keyword, as for every ``serve_*`` in pulse.
+    ``detector(policy)`` builds each client's failure detector (default: a fixed timeout).
 
     ``task_status.started`` receives the :class:`WebSocketServer` (its ``port`` is the bound
     one when ``port`` is 0). ``policy`` defaults to :data:`DEFAULT_SERVER_POLICY`.
@@ -408,7 +414,7 @@ async def serve(
     """
     settings = ServerSettings(
         policy=policy or DEFAULT_SERVER_POLICY, heartbeat=heartbeat,
-        detector_factory=detector_factory, max_message_size=max_message_size,
+        detector=detector, max_message_size=max_message_size,
         queue_size=queue_size, overflow=overflow, on_drop=on_drop,
         receive_buffer=receive_buffer, handshake_timeout=handshake_timeout,
         close_timeout=close_timeout, ssl_context=ssl_context, subprotocols=subprotocols,
@@ -447,6 +453,19 @@ async def _accept_loop(listener: trio.SocketListener, nursery: trio.Nursery,
 
     async with listener:
         await accept_forever(listener, take)
+
+
+async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
+    """Deprecated: :func:`serve_websocket` with ``host`` and ``port`` as keywords
+    (``detector_factory=`` is accepted as the old name of ``detector=``)."""
+    deprecated("pulse.plugins.websocket.serve(handler, host, port)",
+               "serve_websocket(handler, host=..., port=...)")
+    if "detector_factory" in options:
+        if "detector" in options:
+            raise TypeError("got both detector_factory= (deprecated) and detector=")
+        deprecated("serve(detector_factory=...)", "detector=")
+        options["detector"] = options.pop("detector_factory")
+    await serve_websocket(handler, host=host, port=port, **options)
 
 
 async def echo(conn: ServerConnection) -> None:

@@ -4,8 +4,7 @@ URL: ``zk://host1:2181,host2:2181,host3:2181/optional/chroot[?reregister=1]``. T
 speaks ZooKeeper's own wire protocol (no JVM needed on the client side) with ZooKeeper's
 client timing; see ``docs/zookeeper.md``.
 
-    from pulse._trio.util import background_nursery
-from pulse.registry import connect_session
+    from pulse.registry import connect_session
 
     async with connect_session("zk://127.0.0.1:2181/pulse", session_timeout=4) as session:
         await session.register("/presence/device-7", b"rack 3")
@@ -22,17 +21,26 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import trio
 
+from pulse._deprecation import renamed
 from pulse._trio.util import background_nursery
 from pulse.registry import Endpoint, Plugin, parse_url
 
 from .client import NotOwnedError, StreamOpener, ZooKeeperSession, open_tcp
 from .jute import DEFAULT_MAX_FRAME
 from .protocol import (
+    BadArgumentsError,
+    BadVersionError,
     ConnectionLoss,
+    InvalidACLError,
+    NoAuthError,
+    NoChildrenForEphemeralsError,
     NodeExistsError,
     NoNodeError,
     NoServerAnswered,
+    NotEmptyError,
     SessionClosedError,
+    SessionMovedError,
+    ZooKeeperAuthFailed,
     ZooKeeperError,
     ZooKeeperSessionExpired,
 )
@@ -50,11 +58,12 @@ def connect(
     reregister: bool | None = None,
     start_timeout: float | None = None,
     rng: random.Random | None = None,
-    max_frame: int = DEFAULT_MAX_FRAME,
+    max_frame_size: int = DEFAULT_MAX_FRAME,
     open_stream: StreamOpener = open_tcp,
     digest: tuple[str, str] | None = None,
     session_id: int | None = None,
     session_password: bytes = b"",
+    max_frame: int | None = None,
 ) -> AbstractAsyncContextManager[ZooKeeperSession]:
     """Open a ZooKeeper session; the context manager yields it connected and closes it.
 
@@ -68,8 +77,10 @@ def connect(
     an existing session; a server that refuses them (expired, unknown, wrong password)
     makes entering raise :class:`ZooKeeperSessionExpired`. ``digest`` (``(user, password)``) adds
     digest credentials to every connection (addAuth) and gives every presence node the ACL
-    "all for this digest, read for everyone".
+    "all for this digest, read for everyone". ``max_frame_size`` bounds one reply frame in
+    bytes (ZooKeeper's ``jute.maxbuffer``); ``max_frame=`` is its deprecated old name.
     """
+    max_frame_size = renamed("connect", "max_frame", "max_frame_size", max_frame, max_frame_size)
     if isinstance(endpoint, str):
         endpoint = parse_url(endpoint, default_port=DEFAULT_PORT)
     if reregister is None:
@@ -81,7 +92,7 @@ def connect(
         chroot=endpoint.path,
         reregister=reregister,
         rng=rng,
-        max_frame=max_frame,
+        max_frame_size=max_frame_size,
         open_stream=open_stream,
         digest=digest,
         start_timeout=wait,
@@ -118,12 +129,20 @@ plugin = Plugin(
 
 __all__ = [
     "DEFAULT_PORT",
+    "BadArgumentsError",
+    "BadVersionError",
     "ConnectionLoss",
+    "InvalidACLError",
+    "NoAuthError",
+    "NoChildrenForEphemeralsError",
     "NoNodeError",
     "NoServerAnswered",
     "NodeExistsError",
+    "NotEmptyError",
     "NotOwnedError",
     "SessionClosedError",
+    "SessionMovedError",
+    "ZooKeeperAuthFailed",
     "ZooKeeperError",
     "ZooKeeperSession",
     "ZooKeeperSessionExpired",

@@ -187,7 +187,7 @@ class ZooKeeperSession:
         chroot: str = "",
         reregister: bool = False,
         rng: random.Random | None = None,
-        max_frame: int = DEFAULT_MAX_FRAME,
+        max_frame_size: int = DEFAULT_MAX_FRAME,
         open_stream: StreamOpener = open_tcp,
         digest: tuple[str, str] | None = None,
         start_timeout: float | None = None,
@@ -209,7 +209,7 @@ class ZooKeeperSession:
         self._closed_directly = False  # closeSession went out on a bare stream
         self._chroot = _normalize_chroot(chroot)
         self._reregister = reregister
-        self._max_frame = max_frame
+        self._max_frame = max_frame_size
         self._open_stream = open_stream
         self._link: _Link | None = None
         self._nursery: trio.Nursery | None = None

@@ -117,9 +117,22 @@ class ChannelTiming:
         """False when heartbeats are switched off (``heartbeat == 0``)."""
         return self.heartbeat > 0
 
+    @classmethod
+    def from_policy(cls, policy: HeartbeatPolicy) -> ChannelTiming:
+        """The channel timing of a :class:`HeartbeatPolicy` (``interval`` → ``heartbeat``,
+        ``timeout`` → ``heartbeat_timeout``); :class:`ValueError` when the policy's timeout
+        is below the 2 x heartbeat that channels require."""
+        return cls(policy.interval, policy.dead_after, policy.max_local_pause)
+
+    @property
+    def interval(self) -> float:
+        """``heartbeat`` under :class:`HeartbeatPolicy`'s name."""
+        return self.heartbeat
+
     @property
     def timeout(self) -> float:
-        """``heartbeat_timeout`` as a float (never None after construction)."""
+        """``heartbeat_timeout`` as a float (never None after construction), under
+        :class:`HeartbeatPolicy`'s name."""
         assert self.heartbeat_timeout is not None
         return self.heartbeat_timeout
 

@@ -32,9 +32,10 @@ from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import Liveness, LivenessState, PeerStats
 from pulse._core.policy import HeartbeatPolicy, NegotiationBounds, negotiate
 from pulse._core.rate import TokenBucket
+from pulse._deprecation import deprecated
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
-from pulse._trio.feed import EventFeed
+from pulse._trio.feed import EventFeed, EventHub
 from pulse._trio.tcpinfo import read_tcp_progress, tcp_socket
 from pulse._trio.util import background_nursery
 from pulse._trio.writer import ControlWriter, raw_socket
@@ -112,7 +113,7 @@ class HeartbeatConnection:
         receive_buffer: int,
         peer: str,
         transport: str,
-        on_event: Callable[[Action], None] | None,
+        on_liveness: Callable[[Action], None] | None,
         hold_limit: int = 1024 * 1024,
         max_ping_rate: float = DEFAULT_MAX_PING_RATE,
         delivery: Delivery | None = None,
@@ -129,8 +130,8 @@ class HeartbeatConnection:
         self._send_lock = trio.StrictFIFOLock()
         self._control = ControlWriter(stream, self._send_lock, self._control_failed)
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[Any](receive_buffer)
-        self._events: EventFeed[Action] = EventFeed()
-        self._on_event = on_event
+        self._events: EventHub[Action] = EventHub()
+        self._on_liveness = on_liveness
         self._close_reason: str | None = None
         self._close_error: PulseError | None = None
         self._is_closed = False
@@ -205,8 +206,10 @@ class HeartbeatConnection:
         return self._liveness.stats(trio.current_time())
 
     def events(self) -> EventFeed[Action]:
-        """The feed of liveness changes (one consumer; bounded, never blocks the driver)."""
-        return self._events
+        """A new subscription to the liveness changes (see :class:`~pulse._trio.feed.EventHub`:
+        each call is independent, the first also gets what happened before it; bounded,
+        never blocks the driver)."""
+        return self._events.subscribe()
 
     async def send(self, payload: object) -> None:
         """Send one application message (bytes, or any msgpack-serialisable object).
@@ -342,7 +345,7 @@ class HeartbeatConnection:
             self._confirm(self._window.handle_timer(now), now)
 
     def timer_failed(self, exc: Exception) -> None:
-        """A callback (``on_event``) raised inside the engine: the connection closes and the
+        """A callback (``on_liveness``) raised inside the engine: the connection closes and the
         error surfaces in the application's block."""
         self._drop(f"error in a callback: {exc!r}", None)
         if self._nursery is not None:
@@ -596,8 +599,8 @@ class HeartbeatConnection:
 
     def _publish(self, action: Action) -> None:
         self._events.publish(action)
-        if self._on_event is not None:
-            self._on_event(action)
+        if self._on_liveness is not None:
+            self._on_liveness(action)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -735,9 +738,10 @@ async def heartbeat(
     max_ping_rate: float = DEFAULT_MAX_PING_RATE,
     peer: str = "?",
     transport: str = "stream",
-    on_event: Callable[[Action], None] | None = None,
+    on_liveness: Callable[[Action], None] | None = None,
     delivery: Delivery | None = None,
     window: int = DEFAULT_WINDOW,
+    on_event: Callable[[Action], None] | None = None,
 ) -> AsyncIterator[HeartbeatConnection]:
     """Wrap ``stream`` in a heartbeat-supervised connection for the ``async with`` block.
 
@@ -764,7 +768,16 @@ async def heartbeat(
     reconnecting owner to report or resend (:class:`~pulse.delivery.Delivery`; at most
     ``window`` are kept, and under ``AT_LEAST_ONCE`` ``send`` waits while that many are
     unconfirmed).
+
+    ``on_liveness(action)`` is called synchronously with every liveness change (the same
+    actions ``events()`` yields). ``on_event=`` is its deprecated old name: ``on_event``
+    now means a client's state changes (:class:`pulse.plugins.tcp.StateChange`).
     """
+    if on_event is not None:
+        if on_liveness is not None:
+            raise TypeError("heartbeat() got both on_event= (deprecated) and on_liveness=")
+        deprecated("heartbeat(on_event=...)", "on_liveness=", stacklevel=4)
+        on_liveness = on_event
     policy = policy or HeartbeatPolicy()
     decoder = FrameDecoder(max_frame_size=max_frame_size)
     hello = Hello(PROTOCOL_VERSION, policy.interval, policy.dead_after, peer_id, token)
@@ -780,7 +793,7 @@ async def heartbeat(
         conn = HeartbeatConnection(
             stream, agreed, remote, decoder,
             detector=detector(agreed) if detector is not None and agreed.enabled else None,
-            receive_buffer=receive_buffer, peer=peer, transport=transport, on_event=on_event,
+            receive_buffer=receive_buffer, peer=peer, transport=transport, on_liveness=on_liveness,
             hold_limit=hold_limit, max_ping_rate=max_ping_rate, delivery=delivery,
             window=window,
         )

@@ -1,11 +1,14 @@
-"""A bounded, never-blocking feed of state-change events for one consumer.
+"""Bounded, never-blocking feeds of state-change events.
 
-Producers (drivers) must never block on a slow consumer, so the feed keeps at most
-``maxlen`` events, drops the oldest beyond that and counts what it dropped.
+Producers (drivers) must never block on a slow consumer, so a feed keeps at most ``maxlen``
+events, drops the oldest beyond that and counts what it dropped. :class:`EventFeed` is one
+consumer's queue; :class:`EventHub` hands every event to any number of them and is what
+``events()`` subscribes to on every client and connection (one rule across pulse).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
@@ -66,3 +69,56 @@ class EventFeed(Generic[T]):
                 yield await self.get()
             except trio.EndOfChannel:
                 return
+
+
+class EventHub(Generic[T]):
+    """Where a client or connection publishes its events; :meth:`subscribe` is its ``events()``.
+
+    The one rule for ``events()`` across pulse: every call is a new, independent
+    subscription (two readers each see every event) that follows the events from then on;
+    the first subscription also receives what happened before it (the latest ``maxlen``),
+    so a single reader that subscribes after ``async with`` misses nothing. A subscription
+    never blocks the publisher: each keeps at most ``maxlen`` events and counts what it
+    dropped. Subscriptions nobody holds any more are forgotten.
+    """
+
+    def __init__(self, maxlen: int = 256) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be at least 1")
+        self._maxlen = maxlen
+        self._backlog: deque[T] | None = deque(maxlen=maxlen)
+        self._feeds: weakref.WeakSet[EventFeed[T]] = weakref.WeakSet()
+        self._closed = False
+
+    def publish(self, item: T) -> None:
+        """Hand ``item`` to every subscription (and to the backlog before the first one)."""
+        if self._closed:
+            return
+        if self._backlog is not None:
+            self._backlog.append(item)
+        for feed in list(self._feeds):
+            feed.publish(item)
+
+    def subscribe(self) -> EventFeed[T]:
+        """A new subscription (see the class docstring)."""
+        feed: EventFeed[T] = EventFeed(self._maxlen)
+        if self._backlog is not None:
+            for item in self._backlog:
+                feed.publish(item)
+            self._backlog = None
+        if self._closed:
+            feed.close()
+        else:
+            self._feeds.add(feed)
+        return feed
+
+    def close(self) -> None:
+        """No more events: every subscription ends once its queued events are consumed."""
+        self._closed = True
+        for feed in list(self._feeds):
+            feed.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed

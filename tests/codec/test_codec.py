@@ -182,8 +182,11 @@ def test_zero_length_body_is_an_error() -> None:
 
 @pytest.mark.parametrize("limit", [0, -1, 2**32])
 def test_invalid_limit_rejected(limit: int) -> None:
-    """max_message_size outside [1, 2**32 - 1] is a ValueError at construction."""
-    with pytest.raises(ValueError, match="max_message_size"):
+    """max_frame_size outside [1, 2**32 - 1] is a ValueError at construction (under the
+    new keyword, and under the deprecated max_message_size= too)."""
+    with pytest.raises(ValueError, match="max_frame_size"):
+        MessageDecoder(max_frame_size=limit)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="max_frame_size"):
         MessageDecoder(max_message_size=limit)
 
 

@@ -131,7 +131,7 @@ def test_body_at_the_limit_is_accepted() -> None:
 
 def test_default_limit_is_dubbos_8_mib() -> None:
     """The default payload limit is Dubbo's 8 MiB."""
-    assert FrameDecoder().max_body_size == 8 * 1024 * 1024
+    assert FrameDecoder().max_frame_size == 8 * 1024 * 1024
     with pytest.raises(BodyTooLarge):
         FrameDecoder().feed(bytes.fromhex("dabb c202 0000000000000001 00800001"))
 

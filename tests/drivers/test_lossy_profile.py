@@ -140,7 +140,7 @@ async def test_serve_options_profile_reaches_the_servers_policy(
 
     module: Any = importlib.import_module(
         "pulse.plugins.tcp.plugin" if scheme == "tcp" else "pulse.plugins.websocket.plugin")
-    monkeypatch.setattr(module, "serve_tcp" if scheme == "tcp" else "serve", capture)
+    monkeypatch.setattr(module, "serve_tcp" if scheme == "tcp" else "serve_websocket", capture)
     endpoint = parse_url(f"{scheme}://127.0.0.1:1")
     for profile in ("lossy", "default"):
         options = ServeOptions(interval=1.0, timeout=5.0, profile=profile)

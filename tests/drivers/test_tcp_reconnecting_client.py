@@ -264,7 +264,7 @@ async def test_a_send_after_a_local_pause_checks_the_connection_first(
     reported (LocalPause), not taken for a peer failure."""
     monkeypatch.setattr(client_module, "connect_tcp", fake_connect_any([echo], raw=set()))
     actions: list[object] = []
-    async with reconnecting_tcp("server", 1, POLICY, on_event=actions.append) as client:
+    async with reconnecting_tcp("server", 1, POLICY, on_liveness=actions.append) as client:
         await open_client(client)
         conn = client.connection
         assert conn is not None

@@ -1,0 +1,370 @@
+"""One vocabulary across plugins: the new names work, every old spelling still works with a
+DeprecationWarning pointing at the caller, events() subscriptions are independent, and every
+documented name is importable from a public module."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from pulse import (
+    EventFeed,
+    FailureDetector,
+    FixedTimeout,
+    FrameTooLarge,
+    HeartbeatPolicy,
+    PeerTimeout,
+    ReconnectMachine,
+    StartAttempt,
+)
+from pulse._trio.feed import EventHub
+from pulse.actions import Action, Close, LocalPause
+from pulse.rpc import ChannelTiming, HeartbeatTimer
+from pulse.testing import heartbeat_pair
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = HeartbeatPolicy(1.0, 3.0)
+
+
+# -- events(): one shape --------------------------------------------------------------------
+
+
+async def drain(feed: EventFeed[Any]) -> list[Any]:
+    """Everything queued in ``feed`` now (it must be closed)."""
+    with trio.fail_after(1):
+        return [item async for item in feed]
+
+
+async def test_every_subscription_sees_every_later_event() -> None:
+    """Two subscriptions taken at the same time each receive every event published after."""
+    hub: EventHub[int] = EventHub()
+    first, second = hub.subscribe(), hub.subscribe()
+    for item in (1, 2, 3):
+        hub.publish(item)
+    hub.close()
+    assert await drain(first) == [1, 2, 3]
+    assert await drain(second) == [1, 2, 3]
+
+
+async def test_the_first_subscription_gets_the_backlog_and_later_ones_do_not() -> None:
+    """Events published before anyone subscribed go to the first subscription only."""
+    hub: EventHub[str] = EventHub(maxlen=2)
+    for item in ("a", "b", "c"):
+        hub.publish(item)
+    first = hub.subscribe()
+    second = hub.subscribe()
+    hub.publish("d")
+    hub.close()
+    assert first.dropped == 1  # the backlog kept the latest two; "d" pushed out "b"
+    assert await drain(first) == ["c", "d"]
+    assert await drain(second) == ["d"]
+    late = hub.subscribe()
+    assert await drain(late) == []  # subscribing after the end gives an ended feed
+
+
+async def test_a_connection_gives_each_caller_its_own_feed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """conn.events() twice: both feeds see the local pause and the final Close."""
+    async with heartbeat_pair(POLICY, POLICY) as (left, _right):
+        one, two = left.events(), left.events()
+        await trio.sleep(2)
+        autojump_clock.jump(60)
+        await trio.sleep(2)
+    seen_one, seen_two = await drain(one), await drain(two)
+    for seen in (seen_one, seen_two):
+        assert any(isinstance(event, LocalPause) for event in seen)
+        assert isinstance(seen[-1], Close)
+    assert seen_one == seen_two
+
+
+# -- on_liveness / on_event -----------------------------------------------------------------
+
+
+async def test_on_liveness_gets_the_connections_actions() -> None:
+    """heartbeat(on_liveness=) is called with each liveness action, Close last."""
+    seen: list[Action] = []
+    async with heartbeat_pair(POLICY, POLICY, on_liveness=seen.append):
+        pass
+    assert seen and isinstance(seen[-1], Close)
+
+
+async def test_heartbeat_on_event_is_a_deprecated_alias_of_on_liveness() -> None:
+    """heartbeat(on_event=) warns (DeprecationWarning) and still delivers the actions."""
+    seen: list[Action] = []
+    with pytest.warns(DeprecationWarning, match=r"on_event=.*deprecated.*on_liveness="):
+        async with heartbeat_pair(POLICY, POLICY, on_event=seen.append):
+            pass
+    assert seen and isinstance(seen[-1], Close)
+
+
+async def test_heartbeat_refuses_both_spellings() -> None:
+    """Passing on_event= and on_liveness= together is a TypeError, not a silent choice."""
+    left, _right = trio.testing.memory_stream_pair()
+    from pulse import heartbeat
+
+    with pytest.raises(TypeError, match="both"):
+        async with heartbeat(left, POLICY, on_event=print, on_liveness=print):
+            pass
+
+
+# -- size limits ----------------------------------------------------------------------------
+
+
+def test_codec_max_message_size_is_a_deprecated_alias() -> None:
+    """MessageDecoder(max_message_size=) warns and enforces the limit as max_frame_size."""
+    from pulse.codec import MessageDecoder, encode_message
+
+    with pytest.warns(DeprecationWarning, match="max_frame_size"):
+        decoder = MessageDecoder(max_message_size=10)
+    assert decoder.max_frame_size == 10
+    with pytest.raises(FrameTooLarge):
+        decoder.feed((11).to_bytes(4, "big"))
+    with pytest.warns(DeprecationWarning):
+        assert decoder.max_message_size == 10
+    with pytest.warns(DeprecationWarning):
+        wire = encode_message(b"x" * 5, max_message_size=100)
+    assert MessageDecoder(max_frame_size=100).feed(wire) == [b"x" * 5]
+
+
+def test_dubbo_max_body_size_is_a_deprecated_alias() -> None:
+    """dubbo FrameDecoder(max_body_size=) warns and bounds the body like max_frame_size."""
+    from pulse.plugins.dubbo import BodyTooLarge, FrameDecoder
+
+    with pytest.warns(DeprecationWarning, match="max_body_size"):
+        decoder = FrameDecoder(max_body_size=100)
+    assert decoder.max_frame_size == 100
+    with pytest.raises(BodyTooLarge):
+        decoder.feed(bytes.fromhex("dabb c202 0000000000000001 00000065"))  # 101 bytes declared
+
+
+async def test_dubbo_provider_and_consumer_take_the_old_keyword_with_a_warning() -> None:
+    """DubboProvider / DubboConsumer(max_body_size=) warn and set max_frame_size."""
+    from pulse.plugins.dubbo import DubboConsumer, DubboProvider
+
+    timer = HeartbeatTimer()
+    with pytest.warns(DeprecationWarning):
+        provider = DubboProvider(timer, max_body_size=5000)
+    with pytest.warns(DeprecationWarning):
+        consumer = DubboConsumer("127.0.0.1", 1, timer, max_body_size=6000)
+    assert (provider.max_frame_size, consumer.max_frame_size) == (5000, 6000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert DubboProvider(timer, max_frame_size=7000).max_frame_size == 7000
+
+
+def test_zookeeper_max_frame_is_a_deprecated_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    """zookeeper.connect(max_frame=) warns and hands the value on as max_frame_size."""
+    zookeeper = importlib.import_module("pulse.plugins.zookeeper")
+    captured: dict[str, Any] = {}
+
+    class Recorder:
+        def __init__(self, hosts: Any, **options: Any) -> None:
+            captured.update(options)
+
+    monkeypatch.setattr(zookeeper, "ZooKeeperSession", Recorder)
+    with pytest.warns(DeprecationWarning, match="max_frame_size"):
+        zookeeper.connect("zk://127.0.0.1:2181/x", max_frame=1234)
+    assert captured["max_frame_size"] == 1234
+    zookeeper.connect("zk://127.0.0.1:2181/x", max_frame_size=4321)
+    assert captured["max_frame_size"] == 4321
+
+
+def test_lease_session_max_message_size_is_a_deprecated_alias() -> None:
+    """LeaseSession(max_message_size=) warns and becomes the decoder's frame limit."""
+    from pulse.plugins.lease import LeaseSession
+
+    with pytest.warns(DeprecationWarning, match="max_frame_size"):
+        session = LeaseSession([("127.0.0.1", 1)], max_message_size=4096)
+    assert session._max_message_size == 4096
+
+
+# -- sessions -------------------------------------------------------------------------------
+
+
+def test_lease_connect_takes_a_url_an_endpoint_or_a_host_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """lease.connect: pulse:// URLs (7400 by default), endpoints and host strings all reach
+    the client as (host, port) pairs with the session timeout."""
+    from pulse.plugins import lease
+    from pulse.plugins.lease import client
+    from pulse.registry import parse_url
+
+    calls: list[tuple[list[tuple[str, int]], float]] = []
+    monkeypatch.setattr(client, "connect",
+                        lambda servers, timeout, **options: calls.append((servers, timeout)))
+    lease.connect("pulse://a:1,b", session_timeout=3)
+    lease.connect(parse_url("pulse://c:2"), session_timeout=4)
+    lease.connect("d:5,e:6")
+    assert calls == [([("a", 1), ("b", 7400)], 3), ([("c", 2)], 4),
+                     ([("d", 5), ("e", 6)], 10.0)]
+    with pytest.raises(ValueError, match="pulse://"):
+        lease.connect("zk://127.0.0.1:2181")
+    assert len(calls) == 3
+
+
+def test_gossip_connect_refuses_another_scheme() -> None:
+    """gossip.connect names the scheme it expects instead of joining whatever a URL says."""
+    from pulse.plugins import gossip
+
+    with pytest.raises(ValueError, match="gossip://"):
+        gossip.connect("pulse://127.0.0.1:7400")
+
+
+def test_lease_connect_session_is_a_deprecated_alias() -> None:
+    """pulse.plugins.lease.connect_session still resolves, with a warning."""
+    from pulse.plugins import lease
+
+    with pytest.warns(DeprecationWarning, match=r"lease\.connect"):
+        old = lease.connect_session
+    assert callable(old)
+
+
+# -- serve / connect names ------------------------------------------------------------------
+
+
+def test_tcp_echo_handler_is_a_deprecated_alias_of_echo() -> None:
+    """pulse.plugins.tcp.echo_handler warns and is the same function as echo."""
+    from pulse.plugins import tcp
+
+    with pytest.warns(DeprecationWarning, match=r"tcp\.echo"):
+        old = tcp.echo_handler
+    assert old is tcp.echo
+
+
+def test_websocket_detector_factory_and_detector_are_not_both_accepted() -> None:
+    """serve(detector_factory=, detector=) is refused rather than picking one."""
+    from pulse.plugins.websocket import ServerConnection, echo, serve
+
+    def never(policy: HeartbeatPolicy) -> FailureDetector:
+        raise AssertionError("no detector is built when the call is refused")
+
+    async def handler(conn: ServerConnection) -> None:
+        await echo(conn)
+
+    async def main() -> None:
+        with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="both"):
+            await serve(handler, "127.0.0.1", 0, detector=never, detector_factory=never)
+
+    trio.run(main)
+
+
+# -- policy and channel timing --------------------------------------------------------------
+
+
+def test_channel_timing_reads_like_a_policy() -> None:
+    """ChannelTiming has a policy's names (interval, timeout) and converts both ways."""
+    timing = ChannelTiming.from_policy(HeartbeatPolicy(2.0, 6.0))
+    assert (timing.heartbeat, timing.heartbeat_timeout) == (2.0, 6.0)
+    assert (timing.interval, timing.timeout) == (2.0, 6.0)
+    assert (timing.policy().interval, timing.policy().timeout) == (2.0, 6.0)
+    with pytest.raises(ValueError, match="2 x heartbeat"):
+        ChannelTiming.from_policy(HeartbeatPolicy(2.0, 3.0))
+
+
+def test_the_reconnect_machine_is_public() -> None:
+    """pulse exports the reconnect machine and its StartAttempt action (docs/reconnect.md)."""
+    from pulse import Backoff, Jitter
+
+    machine = ReconnectMachine(Backoff(1.0, 2.0, 1.0, Jitter.NONE))
+    assert machine.start(0.0) == [StartAttempt(attempt=0, total=1)]
+
+
+# -- exports --------------------------------------------------------------------------------
+
+PUBLIC_MODULES = [
+    "pulse", "pulse.rpc", "pulse.registry", "pulse.plugins.tcp", "pulse.plugins.websocket",
+    "pulse.plugins.lease", "pulse.plugins.zookeeper", "pulse.plugins.dubbo",
+    "pulse.plugins.gossip",
+]
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_every_exported_name_resolves_without_a_warning(name: str) -> None:
+    """Every name in a public module's __all__ exists and none of them is deprecated."""
+    module = importlib.import_module(name)
+    exported = getattr(module, "__all__", None)
+    if exported is None:
+        pytest.fail(f"{name} has no __all__")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for attribute in exported:
+            assert getattr(module, attribute) is not None, f"{name}.{attribute}"
+
+
+def test_names_users_need_are_exported_where_they_look() -> None:
+    """The names the issue found only in submodules are in their plugin's package."""
+    wanted = {
+        "pulse.plugins.websocket": {"serve_stream", "ServerSettings", "serve_websocket",
+                                    "reconnecting_websocket", "echo"},
+        "pulse.plugins.zookeeper": {"NotEmptyError", "BadVersionError", "connect"},
+        "pulse.plugins.tcp": {"serve_tcp", "connect_tcp", "reconnecting_tcp", "echo"},
+        "pulse.plugins.lease": {"connect", "LeaseServer", "LeaseSession"},
+        "pulse.plugins.dubbo": {"DubboProvider", "open_consumer", "ChannelTiming"},
+        "pulse.plugins.gossip": {"gossip_member", "connect", "tags_of"},
+        "pulse.rpc": {"ChannelTiming", "Role"},
+        "pulse": {"Backoff", "PhiAccrualFailureDetector", "AdaptiveDetector", "EventFeed",
+                  "ReconnectMachine", "StartAttempt", "default_backoff"},
+    }
+    for name, names in wanted.items():
+        missing = names - set(importlib.import_module(name).__all__)
+        assert not missing, f"{name} does not export {sorted(missing)}"
+
+
+PRIVATE_IMPORT = re.compile(r"^\s*(from|import)\s+pulse\._(core|trio)\b", re.MULTILINE)
+
+
+def test_docs_and_examples_import_only_public_modules() -> None:
+    """No docs page, README or example imports from pulse._core / pulse._trio."""
+    sources = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "examples").glob("*.py")]
+    offenders = [str(path.relative_to(ROOT)) for path in sources
+                 if PRIVATE_IMPORT.search(path.read_text())]
+    assert offenders == []
+
+
+async def test_deprecation_warnings_point_at_the_callers_line(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each old spelling's warning names the caller's file (stacklevel), not pulse's."""
+    from pulse import heartbeat
+    from pulse.codec import MessageDecoder
+    from pulse.plugins import lease, tcp
+    from pulse.plugins.dubbo import FrameDecoder
+    from pulse.plugins.websocket import reconnecting_websocket
+
+    def fixed(policy: HeartbeatPolicy) -> FailureDetector:
+        return FixedTimeout(policy.dead_after)
+
+    def check(record: pytest.WarningsRecorder) -> None:
+        assert [Path(w.filename).name for w in record] == [Path(__file__).name]
+
+    with pytest.warns(DeprecationWarning) as record:
+        tcp.echo_handler  # noqa: B018 - the attribute access is what warns
+    check(record)
+    with pytest.warns(DeprecationWarning) as record:
+        lease.connect_session  # noqa: B018
+    check(record)
+    with pytest.warns(DeprecationWarning) as record:
+        MessageDecoder(max_message_size=10)
+    check(record)
+    with pytest.warns(DeprecationWarning) as record:
+        FrameDecoder(max_body_size=10)
+    check(record)
+    left, _right = trio.testing.memory_stream_pair()
+    with pytest.warns(DeprecationWarning) as record, pytest.raises(PeerTimeout):
+        # nobody answers the HELLO: only the warning matters here
+        async with heartbeat(left, POLICY, on_event=print, handshake_timeout=0.1):
+            pass
+    check(record)
+    with pytest.warns(DeprecationWarning) as record, trio.move_on_after(0.5):
+        async with reconnecting_websocket("ws://127.0.0.1:9/", detector_factory=fixed):
+            pass
+    check(record)
