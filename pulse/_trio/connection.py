@@ -98,7 +98,7 @@ class HeartbeatConnection:
     __slots__ = ("_close_error", "_close_reason", "_control", "_decoder", "_done_reading",
                  "_early_frames", "_engine", "_events", "_goodbye", "_held", "_held_bytes",
                  "_inbound_receive", "_inbound_send", "_is_closed", "_liveness", "_nursery",
-                 "_on_event", "_paused", "_pings", "_pong_rtts", "_pong_waiters", "_raw",
+                 "_on_liveness", "_paused", "_pings", "_pong_rtts", "_pong_waiters", "_raw",
                  "_resumed", "_room", "_send_lock", "_tcp", "_verified", "_verify_seq",
                  "_window", "hold_limit", "peer", "policy", "remote", "stream", "transport")
 

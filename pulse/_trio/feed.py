@@ -82,40 +82,51 @@ class EventHub(Generic[T]):
     dropped. Subscriptions nobody holds any more are forgotten.
     """
 
+    __slots__ = ("_backlog", "_closed", "_feeds", "_maxlen", "_subscribed")
+
     def __init__(self, maxlen: int = 256) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
         self._maxlen = maxlen
-        self._backlog: deque[T] | None = deque(maxlen=maxlen)
-        self._feeds: weakref.WeakSet[EventFeed[T]] = weakref.WeakSet()
+        # Both made on first use: most hubs (one per connection) never see an event or a
+        # subscriber, and an empty deque and weak set cost about 1.3 KiB between them.
+        self._backlog: deque[T] | None = None  # events before the first subscription
+        self._feeds: weakref.WeakSet[EventFeed[T]] | None = None
+        self._subscribed = False
         self._closed = False
 
     def publish(self, item: T) -> None:
         """Hand ``item`` to every subscription (and to the backlog before the first one)."""
         if self._closed:
             return
-        if self._backlog is not None:
+        if not self._subscribed:
+            if self._backlog is None:
+                self._backlog = deque(maxlen=self._maxlen)
             self._backlog.append(item)
-        for feed in list(self._feeds):
-            feed.publish(item)
+        elif self._feeds:
+            for feed in list(self._feeds):
+                feed.publish(item)
 
     def subscribe(self) -> EventFeed[T]:
         """A new subscription (see the class docstring)."""
         feed: EventFeed[T] = EventFeed(self._maxlen)
-        if self._backlog is not None:
-            for item in self._backlog:
+        if not self._subscribed:
+            for item in self._backlog or ():
                 feed.publish(item)
             self._backlog = None
+            self._subscribed = True
         if self._closed:
             feed.close()
         else:
+            if self._feeds is None:
+                self._feeds = weakref.WeakSet()
             self._feeds.add(feed)
         return feed
 
     def close(self) -> None:
         """No more events: every subscription ends once its queued events are consumed."""
         self._closed = True
-        for feed in list(self._feeds):
+        for feed in list(self._feeds or ()):
             feed.close()
 
     @property
