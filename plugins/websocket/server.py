@@ -353,9 +353,7 @@ async def _call_handler(handler: Handler, client: ServerConnection,
         log.exception("handler_failed", peer=client.remote, transport=session.transport)
         session.end(f"handler failed: {type(exc).__name__}", CLOSE_INTERNAL_ERROR)
     else:
-        with bounded(Phase.CLOSE, options.close_timeout, move_on=True):
-            await client._outbox.wait_empty()
-        session.end("handler finished", CLOSE_NORMAL)
+        session.finish("handler finished", CLOSE_NORMAL)  # after the queue, within close_timeout
 
 
 async def _run_with_handler(handler: Handler, client: ServerConnection, session: Session,

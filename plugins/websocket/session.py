@@ -153,7 +153,7 @@ class Session:
     """Runs one open :class:`~.connection.WebSocketConnection` until it ends."""
 
     __slots__ = ("_backlog_seen", "_confirm_pending", "_confirm_seq", "_control", "_direct",
-        "_end", "_ended", "_engine", "_failure", "_gate_open", "_going_away", "_helpers",
+        "_end", "_ended", "_engine", "_failure", "_finishing", "_gate_open", "_going_away", "_helpers",
         "_inbound_pending", "_inbox", "_inbox_blocked", "_markers", "_nursery", "_on_closed",
         "_on_liveness", "_owed", "_pings", "_raw", "_reading", "_target", "_tcp", "_unconfirmed",
         "_writer_stopped", "_writing", "_written", "close_timeout", "conn",
@@ -198,6 +198,8 @@ class Session:
         self._target = inbox
         self._engine = current_engine()
         self.liveness = Liveness(policy, self._engine.now(), detector=detector)
+        #: (reason, code, deadline) while ending after the outbox is written (finish()).
+        self._finishing: tuple[str, int, float] | None = None
         #: The peer's pings answered per second at most (0: no limit); a flood past that
         #: for about a second ends the session with 1008, so one client cannot keep the
         #: server busy writing pongs.
@@ -259,6 +261,23 @@ class Session:
             if self._helpers is not None:  # launched: no task waits for the end, start one
                 assert self._nursery is not None
                 self._nursery.start_soon(self._close_launched)
+
+    def finish(self, reason: str, code: int = CLOSE_NORMAL) -> None:
+        """End once everything queued was written — or ``close_timeout`` from now, whichever
+        comes first (the bound runs on the session's timer). Idempotent."""
+        if self._end is not None or self._finishing is not None:
+            return
+        if not len(self.outbox):
+            self.end(reason, code)
+            return
+        self._finishing = (reason, code, self._engine.now() + self.close_timeout)
+        self._engine.watch(self)
+        self._wake()
+
+    def _finish_if_written(self) -> None:
+        finishing = self._finishing
+        if finishing is not None and not len(self.outbox):
+            self.end(finishing[0], finishing[1])
 
     def release_outbox(self) -> None:
         """Let the writer start on the outbox (after an ``on_connect`` hook)."""
@@ -653,12 +672,22 @@ class Session:
     # -- liveness (the engine calls next_deadline and handle_timer) ----------------------
 
     def next_deadline(self) -> float | None:
-        """The liveness core's next deadline (None once the session ended)."""
-        return None if self._end is not None else self.liveness.next_deadline()
+        """The liveness core's next deadline, or the end of :meth:`finish`'s wait if that
+        comes first (None once the session ended)."""
+        if self._end is not None:
+            return None
+        deadline = self.liveness.next_deadline()
+        if self._finishing is not None:
+            return self._finishing[2] if deadline is None else min(deadline, self._finishing[2])
+        return deadline
 
     def handle_timer(self, now: float) -> None:
         """Carry out what the liveness core says is due at ``now`` (synchronously)."""
         if self._end is not None:
+            return
+        finishing = self._finishing
+        if finishing is not None and now >= finishing[2]:
+            self.end(finishing[0], finishing[1])  # what is still queued is reported as unsent
             return
         if self._evidence_pending():
             self._carry_out(self.liveness.data_received(now), now)
@@ -781,6 +810,7 @@ class Session:
         try:
             while self._end is None and await self._write_some():
                 pass  # ends when there is nothing left to write; _wake starts it again
+            self._finish_if_written()
         except WebSocketClosed as exc:
             self.end(exc.reason, CLOSE_ABNORMAL, Initiator.NETWORK)
         finally:

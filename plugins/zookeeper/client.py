@@ -27,7 +27,6 @@ from typing import Any
 import trio
 
 from pulse._log import get_logger
-from pulse._trio.engine import current_engine
 from pulse._trio.session import SessionDriver
 from pulse.errors import NotOwner, RemoteProtocolError
 from pulse.presence import PresenceEvent, SessionEvent, SessionState
@@ -86,7 +85,6 @@ StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
 _RECEIVE_SIZE = 65536
 #: Pause before trying again to re-create a registration the server refused.
-_REREGISTER_PAUSE = 1.0
 
 
 class NotOwnedError(ZooKeeperError, NotOwner):
@@ -798,9 +796,11 @@ class ZooKeeperSession:
                     except ZooKeeperError as exc:
                         if isinstance(exc, SessionClosedError):
                             return
+                        # Refused (an ACL, a quota): trying again only helps once the
+                        # session or its link has changed, so wait for that, not a timer.
                         log.warning("reregister_failed", path=key, reason=str(exc),
                                     session_id=_hex(self._machine.session_id))
-                        await current_engine().sleep(_REREGISTER_PAUSE)
+                        await self._changed.wait()
                     continue
                 try:
                     await waiter.done.wait()
