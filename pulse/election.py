@@ -151,8 +151,7 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
     engine = current_engine()
     prefix = path.rstrip("/")
     nonce = secrets.token_hex(4)
-    mine_prefix = f"{id}.{nonce}-"
-    key, token = await _create_candidate(session, f"{prefix}/{mine_prefix}", data)
+    key, token = await _create_candidate(session, f"{prefix}/{id}.{nonce}-", data)
     name = key.rsplit("/", 1)[-1]
     log.info("candidate", key=key, token=token)
     candidacy = Candidacy(session.session_timeout, margin)
@@ -186,7 +185,7 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
 
             nursery.start_soon(follow_changes)
             try:
-                sent = await _wait_to_lead(session, prefix, name, mine_prefix, lambda: changed)
+                sent = await _wait_to_lead(session, prefix, name, f"{id}.", lambda: changed)
             except PulseError as exc:
                 failure = exc
                 nursery.cancel_scope.cancel()
@@ -215,11 +214,14 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
                 nursery.cancel_scope.cancel()
     finally:
         engine.forget(timer)
-        with engine.move_on_after(min(2.0, session.session_timeout / 3)) as cleanup:
+        # Resign (or withdraw the candidacy). While disconnected the request waits for the
+        # session to re-attach, for at most one session timeout: by then the session either
+        # came back (and the key goes now) or expired (and the key went with it).
+        with engine.move_on_after(session.session_timeout + 1.0) as cleanup:
             cleanup.shield = True
             try:
-                if session.state is SessionState.CONNECTED:
-                    await session.unregister(key)  # resign (or withdraw the candidacy)
+                if session.state not in (SessionState.EXPIRED, SessionState.CLOSED):
+                    await session.unregister(key)
             except PulseError as exc:
                 log.info("resign_failed", key=key, reason=str(exc))
     if failure is not None:
@@ -238,11 +240,15 @@ async def _wait_to_lead(session: PresenceSession, prefix: str, name: str, mine_p
         children = await session.list(prefix)
         if name not in children:
             raise LeadershipLost(f"{prefix}/{name} is gone (session ended) before it led")
-        for other in children:  # leftovers of a retried create of ours
+        removed: set[str] = set()
+        for other in children:  # a retried create of ours, or a resignation that failed
             if other != name and other.startswith(mine_prefix):
-                await session.unregister(f"{prefix}/{other}")
-        others = (n for n in children if n == name or not n.startswith(mine_prefix))
-        if leader_of(others) == name:
+                try:
+                    await session.unregister(f"{prefix}/{other}")
+                except PulseError:
+                    continue  # held by another session of this id: it still counts
+                removed.add(other)
+        if leader_of(n for n in children if n not in removed) == name:
             return sent
         await waiting_on.wait()
 
