@@ -10,6 +10,7 @@ import trio.testing
 
 from pulse.election import Leadership, LeadershipLost, election
 from pulse.plugins.lease.client import connect
+from pulse.plugins.lease.protocol import Connect, Register, Request
 from pulse.plugins.lease.server import LeaseServer, ServerConfig
 
 from ._lease_harness import Link, Network
@@ -133,8 +134,6 @@ async def test_sequence_never_goes_back_after_a_restart_from_the_journal(
     assert first.state.sequence == 0
     assert first.store is not None
     a, _, _ = first.state.connect(_connect(), "10.0.0.1", 0.0, 1e9)
-    from pulse.plugins.lease.protocol import Register, Request
-
     result = first.state.handle(a.id, Request(1, Register("/e/a-", sequential=True)), 1.0).result
     assert result["sequence"] == 1
     first.state.handle(a.id, Request(2, Register("/e/a-", sequential=True)), 1.0)
@@ -145,7 +144,5 @@ async def test_sequence_never_goes_back_after_a_restart_from_the_journal(
     assert wall.state.sequence == 1234567
 
 
-def _connect() -> object:
-    from pulse.plugins.lease.protocol import Connect
-
+def _connect() -> Connect:
     return Connect(60.0)
