@@ -9,6 +9,7 @@ line; two intervals overlapping means two COMMANDs ran at once.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -66,13 +67,14 @@ def intervals(path: Path) -> list[Interval]:
 
 
 def overlaps(runs: list[Interval]) -> int:
-    """How many consecutive runs overlap in time."""
-    return sum(1 for a, b in zip(runs, runs[1:], strict=False) if b.start <= a.end)
+    """How many pairs of runs overlap in time."""
+    return sum(1 for i, a in enumerate(runs) for b in runs[i + 1:]
+               if b.start <= a.end and a.start <= b.end)
 
 
 def tokens_grow(runs: list[Interval]) -> bool:
     """Whether each run's token is larger than the one before."""
-    return all(b.token > a.token for a, b in zip(runs, runs[1:], strict=False))
+    return all(b.token > a.token for a, b in itertools.pairwise(runs))
 
 
 class Candidate:
