@@ -16,6 +16,7 @@ Needs java + Apache ZooKeeper for the zk:// line (as for the tests).
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -78,8 +79,10 @@ def run_backend(label: str, url: str, tick: float, trials: int, timeout: float,
           f"{len(results)} trials, {len(runs)} runs")
     print(f"  SIGKILL of the leader  ({len(kills)}): takeover {_summary(kills)}")
     print(f"  SIGSTOP of supervisor ({len(stops)}): takeover {_summary(stops)}")
+    gaps = [b.start - a.end for a, b in itertools.pairwise(runs)]
     print(f"  overlapping runs: {overlap}   tokens always grew: {grow}   "
           f"over the bound: {sum(1 for v in kills + stops if v > bound)}")
+    print(f"  gap between one run's last line and the next run's start: {_summary(gaps)}")
     return overlap == 0 and grow
 
 

@@ -170,6 +170,10 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
                     async for _event in events:
                         changed.set()
                         changed = trio.Event()
+                except PulseError as exc:  # the session ended: the next request says so
+                    log.info("election_watch_ended", key=key, reason=str(exc))
+                    timer.act(candidacy.session_not_connected(engine.now(), "ended"))
+                    changed.set()
                 finally:
                     await _close_iterator(events)
 
@@ -180,6 +184,8 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
                         if change.state is not SessionState.CONNECTED:
                             timer.act(candidacy.session_not_connected(
                                 engine.now(), change.state.value))
+                except PulseError:
+                    timer.act(candidacy.session_not_connected(engine.now(), "ended"))
                 finally:
                     await _close_iterator(changes)
 
@@ -191,7 +197,10 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
                 nursery.cancel_scope.cancel()
                 return_early = True
             else:
-                return_early = False
+                return_early = candidacy.stage is not Stage.WAITING
+                if return_early:
+                    failure = LeadershipLost(candidacy.reason or "in doubt before leading")
+                    nursery.cancel_scope.cancel()
             if not return_early:
                 nursery.start_soon(follow_states)
                 leadership = Leadership(key, token, candidacy)

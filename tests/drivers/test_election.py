@@ -146,3 +146,51 @@ async def test_sequence_never_goes_back_after_a_restart_from_the_journal(
 
 def _connect() -> Connect:
     return Connect(60.0)
+
+
+async def test_waiting_candidate_whose_session_expires_gets_a_typed_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A standby cut off while waiting leaves ``election`` with a PulseError (not an
+    exception group) once its session expires, and never runs its body."""
+    from pulse.errors import PulseError
+
+    outcome: list[BaseException] = []
+    ran: list[str] = []
+    cut = False
+
+    async with trio.open_nursery() as nursery:
+        net = Network(nursery)
+        await net.start(S1, tick=0.5)
+
+        async def standby_stream(host: str, port: int) -> trio.abc.Stream:
+            if cut:
+                await trio.lowlevel.checkpoint()
+                link = Link(trio.testing.memory_stream_pair()[0])
+                link.cut()
+                return link
+            return await net.open_stream(host, port)
+
+        async def leader() -> None:
+            async with (connect([S1], T, open_stream=net.open_stream) as session,
+                        election(session, PATH, id="a")):
+                await trio.sleep_forever()
+
+        async def standby() -> None:
+            async with connect([S1], T, open_stream=standby_stream) as session:
+                try:
+                    async with election(session, PATH, id="b"):
+                        ran.append("b")
+                except PulseError as exc:
+                    outcome.append(exc)
+
+        nursery.start_soon(leader)
+        await trio.sleep(1.0)
+        nursery.start_soon(standby)
+        await trio.sleep(1.0)
+        cut = True
+        net.links[-1].cut()
+        await trio.sleep(4 * T)
+        nursery.cancel_scope.cancel()
+    assert ran == []
+    assert len(outcome) == 1 and isinstance(outcome[0], PulseError)
