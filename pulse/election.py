@@ -40,11 +40,18 @@ from typing import Any
 
 import trio
 
-from pulse._core.election import Candidacy, InDoubt, Stage, leader_of, sequence_of
+from pulse._core.election import (
+    Candidacy,
+    InDoubt,
+    Stage,
+    leader_of,
+    predecessor,
+    sequence_of,
+)
 from pulse._log import get_logger
 from pulse._trio.engine import current_engine
 from pulse.errors import KeyExists, PulseError
-from pulse.presence import PresenceSession, SessionState
+from pulse.presence import PresenceEvent, PresenceSession, SessionState
 
 log = get_logger("pulse.election")
 
@@ -155,7 +162,7 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
     name = key.rsplit("/", 1)[-1]
     log.info("candidate", key=key, token=token)
     candidacy = Candidacy(session.session_timeout, margin)
-    changed = trio.Event()
+    changes = _Changes()
     body_scope = trio.CancelScope()
     timer = _Timer(candidacy, body_scope)
     leadership: Leadership | None = None
@@ -164,16 +171,14 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
         async with trio.open_nursery() as nursery:
 
             async def follow_changes() -> None:
-                nonlocal changed
                 events = session.watch(prefix)
                 try:
-                    async for _event in events:
-                        changed.set()
-                        changed = trio.Event()
+                    async for event in events:
+                        changes.note(event)
                 except PulseError as exc:  # the session ended: the next request says so
                     log.info("election_watch_ended", key=key, reason=str(exc))
                     timer.act(candidacy.session_not_connected(engine.now(), "ended"))
-                    changed.set()
+                    changes.end()
                 finally:
                     await _close_iterator(events)
 
@@ -191,7 +196,7 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
 
             nursery.start_soon(follow_changes)
             try:
-                sent = await _wait_to_lead(session, prefix, name, f"{id}.", lambda: changed)
+                sent = await _wait_to_lead(session, prefix, name, f"{id}.", changes)
             except PulseError as exc:
                 failure = exc
                 nursery.cancel_scope.cancel()
@@ -238,13 +243,47 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
     log.info("resigned", key=key, token=token)
 
 
+class _Changes:
+    """What the watch on the election prefix reported: the initial listings, the names that
+    went offline, and whether it ended."""
+
+    def __init__(self) -> None:
+        self.initial = 0  # initial events seen (a watch (re)started)
+        self.gone: set[str] = set()
+        self.ended = False
+        self._event = trio.Event()
+
+    def note(self, event: PresenceEvent) -> None:
+        if event.initial:
+            self.initial += 1
+        elif event.event == "offline":
+            self.gone.add(event.id)
+        else:
+            return  # a new candidate above us changes nothing for us
+        self._wake()
+
+    def end(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait_for(self, predecessor: str | None, initial_before: int) -> None:
+        """Until ``predecessor`` went offline, a watch (re)started, or the watch ended."""
+        while not (self.ended or self.initial > initial_before
+                   or (predecessor is not None and predecessor in self.gone)):
+            await self._event.wait()
+
+
 async def _wait_to_lead(session: PresenceSession, prefix: str, name: str, mine_prefix: str,
-                        changed: Callable[[], trio.Event]) -> float:
+                        changes: _Changes) -> float:
     """List the candidates until ``name`` is the lowest; return the send time of the
     listing that showed it (a proof that the session was alive then)."""
     engine = current_engine()
     while True:
-        waiting_on = changed()
+        initial_before = changes.initial
         sent = engine.now()
         children = await session.list(prefix)
         if name not in children:
@@ -257,9 +296,11 @@ async def _wait_to_lead(session: PresenceSession, prefix: str, name: str, mine_p
                 except PulseError:
                     continue  # held by another session of this id: it still counts
                 removed.add(other)
-        if leader_of(n for n in children if n not in removed) == name:
+        remaining = [n for n in children if n not in removed]
+        if leader_of(remaining) == name:
             return sent
-        await waiting_on.wait()
+        # Act only when the candidate just below goes: one candidate re-lists per change.
+        await changes.wait_for(predecessor(remaining, name), initial_before)
 
 
 async def _confirm(session: PresenceSession, key: str, candidacy: Candidacy, timer: _Timer,

@@ -1,6 +1,7 @@
 """The watchdog between ``pulse run --leader`` and its COMMAND (a separate process).
 
-Usage (by ``pulse run`` only): ``python -m pulse.cli._watchdog FEED_FD DEADLINE -- COMMAND…``.
+Usage (by ``pulse run`` only): ``python -I …/_watchdog.py FEED_FD DEADLINE -- COMMAND…``
+(standard library only, so that it starts in milliseconds).
 
 The supervisor starts this process as the leader of a new process group; it starts COMMAND
 in the same group and then only waits. ``DEADLINE`` and every line read from ``FEED_FD`` are

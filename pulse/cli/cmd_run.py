@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 import trio
 
@@ -40,6 +41,7 @@ from pulse.registry import connect_session
 HELP = "run a command only while this process leads an election (failover without split brain)"
 LEADER_PREFIX = "/pulse/leader"
 TOKEN_ENV = "PULSE_FENCING_TOKEN"
+WATCHDOG = Path(__file__).with_name("_watchdog.py")
 #: Pause before trying again after the session could not be opened or ended.
 RETRY_PAUSE = 0.5
 
@@ -116,7 +118,9 @@ async def _run_child(command: list[str], leadership: Leadership, grace: float) -
     env = dict(os.environ)
     env[TOKEN_ENV] = str(leadership.token)
     env["PULSE_LEADER_KEY"] = leadership.key
-    argv = [sys.executable, "-m", "pulse.cli._watchdog", str(read_end), f"{deadline:.6f}",
+    # Run by path in isolated mode: it needs only the standard library, and starting it
+    # this way takes ~30 ms instead of ~450 ms for importing the pulse package.
+    argv = [sys.executable, "-I", str(WATCHDOG), str(read_end), f"{deadline:.6f}",
             "--", *command]
     try:
         process = await trio.lowlevel.open_process(argv, env=env, pass_fds=(read_end,),

@@ -194,3 +194,37 @@ async def test_waiting_candidate_whose_session_expires_gets_a_typed_error(
         nursery.cancel_scope.cancel()
     assert ran == []
     assert len(outcome) == 1 and isinstance(outcome[0], PulseError)
+
+
+async def test_a_candidate_follows_its_predecessor_past_a_withdrawal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With a, b, c in line, b withdrawing makes c wait on a; when a resigns, c leads."""
+    led: list[tuple[str, float]] = []
+    async with trio.open_nursery() as nursery:
+        net = Network(nursery)
+        await net.start(S1, tick=0.5)
+
+        async def candidate(name: str, hold: float) -> None:
+            async with (connect([S1], T, open_stream=net.open_stream) as session,
+                        election(session, PATH, id=name)):
+                led.append((name, trio.current_time()))
+                await trio.sleep(hold)
+
+        nursery.start_soon(candidate, "a", 10.0)
+        await trio.sleep(1.0)
+        b_scope = trio.CancelScope()
+
+        async def withdrawing_b() -> None:
+            with b_scope:
+                await candidate("b", 1.0)
+
+        nursery.start_soon(withdrawing_b)
+        await trio.sleep(1.0)
+        nursery.start_soon(candidate, "c", 1.0)
+        await trio.sleep(1.0)
+        b_scope.cancel()  # b withdraws while a still leads: c now waits on a
+        await trio.sleep(20.0)
+        nursery.cancel_scope.cancel()
+    assert [name for name, _ in led] == ["a", "c"]
+    assert led[1][1] >= led[0][1] + 10.0
