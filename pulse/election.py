@@ -27,8 +27,12 @@ leadership, to hand to the resources the leader writes to, which refuse a smalle
   new ensemble epoch, and a later leader's node was always created after the earlier
   leader's (it had a higher sequence number), so its czxid is larger.
 
-Candidates are woken by a watch on the election prefix (every candidate sees each change;
-fine for the handful of candidates an election has).
+Each candidate follows the election prefix with the session's presence watch and acts only
+when the candidate just below it (its predecessor) goes offline: a leader's departure makes
+one candidate re-list, not all of them. The notifications themselves still reach every
+candidate (the presence watch is per prefix; on ZooKeeper the client re-reads the children
+when its child watch fires), which is fine for the handful of candidates an election has; an
+``exists`` watch on the predecessor alone is not used yet.
 """
 
 from __future__ import annotations
