@@ -32,6 +32,7 @@ from tests.e2e._failover import (
     kill_trial,
     overlaps,
     start_lease_server,
+    stop_all,
     stop_trial,
     tokens_grow,
 )
@@ -67,8 +68,7 @@ def run_backend(label: str, url: str, tick: float, trials: int, timeout: float,
             else:
                 results.append(stop_trial(log, candidates, 2 * timeout, limit=5 * timeout + 5))
     finally:
-        for candidate in candidates:
-            candidate.stop()
+        stop_all(log, candidates)
     runs = intervals(log)
     bound = timeout + tick + 1.0
     kills = [r.takeover for r in results if r.kind == "kill"]

@@ -106,6 +106,18 @@ class Candidate:
         self.stderr.close()
 
 
+def stop_all(log: Path, candidates: list[Candidate]) -> None:
+    """Stop the standbys first, then the leader (stopping the leader first would hand over
+    to a standby once more, a run the trials did not cause)."""
+    leader = current_leader(log, candidates)
+    last = leader[0] if leader is not None else None
+    for candidate in candidates:
+        if candidate is not last:
+            candidate.stop()
+    if last is not None:
+        last.stop()
+
+
 def wait_for(predicate: object, limit: float, step: float = 0.02) -> bool:
     """Poll ``predicate()`` until true or ``limit`` seconds passed (bounded wait)."""
     deadline = time.monotonic() + limit

@@ -16,6 +16,7 @@ from tests.e2e._failover import (
     kill_trial,
     overlaps,
     start_lease_server,
+    stop_all,
     stop_trial,
     tokens_grow,
 )
@@ -57,8 +58,7 @@ def _failovers(url: str, tick: float, tmp_path: Path) -> None:
             results.append(stop_trial(log, candidates, pause=2 * TIMEOUT, limit=10.0))
         runs = intervals(log)
     finally:
-        for candidate in candidates:
-            candidate.stop()
+        stop_all(log, candidates)
     kills = [r.takeover for r in results if r.kind == "kill"]
     stops = [r.takeover for r in results if r.kind == "stop"]
     assert max(kills) <= bound, (kills, bound)
