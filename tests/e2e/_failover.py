@@ -80,10 +80,11 @@ def tokens_grow(runs: list[Interval]) -> bool:
 class Candidate:
     """One ``pulse run --leader`` process."""
 
-    def __init__(self, url: str, name: str, timeout: float, log: Path, index: int) -> None:
+    def __init__(self, url: str, name: str, timeout: float, log: Path, index: int,
+                 prefix: tuple[str, ...] = ()) -> None:
         self.stderr = open(log.with_name(f"{log.stem}.cand{index}.{time.time_ns()}.err"), "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [*PULSE, "--log-level", "info", "run", "--leader", "--server", url, "--name", name,
+            [*prefix, *PULSE, "--log-level", "info", "run", "--leader", "--server", url, "--name", name,
              "--id", f"c{index}", "--session-timeout", str(timeout), "--",
              sys.executable, "-c", WORKER, str(log)],
             stdout=subprocess.DEVNULL, stderr=self.stderr,

@@ -107,3 +107,49 @@ def test_run_without_a_command_is_a_usage_error() -> None:
                            "--name", "x"], capture_output=True, timeout=30, check=False)
     assert done.returncode == 2
     assert b"no COMMAND" in done.stderr
+
+
+@pytest.mark.netns
+def test_leader_cut_off_by_the_network_stops_before_the_standby_starts(tmp_path: Path) -> None:
+    """The leader's namespace loses its cable: its COMMAND stops within 5/6 T of the cut,
+    before the standby's starts (after the server expired the session); once the cable is
+    back the old leader stands by, and no two runs ever overlapped."""
+    import time
+
+    from tests.e2e._failover import PULSE, intervals, stop_all, wait_for
+    from tests.netns import NetnsPair, require_netns
+
+    require_netns()
+    with NetnsPair() as net:
+        address = net.address(net.b)
+        net.popen(net.b, *PULSE, "serve", "--listen", f"pulse://{address}:7070",
+                  "--tick", str(LEASE_TICK))
+
+        def accepting() -> bool:
+            probe = net.socket(net.b)
+            with probe:
+                return probe.connect_ex((address, 7070)) == 0
+
+        assert wait_for(accepting, 15.0, 0.05)
+        url = f"pulse://{address}:7070"
+        log = tmp_path / "runs.log"
+        candidates = [Candidate(url, "cut", TIMEOUT, log, 0, ("ip", "netns", "exec", net.a))]
+        try:
+            assert wait_for(lambda: len(intervals(log)) == 1, 15.0)
+            candidates.append(Candidate(url, "cut", TIMEOUT, log, 1,
+                                        ("ip", "netns", "exec", net.b)))
+            time.sleep(1.0)
+            cut_at = time.time()
+            net.pull_cable(net.a)
+            assert wait_for(lambda: len(intervals(log)) == 2, TIMEOUT + LEASE_TICK + 2.0)
+            old, new = intervals(log)
+            net.restore_cable(net.a)
+            time.sleep(2 * TIMEOUT)
+            runs = intervals(log)
+        finally:
+            stop_all(log, candidates)
+    assert old.end <= cut_at + TIMEOUT * 5 / 6 + 0.1, (old, cut_at)
+    # The server's last touch was at most T/3 (the ping interval) before the cut.
+    assert new.start >= cut_at + TIMEOUT * 2 / 3 - 0.1, (new, cut_at)
+    assert old.end < new.start and new.token > old.token
+    assert len(runs) == 2 and overlaps(runs) == 0, runs
