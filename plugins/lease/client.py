@@ -444,6 +444,16 @@ class LeaseSession:
         await self._call(Register(key, data))
         self._registrations[key] = data
 
+    async def create_sequential(self, key: str, data: bytes = b"") -> tuple[str, int]:
+        """Create the ephemeral key ``key`` + the server's next sequence number (19 digits)
+        and return the created key and the number. Sequence numbers grow over the server's
+        life, across restarts. The created key is not re-registered after expiry."""
+        check_key(key)
+        if not isinstance(data, bytes):
+            raise TypeError(f"data must be bytes, got {type(data).__name__}")
+        result = await self._call(Register(key, data, sequential=True))
+        return str(result["key"]), int(result["sequence"])
+
     async def unregister(self, key: str) -> None:
         """Remove a key this session registered (nothing happens if it is already gone)."""
         check_key(key)

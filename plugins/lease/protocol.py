@@ -132,10 +132,16 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class Register:
-    """Create (or, by its owner, update) the ephemeral key ``key``."""
+    """Create (or, by its owner, update) the ephemeral key ``key``.
+
+    With ``sequential`` the server appends its next sequence number (19 decimal digits) to
+    ``key`` and answers with the created key and the number (``{"key": …, "sequence": n}``);
+    sequence numbers grow across the server's whole life, restarts from its journal included.
+    """
 
     key: str
     data: bytes = b""
+    sequential: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +361,8 @@ def request_to_wire(request: Request) -> list[Any]:
             args["token"] = body.token
     elif isinstance(body, Register):
         args = {"key": body.key, "data": body.data}
+        if body.sequential:
+            args["sequential"] = True
     elif isinstance(body, Unregister | Get):
         args = {"key": body.key}
     elif isinstance(body, ListChildren):
@@ -416,7 +424,10 @@ def _parse_body(op: Op, args: Mapping[str, Any], xid: int) -> RequestBody:
         key = _key(args.get("key"), "register: key", xid)
         if key == "/":
             raise BadRequest("register: key must not be the root '/'", xid)
-        return Register(key, _bytes(args.get("data", b""), "register: data", xid))
+        sequential = args.get("sequential", False)
+        if not isinstance(sequential, bool):
+            raise BadRequest("register: sequential must be a boolean", xid)
+        return Register(key, _bytes(args.get("data", b""), "register: data", xid), sequential)
     if op is Op.UNREGISTER:
         return Unregister(_key(args.get("key"), "unregister: key", xid))
     if op is Op.GET:

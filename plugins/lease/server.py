@@ -351,6 +351,13 @@ class LeaseServer:
             ),
         )
         self.state = LeaseState(tracker, self.config.limits, self.store)
+        # Sequence numbers (fencing tokens) never go back: continue above the journal's last
+        # one, and above the wall clock in milliseconds (a server without a journal, or whose
+        # journal lost its last writes, still starts above what it gave out before, as long
+        # as it issued fewer than 1,000 numbers per second on average and the clock did not
+        # step back).
+        self.state.sequence = max(0 if snapshot is None else snapshot.last_sequence,
+                                  int(self._wall_clock() * 1000))
         self._snapshot = snapshot
         self._connections: dict[int, _Connection] = {}  # session id -> its connection
         self._budget = _Budget(self.config.limits)

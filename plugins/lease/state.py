@@ -163,6 +163,9 @@ class Journal(Protocol):
     def key_deleted(self, key: str) -> None:
         """A key was unregistered."""
 
+    def sequence_issued(self, sequence: int) -> None:
+        """A sequential key took ``sequence`` (the highest issued so far)."""
+
 
 class ServerSession:
     """One session as the server keeps it."""
@@ -259,6 +262,9 @@ class LeaseState:
         self.total_bytes = 0  # key_cost of every registered key
         self.pending_bytes = 0  # event_cost of every unacknowledged event of every session
         self.watch_count = 0
+        #: The last sequence number given to a sequential key (the server seeds it from its
+        #: journal and the wall clock so that it never goes back across restarts).
+        self.sequence = 0
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -436,6 +442,8 @@ class LeaseState:
         body = request.body
         if isinstance(body, Ping):
             pass
+        elif isinstance(body, Register) and body.sequential:
+            self._register_sequential(session, body.key, body.data, outcome)
         elif isinstance(body, Register):
             self._register(session, body.key, body.data, outcome)
         elif isinstance(body, Unregister):
@@ -497,6 +505,21 @@ class LeaseState:
         overflowed = self._notify(parent, "online", name_of(key), data, outcome.woken)
         for other in overflowed:
             outcome.ended.extend(self._end_backlogged(other, outcome.woken))
+
+    def _register_sequential(self, session: ServerSession, key: str, data: bytes,
+                             outcome: Outcome) -> None:
+        """Register ``key`` + the next sequence number; the number is used up only when the
+        key is created (a refused request leaves the counter as it was)."""
+        sequence = self.sequence + 1
+        created = f"{key}{sequence:019d}"
+        if created in self.keys:
+            raise RequestFailed(ErrorCode.KEY_EXISTS, f"{created} is already registered")
+        self._register(session, created, data, outcome)
+        self.sequence = sequence
+        if self.journal is not None:
+            self.journal.sequence_issued(sequence)
+        outcome.result["key"] = created
+        outcome.result["sequence"] = sequence
 
     def _unregister(self, session: ServerSession, key: str, outcome: Outcome) -> None:
         existing = self.keys.get(key)

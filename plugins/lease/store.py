@@ -66,6 +66,7 @@ class Snapshot:
     last_session_id: int
     sessions: list[tuple[int, float]]
     registrations: list[tuple[str, int, bytes]]  # in registration order
+    last_sequence: int = 0  # the highest sequence number given to a sequential key
 
 
 class Store:
@@ -99,7 +100,9 @@ class Store:
         ]
         row = self._db.execute("SELECT MAX(position) FROM registrations").fetchone()
         self._position = int(row[0] or 0)
-        return Snapshot(secret, last_id, sessions, registrations)
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'last_sequence'").fetchone()
+        last_sequence = int(row[0]) if row is not None else 0
+        return Snapshot(secret, last_id, sessions, registrations, last_sequence)
 
     # -- the Journal protocol of .state --------------------------------------------------
 
@@ -129,6 +132,11 @@ class Store:
             "ON CONFLICT(key) DO UPDATE SET data = excluded.data, session_id = excluded.session_id",
             (key, session_id, data, self._position),
         )
+
+    @_best_effort
+    def sequence_issued(self, sequence: int) -> None:
+        """Record the highest sequence number issued (a restart continues above it)."""
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('last_sequence', ?)", (sequence,))
 
     @_best_effort
     def key_deleted(self, key: str) -> None:

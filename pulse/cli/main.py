@@ -19,7 +19,7 @@ from pulse.cli._run import only_interrupts
 from pulse.cli.logs import configure_logging
 from pulse.errors import NoPlugin
 
-COMMANDS = ("serve", "ping", "keepalive", "agent", "watch", "demo", "member")
+COMMANDS = ("serve", "ping", "keepalive", "agent", "watch", "demo", "member", "run")
 
 
 def _load(name: str) -> ModuleType:
