@@ -29,9 +29,10 @@ import errno
 import random
 import socket
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import trio
 
@@ -88,6 +89,7 @@ __all__ = [
     "tags_of",
 ]
 
+_R = TypeVar("_R")
 log = get_logger("pulse.gossip")
 
 #: Datagrams read per engine wake-up at most (the rest wait for the next pass).
@@ -388,6 +390,23 @@ class GossipMember:
 
     # ------------------------------------------------------------------ streams
 
+    async def _stream(self, addr: Addr, timeout: float, work: Callable[[], Awaitable[_R]],
+                      ) -> _R | None:
+        """Run one stream exchange with ``addr`` (either direction) as an exchange phase of
+        at most ``timeout`` seconds; None when it fails or runs out of time (counted in
+        ``stream_errors``, logged at debug level: a peer may well be gone)."""
+        error = "timed out"
+        with bounded(Phase.EXCHANGE, timeout, move_on=True):
+            try:
+                return await work()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
+                    RemoteProtocolError) as exc:
+                error = str(exc)
+        self.counters.stream_errors += 1
+        log.debug("gossip_stream_failed", name=self.name, peer=f"{addr[0]}:{addr[1]}",
+                  error=error)
+        return None
+
     async def _exchange(self, addr: Addr, message: Ping | PushPull,
                         deadline: float | None) -> Message | None:
         """Open a stream to ``addr``, send ``message``, read one reply (None on any failure)."""
@@ -395,29 +414,16 @@ class GossipMember:
         timeout = self._stream_timeout
         if deadline is not None:
             timeout = max(0.0, min(timeout, deadline - self._engine.now()))
-        with bounded(Phase.EXCHANGE, timeout, move_on=True):
-            try:
-                stream = await dial(addr[0], addr[1])
-            except OSError as exc:
-                self.counters.stream_errors += 1
-                log.debug("gossip_stream_failed", name=self.name, peer=f"{addr[0]}:{addr[1]}",
-                          error=str(exc))
-                return None
-            async with stream:
-                try:
-                    await stream.send_all(encode_stream(message, compress=addr in self._compressing))
-                    reply, compressed = await _read_message(stream)
-                    if compressed:
-                        self._peer_compresses(addr)
-                    return reply
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
-                        RemoteProtocolError) as exc:
-                    self.counters.stream_errors += 1
-                    log.debug("gossip_stream_failed", name=self.name, peer=f"{addr[0]}:{addr[1]}",
-                              error=str(exc))
-                    return None
-        self.counters.stream_errors += 1
-        return None
+
+        async def ask() -> Message | None:
+            async with await dial(addr[0], addr[1]) as stream:
+                await stream.send_all(encode_stream(message, compress=addr in self._compressing))
+                reply, compressed = await _read_message(stream)
+                if compressed:
+                    self._peer_compresses(addr)
+                return reply
+
+        return await self._stream(addr, timeout, ask)
 
     async def _push_pull(self, action: OpenPushPull) -> bool:
         reply = await self._exchange(action.addr, action.state, None)
@@ -443,27 +449,23 @@ class GossipMember:
             await stream.aclose()
             return
         addr: Addr = (peer[0], peer[1])
+
+        async def answer() -> None:
+            msg, compressed = await _read_message(stream)
+            if msg is None:
+                return
+            if isinstance(msg, PushPull):
+                self._witness_serf(msg.user_state)
+            now = self._engine.now()
+            actions = self.swim.stream_received(now, addr, msg)
+            if actions and isinstance(actions[0], StreamReply):
+                # Answer in kind: compressed to a peer that compressed its request.
+                await stream.send_all(encode_stream(actions[0].message, compress=compressed))
+                actions = actions[1:]
+            self._run_actions(self._engine.now(), actions)
+
         async with stream:
-            with bounded(Phase.EXCHANGE, self._stream_timeout, move_on=True):
-                try:
-                    msg, compressed = await _read_message(stream)
-                    if msg is None:
-                        return
-                    if isinstance(msg, PushPull):
-                        self._witness_serf(msg.user_state)
-                    now = self._engine.now()
-                    actions = self.swim.stream_received(now, addr, msg)
-                    if actions and isinstance(actions[0], StreamReply):
-                        reply = actions[0].message
-                        # Answer in kind: compressed to a peer that compressed its request.
-                        await stream.send_all(encode_stream(reply, compress=compressed))
-                        actions = actions[1:]
-                    self._run_actions(self._engine.now(), actions)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
-                        RemoteProtocolError) as exc:
-                    self.counters.stream_errors += 1
-                    log.debug("gossip_stream_failed", name=self.name, peer=f"{addr[0]}:{addr[1]}",
-                              error=str(exc))
+            await self._stream(addr, self._stream_timeout, answer)
 
 
 async def _read_message(stream: trio.abc.ReceiveStream) -> tuple[Message | None, bool]:
