@@ -107,6 +107,9 @@ CLOSE_INTERNAL_ERROR: Final = 1011
 MAX_QUEUED_CONTROL: Final = 16
 CLOSE_NORMAL: Final = 1000
 CLOSE_POLICY_VIOLATION: Final = 1008
+OFFENDER_CLOSE_CODES: Final = frozenset({1002, 1003, 1007, CLOSE_POLICY_VIOLATION, 1009})
+"""Codes of a close we send because the peer broke the rules (protocol error, unacceptable
+or invalid data, policy such as a ping flood, a message too big)."""
 CLOSE_ABNORMAL: Final = 1006
 CLOSE_PEER_TIMEOUT: Final = CLOSE_INTERNAL_ERROR
 """The close code sent to a peer declared dead (as the websockets library does)."""
@@ -452,7 +455,7 @@ class Session:
         if self._ended is not None:
             self._ended.set()
         conn = self.conn
-        graceful = not cancelled and end.initiator is Initiator.LOCAL and not end.peer_dead
+        graceful = not cancelled and self._waits_on_peer(end)
         deadline = conn.abort_write(self._grace())  # the end of the closing phase
         if end.initiator is not Initiator.NETWORK and not conn.write_interrupted:
             try:
@@ -476,11 +479,20 @@ class Session:
                   code=end.code, initiator=end.initiator.value)
 
     def _grace(self) -> float:
-        """How long closing may wait on the peer: short when it is dead or gone."""
+        """How long closing may wait on the peer: short when it is dead, gone or broke the
+        rules."""
         end = self._end
-        if end is not None and end.initiator is Initiator.LOCAL and not end.peer_dead:
+        if end is not None and self._waits_on_peer(end):
             return self.close_timeout
         return min(self.close_timeout, 0.25)
+
+    @staticmethod
+    def _waits_on_peer(end: SessionEnd) -> bool:
+        """A close we started for a reason of our own waits for the peer's answer (and reads
+        what it still sends); not one for a dead peer, nor one for a peer that broke the
+        protocol or flooded us (reading on would only serve the offender)."""
+        return (end.initiator is Initiator.LOCAL and not end.peer_dead
+                and end.code not in OFFENDER_CLOSE_CODES)
 
     async def _read_leftovers(self, deadline: float, *, until_close: bool) -> list[Payload]:
         """Messages received but not delivered when the session ended: the one the reader
