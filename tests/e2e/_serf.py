@@ -72,6 +72,12 @@ class SerfAgent:
             capture_stdout=True, capture_stderr=True)
         return {m["name"]: m for m in json.loads(result.stdout)["members"]}
 
+    def listing(self) -> str:
+        """``serf members`` as text (blocking, for tests outside trio)."""
+        out = subprocess.run([require_serf(), "members", "-rpc-addr", f"127.0.0.1:{self.rpc}"],
+                             capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout
+
     async def leave(self) -> None:
         """``serf leave``: a graceful leave of the agent (it exits afterwards)."""
         await trio.run_process([require_serf(), "leave", "-rpc-addr", f"127.0.0.1:{self.rpc}"],

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -21,61 +18,12 @@ from pulse.plugins.gossip.codec import (
     encode_stream,
 )
 
-from ._wait import accepts_connections, wait_until
+from ._serf import SerfAgent, free_port, require_serf
+from ._wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
-SERF = shutil.which("serf")
-if SERF is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("serf is required in CI (scripts/test.sh installs it)")
-    pytest.skip("serf is not installed", allow_module_level=True)
-
-
-def _free_port() -> int:
-    # A port free for both UDP and TCP (memberlist binds both).
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-
-
-class SerfAgent:
-    """A ``serf agent`` process with its gossip and RPC ports."""
-
-    def __init__(self, name: str, tags: dict[str, str]) -> None:
-        self.name = name
-        self.port = _free_port()
-        self.rpc = _free_port()
-        args = [str(SERF), "agent", "-node", name, "-bind", f"127.0.0.1:{self.port}",
-                "-rpc-addr", f"127.0.0.1:{self.rpc}"]
-        for key, value in tags.items():
-            args += ["-tag", f"{key}={value}"]
-        # Output is discarded: an unread pipe could fill up and stall the agent.
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        wait_until(lambda: accepts_connections(self.port), timeout=timeout,
-                   what="serf agent starting", process=self.proc)
-
-    def members(self) -> str:
-        out = subprocess.run([str(SERF), "members", "-rpc-addr", f"127.0.0.1:{self.rpc}"],
-                             capture_output=True, text=True, timeout=5, check=True)
-        return out.stdout
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+require_serf()
 
 
 @pytest.fixture
@@ -122,7 +70,7 @@ def test_serf_ignores_a_ping_for_another_node(agent: SerfAgent) -> None:
 
 def test_push_pull_exchange_with_serf(agent: SerfAgent) -> None:
     """A TCP push-pull returns serf's state (its name, address and tags) and serf lists our node."""
-    ours = PushNodeState("pulse-member", ("127.0.0.1", _free_port()), encode_serf_tags({"zone": "z1"}), 1,
+    ours = PushNodeState("pulse-member", ("127.0.0.1", free_port()), encode_serf_tags({"zone": "z1"}), 1,
                          NodeState.ALIVE, (1, 5, 2, 2, 5, 5))
     with socket.create_connection(("127.0.0.1", agent.port), timeout=5) as conn:
         conn.sendall(encode_stream(PushPull(join=True, states=(ours,))))
@@ -142,7 +90,7 @@ def test_push_pull_exchange_with_serf(agent: SerfAgent) -> None:
     # serf merged our state: `serf members` lists the pulse node with its tags.
 
     def listing_with_us() -> str:
-        listing = agent.members()
+        listing = agent.listing()
         return listing if "pulse-member" in listing else ""
 
     listing = wait_until(listing_with_us, timeout=5, what="serf listing pulse-member",
@@ -153,7 +101,7 @@ def test_push_pull_exchange_with_serf(agent: SerfAgent) -> None:
 
 def test_compressed_push_pull_is_understood_by_serf(agent: SerfAgent) -> None:
     """Serf decodes our LZW-compressed push-pull (proof that our LZW matches Go's)."""
-    ours = PushNodeState("pulse-lzw", ("127.0.0.1", _free_port()), encode_serf_tags({"codec": "lzw"}), 1,
+    ours = PushNodeState("pulse-lzw", ("127.0.0.1", free_port()), encode_serf_tags({"codec": "lzw"}), 1,
                          NodeState.ALIVE, (1, 5, 2, 2, 5, 5))
     with socket.create_connection(("127.0.0.1", agent.port), timeout=5) as conn:
         conn.sendall(encode_stream(PushPull(join=False, states=(ours,)), compress=True))
@@ -165,6 +113,6 @@ def test_compressed_push_pull_is_understood_by_serf(agent: SerfAgent) -> None:
             reply = decoder.feed(chunk)
     assert isinstance(reply, PushPull)
     assert agent.name in {s.name for s in reply.states}
-    wait_until(lambda: "pulse-lzw" in agent.members(), timeout=5,
+    wait_until(lambda: "pulse-lzw" in agent.listing(), timeout=5,
                what="serf listing pulse-lzw", process=agent.proc)
-    assert "codec=lzw" in agent.members()
+    assert "codec=lzw" in agent.listing()
