@@ -28,6 +28,11 @@ class FrameTooLarge(RemoteProtocolError):
     """A frame (or the bytes buffered for one) exceeded the configured size limit."""
 
 
+class PingFlood(RemoteProtocolError):
+    """The peer kept pinging faster than the connection answers pings (``max_ping_rate``),
+    a second's worth past the bound: its connection is closed."""
+
+
 class ConnectionClosed(PulseError):
     """The connection is closed; ``reason`` says why (as reported by the close action)."""
 

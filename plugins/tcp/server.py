@@ -9,12 +9,14 @@ from typing import Any
 
 import trio
 
+from pulse._core.offenders import OffenderCooldown
 from pulse._core.policy import HeartbeatPolicy
 from pulse._deprecation import deprecated
 from pulse._log import get_logger
 from pulse._trio.connection import HeartbeatConnection, heartbeat
+from pulse._trio.engine import current_engine
 from pulse._trio.streams import accept_tls, peer_name
-from pulse.errors import PulseError
+from pulse.errors import PingFlood, PulseError
 
 from .keepalive import TcpKeepalive
 
@@ -66,9 +68,21 @@ async def serve_tcp(
         deprecated("serve_tcp(handler, port)", "serve_tcp(handler, port=port)")
         port = args[0]
 
+    offenders = OffenderCooldown()
+    engine = current_engine()
+
     async def one_client(stream: trio.SocketStream) -> None:
         peer = peer_name(stream)
         transport = "tls" if ssl_context is not None else "tcp"
+        address = peer.rpartition(":")[0]
+        conn: HeartbeatConnection | None = None
+        if not offenders.admits(address, engine.now()):
+            # Closed for a flood moments ago: no handshake, no heartbeat, just the door.
+            log.info("client_refused", peer=peer, transport=transport,
+                     reason="cooling down after a ping flood")
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
         try:
             tune_socket(stream, keepalive)
             wrapped: trio.abc.Stream = stream
@@ -86,6 +100,10 @@ async def serve_tcp(
         except Exception:  # a bug in the handler must not take the server down
             log.exception("handler_failed", peer=peer, transport=transport)
         finally:
+            if conn is not None and isinstance(conn.close_error, PingFlood):
+                cooldown = offenders.offence(address, engine.now())
+                log.info("client_cooling_down", peer=peer, transport=transport,
+                         seconds=cooldown)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 

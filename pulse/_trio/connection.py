@@ -45,6 +45,7 @@ from pulse.errors import (
     AuthFailed,
     ConnectionClosed,
     PeerTimeout,
+    PingFlood,
     PulseError,
     QueueFull,
     RemoteProtocolError,
@@ -200,6 +201,12 @@ class HeartbeatConnection:
     def close_reason(self) -> str | None:
         """Why the connection closed (None while open)."""
         return self._close_reason
+
+    @property
+    def close_error(self) -> PulseError | None:
+        """The error the connection closed with, if any (e.g. :class:`~pulse.errors.PeerTimeout`,
+        :class:`~pulse.errors.PingFlood`); None while open or after a clean close."""
+        return self._close_error
 
     def stats(self) -> PeerStats:
         """RTT summary, missed beats, pings sent, pongs received, silence and suspicion."""
@@ -505,7 +512,7 @@ class HeartbeatConnection:
             # than it reads our pongs fills the control backlog and surplus pongs are dropped.
             if not self._pings.take(now):
                 if self._pings.refused > self._pings.burst:  # a second's worth unanswered
-                    self._protocol_error(RemoteProtocolError(
+                    self._protocol_error(PingFlood(
                         f"ping flood: more than {self._pings.rate:g} pings per second"))
                 return
             if self._control.send(encode_heartbeat(FrameType.PONG, frame.seq, frame.ts)):

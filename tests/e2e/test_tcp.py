@@ -190,3 +190,44 @@ async def test_cancelling_serve_tcp_while_a_handler_fails_is_clean() -> None:
                     scope.cancel()
                     await trio.sleep_forever()
         assert scope.cancelled_caught
+
+
+async def test_a_ping_flooder_that_reconnects_is_refused_while_it_cools_down() -> None:
+    """A client closed for a ping flood that connects again at once is shut out before any
+    handshake (no HELLO comes back) until its cooldown ends; then it is served again."""
+    from pulse.frames import Ping
+
+    hello = encode_frame(Hello(PROTOCOL_VERSION, 1.0, 3.0, "flooder"))
+    flood = b"".join(encode_frame(Ping(i, 0.0)) for i in range(3000))
+
+    async def first_frame(stream: trio.SocketStream) -> object | None:
+        decoder = FrameDecoder()
+        with trio.move_on_after(2):
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return None
+                frames = decoder.feed(data)
+                if frames:
+                    return frames[0]
+        return "silence"
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, max_ping_rate=50)
+            flooder = await trio.open_tcp_stream("127.0.0.1", port)
+            await flooder.send_all(hello + flood)
+            with trio.move_on_after(5):
+                while await flooder.receive_some(65536):
+                    pass  # until the server closes it for the flood
+            await flooder.aclose()
+            again = await trio.open_tcp_stream("127.0.0.1", port)
+            await again.send_all(hello)
+            assert await first_frame(again) is None  # closed without a HELLO back
+            await again.aclose()
+            await trio.sleep(1.2)  # the first cooldown is 1 s
+            later = await trio.open_tcp_stream("127.0.0.1", port)
+            await later.send_all(hello)
+            assert isinstance(await first_frame(later), Hello)
+            await later.aclose()
+            nursery.cancel_scope.cancel()
