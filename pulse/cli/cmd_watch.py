@@ -14,7 +14,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import trio
@@ -277,8 +277,15 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, NoPlugin) as exc:
         print(f"pulse watch: {exc}", file=sys.stderr)
         return 2
+    return _run_reported(_watch, args)
+
+
+def _run_reported(watch: Callable[[argparse.Namespace], Awaitable[int]],
+                  args: argparse.Namespace) -> int:
+    """Run ``watch`` under trio; an error a user can act on is one line on stderr (status 2
+    for bad input, 1 otherwise), anything else propagates."""
     try:
-        status: int = trio.run(_watch, args)
+        status: int = trio.run(watch, args)
     except BaseException as error:
         lone = reportable(error)
         if lone is None:
@@ -307,15 +314,7 @@ def _run_members(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"pulse watch: {exc}", file=sys.stderr)
         return 2
-    try:
-        status: int = trio.run(_watch_members, args)
-    except BaseException as error:
-        lone = reportable(error)
-        if lone is None:
-            raise
-        print(f"pulse watch: {describe(lone, timeout=args.session_timeout)}", file=sys.stderr)
-        return 2 if isinstance(lone, ValueError) else 1
-    return status
+    return _run_reported(_watch_members, args)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m pulse.cli.cmd_watch`
