@@ -25,8 +25,8 @@ from pulse._core.policy import (
     negotiate_interval,
 )
 from pulse._core.reconnect import ReconnectMachine, StartAttempt, default_backoff
-from pulse._trio.connection import HeartbeatConnection, heartbeat
-from pulse._trio.feed import EventFeed
+from pulse._driver.connection import HeartbeatConnection, heartbeat
+from pulse._driver.feed import EventFeed
 from pulse.errors import (
     AuthFailed,
     ConnectionClosed,

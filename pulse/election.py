@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import trio
+import anyio
 
 from pulse._core.election import (
     Candidacy,
@@ -52,8 +52,8 @@ from pulse._core.election import (
     predecessor,
     sequence_of,
 )
+from pulse._driver.engine import current_engine
 from pulse._log import get_logger
-from pulse._trio.engine import current_engine
 from pulse.errors import KeyExists, PulseError
 from pulse.presence import PresenceEvent, PresenceSession, SessionState
 
@@ -96,7 +96,7 @@ class Leadership:
 class _Timer:
     """The candidacy as the engine's timer client: cancels the body when in doubt."""
 
-    def __init__(self, candidacy: Candidacy, scope: trio.CancelScope) -> None:
+    def __init__(self, candidacy: Candidacy, scope: anyio.CancelScope) -> None:
         self.candidacy = candidacy
         self.scope = scope
 
@@ -142,7 +142,7 @@ async def _create_candidate(session: PresenceSession, prefix: str, data: bytes
 async def _close_iterator(iterator: Any) -> None:
     aclose = getattr(iterator, "aclose", None)
     if aclose is not None:
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             await aclose()
 
 
@@ -167,12 +167,12 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
     log.info("candidate", key=key, token=token)
     candidacy = Candidacy(session.session_timeout, margin)
     changes = _Changes()
-    body_scope = trio.CancelScope()
+    body_scope = anyio.CancelScope()
     timer = _Timer(candidacy, body_scope)
     leadership: Leadership | None = None
     failure: BaseException | None = None
     try:
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
 
             async def follow_changes() -> None:
                 events = session.watch(prefix)
@@ -223,7 +223,7 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
                 with body_scope:
                     try:
                         yield leadership
-                    except trio.Cancelled:
+                    except anyio.get_cancelled_exc_class():
                         raise
                     except BaseException as exc:  # re-raised below, outside the nursery
                         failure = exc
@@ -255,7 +255,7 @@ class _Changes:
         self.initial = 0  # initial events seen (a watch (re)started)
         self.gone: set[str] = set()
         self.ended = False
-        self._event = trio.Event()
+        self._event = anyio.Event()
 
     def note(self, event: PresenceEvent) -> None:
         if event.initial:
@@ -272,7 +272,7 @@ class _Changes:
 
     def _wake(self) -> None:
         self._event.set()
-        self._event = trio.Event()
+        self._event = anyio.Event()
 
     async def wait_for(self, predecessor: str | None, initial_before: int) -> None:
         """Until ``predecessor`` went offline, a watch (re)started, or the watch ended."""

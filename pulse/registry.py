@@ -158,7 +158,7 @@ SessionFn = Callable[..., AbstractAsyncContextManager[PresenceSession]]
 class Plugin:
     """A transport adapter as the registry sees it.
 
-    ``serve(endpoint, options, *, task_status=trio.TASK_STATUS_IGNORED)`` runs a server until
+    ``serve(endpoint, options, *, task_status=anyio.TASK_STATUS_IGNORED)`` runs a server until
     cancelled (it calls ``task_status.started(listeners)`` once listening);
     ``ping(endpoint, options)`` yields one :class:`PingReply` per answered heartbeat and
     raises a :class:`pulse.errors.PulseError` (or ``OSError``) when the peer is dead or

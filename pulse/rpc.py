@@ -40,6 +40,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
+import anyio
+import anyio.abc
 import trio
 
 from pulse._core.backoff import Backoff
@@ -53,10 +55,10 @@ from pulse._core.channel_heartbeat import (
 from pulse._core.reconnect import ReconnectMachine, default_backoff
 from pulse._core.stats import RttSummary
 from pulse._core.wheel import DEFAULT_SLOTS, DEFAULT_TICK, HashedWheel, Timer
+from pulse._driver.engine import current_engine
+from pulse._driver.reconnect import AttemptHandle, ReconnectDriver
+from pulse._driver.util import background_nursery
 from pulse._log import get_logger
-from pulse._trio.engine import current_engine
-from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
-from pulse._trio.util import background_nursery
 from pulse.actions import (
     Action,
     Close,
@@ -323,14 +325,15 @@ class HeartbeatTimer:
             self._wheel.cancel(channel._entry)
             channel._entry = None
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> NoReturn:
         """Drive the wheel from the process's engine until cancelled: due channels fire at
         the wheel's deadlines."""
         self._running = True
         self._engine.watch(self)
         task_status.started()
         try:
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
         finally:
             self._running = False
             self._engine.forget(self)

@@ -19,12 +19,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+import anyio
 import trio
 import trio.testing
+from anyio.streams.memory import MemoryObjectSendStream
 
 from pulse._core.policy import HeartbeatPolicy
-from pulse._trio.connection import HeartbeatConnection, heartbeat
-from pulse._trio.util import background_nursery
+from pulse._driver.connection import HeartbeatConnection, heartbeat
+from pulse._driver.util import background_nursery
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions, get_plugin
 
 
@@ -72,9 +74,9 @@ async def heartbeat_pair(
     """Two heartbeat connections talking to each other over ``memory_stream_pair``."""
     left_stream, right_stream = trio.testing.memory_stream_pair()
     async with background_nursery() as nursery:
-        ready: trio.MemorySendChannel[HeartbeatConnection]
-        ready, receive_ready = trio.open_memory_channel[HeartbeatConnection](1)
-        done = trio.Event()
+        ready: MemoryObjectSendStream[HeartbeatConnection]
+        ready, receive_ready = anyio.create_memory_object_stream[HeartbeatConnection](1)
+        done = anyio.Event()
 
         async def right_side() -> None:
             async with heartbeat(right_stream, right_policy, peer_id="right", peer="right",
@@ -105,8 +107,8 @@ async def check_plugin(scheme: str, *, pings: int = 3, host: str = "127.0.0.1") 
     if plugin.serve is None or plugin.ping is None:
         return []
     replies: list[PingReply] = []
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as nursery:
             endpoint = Endpoint(scheme, ((host, 0),), raw=f"{scheme}://{host}:0")
             bound = await nursery.start(plugin.serve, endpoint, ServeOptions(interval=0.5))
             port = bound[0].socket.getsockname()[1]

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+import anyio.abc
 import trio
 
 from pulse._deprecation import deprecated
+from pulse._driver.streams import open_tcp_listeners, serve_listeners
 from pulse.registry import Endpoint, Plugin, ServeOptions
 from pulse.rpc import ChannelTiming, open_heartbeat_timer, tick_for
 
@@ -41,7 +44,7 @@ async def serve(
     endpoint: Endpoint,
     options: ServeOptions,
     *,
-    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve Dubbo 2 heartbeats on ``endpoint`` until cancelled; ``task_status.started``
     receives the listeners (as ``trio.serve_tcp`` gives them).
@@ -58,10 +61,10 @@ async def serve(
         deprecated("the dubbo serve option max_body_size", "max_frame_size")
         extra.setdefault("max_frame_size", extra.pop("max_body_size"))
     max_body = int(extra.get("max_frame_size", DEFAULT_MAX_BODY))
-    listeners = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
-    async with open_heartbeat_timer(tick=tick) as timer, trio.open_nursery() as nursery:
+    listeners = await open_tcp_listeners(endpoint.port, host=endpoint.host)
+    async with open_heartbeat_timer(tick=tick) as timer, anyio.create_task_group() as nursery:
         provider = DubboProvider(timer, timing=timing, max_frame_size=max_body)
-        await nursery.start(trio.serve_listeners, provider.handle_stream, listeners)
+        await nursery.start(serve_listeners, provider.handle_stream, listeners)
         task_status.started(listeners)
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import trio
 
 from pulse._core.backoff import Backoff
@@ -35,7 +36,7 @@ def _emit(event: str, **fields: Any) -> None:
 async def _provider(args: argparse.Namespace, timing: ChannelTiming) -> None:
     async with open_heartbeat_timer(tick=tick_for(timing)) as timer:
         provider = DubboProvider(timer, timing=timing)
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             host, port = await nursery.start(provider.serve, args.host, args.port)
             _emit("listening", host=host, port=port)
             seen_accepted = seen_closed = 0

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import anyio
 import trio
 
 from pulse._core.channel_heartbeat import ChannelTiming, Role
+from pulse._driver.streams import aclose_forcefully
 from pulse._log import get_logger
 from pulse.errors import ConnectionClosed, PeerTimeout
 from pulse.rpc import HeartbeatTimer, RpcChannel
@@ -94,13 +96,13 @@ class DubboChannel:
         self.peer = peer
         self.role = role
         self.max_frame_size = max_frame_size
-        self._to_writer, self._outgoing = trio.open_memory_channel[bytes](queue_size)
+        self._to_writer, self._outgoing = anyio.create_memory_object_stream[bytes](queue_size)
         self.max_queued_bytes = max_queued_bytes
         self.queued_bytes = 0
-        self._drained = trio.Event()
-        self._scope = trio.CancelScope()
+        self._drained = anyio.Event()
+        self._scope = anyio.CancelScope()
         self.closed_reason: str | None = None
-        self.closed = trio.Event()
+        self.closed = anyio.Event()
         self.frames_received = 0
         self.heartbeats_dropped = 0
         self.rpc: RpcChannel[bytes] = timer.open_channel(
@@ -125,14 +127,14 @@ class DubboChannel:
         size = len(data)
         while self.queued_bytes and self.queued_bytes + size > self.max_queued_bytes:
             if self._drained.is_set():
-                self._drained = trio.Event()
+                self._drained = anyio.Event()
             await self._drained.wait()
             if self.closed_reason is not None:
                 raise self.error()
         self.queued_bytes += size
         try:
             await self._to_writer.send(data)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             self.queued_bytes -= size
             raise self.error() from None
         except BaseException:
@@ -156,7 +158,7 @@ class DubboChannel:
         """
         try:
             with self._scope:
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as nursery:
                     nursery.start_soon(self._writer)
                     await self._reader(on_frame)
                     nursery.cancel_scope.cancel()
@@ -165,7 +167,7 @@ class DubboChannel:
             self.closed_reason = reason
             self.rpc.close(reason)
             self._to_writer.close()
-            await trio.aclose_forcefully(self.stream)
+            await aclose_forcefully(self.stream)
             self.closed.set()
             log.info(
                 "channel_closed", peer=self.peer, role=self.role.value, reason=reason,
@@ -176,14 +178,14 @@ class DubboChannel:
     def _queue_heartbeat(self, message: bytes) -> None:
         try:
             if self.queued_bytes + len(message) > self.max_queued_bytes:
-                raise trio.WouldBlock
+                raise anyio.WouldBlock
             self._to_writer.send_nowait(message)
             self.queued_bytes += len(message)
-        except trio.WouldBlock:
+        except anyio.WouldBlock:
             # The writer is busy with a backlog: the link is not write-idle, and the reply to
             # any of the queued requests will prove the peer alive as well as a heartbeat.
             self.heartbeats_dropped += 1
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
 
     async def _writer(self) -> None:
@@ -194,7 +196,7 @@ class DubboChannel:
                 while len(batch) < WRITE_BATCH and size < WRITE_BATCH_BYTES:
                     try:
                         item = self._outgoing.receive_nowait()
-                    except trio.WouldBlock:
+                    except anyio.WouldBlock:
                         break
                     batch.append(item)
                     size += len(item)

@@ -14,14 +14,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import NoReturn
 
+import anyio
+import anyio.abc
 import trio
 
 from pulse._core.backoff import Backoff
 from pulse._core.channel_heartbeat import ChannelTiming, Role
 from pulse._deprecation import renamed
+from pulse._driver.streams import connect, dial
+from pulse._driver.util import background_nursery
 from pulse._log import get_logger
-from pulse._trio.streams import connect, dial
-from pulse._trio.util import background_nursery
 from pulse.errors import ConnectionClosed, PulseError
 from pulse.rpc import (
     HeartbeatTimer,
@@ -50,7 +52,7 @@ class _Pending:
 
     def __init__(self, channel: DubboChannel) -> None:
         self.channel = channel
-        self.done = trio.Event()
+        self.done = anyio.Event()
         self.frame: Frame | None = None
         self.error: PulseError | None = None
 
@@ -94,12 +96,12 @@ class DubboConsumer:
         self.connects = 0
         self.disconnects: list[str] = []  # why each connection ended (the latest 100)
         self.disconnect_total = 0
-        self.changed = trio.Event()  # set (and replaced) on every connect and disconnect
+        self.changed = anyio.Event()  # set (and replaced) on every connect and disconnect
         self._pending: dict[int, _Pending] = {}
 
     def _notify(self) -> None:
         self.changed.set()
-        self.changed = trio.Event()
+        self.changed = anyio.Event()
 
     @property
     def connected(self) -> bool:
@@ -226,8 +228,8 @@ async def open_consumer(
 
 
 async def _run_timer(
-    tick: float, *, task_status: trio.TaskStatus[HeartbeatTimer] = trio.TASK_STATUS_IGNORED
+    tick: float, *, task_status: anyio.abc.TaskStatus[HeartbeatTimer] = anyio.TASK_STATUS_IGNORED
 ) -> None:
     async with open_heartbeat_timer(tick=tick) as timer:
         task_status.started(timer)
-        await trio.sleep_forever()
+        await anyio.sleep_forever()

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from pulse._trio.pinger import ping_series
-from pulse._trio.streams import dial
+from pulse._driver.pinger import ping_series
+from pulse._driver.streams import dial
 from pulse.errors import ConnectionClosed
 from pulse.registry import Endpoint, PingOptions, PingReply
 from pulse.rpc import RequestIds

@@ -16,12 +16,15 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import anyio
+import anyio.abc
 import trio
 
 from pulse._core.channel_heartbeat import ChannelTiming, Role
 from pulse._deprecation import renamed
+from pulse._driver.engine import current_engine
+from pulse._driver.streams import SocketStream, open_tcp_listeners, serve_listeners
 from pulse._log import get_logger
-from pulse._trio.engine import current_engine
 from pulse.errors import ConnectionClosed
 from pulse.rpc import HeartbeatTimer, RequestIds
 
@@ -84,15 +87,15 @@ class DubboProvider:
         self.accepted = 0
         self.closed: deque[ClosedChannel] = deque(maxlen=history)  # the latest closes
         self.closed_total = 0
-        self.changed = trio.Event()  # set (and replaced) whenever a channel opens or closes
+        self.changed = anyio.Event()  # set (and replaced) whenever a channel opens or closes
 
     def _notify(self) -> None:
         self.changed.set()
-        self.changed = trio.Event()
+        self.changed = anyio.Event()
 
     async def handle_stream(self, stream: trio.abc.Stream, peer: str = "") -> None:
         """Serve one accepted connection until it closes."""
-        if not peer and isinstance(stream, trio.SocketStream):
+        if not peer and isinstance(stream, SocketStream):
             try:
                 host, port = stream.socket.getpeername()[:2]
                 peer = f"{host}:{port}"
@@ -106,7 +109,7 @@ class DubboProvider:
         self.channels.add(channel)
         self._notify()
         log.info("channel_opened", peer=peer, role="provider")
-        slots = trio.Semaphore(self.max_concurrent)
+        slots = anyio.Semaphore(self.max_concurrent)
 
         async def call_handler(frame: Frame) -> None:
             try:
@@ -123,7 +126,7 @@ class DubboProvider:
                 slots.release()
 
         try:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
 
                 async def on_frame(frame: Frame) -> None:
                     await slots.acquire()  # a full house makes the reader wait: backpressure
@@ -149,17 +152,17 @@ class DubboProvider:
         host: str | None,
         port: int,
         *,
-        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+        task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host:port`` (port 0: any free port) and serve until cancelled;
         ``task_status.started`` receives the bound ``(host, port)``."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        listeners = await open_tcp_listeners(port, host=host)
         first = listeners[0].socket.getsockname()
         log.info("listening", host=first[0], port=first[1], transport="dubbo")
 
-        async def handle(stream: trio.SocketStream) -> None:
+        async def handle(stream: SocketStream) -> None:
             await self.handle_stream(stream)
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, handle, listeners)
+        async with anyio.create_task_group() as nursery:
+            await nursery.start(serve_listeners, handle, listeners)
             task_status.started((first[0], first[1]))

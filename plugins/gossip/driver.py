@@ -34,6 +34,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import trio
 
 from pulse._core.bounded import BoundedDeque
@@ -59,11 +62,11 @@ from pulse._core.swim_messages import (
     PushPull,
     UserMsg,
 )
+from pulse._driver.engine import Engine, current_engine
+from pulse._driver.phase import Phase, bounded
+from pulse._driver.streams import Listener, SocketStream, dial, listener_from_socket, serve_listeners
+from pulse._driver.util import background_nursery
 from pulse._log import get_logger
-from pulse._trio.engine import Engine, current_engine
-from pulse._trio.phase import Phase, bounded
-from pulse._trio.streams import dial
-from pulse._trio.util import background_nursery
 from pulse.errors import NoServerReachable, RemoteProtocolError
 
 from .codec import (
@@ -143,7 +146,7 @@ class _Subscriber:
         # EVENT_BUFFER events at most: _publish drops the oldest (counted) to make room.
         self.queue: BoundedDeque[MemberEvent] = BoundedDeque(EVENT_BUFFER,
                                                              "a subscriber's member events")
-        self.wakeup = trio.Event()
+        self.wakeup = anyio.Event()
         self.closed = False
 
 
@@ -154,7 +157,7 @@ class GossipMember:
     :meth:`on_readable`, the application the other public methods.
     """
 
-    def __init__(self, swim: Swim, udp: socket.socket, engine: Engine, nursery: trio.Nursery,
+    def __init__(self, swim: Swim, udp: socket.socket, engine: Engine, nursery: anyio.abc.TaskGroup,
                  *, stream_timeout: float) -> None:
         self.swim = swim
         self._udp = udp
@@ -165,13 +168,13 @@ class GossipMember:
         #: Events before the first subscriber (our own join, the members the join found).
         self._backlog: deque[MemberEvent] | None = deque(maxlen=EVENT_BUFFER)
         self._leave_until: float | None = None
-        self._left = trio.Event()
+        self._left = anyio.Event()
         self._failed: BaseException | None = None
         self.counters = _Counters()
         #: The highest Serf Lamport time seen (in Serf's gossip and push-pull state).
         self.serf_clock = 0
         #: The TCP listener (set by :func:`gossip_member`).
-        self.listener: trio.SocketListener | None = None
+        self.listener: Listener | None = None
         #: Peers that send us LZW-compressed packets or streams; we compress towards them.
         self._compressing: OrderedDict[Addr, None] = OrderedDict()
 
@@ -223,7 +226,7 @@ class GossipMember:
                 if sub.closed:
                     return
                 await sub.wakeup.wait()
-                sub.wakeup = trio.Event()
+                sub.wakeup = anyio.Event()
         finally:
             if sub in self._subscribers:
                 self._subscribers.remove(sub)
@@ -236,7 +239,7 @@ class GossipMember:
         meta = encode_serf_tags(tags)
         now = self._engine.now()
         self._run_actions(now, self.swim.update_meta(now, meta))
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
     async def join(self, seeds: Iterable[Addr]) -> int:
         """Push-pull with every seed at once; the number that answered."""
@@ -251,7 +254,7 @@ class GossipMember:
             if await self._push_pull(action):
                 answered += 1
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for action in actions:
                 if isinstance(action, OpenPushPull):
                     nursery.start_soon(one, action)
@@ -440,7 +443,7 @@ class GossipMember:
             now = self._engine.now()
             self._run_actions(now, self.swim.stream_reply_received(now, action.addr, reply))
 
-    async def serve_stream(self, stream: trio.SocketStream) -> None:
+    async def serve_stream(self, stream: SocketStream) -> None:
         """Answer one stream a peer opened (push-pull, TCP ping or user message)."""
         self.counters.streams_in += 1
         try:
@@ -544,7 +547,7 @@ async def gossip_member(
             raise RuntimeError("the gossip driver needs the engine's readiness set (epoll)")
         now = engine.now()
         swim = Swim(cfg, rng or random.Random(), now)
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(tcp))
+        listener = listener_from_socket(tcp)
     except BaseException:
         udp.close()
         tcp.close()
@@ -556,7 +559,7 @@ async def gossip_member(
         engine.add_reader(udp, member)
         engine.watch(member)
         try:
-            nursery.start_soon(trio.serve_listeners, member.serve_stream, [listener])
+            nursery.start_soon(serve_listeners, member.serve_stream, [listener])
             seeds = list(join)
             give_up = engine.now() + join_timeout
             answered = await member.join(seeds) if seeds else 1
@@ -570,7 +573,7 @@ async def gossip_member(
             else:
                 yield member
                 if member._failed is None:
-                    with trio.CancelScope(shield=True):
+                    with anyio.CancelScope(shield=True):
                         await member.leave(leave_propagate)
         finally:
             engine.forget(member)

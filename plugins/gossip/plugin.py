@@ -17,10 +17,12 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import anyio
+import anyio.abc
 import trio
 
 from pulse._core.swim_messages import Ack, Ping
-from pulse._trio.pinger import ping_series
+from pulse._driver.pinger import ping_series
 from pulse.errors import RemoteProtocolError
 from pulse.presence import PresenceSession
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions
@@ -32,13 +34,13 @@ DEFAULT_PORT = 7946
 
 
 async def _serve(endpoint: Endpoint, options: ServeOptions, *,
-                 task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+                 task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
     extra = options.extra
     name = str(extra.get("name") or f"{endpoint.host}:{endpoint.port}")
     async with gossip_member((endpoint.host, endpoint.port), name, tags=extra.get("tags") or {},
                              join=list(extra.get("join") or ())) as member:
         task_status.started([member.listener])
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
 
 
 async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingReply]:

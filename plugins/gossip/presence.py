@@ -33,10 +33,12 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
-import trio
+import anyio
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectSendStream
 
 from pulse._core.swim import SwimConfig
-from pulse._trio.util import background_nursery
+from pulse._driver.util import background_nursery
 from pulse.errors import KeyExists, NotOwner, SessionClosed, SessionExpired
 from pulse.presence import PresenceEvent, SessionEvent, SessionState
 from pulse.registry import Endpoint
@@ -77,8 +79,8 @@ class GossipSession:
         self._timeout = session_timeout
         self._state = SessionState.CONNECTED
         self._tags: dict[str, bytes] = {}
-        self._changed = trio.Event()
-        self._state_waiters: list[trio.MemorySendChannel[SessionEvent]] = []
+        self._changed = anyio.Event()
+        self._state_waiters: list[MemoryObjectSendStream[SessionEvent]] = []
         self._leave_propagate = min(1.0, session_timeout)
 
     # ------------------------------------------------------------------ PresenceSession
@@ -139,7 +141,7 @@ class GossipSession:
     async def list(self, prefix: str) -> dict[str, bytes]:
         """Direct children of ``prefix`` carried by live members."""
         self._check_open()
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
         return self._view(_norm_prefix(prefix))
 
     async def watch(self, prefix: str) -> AsyncIterator[PresenceEvent]:
@@ -164,7 +166,7 @@ class GossipSession:
 
     async def state_changes(self) -> AsyncIterator[SessionEvent]:
         """State transitions from now on (CLOSED at the end)."""
-        send, receive = trio.open_memory_channel[SessionEvent](16)
+        send, receive = anyio.create_memory_object_stream[SessionEvent](16)
         self._state_waiters.append(send)
         async with receive:
             async for event in receive:
@@ -173,10 +175,10 @@ class GossipSession:
     async def aclose(self) -> None:
         """Leave the group (our registrations go offline at once for the others)."""
         if self._state is SessionState.CLOSED:
-            await trio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
             return
         self._set_state(SessionState.CLOSED, "closed by the application")
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             await self._member.leave(self._leave_propagate)
 
     # ------------------------------------------------------------------ internals
@@ -211,7 +213,7 @@ class GossipSession:
     async def _follow(self) -> None:
         async for _ in self._member.events():
             self._changed.set()
-            self._changed = trio.Event()
+            self._changed = anyio.Event()
 
     def _set_state(self, state: SessionState, reason: str) -> None:
         self._state = state
@@ -219,7 +221,7 @@ class GossipSession:
         for send in self._state_waiters:
             try:
                 send.send_nowait(SessionEvent(state, self._session_id, reason))
-            except (trio.WouldBlock, trio.BrokenResourceError):
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass
             send.close()
         self._state_waiters.clear()

@@ -15,9 +15,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import fields
 from typing import Any
 
-import trio
+import anyio
+import anyio.abc
 
 from pulse._deprecation import deprecated
+from pulse._driver.streams import Listener
 from pulse.presence import PresenceSession
 from pulse.registry import Endpoint, Plugin, ServeOptions, parse_url
 
@@ -117,7 +119,7 @@ async def serve(
     endpoint: Endpoint,
     options: ServeOptions,
     *,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a lease server on ``endpoint`` until cancelled; ``task_status.started`` receives
     the listeners (as for the other transport plugins)."""

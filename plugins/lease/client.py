@@ -5,7 +5,7 @@ Timing, states and transitions are the one session client machine's
 states the rules): read timeout 2/3 of the negotiated session timeout, a ping when nothing
 was sent for half of that (at most every 10 s), a connect timeout of session timeout /
 number of servers, servers tried in a shuffled order with a random pause, client-side
-expiry. The process's engine drives the machine (:class:`pulse._trio.session.SessionDriver`):
+expiry. The process's engine drives the machine (:class:`pulse._driver.session.SessionDriver`):
 this module has no timing loop and no deadline scope.
 
 States (:class:`pulse.presence.SessionState`) and their transitions::
@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+import anyio
+import anyio.abc
 import trio
 
 from pulse._core.bounded import BoundedDeque
@@ -60,9 +62,10 @@ from pulse._core.session_client import (
 from pulse._core.session_client import Connect as ConnectTo
 from pulse._core.session_timing import ClientTiming
 from pulse._deprecation import renamed
+from pulse._driver.session import SessionDriver
+from pulse._driver.streams import aclose_forcefully, open_tcp_stream
+from pulse._driver.util import background_nursery
 from pulse._log import get_logger
-from pulse._trio.session import SessionDriver
-from pulse._trio.util import background_nursery
 from pulse.codec import MessageDecoder, encode_message
 from pulse.errors import (
     LimitExceeded,
@@ -120,7 +123,7 @@ MAX_QUEUED_REQUESTS = 2 * MAX_PENDING_CALLS
 
 
 async def _open_tcp(host: str, port: int) -> trio.abc.Stream:
-    return await trio.open_tcp_stream(host, port)
+    return await open_tcp_stream(host, port)
 
 
 def _tls_opener(inner: StreamOpener, context: ssl.SSLContext) -> StreamOpener:
@@ -132,7 +135,7 @@ def _tls_opener(inner: StreamOpener, context: ssl.SSLContext) -> StreamOpener:
         try:
             await tls.do_handshake()
         except BaseException:
-            await trio.aclose_forcefully(stream)
+            await aclose_forcefully(stream)
             raise
         return tls
 
@@ -143,7 +146,7 @@ def _tls_opener(inner: StreamOpener, context: ssl.SSLContext) -> StreamOpener:
 class _Call:
     xid: int
     body: RequestBody
-    done: trio.Event = field(default_factory=trio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)
     result: dict[str, Any] | None = None
     error: BaseException | None = None
 
@@ -179,11 +182,11 @@ class _Connection:
         self.stream = stream
         self.server = server
         self.decoder = decoder
-        self.scope = trio.CancelScope()
+        self.scope = anyio.CancelScope()
         self.outcome: _Lost | _Ended | None = None
         self.queue: BoundedDeque[Request] = BoundedDeque(MAX_QUEUED_REQUESTS,
                                                          "the requests waiting to be sent")
-        self.wake = trio.Event()
+        self.wake = anyio.Event()
         self.pings: dict[int, float] = {}
 
     def send(self, request: Request) -> None:
@@ -206,7 +209,7 @@ class _Feed:
         self.drop_oldest = drop_oldest
         self.overflowed = False
         self.end: BaseException | None = None  # StopAsyncIteration or an error, when done
-        self._changed = trio.Event()
+        self._changed = anyio.Event()
 
     def put(self, item: Any) -> None:
         if len(self.items) >= self.limit:
@@ -232,7 +235,7 @@ class _Feed:
             if self.end is not None:
                 raise self.end
             await self._changed.wait()
-            self._changed = trio.Event()
+            self._changed = anyio.Event()
 
 
 class StateChanges:
@@ -399,14 +402,14 @@ class LeaseSession:
         self._watch_ids = itertools.count(1)
         self._pending: dict[int, _Call] = {}
         self._conn: _Connection | None = None
-        self._attempt: trio.CancelScope | None = None
+        self._attempt: anyio.CancelScope | None = None
         self._registrations: dict[str, bytes] = {}
         self._watches: dict[int, WatchStream] = {}
         self._state_feeds: list[_Feed] = []
         self._closing = False
         self._driver: SessionDriver | None = None
-        self._nursery: trio.Nursery | None = None
-        self._close_scope: trio.CancelScope | None = None
+        self._nursery: anyio.abc.TaskGroup | None = None
+        self._close_scope: anyio.CancelScope | None = None
         self._start_error: PulseError | None = None
         self._gave_up: str | None = None
         self._restored_for: int | None = None
@@ -582,7 +585,7 @@ class LeaseSession:
         if isinstance(action, ConnectTo):
             self._drop("replaced by a new attempt")
             assert self._nursery is not None
-            scope = trio.CancelScope()
+            scope = anyio.CancelScope()
             self._attempt = scope
             self._nursery.start_soon(self._connect, action.host, scope)
         elif isinstance(action, Disconnect):
@@ -632,7 +635,7 @@ class LeaseSession:
 
     # -- running ---------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
         """Keep the session connected until :meth:`aclose` (run it in a nursery).
 
@@ -642,7 +645,7 @@ class LeaseSession:
         session, or the error the server gave (e.g. :class:`~pulse.errors.LimitExceeded`).
         """
         failure: BaseException | None = None
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             self._nursery = nursery
             self._driver = driver = SessionDriver(self._machine, self._perform)
             now = driver.now()
@@ -681,7 +684,7 @@ class LeaseSession:
     def _describe_servers(self) -> str:
         return ",".join(f"{host}:{port}" for host, port in self._servers)
 
-    async def _connect(self, server: tuple[str, int], scope: trio.CancelScope) -> None:
+    async def _connect(self, server: tuple[str, int], scope: anyio.CancelScope) -> None:
         """One connection attempt (bounded by the machine's connect timeout, which cancels
         ``scope``); on success, serve the connection until it ends."""
         conn: _Connection | None = None
@@ -716,8 +719,8 @@ class LeaseSession:
                 for message in messages[1:]:  # what came with the answer (re-sent events)
                     self._on_message(conn, message, now)
             except BaseException as exc:  # _Dropped, _Lost, _Ended, or a real error
-                with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(conn.stream)
+                with anyio.CancelScope(shield=True):
+                    await aclose_forcefully(conn.stream)
                 if isinstance(exc, _Ended):
                     self._attempt_ended(scope, "refused", exc.reason)
                 elif isinstance(exc, _Lost):
@@ -729,8 +732,8 @@ class LeaseSession:
             session_id, password, timeout = answer
             self._apply(self._machine.connected(now, session_id, password, timeout), now)
             if self._machine.phase is not Phase.CONNECTED:
-                with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(conn.stream)
+                with anyio.CancelScope(shield=True):
+                    await aclose_forcefully(conn.stream)
                 return
             self._superseded = None
             self.server = server
@@ -741,7 +744,7 @@ class LeaseSession:
             return  # the attempt was dropped (connect timeout, expiry, close)
         await self._serve(conn)
 
-    def _attempt_ended(self, scope: trio.CancelScope, how: str, reason: str) -> None:
+    def _attempt_ended(self, scope: anyio.CancelScope, how: str, reason: str) -> None:
         if self._attempt is not scope:
             return  # dropped meanwhile
         self._attempt = None
@@ -794,8 +797,8 @@ class LeaseSession:
                     or not isinstance(timeout, int | float) or not timeout > 0):
                 raise RemoteProtocolError("malformed connect answer")
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
+            with anyio.CancelScope(shield=True):
+                await aclose_forcefully(stream)
             raise
         conn = _Connection(stream, server, decoder)
         return conn, messages, (session_id, password, float(timeout))
@@ -804,7 +807,7 @@ class LeaseSession:
         """Run one connection until it is lost, dropped or the session ends."""
         try:
             if conn.outcome is None:
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as nursery:
                     conn.scope = nursery.cancel_scope
                     if self._conn is not conn:
                         nursery.cancel_scope.cancel()  # dropped before it started
@@ -812,13 +815,13 @@ class LeaseSession:
                     nursery.start_soon(self._guard, conn, self._restore)
                     await self._guard(conn, self._read_loop)
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 if conn.outcome is None and self._conn is conn and self._machine.phase in (
                         Phase.CONNECTED, Phase.CLOSING):
                     # Cancelled from outside while connected (the ``async with`` was left
                     # by cancellation): the tasks above are gone, so close directly.
                     await self._close_on_stream(conn)
-                await trio.aclose_forcefully(conn.stream)
+                await aclose_forcefully(conn.stream)
         if self._conn is not conn:
             return  # dropped by the machine (read timeout, expiry, close): it knows already
         self._conn = None
@@ -838,7 +841,7 @@ class LeaseSession:
             self._apply(self._machine.begin_close(now), now)
         if self._machine.phase is not Phase.CLOSING:
             return
-        self._close_scope = trio.CancelScope()
+        self._close_scope = anyio.CancelScope()
         try:
             with self._close_scope:
                 await self._close_directly(conn)
@@ -896,7 +899,7 @@ class LeaseSession:
     async def _write_loop(self, conn: _Connection) -> None:
         while True:
             await conn.wake.wait()
-            conn.wake = trio.Event()
+            conn.wake = anyio.Event()
             chunks = []
             while conn.queue:
                 request = conn.queue.popleft()
@@ -987,7 +990,7 @@ async def connect(
         try:
             yield client
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await client.aclose()
             nursery.cancel_scope.cancel()
 

@@ -1,7 +1,7 @@
 """The lease server: a thin driver around :class:`.state.LeaseState`, on the engine.
 
 Plain TCP connections cost no task: one accept task hands each socket to the process's
-engine (:mod:`pulse._trio.engine`), which calls the server when the socket is readable. The
+engine (:mod:`pulse._driver.engine`), which calls the server when the socket is readable. The
 server decodes the requests (:class:`pulse.codec.MessageDecoder`), applies them to the state
 and writes the responses and the sessions' pending watch events straight to the non-blocking
 socket, once per batch; only when a socket's buffer is full does a task finish the write.
@@ -29,19 +29,29 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.abc
 import trio
 
 from pulse._core.bounded import BoundedDeque
 from pulse._core.rate import TokenBucket
 from pulse._core.sessions import SessionTracker
+from pulse._driver.engine import current_engine
+from pulse._driver.streams import (
+    Listener,
+    SocketStream,
+    accept_forever,
+    accept_tls,
+    aclose_forcefully,
+    open_tcp_listeners,
+    serve_listeners,
+)
+from pulse._driver.writer import raw_socket
 from pulse._log import get_logger
-from pulse._trio.engine import current_engine
-from pulse._trio.streams import accept_forever, accept_tls
-from pulse._trio.writer import raw_socket
 from pulse.codec import MessageDecoder, encode_message
 from pulse.errors import LocalProtocolError, PhaseTimeout, RemoteProtocolError
 
@@ -203,8 +213,8 @@ class _Connection:
                                                         "a connection's unread responses")
         self.queued_bytes = 0
         self.finishing = False
-        self._wake = trio.Event()
-        self.scope = trio.CancelScope()
+        self._wake = anyio.Event()
+        self.scope = anyio.CancelScope()
         self.budget = budget or _Budget(Limits())
         self.rate = TokenBucket(self.budget.limits.max_request_rate, now)
         self.authenticated: str | None = None  # the client id proven at connect
@@ -279,7 +289,7 @@ class _Connection:
 
     async def wait(self) -> None:
         await self._wake.wait()
-        self._wake = trio.Event()
+        self._wake = anyio.Event()
 
     def queue(self, message: list[Any]) -> None:
         try:
@@ -364,7 +374,7 @@ class LeaseServer:
         self._engine = current_engine()
         self._dirty: set[_Connection] = set()  # connections with something to write
         self._engine_connections: set[_Connection] = set()  # read by the engine, not a task
-        self._nursery: trio.Nursery | None = None  # for writes that must wait for room
+        self._nursery: anyio.abc.TaskGroup | None = None  # for writes that must wait for room
         self._expiry_armed: float | None = None
         self.restored = 0
         # One receive buffer for every engine-read socket: reads are synchronous, and the
@@ -374,7 +384,7 @@ class LeaseServer:
 
     # -- running -------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Restore durable state, then expire sessions until cancelled."""
         if self._snapshot is not None:
             snapshot, self._snapshot = self._snapshot, None
@@ -386,7 +396,7 @@ class LeaseServer:
         task_status.started()
         self._engine.watch(self)
         try:
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
         finally:
             self._engine.forget(self)
             if self.store is not None:
@@ -412,7 +422,7 @@ class LeaseServer:
 
     async def serve_tcp(
         self, host: str, port: int, *,
-        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+        task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host:port`` (0 picks a free port) and serve until cancelled.
 
@@ -426,28 +436,28 @@ class LeaseServer:
                 self._close(conn)
 
     async def _serve_tcp(self, host: str, port: int,
-                         task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
-        async with trio.open_nursery() as nursery:
+                         task_status: anyio.abc.TaskStatus[Any]) -> None:
+        async with anyio.create_task_group() as nursery:
             self._nursery = nursery
             await nursery.start(self.run)
-            listeners = await trio.open_tcp_listeners(port, host=host)
+            listeners = await open_tcp_listeners(port, host=host)
             bound = bound_address(listeners)
             log.info("lease_server_listening", host=bound[0], port=bound[1],
                      tick=self.config.tick, data_dir=self.config.data_dir)
             task_status.started(listeners)
             if self.config.ssl_context is not None or not self._engine.can_read:
-                await trio.serve_listeners(self._handle_tcp, listeners)
+                await serve_listeners(self._handle_tcp, listeners)
             else:
                 for listener in listeners:
                     nursery.start_soon(self._accept, listener)
 
-    async def _accept(self, listener: trio.SocketListener) -> None:
+    async def _accept(self, listener: Listener) -> None:
         """Accept connections and hand each socket to the engine: no task per client."""
         await accept_forever(listener, self._open)
 
     # -- engine mode: one plain socket, no task ------------------------------------------
 
-    def _open(self, stream: trio.SocketStream) -> None:
+    def _open(self, stream: SocketStream) -> None:
         try:
             address = str(stream.socket.getpeername()[0])
         except OSError:
@@ -588,10 +598,10 @@ class LeaseServer:
         self._budget.connections -= 1
         conn.release()
         self._detach(conn)
-        assert isinstance(conn.stream, trio.SocketStream)
+        assert isinstance(conn.stream, SocketStream)
         conn.stream.socket.close()  # wakes a write task waiting on it
 
-    async def _handle_tcp(self, stream: trio.SocketStream) -> None:
+    async def _handle_tcp(self, stream: SocketStream) -> None:
         try:
             peer = stream.socket.getpeername()
             address = str(peer[0])
@@ -606,7 +616,7 @@ class LeaseServer:
                 except (PhaseTimeout, trio.BrokenResourceError,
                         trio.ClosedResourceError) as exc:
                     log.info("tls_handshake_failed", peer=address, reason=repr(exc))
-                    await trio.aclose_forcefully(stream)
+                    await aclose_forcefully(stream)
                     return
             await self.handle_stream(served, address)
         except Exception as exc:  # a bug must cost one connection, never the server
@@ -632,7 +642,7 @@ class LeaseServer:
             log.info("connection_refused", peer=address, reason="max_connections")
         try:
             with conn.scope:
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as nursery:
                     nursery.start_soon(self._write_loop, conn)
                     await self._read_loop(conn)
                     nursery.cancel_scope.cancel()
@@ -641,8 +651,8 @@ class LeaseServer:
             budget.connections -= 1
             conn.release()
             self._detach(conn)
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
+            with anyio.CancelScope(shield=True):
+                await aclose_forcefully(stream)
 
     async def _read_loop(self, conn: _Connection) -> None:
         decoder = MessageDecoder(self.config.max_message_size)
@@ -668,7 +678,7 @@ class LeaseServer:
                 break
         if conn.finishing:
             # Let the writer deliver the final notice (bounded), then the connection ends.
-            await trio.sleep_forever()
+            await anyio.sleep_forever()
 
     async def _write_loop(self, conn: _Connection) -> None:
         while True:
@@ -840,7 +850,7 @@ def _joined(chunks: list[bytes]) -> bytes:
     return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
-def bound_address(listeners: list[trio.SocketListener]) -> tuple[str, int]:
+def bound_address(listeners: Sequence[Listener]) -> tuple[str, int]:
     """``(host, port)`` of the first listener (the port a ``:0`` listen was given)."""
     sockname = listeners[0].socket.getsockname()
     return str(sockname[0]), int(sockname[1])

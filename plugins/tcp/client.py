@@ -1,5 +1,5 @@
 """TCP clients: one heartbeat connection, or a client that reconnects with backoff (under
-the one reconnect supervisor, :mod:`pulse._trio.reconnect`).
+the one reconnect supervisor, :mod:`pulse._driver.reconnect`).
 
 The reconnecting client keeps the WebSocket client's delivery contract
 (:mod:`pulse.delivery`): a message ``send`` handed to a connection that then died before
@@ -21,18 +21,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import trio
 
 from pulse._core.backoff import Backoff
 from pulse._core.policy import HeartbeatPolicy
 from pulse._core.reconnect import ReconnectMachine, default_backoff
+from pulse._driver.connection import DEFAULT_WINDOW, HeartbeatConnection, heartbeat
+from pulse._driver.feed import EventFeed, EventHub
+from pulse._driver.phase import Phase, bounded
+from pulse._driver.reconnect import AttemptHandle, ReconnectDriver
+from pulse._driver.streams import SocketStream, dial, peer_name
+from pulse._driver.util import background_nursery
 from pulse._log import get_logger
-from pulse._trio.connection import DEFAULT_WINDOW, HeartbeatConnection, heartbeat
-from pulse._trio.feed import EventFeed, EventHub
-from pulse._trio.phase import Phase, bounded
-from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
-from pulse._trio.streams import dial, peer_name
-from pulse._trio.util import background_nursery
 from pulse.actions import Reconnect
 from pulse.delivery import Delivery, Dropped
 from pulse.errors import ConnectionClosed, PulseError, ReconnectGaveUp
@@ -65,7 +66,7 @@ async def open_stream(
     (:class:`~pulse.errors.PhaseTimeout` when it takes longer). ``on_transport`` is called
     once the TCP connection is up (before TLS)."""
 
-    def prepare(sock: trio.SocketStream) -> None:
+    def prepare(sock: SocketStream) -> None:
         if on_transport is not None:
             on_transport()
         tune_socket(sock, keepalive)
@@ -165,9 +166,9 @@ class ReconnectingClient:
         self.dropped_count = 0
         self.state = ClientState.CONNECTING
         self.connection: HeartbeatConnection | None = None
-        self._changed = trio.Event()  # set (and replaced) at every state change
+        self._changed = anyio.Event()  # set (and replaced) at every state change
         self._failure: PulseError | None = None
-        self._inbound_send, self._inbound_receive = trio.open_memory_channel[Any](256)
+        self._inbound_send, self._inbound_receive = anyio.create_memory_object_stream[Any](256)
         self._events: EventHub[StateChange] = EventHub()
         self._on_event = on_event
         self.connects = 0
@@ -197,7 +198,7 @@ class ReconnectingClient:
 
     def _wake(self) -> None:
         self._changed.set()
-        self._changed = trio.Event()
+        self._changed = anyio.Event()
 
     async def send(self, payload: object, timeout: float = math.inf) -> None:
         """Send on the current connection, waiting up to ``timeout`` s for one to be open
@@ -232,7 +233,7 @@ class ReconnectingClient:
         """The next message from the server (across reconnects)."""
         try:
             return await self._inbound_receive.receive()
-        except trio.EndOfChannel:
+        except anyio.EndOfStream:
             raise self._failure or ConnectionClosed("client closed") from None
 
     def __aiter__(self) -> AsyncIterator[Any]:

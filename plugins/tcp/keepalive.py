@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol, TypeAlias
 
-import trio
-
+from pulse._driver import sockets
+from pulse._driver.streams import SocketStream
 from pulse.errors import PulseError
 
 __all__ = [
@@ -120,8 +120,8 @@ class SocketOptions(Protocol):
         """Read an integer socket option."""
 
 
-KeepaliveTarget: TypeAlias = SocketOptions | trio.SocketStream
-"""A socket whose options can be tuned (a ``trio.SocketStream`` is unwrapped to ``.socket``)."""
+KeepaliveTarget: TypeAlias = SocketOptions | SocketStream | sockets.SocketStream
+"""A socket whose options can be tuned (a ``SocketStream`` is unwrapped to ``.socket``)."""
 
 
 class KeepaliveSetting(Protocol):
@@ -238,7 +238,7 @@ class TcpKeepalive:
         """Turn keepalive on for ``sock`` with these values and return what the kernel holds.
 
         ``sock`` may be a ``socket.socket``, a ``trio.socket.SocketType`` or a
-        ``trio.SocketStream``.  Options the platform lacks produce a :class:`KeepaliveWarning`
+        ``SocketStream``.  Options the platform lacks produce a :class:`KeepaliveWarning`
         naming them, or :class:`KeepaliveUnsupported` with ``strict=True`` (the socket may then
         be partly tuned: close it).  Other ``OSError``s (a closed socket, say) propagate.
         """
@@ -522,7 +522,7 @@ def worst_case_detection(
 
 
 def _unwrap(sock: KeepaliveTarget) -> SocketOptions:
-    if isinstance(sock, trio.SocketStream):
+    if isinstance(sock, (SocketStream, sockets.SocketStream)):
         return sock.socket
     return sock
 

@@ -6,12 +6,13 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-import trio
+import anyio
+import anyio.abc
 
 from pulse._core.policy import PROFILES, HeartbeatPolicy, with_profile
-from pulse._trio.pinger import ping_series
-from pulse._trio.tcpinfo import read_tcp_progress, tcp_socket
-from pulse._trio.tls import client_context, server_context
+from pulse._driver.pinger import ping_series
+from pulse._driver.tcpinfo import read_tcp_progress, tcp_socket
+from pulse._driver.tls import client_context, server_context
 from pulse.errors import PeerTimeout
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions
 
@@ -21,7 +22,7 @@ from .server import echo, serve_tcp
 
 async def _serve(
     endpoint: Endpoint, options: ServeOptions, *,
-    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     policy = with_profile(HeartbeatPolicy(options.interval, options.timeout), options.profile)
     await serve_tcp(

@@ -7,15 +7,18 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
+import anyio.abc
 import trio
 
 from pulse._core.offenders import OffenderCooldown
 from pulse._core.policy import HeartbeatPolicy
 from pulse._deprecation import deprecated
+from pulse._driver import streams
+from pulse._driver.connection import HeartbeatConnection, heartbeat
+from pulse._driver.engine import current_engine
+from pulse._driver.streams import SocketStream, accept_tls, peer_name
 from pulse._log import get_logger
-from pulse._trio.connection import HeartbeatConnection, heartbeat
-from pulse._trio.engine import current_engine
-from pulse._trio.streams import accept_tls, peer_name
 from pulse.errors import PingFlood, PulseError
 
 from .keepalive import TcpKeepalive
@@ -25,7 +28,7 @@ log = get_logger("pulse.tcp")
 Handler = Callable[[HeartbeatConnection], Awaitable[None]]
 
 
-def tune_socket(stream: trio.SocketStream, keepalive: TcpKeepalive | None) -> None:
+def tune_socket(stream: SocketStream, keepalive: TcpKeepalive | None) -> None:
     """Apply OS keepalive settings (warnings, never silence, when unsupported)."""
     if keepalive is None:
         return
@@ -46,7 +49,7 @@ async def serve_tcp(
     ssl_context: ssl.SSLContext | None = None,
     peer_id: str = "pulse-server",
     handshake_timeout: float = 10.0,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED,
     **heartbeat_options: Any,
 ) -> None:
     """Accept connections forever; run ``handler(conn)`` for each heartbeat connection.
@@ -71,7 +74,7 @@ async def serve_tcp(
     offenders = OffenderCooldown()
     engine = current_engine()
 
-    async def one_client(stream: trio.SocketStream) -> None:
+    async def one_client(stream: SocketStream) -> None:
         peer = peer_name(stream)
         transport = "tls" if ssl_context is not None else "tcp"
         address = peer.rpartition(":")[0]
@@ -80,7 +83,7 @@ async def serve_tcp(
             # Closed for a flood moments ago: no handshake, no heartbeat, just the door.
             log.info("client_refused", peer=peer, transport=transport,
                      reason="cooling down after a ping flood")
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await stream.aclose()
             return
         try:
@@ -104,10 +107,10 @@ async def serve_tcp(
                 cooldown = offenders.offence(address, engine.now())
                 log.info("client_cooling_down", peer=peer, transport=transport,
                          seconds=cooldown)
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await stream.aclose()
 
-    await trio.serve_tcp(one_client, port, host=host, task_status=task_status)
+    await streams.serve_tcp(one_client, port, host=host, task_status=task_status)
 
 
 async def echo(conn: HeartbeatConnection) -> None:

@@ -3,7 +3,7 @@
 Rules this module keeps:
 
 * Reconnecting follows the one reconnect supervisor (:mod:`pulse._core.reconnect`, driven
-  by :mod:`pulse._trio.reconnect`): at most one connect attempt is in flight however many
+  by :mod:`pulse._driver.reconnect`): at most one connect attempt is in flight however many
   triggers fire at once (dead peer, socket error, close frame,
   :meth:`ResilientWebSocket.reconnect`): each of them only ends the current session.
 * Reconnects wait the :class:`~pulse._core.backoff.Backoff` delay, with full jitter on every
@@ -29,6 +29,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
+import anyio
 import trio
 
 from pulse._core.backoff import Backoff
@@ -37,11 +38,11 @@ from pulse._core.liveness import PeerStats
 from pulse._core.policy import HeartbeatPolicy
 from pulse._core.reconnect import ReconnectMachine, default_backoff
 from pulse._deprecation import deprecated
+from pulse._driver.feed import EventFeed, EventHub
+from pulse._driver.phase import Phase, bounded
+from pulse._driver.reconnect import AttemptHandle, ReconnectDriver
+from pulse._driver.util import background_nursery
 from pulse._log import get_logger
-from pulse._trio.feed import EventFeed, EventHub
-from pulse._trio.phase import Phase, bounded
-from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
-from pulse._trio.util import background_nursery
 from pulse.actions import Action, Reconnect
 from pulse.errors import ConnectionClosed, PulseError, ReconnectGaveUp
 
@@ -185,7 +186,7 @@ class ResilientWebSocket:
         self.response_headers: list[tuple[bytes, bytes]] = []
         self.last_end: SessionEnd | None = None
         self._session: Session | None = None
-        self._attempt_scope: trio.CancelScope | None = None
+        self._attempt_scope: anyio.CancelScope | None = None
         self._last_code: int | None = None
         self._driver = ReconnectDriver(
             ReconnectMachine(backoff), self._attempt,
@@ -197,8 +198,8 @@ class ResilientWebSocket:
         self._closing = False
         self._close_reason = "closed by application"
         self._failure: PulseError | None = None
-        self._opened = trio.Event()
-        self._finished = trio.Event()
+        self._opened = anyio.Event()
+        self._finished = anyio.Event()
 
     # -- observing ------------------------------------------------------------------------
 
@@ -264,7 +265,7 @@ class ResilientWebSocket:
         """
         try:
             return await self._inbox.get()
-        except trio.EndOfChannel:
+        except anyio.EndOfStream:
             raise self._failure or ConnectionClosed(self._close_reason) from None
 
     def __aiter__(self) -> AsyncIterator[Payload]:
@@ -362,7 +363,7 @@ class ResilientWebSocket:
         self.attempts_total += 1
         self._last_code = None
         opened: tuple[WebSocketConnection, Accepted] | None = None
-        attempt = self._attempt_scope = trio.CancelScope()
+        attempt = self._attempt_scope = anyio.CancelScope()
         try:
             with attempt:  # cancelled by _stop: closing never waits for a connect
                 opened = await self._open(handle)
@@ -430,7 +431,7 @@ class ResilientWebSocket:
         self.response_headers = accepted.headers
         gave_up: ReconnectGaveUp | None = None
         end: SessionEnd | None = None
-        hook_scope = trio.CancelScope()
+        hook_scope = anyio.CancelScope()
 
         async def run_session() -> None:
             nonlocal end
@@ -438,7 +439,7 @@ class ResilientWebSocket:
             hook_scope.cancel()
 
         try:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 nursery.start_soon(run_session)
                 with hook_scope:
                     try:
@@ -456,7 +457,7 @@ class ResilientWebSocket:
                             self._set(StateChange(ClientState.OPEN, "connected",
                                                   self.backoff.attempts))
                             self._opened.set()
-                            self._opened = trio.Event()
+                            self._opened = anyio.Event()
                         elif self._closing:
                             session.end(self._close_reason, CLOSE_NORMAL, Initiator.LOCAL)
         finally:

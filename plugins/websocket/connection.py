@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
+import anyio
 import trio
 from wsproto import WSConnection
 from wsproto.connection import Connection, ConnectionState
@@ -36,7 +37,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError as WsLocalProtocolError
 
-from pulse._trio.engine import current_engine
+from pulse._driver.engine import current_engine
+from pulse._driver.streams import aclose_forcefully
 from pulse.errors import FrameTooLarge
 
 from .errors import WebSocketClosed, WebSocketProtocolError
@@ -143,7 +145,7 @@ class WebSocketConnection:
         self._closed = False
         self.write_interrupted = False
         """True once a write was abandoned half-way: the byte stream is no longer framed."""
-        self._write_scope: trio.CancelScope | None = None
+        self._write_scope: anyio.CancelScope | None = None
         self._write_limit = math.inf  # when every write is abandoned (set by abort_write)
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -297,7 +299,7 @@ class WebSocketConnection:
         if self.write_interrupted:
             raise WebSocketClosed("an earlier write was interrupted", 1006)
         self.write_interrupted = True
-        with trio.CancelScope(shield=True, deadline=min(deadline, self._write_limit)) as scope:
+        with anyio.CancelScope(shield=True, deadline=min(deadline, self._write_limit)) as scope:
             self._write_scope = scope
             try:
                 await self.stream.send_all(data)
@@ -344,4 +346,4 @@ class WebSocketConnection:
 
     async def aclose(self) -> None:
         """Close the underlying stream at once (no close handshake)."""
-        await trio.aclose_forcefully(self.stream)
+        await aclose_forcefully(self.stream)

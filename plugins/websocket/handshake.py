@@ -23,7 +23,8 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Event, RejectConnection, RejectData, Request
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
-from pulse._trio.phase import Phase, bounded
+from pulse._driver.phase import Phase, bounded
+from pulse._driver.streams import aclose_forcefully
 from pulse.errors import RemoteProtocolError
 
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
@@ -285,6 +286,6 @@ async def open_connection(
                 headers=headers, subprotocols=subprotocols,
             )
         except BaseException:
-            await trio.aclose_forcefully(stream)
+            await aclose_forcefully(stream)
             raise
     return WebSocketConnection(stream, ws, max_message_size=max_message_size), accepted

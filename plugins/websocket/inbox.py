@@ -10,6 +10,8 @@ connection delivers.
 
 from __future__ import annotations
 
+import anyio
+import anyio.lowlevel
 import trio
 
 from pulse.errors import PulseError
@@ -28,8 +30,8 @@ class Inbox:
         self.maxsize = maxsize
         self._items: list[Payload] = []  # short FIFO: a list is ~550 bytes smaller than a deque
         self._closed = False
-        self._data: trio.Event | None = None  # made only while someone waits for a message
-        self._space: trio.Event | None = None  # made only while someone waits for room
+        self._data: anyio.Event | None = None  # made only while someone waits for a message
+        self._space: anyio.Event | None = None  # made only while someone waits for room
 
     def __len__(self) -> int:
         return len(self._items)
@@ -52,10 +54,10 @@ class Inbox:
         """Queue ``message``, waiting while the inbox is full."""
         while True:
             if self.put_nowait(message):
-                await trio.lowlevel.checkpoint()
+                await anyio.lowlevel.checkpoint()
                 return
             if self._space is None:
-                self._space = trio.Event()
+                self._space = anyio.Event()
             await self._space.wait()
 
     def put_leftover(self, message: Payload) -> None:
@@ -64,23 +66,23 @@ class Inbox:
             self._append(message)
 
     async def get(self) -> Payload:
-        """The oldest message; waits for one; raises ``trio.EndOfChannel`` once closed and
+        """The oldest message; waits for one; raises ``anyio.EndOfStream`` once closed and
         empty."""
         while not self._items:
             if self._closed:
-                raise trio.EndOfChannel
+                raise anyio.EndOfStream
             if self._data is None:
-                self._data = trio.Event()
+                self._data = anyio.Event()
             await self._data.wait()
         message = self._items.pop(0)
         self._wake_space()
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        await anyio.lowlevel.cancel_shielded_checkpoint()
         return message
 
     def get_nowait(self) -> Payload:
-        """The oldest message, or ``trio.WouldBlock`` when there is none."""
+        """The oldest message, or ``anyio.WouldBlock`` when there is none."""
         if not self._items:
-            raise trio.WouldBlock
+            raise anyio.WouldBlock
         message = self._items.pop(0)
         self._wake_space()
         return message
@@ -141,7 +143,7 @@ class EchoInbox(Inbox):
                 await self._outbox.wait_room()
             except PulseError:  # the outbox closed: the connection is over
                 raise trio.ClosedResourceError("the connection is closing") from None
-        await trio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
 
     def put_leftover(self, message: Payload) -> None:
         """A message that arrived while the connection closed: not echoed."""

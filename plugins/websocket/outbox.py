@@ -23,7 +23,8 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import trio
+import anyio
+import anyio.lowlevel
 
 from pulse._log import get_logger
 from pulse.delivery import Dropped as Dropped
@@ -87,8 +88,8 @@ class Outbox:
         self._numbers = itertools.count(1)
         self._pinned = 0  # the first ``_pinned`` entries are being written
         self._closed: PulseError | None = None
-        self._space: trio.Event | None = None  # made only while a producer waits for room
-        self._changed: trio.Event | None = None  # made only while someone waits for a change
+        self._space: anyio.Event | None = None  # made only while a producer waits for room
+        self._changed: anyio.Event | None = None  # made only while someone waits for a change
         self._listeners: list[Callable[[], None]] = []
         self.dropped_count = 0
 
@@ -105,11 +106,11 @@ class Outbox:
     async def put(self, message: Payload) -> None:
         """Queue ``message``, applying the overflow policy when the queue is full."""
         _check_payload(message)
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await anyio.lowlevel.checkpoint_if_cancelled()
         if self.overflow is Overflow.WAIT:
             await self.wait_room()
         self.put_nowait(message)
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        await anyio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_room(self) -> None:
         """Return once a new message fits without the overflow policy (at once if it does);
@@ -117,7 +118,7 @@ class Outbox:
         while self.full:
             self._raise_if_closed()
             if self._space is None:
-                self._space = trio.Event()
+                self._space = anyio.Event()
             await self._space.wait()
 
     def put_nowait(self, message: Payload) -> None:
@@ -220,7 +221,7 @@ class Outbox:
         while self._entries:
             self._raise_if_closed()
             if self._changed is None:
-                self._changed = trio.Event()
+                self._changed = anyio.Event()
             await self._changed.wait()
 
     def close(self, error: PulseError, reason: str) -> list[Dropped]:

@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
-import trio
+import anyio
+import anyio.abc
 
 from pulse._core.policy import HeartbeatPolicy, with_profile
-from pulse._trio.engine import current_engine
-from pulse._trio.pinger import ping_series
-from pulse._trio.tcpinfo import read_tcp_progress, tcp_socket
-from pulse._trio.tls import client_context, server_context
+from pulse._driver.engine import current_engine
+from pulse._driver.pinger import ping_series
+from pulse._driver.tcpinfo import read_tcp_progress, tcp_socket
+from pulse._driver.tls import client_context, server_context
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions
 
 from .connection import (
@@ -30,7 +31,7 @@ from .transport import open_stream, parse_ws_url
 
 async def _serve(
     endpoint: Endpoint, options: ServeOptions, *,
-    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Echo every message back and heartbeat every client (``pulse serve --listen ws://…``).
 
@@ -38,7 +39,7 @@ async def _serve(
     """
     policy = with_profile(HeartbeatPolicy(options.interval, options.timeout), options.profile)
     context = server_context(endpoint, options, "wss")
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         server = await nursery.start(
             partial(serve_websocket, echo, host=endpoint.host, port=endpoint.port, policy=policy,
                     ssl_context=context)
@@ -73,7 +74,7 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
                                        progress=lambda: read_tcp_progress(sock)):
             yield reply
     finally:
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             try:
                 if conn.can_send_close:
                     conn.abort_write(CLOSE_GRACE)  # the goodbye's bound

@@ -24,21 +24,30 @@ from __future__ import annotations
 
 import math
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import anyio
+import anyio.abc
 import trio
 
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import PeerStats
 from pulse._core.policy import HeartbeatPolicy
 from pulse._deprecation import deprecated
+from pulse._driver.connection import DEFAULT_MAX_PING_RATE
+from pulse._driver.phase import Phase, bounded
+from pulse._driver.streams import (
+    Listener,
+    SocketStream,
+    accept_forever,
+    aclose_forcefully,
+    open_tcp_listeners,
+    peer_name,
+)
 from pulse._log import get_logger
-from pulse._trio.connection import DEFAULT_MAX_PING_RATE
-from pulse._trio.phase import Phase, bounded
-from pulse._trio.streams import accept_forever, peer_name
 from pulse.errors import ConnectionClosed, PeerTimeout, PulseError
 
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, WebSocketConnection
@@ -126,7 +135,7 @@ class ServerConnection:
         """The next message from this client; raises once the connection ended."""
         try:
             return await self._inbox.get()
-        except trio.EndOfChannel:
+        except anyio.EndOfStream:
             raise closed_error(self._session.ended) from None
 
     def __aiter__(self) -> AsyncIterator[Payload]:
@@ -161,9 +170,9 @@ Handler = Callable[[ServerConnection], Awaitable[None]]
 class WebSocketServer:
     """A running server: where it listens and who is connected."""
 
-    listeners: list[trio.SocketListener]
+    listeners: list[Listener]
     connections: set[ServerConnection] = field(default_factory=set)
-    _nursery: trio.Nursery | None = field(default=None, repr=False)
+    _nursery: anyio.abc.TaskGroup | None = field(default=None, repr=False)
     """Where sessions without a task of their own start theirs (set while serving)."""
 
     @property
@@ -237,10 +246,10 @@ async def serve_stream(
     except (PulseError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         reason = str(exc) or repr(exc)
         log.info("handshake_failed", peer=peer, transport=transport, reason=reason)
-        await trio.aclose_forcefully(wrapped)
+        await aclose_forcefully(wrapped)
         return
     except BaseException:  # cancelled (the server stops): the stream is ours to close
-        await trio.aclose_forcefully(wrapped)
+        await aclose_forcefully(wrapped)
         raise
     conn = WebSocketConnection(wrapped, ws, max_message_size=options.max_message_size)
     del ws  # the opening handshake's state is not needed any more
@@ -283,7 +292,7 @@ async def serve_stream(
         log.exception("connection_failed", peer=peer, transport=transport)
     finally:
         connections.discard(client)
-        await trio.aclose_forcefully(wrapped)
+        await aclose_forcefully(wrapped)
 
 
 class _HandlerRun:
@@ -292,9 +301,9 @@ class _HandlerRun:
     __slots__ = ("_done", "_finished", "scope")
 
     def __init__(self) -> None:
-        self.scope = trio.CancelScope()
+        self.scope = anyio.CancelScope()
         self._finished = False
-        self._done: trio.Event | None = None  # made only when the closing waits for it
+        self._done: anyio.Event | None = None  # made only when the closing waits for it
 
     async def call(self, handler: Handler, client: ServerConnection,
                    options: ServerSettings) -> None:
@@ -310,7 +319,7 @@ class _HandlerRun:
     async def stop(self, grace: float) -> None:
         """Give the handler ``grace`` seconds to return by itself, then cancel it."""
         if not self._finished:
-            self._done = trio.Event()
+            self._done = anyio.Event()
             with bounded(Phase.CLOSE, grace, move_on=True):
                 await self._done.wait()
         self.scope.cancel()
@@ -327,7 +336,7 @@ async def _launched_closed(connections: set[ServerConnection], client: ServerCon
             await run.stop(close_timeout)
     finally:
         connections.discard(client)
-        await trio.aclose_forcefully(session.conn.stream)
+        await aclose_forcefully(session.conn.stream)
 
 
 def _finish(session: Session, end: SessionEnd, inbox: Inbox, outbox: Outbox, peer: str,
@@ -360,7 +369,7 @@ async def _run_with_handler(handler: Handler, client: ServerConnection, session:
                             options: ServerSettings, peer: str, transport: str) -> None:
     """Run the session and the application's handler side by side until both are done."""
     run = _HandlerRun()
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(run.call, handler, client, options)
         _finish(session, await session.run(), client._inbox, client._outbox, peer, transport)
         await run.stop(options.close_timeout)
@@ -387,7 +396,7 @@ async def serve_websocket(
     check: RequestCheck | None = None,
     fragment_size: int = DEFAULT_FRAGMENT_SIZE,
     max_ping_rate: float = DEFAULT_MAX_PING_RATE,
-    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[WebSocketServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve WebSocket clients on ``host:port`` until cancelled; ``handler(conn)`` per client.
 
@@ -419,17 +428,17 @@ async def serve_websocket(
         headers=headers, check=check, fragment_size=fragment_size,
         max_ping_rate=max_ping_rate,
     )
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await open_tcp_listeners(port, host=host)
     server = WebSocketServer(listeners)
 
-    async def accept(stream: trio.SocketStream) -> None:
+    async def accept(stream: SocketStream) -> None:
         await serve_stream(stream, handler, settings, server=server)
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         server._nursery = nursery
         task_status.started(server)
         try:
-            async with trio.open_nursery() as accepting:
+            async with anyio.create_task_group() as accepting:
                 for listener in listeners:
                     accepting.start_soon(_accept_loop, listener, nursery, accept)
         finally:
@@ -441,12 +450,12 @@ async def serve_websocket(
                     client._session.go_away()
 
 
-async def _accept_loop(listener: trio.SocketListener, nursery: trio.Nursery,
-                       accept: Callable[[trio.SocketStream], Awaitable[None]]) -> None:
+async def _accept_loop(listener: Listener, nursery: anyio.abc.TaskGroup,
+                       accept: Callable[[SocketStream], Coroutine[Any, Any, None]]) -> None:
     """Start ``accept(stream)`` in ``nursery`` for every client of ``listener``; the stream
     stays open when ``accept`` returns (:func:`serve_stream` closes it, and a session
     without a task outlives the task that accepted it)."""
-    def take(stream: trio.SocketStream) -> None:
+    def take(stream: SocketStream) -> None:
         nursery.start_soon(accept, stream)
 
     async with listener:

@@ -3,7 +3,7 @@
 :meth:`Session.run` runs a session in the caller's task; :meth:`Session.launch` runs it
 with no task of its own (a server's way on plain sockets: tasks are started only to write,
 to wait for a full inbox, and once to close). Either way the session's timer is the
-process's one engine (:mod:`pulse._trio.engine`), and so is its reader on a plain socket:
+process's one engine (:mod:`pulse._driver.engine`), and so is its reader on a plain socket:
 
 * the **reader** reports every complete frame to the liveness core (a finished frame proves
   the peer alive: a timestamp, nothing re-armed), then handles it: pings are answered,
@@ -48,18 +48,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+import anyio
+import anyio.abc
 import trio
 
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import Liveness, PeerStats
 from pulse._core.policy import HeartbeatPolicy
 from pulse._core.rate import TokenBucket
+from pulse._driver.connection import DEFAULT_MAX_PING_RATE
+from pulse._driver.engine import current_engine
+from pulse._driver.phase import Phase, bounded
+from pulse._driver.tcpinfo import read_tcp_progress, tcp_socket
+from pulse._driver.writer import raw_socket
 from pulse._log import get_logger
-from pulse._trio.connection import DEFAULT_MAX_PING_RATE
-from pulse._trio.engine import current_engine
-from pulse._trio.phase import Phase, bounded
-from pulse._trio.tcpinfo import read_tcp_progress, tcp_socket
-from pulse._trio.writer import raw_socket
 from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
 from pulse.delivery import Delivery as Delivery
 from pulse.frames import Ping as FramePing
@@ -149,7 +151,7 @@ class _Control:
 @dataclass(slots=True)
 class _Direct:
     message: Payload
-    done: trio.Event
+    done: anyio.Event
 
 
 class Session:
@@ -213,14 +215,14 @@ class Session:
         self._tcp = tcp_socket(conn.stream) if self.liveness.wants_transport_progress else None
         self._owed = b""  # the rest of a control frame the socket took only part of
         self._reading: socket.socket | None = None  # set while the engine reads for us
-        self._nursery: trio.Nursery | None = None
+        self._nursery: anyio.abc.TaskGroup | None = None
         self._failure: Exception | None = None
         # Short FIFOs as lists: an empty deque costs ~600 bytes, a list 56, and these stay
         # small (bounded by the window) or empty most of the time.
         self._control: list[_Control] = []
         self._direct: list[_Direct] = []
         self._writing = False  # a writer task is running (started on demand, ends when idle)
-        self._writer_stopped: trio.Event | None = None
+        self._writer_stopped: anyio.Event | None = None
         self._gate_open = not hold_outbox
         self._unconfirmed: list[tuple[Entry, int]] = []
         self._markers: list[tuple[int, int]] = []  # (ping seq, messages written before)
@@ -232,11 +234,11 @@ class Session:
         self._backlog_seen: int | None = None
         self._inbound_pending: Payload | None = None
         self._end: SessionEnd | None = None
-        self._ended: trio.Event | None = None  # made only when a task waits for the end
+        self._ended: anyio.Event | None = None  # made only when a task waits for the end
         self._going_away = False  # ended because the server stops (no leftovers read)
         # Launched sessions (no task of their own, see launch): the cancel scopes of the
         # helper tasks they started, and what to call once closed.
-        self._helpers: list[trio.CancelScope] | None = None
+        self._helpers: list[anyio.CancelScope] | None = None
         self._on_closed: Callable[[SessionEnd], Awaitable[None]] | None = None
         outbox.subscribe(self._wake)  # undone by outbox.unsubscribe (no closure kept)
         self.opened_at = self._engine.now()
@@ -289,10 +291,10 @@ class Session:
 
     async def send_direct(self, message: Payload) -> None:
         """Send ``message`` ahead of the outbox; return once it was handed to the socket."""
-        item = _Direct(message, trio.Event())
+        item = _Direct(message, anyio.Event())
         self._direct.append(item)
         self._wake()
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             async def watch_end() -> None:
                 await self._end_event().wait()
                 nursery.cancel_scope.cancel()
@@ -315,14 +317,14 @@ class Session:
         while True:
             try:
                 message = diverted.get_nowait()
-            except trio.WouldBlock:
+            except anyio.WouldBlock:
                 break
             self._inbox.put_leftover(message)
         self._target = self._inbox
 
-    def _end_event(self) -> trio.Event:
+    def _end_event(self) -> anyio.Event:
         if self._ended is None:
-            self._ended = trio.Event()
+            self._ended = anyio.Event()
             if self._end is not None:
                 self._ended.set()
         return self._ended
@@ -345,7 +347,7 @@ class Session:
     async def run(self) -> SessionEnd:
         """Run until the session ends; closes the connection; returns why it ended."""
         try:
-            async with trio.open_nursery() as nursery:
+            async with anyio.create_task_group() as nursery:
                 self._nursery = nursery
                 raw = self._raw if self._engine.can_read else None
                 if raw is not None:
@@ -376,7 +378,7 @@ class Session:
         """True when :meth:`launch` can run this session (the engine reads its socket)."""
         return self._raw is not None and self._engine.can_read
 
-    def launch(self, nursery: trio.Nursery,
+    def launch(self, nursery: anyio.abc.TaskGroup,
                on_closed: Callable[[SessionEnd], Awaitable[None]]) -> None:
         """Run the session without a task of its own (only when :attr:`launchable`).
 
@@ -414,11 +416,11 @@ class Session:
         """A launched session ended: what :meth:`run` does after the end, in a task of the
         owner's nursery, shielded (the server may be stopping) and bounded by the grace."""
         assert self._end is not None and self._on_closed is not None
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             try:
                 self.conn.abort_write(self._grace())  # the closing phase bounds every write
                 if self._writing:  # the writer only awaits writes: it stops by the limit
-                    self._writer_stopped = trio.Event()
+                    self._writer_stopped = anyio.Event()
                     await self._writer_stopped.wait()
                 for scope in self._helpers or ():
                     scope.cancel()
@@ -435,13 +437,13 @@ class Session:
         self._stop_reading()
         self.outbox.unsubscribe(self._wake)
         self.outbox.release(interrupted=self.conn.write_interrupted)
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             await self._shutdown()
 
     async def _helper(self, work: Callable[[Payload], Awaitable[None]], data: Payload) -> None:
         """A launched session's helper task: cancelled when the session closes."""
         assert self._helpers is not None
-        with trio.CancelScope() as scope:
+        with anyio.CancelScope() as scope:
             self._helpers.append(scope)
             try:
                 await work(data)

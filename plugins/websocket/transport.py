@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import trio
 
-from pulse._trio.streams import dial
+from pulse._driver.streams import dial
 
 Opener = Callable[[str, int, ssl.SSLContext | None, str], Awaitable[trio.abc.Stream]]
 """``opener(host, port, ssl_context, server_hostname) -> stream``: how a client reaches the

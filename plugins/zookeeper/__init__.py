@@ -19,10 +19,10 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-import trio
+import anyio
 
 from pulse._deprecation import renamed
-from pulse._trio.util import background_nursery
+from pulse._driver.util import background_nursery
 from pulse.registry import Endpoint, Plugin, parse_url
 
 from .client import NotOwnedError, StreamOpener, ZooKeeperSession, open_tcp
@@ -114,8 +114,8 @@ async def _running(session: ZooKeeperSession) -> AsyncIterator[ZooKeeperSession]
         finally:
             # Cancelled from outside: the session's tasks are being cancelled too, so the
             # close must be written by this task (watchers then see it leave at once).
-            direct = trio.current_effective_deadline() == -math.inf
-            with trio.CancelScope(shield=True):
+            direct = anyio.current_effective_deadline() == -math.inf
+            with anyio.CancelScope(shield=True):
                 await session.aclose(direct=direct)
             nursery.cancel_scope.cancel()
 

@@ -3,7 +3,7 @@
 Every timing decision is made by :class:`._machine.SessionMachine` — pulse's one session
 client machine (:mod:`pulse._core.session_client`, shared with the lease client) plus
 ZooKeeper's handshake and zxid. The process's engine drives it through
-:class:`pulse._trio.session.SessionDriver` (no timing loop, no deadline scope here); this
+:class:`pulse._driver.session.SessionDriver` (no timing loop, no deadline scope here); this
 module opens and reads connections and carries out the machine's actions. Per connection,
 one task reads frames and one writes queued bytes (so requests go out in xid order and
 pings never interleave with a half-written frame).
@@ -24,10 +24,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.abc
 import trio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from pulse._driver.session import SessionDriver
+from pulse._driver.streams import aclose_forcefully, open_tcp_stream
 from pulse._log import get_logger
-from pulse._trio.session import SessionDriver
 from pulse.errors import NotOwner, RemoteProtocolError
 from pulse.presence import PresenceEvent, SessionEvent, SessionState
 
@@ -93,7 +97,7 @@ class NotOwnedError(ZooKeeperError, NotOwner):
 
 async def open_tcp(host: str, port: int) -> trio.abc.Stream:
     """The default stream opener: a plain TCP connection."""
-    return await trio.open_tcp_stream(host, port)
+    return await open_tcp_stream(host, port)
 
 
 def _hex(session_id: int | None) -> str | None:
@@ -106,7 +110,7 @@ class _Waiter:
     __slots__ = ("done", "event", "lost")
 
     def __init__(self) -> None:
-        self.done = trio.Event()
+        self.done = anyio.Event()
         self.event: WatcherEvent | None = None
         self.lost: str | None = None
 
@@ -127,7 +131,7 @@ class _Call:
 
     request: Request
     watcher: _Waiter | None = None
-    done: trio.Event = field(default_factory=trio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)
     result: Any = None
     error: ZooKeeperError | None = None
 
@@ -143,20 +147,20 @@ class _Link:
 
     host: Host
     protocol: ClientConnection
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     pending: dict[int, _Call] = field(default_factory=dict)
     ready: bool = False
     stream: trio.abc.Stream | None = None
     closing_directly: bool = False  # aclose() owns the stream now
-    outbox: tuple[trio.MemorySendChannel[bytes], trio.MemoryReceiveChannel[bytes]] = field(
-        default_factory=lambda: trio.open_memory_channel[bytes](math.inf)
+    outbox: tuple[MemoryObjectSendStream[bytes], MemoryObjectReceiveStream[bytes]] = field(
+        default_factory=lambda: anyio.create_memory_object_stream[bytes](math.inf)
     )
 
     def write(self, data: bytes) -> None:
         """Queue bytes for the writer task (never blocks)."""
         try:
             self.outbox[0].send_nowait(data)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the link is being torn down; its pending calls fail with ConnectionLoss
 
     def fail_pending(self, reason: str) -> None:
@@ -197,7 +201,7 @@ class ZooKeeperSession:
         self._start_timeout = start_timeout
         self._driver: SessionDriver | None = None
         self._gave_up: str | None = None
-        self._close_scope: trio.CancelScope | None = None
+        self._close_scope: anyio.CancelScope | None = None
         if digest is not None and (len(digest) != 2 or not all(isinstance(x, str) for x in digest)
                                    or not digest[0] or ":" in digest[0]):
             raise ValueError("digest must be (user, password) with a non-empty user without ':'")
@@ -210,7 +214,7 @@ class ZooKeeperSession:
         self._max_frame = max_frame_size
         self._open_stream = open_stream
         self._link: _Link | None = None
-        self._nursery: trio.Nursery | None = None
+        self._nursery: anyio.abc.TaskGroup | None = None
         self._xid = 0
         self._watches = WatchTable()
         self._registrations: dict[str, bytes] = {}
@@ -219,8 +223,8 @@ class ZooKeeperSession:
         self._restore_pending = False
         self._expiry: SessionEvent | None = None
         self._closing = False
-        self._subscribers: list[trio.MemorySendChannel[SessionEvent]] = []
-        self._changed = trio.Event()  # set (and replaced) on every state or link change
+        self._subscribers: list[MemoryObjectSendStream[SessionEvent]] = []
+        self._changed = anyio.Event()  # set (and replaced) on every state or link change
 
     # ------------------------------------------------------------------ PresenceSession
 
@@ -340,7 +344,7 @@ class ZooKeeperSession:
 
     def state_changes(self) -> AsyncIterator[SessionEvent]:
         """Every state transition from now on; ends after ``closed``."""
-        send, receive = trio.open_memory_channel[SessionEvent](math.inf)
+        send, receive = anyio.create_memory_object_stream[SessionEvent](math.inf)
         if self._machine.phase is Phase.CLOSED:
             send.close()
         else:
@@ -364,7 +368,7 @@ class ZooKeeperSession:
                 link.closing_directly = True
                 self._closed_directly = True
                 await self._close_on_stream(link, link.stream)
-                await trio.aclose_forcefully(link.stream)
+                await aclose_forcefully(link.stream)
             else:
                 now = SessionDriver.now()
                 self._apply(self._machine.begin_close(now), now)
@@ -380,10 +384,10 @@ class ZooKeeperSession:
 
     # ------------------------------------------------------------------ running
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep the session going until it is closed; reports started at once. The engine
         drives the machine's timers; this task only waits for the end."""
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             self._nursery = nursery
             self._driver = driver = SessionDriver(self._machine, self._perform)
             task_status.started()
@@ -442,7 +446,7 @@ class ZooKeeperSession:
 
     def _notify(self) -> None:
         self._changed.set()
-        self._changed = trio.Event()
+        self._changed = anyio.Event()
 
     def _drop_link(self, reason: str) -> None:
         link, self._link = self._link, None
@@ -468,7 +472,7 @@ class ZooKeeperSession:
         for channel in list(self._subscribers):
             try:
                 channel.send_nowait(event)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._subscribers.remove(channel)  # its reader went away
         if event.state is SessionState.EXPIRED:
             self._expiry = event
@@ -499,7 +503,7 @@ class ZooKeeperSession:
                 await self._handshake(link, stream, action)
                 if self._link is not link:
                     return
-                async with trio.open_nursery() as nursery:
+                async with anyio.create_task_group() as nursery:
                     nursery.start_soon(self._writer, link, stream)
                     await self._reader(link, stream)
             finally:
@@ -513,13 +517,13 @@ class ZooKeeperSession:
         if (self._link is link and link.ready and not self._closing
                 and not self._closed_directly and not link.scope.cancel_called
                 and self._machine.phase is Phase.CONNECTED
-                and trio.current_effective_deadline() == -math.inf):
+                and anyio.current_effective_deadline() == -math.inf):
             # Cancelled from outside (the application left the scope around the session by
             # cancellation): the writer is gone, so close directly.
             self._closed_directly = True
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await self._close_on_stream(link, stream)
-        await trio.aclose_forcefully(stream)
+        await aclose_forcefully(stream)
 
     async def _close_on_stream(self, link: _Link, stream: trio.abc.Stream) -> None:
         """closeSession written by this task on the bare stream, for at most the machine's
@@ -528,7 +532,7 @@ class ZooKeeperSession:
         self._apply(self._machine.begin_close(now), now)
         if self._machine.phase is not Phase.CLOSING:
             return
-        self._close_scope = trio.CancelScope()
+        self._close_scope = anyio.CancelScope()
         try:
             with self._close_scope:
                 await self._close_directly(link, stream)
@@ -813,7 +817,7 @@ class ZooKeeperSession:
 
     async def _restore_registrations(self, generation: int) -> None:
         """Re-create every registration in the new session (run after expiry)."""
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for key, data in list(self._registrations.items()):
                 nursery.start_soon(self._restore_one, key, data, generation)
 
@@ -869,7 +873,7 @@ class ZooKeeperSession:
                     raise ZooKeeperSessionExpired(waiter.lost)
 
     async def _iterate_states(
-        self, receive: trio.MemoryReceiveChannel[SessionEvent]
+        self, receive: MemoryObjectReceiveStream[SessionEvent]
     ) -> AsyncIterator[SessionEvent]:
         async with receive:
             async for event in receive:

@@ -2,7 +2,7 @@
 
 Every reconnecting client in pulse (``reconnecting_tcp``, the WebSocket client, the
 ``pulse.rpc`` / Dubbo consumer, ``pulse agent``) follows these rules through one
-:class:`ReconnectMachine`; its trio driver is :mod:`pulse._trio.reconnect`.
+:class:`ReconnectMachine`; its trio driver is :mod:`pulse._driver.reconnect`.
 
 Rules this module keeps:
 

@@ -25,7 +25,7 @@ import trio
 
 from pulse._core.backoff import Backoff
 from pulse._core.reconnect import ReconnectMachine
-from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
+from pulse._driver.reconnect import AttemptHandle, ReconnectDriver
 from pulse.actions import Reconnect
 from pulse.cli._presence import (
     PRESENCE_PREFIX,

@@ -31,8 +31,8 @@ from pathlib import Path
 import trio
 
 from pulse._core.election import MARGIN_FRACTION
+from pulse._driver.engine import current_engine
 from pulse._log import get_logger
-from pulse._trio.engine import current_engine
 from pulse.election import Leadership, LeadershipLost, election
 from pulse.errors import PulseError
 from pulse.presence import SessionState

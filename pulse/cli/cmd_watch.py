@@ -192,7 +192,7 @@ async def _watch(args: argparse.Namespace) -> int:
 async def _watch_members(args: argparse.Namespace) -> int:
     """Join the gossip group as a member and show its member table until a signal."""
     from pulse._core.swim import MemberEventKind
-    from pulse._trio.engine import current_engine
+    from pulse._driver.engine import current_engine
     from pulse.cli._members import MemberTable, member_json, member_line
     from pulse.plugins.gossip.driver import gossip_member, member_state_name
     from pulse.registry import parse_url

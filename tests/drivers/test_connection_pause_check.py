@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from pulse._core.policy import HeartbeatPolicy
-from pulse._trio.connection import heartbeat
+from pulse._driver.connection import heartbeat
 from pulse.actions import Action, LocalPause
 from pulse.errors import ConnectionClosed
 from pulse.frames import PROTOCOL_VERSION, Data, FrameDecoder, Hello, encode_frame

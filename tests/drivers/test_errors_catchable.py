@@ -23,7 +23,7 @@ import pulse.plugins.tcp.client as tcp_client
 from pulse._core.backoff import Backoff, Jitter
 from pulse._core.channel_heartbeat import ChannelTiming
 from pulse._core.policy import HeartbeatPolicy
-from pulse._trio.connection import heartbeat
+from pulse._driver.connection import heartbeat
 from pulse.errors import (
     ConnectionClosed,
     PeerTimeout,

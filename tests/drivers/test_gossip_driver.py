@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from pulse._core.swim import MemberEvent, MemberEventKind, SwimConfig
-from pulse._trio.engine import current_engine
+from pulse._driver.engine import current_engine
 from pulse.plugins.gossip.codec import encode_serf_tags
 from pulse.plugins.gossip.driver import GossipJoinError, GossipMember, gossip_member, tags_of
 

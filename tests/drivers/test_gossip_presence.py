@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from pulse._trio.engine import current_engine
+from pulse._driver.engine import current_engine
 from pulse.errors import KeyExists, LocalProtocolError, NotOwner, SessionClosed
 from pulse.plugins.gossip.driver import gossip_member
 from pulse.plugins.gossip.presence import GossipSession, config_for_timeout, connect_gossip_session

@@ -8,7 +8,7 @@ import trio.testing
 
 from pulse._core.detectors import MissedBeats
 from pulse._core.policy import HeartbeatPolicy
-from pulse._trio.connection import heartbeat
+from pulse._driver.connection import heartbeat
 from pulse.actions import Close, PeerDead, PeerSuspect
 from pulse.errors import AuthFailed, ConnectionClosed, PeerTimeout, RemoteProtocolError
 from pulse.frames import PROTOCOL_VERSION, Data, FrameDecoder, Hello, Ping, Pong, encode_frame

@@ -17,7 +17,7 @@ import trio.testing
 import trustme
 
 from pulse._core.policy import HeartbeatPolicy
-from pulse._trio.connection import heartbeat
+from pulse._driver.connection import heartbeat
 from pulse.actions import Action, Close
 from pulse.errors import ConnectionClosed, PeerTimeout, ProtocolError
 from pulse.frames import PROTOCOL_VERSION, Data, FrameDecoder, Hello, encode_frame

@@ -17,8 +17,8 @@ import trio.testing
 
 from pulse._core.lossy import LossyLink, TcpProgress
 from pulse._core.policy import HeartbeatPolicy
-from pulse._trio import connection as tcp_driver
-from pulse._trio.connection import heartbeat
+from pulse._driver import connection as tcp_driver
+from pulse._driver.connection import heartbeat
 from pulse.errors import PeerTimeout
 from pulse.plugins.websocket import session as ws_driver
 from pulse.plugins.websocket.connection import CloseReceived

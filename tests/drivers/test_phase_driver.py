@@ -9,9 +9,9 @@ import pytest
 import trio
 import trio.testing
 
-from pulse._trio.engine import current_engine
-from pulse._trio.phase import Phase, bounded
-from pulse._trio.streams import dial, peer_name
+from pulse._driver.engine import current_engine
+from pulse._driver.phase import Phase, bounded
+from pulse._driver.streams import dial, peer_name
 from pulse.errors import PhaseTimeout, PulseError
 
 
@@ -154,7 +154,7 @@ async def test_accept_forever_waits_out_a_descriptor_shortage(
     handler raises is closed and costs nobody else."""
     import errno
 
-    from pulse._trio.streams import ACCEPT_RETRY, accept_forever
+    from pulse._driver.streams import ACCEPT_RETRY, accept_forever
 
     listener = _Listener(errno.EMFILE, errno.EMFILE)
     taken: list[trio.SocketStream] = []
@@ -180,7 +180,7 @@ async def test_accept_forever_raises_other_errors() -> None:
     """An accept error that is not a shortage (a closed listener) is not retried."""
     import errno
 
-    from pulse._trio.streams import accept_forever
+    from pulse._driver.streams import accept_forever
 
     with pytest.raises(OSError):
         await accept_forever(_Listener(errno.EBADF), lambda stream: None)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from pulse._core.lossy import TcpProgress
-from pulse._trio.pinger import ping_series
+from pulse._driver.pinger import ping_series
 from pulse.errors import PeerTimeout
 from pulse.registry import PingOptions, ServeOptions
 

@@ -10,8 +10,8 @@ import trio.testing
 
 from pulse._core.backoff import Backoff, Jitter
 from pulse._core.reconnect import ReconnectMachine
-from pulse._trio.engine import current_engine
-from pulse._trio.reconnect import AttemptHandle, ReconnectDriver
+from pulse._driver.engine import current_engine
+from pulse._driver.reconnect import AttemptHandle, ReconnectDriver
 from pulse.actions import Reconnect
 from pulse.errors import ReconnectGaveUp
 

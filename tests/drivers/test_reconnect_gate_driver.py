@@ -14,7 +14,7 @@ import trio.testing
 
 from pulse._core.backoff import Backoff, Jitter
 from pulse._core.reconnect import ReconnectMachine, ReconnectState
-from pulse._trio.reconnect import Attempt, AttemptHandle, ReconnectDriver
+from pulse._driver.reconnect import Attempt, AttemptHandle, ReconnectDriver
 
 HOST = "127.0.0.1"
 

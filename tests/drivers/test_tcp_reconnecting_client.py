@@ -18,8 +18,8 @@ import trio.testing
 import pulse.plugins.tcp.client as client_module
 from pulse._core.backoff import Backoff
 from pulse._core.policy import HeartbeatPolicy
-from pulse._trio.connection import HeartbeatConnection, heartbeat
-from pulse._trio.util import background_nursery
+from pulse._driver.connection import HeartbeatConnection, heartbeat
+from pulse._driver.util import background_nursery
 from pulse.actions import LocalPause
 from pulse.delivery import Delivery, Dropped
 from pulse.frames import PROTOCOL_VERSION, Hello, encode_frame

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from pulse._trio.tcpinfo import TCP_INFO_SIZE, parse_tcp_info, read_tcp_progress, tcp_socket
+from pulse._driver.tcpinfo import TCP_INFO_SIZE, parse_tcp_info, read_tcp_progress, tcp_socket
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO is Linux's")
 

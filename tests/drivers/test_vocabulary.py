@@ -24,7 +24,7 @@ from pulse import (
     ReconnectMachine,
     StartAttempt,
 )
-from pulse._trio.feed import EventHub
+from pulse._driver.feed import EventHub
 from pulse.actions import Action, Close, LocalPause
 from pulse.rpc import ChannelTiming, HeartbeatTimer
 from pulse.testing import heartbeat_pair
@@ -323,7 +323,7 @@ PRIVATE_IMPORT = re.compile(r"^\s*(from|import)\s+pulse\._(core|trio)\b", re.MUL
 
 
 def test_docs_and_examples_import_only_public_modules() -> None:
-    """No docs page, README or example imports from pulse._core / pulse._trio."""
+    """No docs page, README or example imports from pulse._core / pulse._driver."""
     sources = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "examples").glob("*.py")]
     offenders = [str(path.relative_to(ROOT)) for path in sources
                  if PRIVATE_IMPORT.search(path.read_text())]

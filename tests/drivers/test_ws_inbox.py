@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import anyio
 import trio
 import trio.testing
 
@@ -40,7 +41,7 @@ async def test_a_waiting_reader_resumes_when_the_app_takes_one(
         assert len(inbox) == 1
         assert inbox.get_nowait() == "a"
     assert inbox.get_nowait() == "b"
-    with pytest.raises(trio.WouldBlock):
+    with pytest.raises(anyio.WouldBlock):
         inbox.get_nowait()
 
 
@@ -50,7 +51,7 @@ async def test_close_lets_the_app_drain_then_ends() -> None:
     inbox.put_nowait("last")
     inbox.close()
     assert await inbox.get() == "last"
-    with pytest.raises(trio.EndOfChannel):
+    with pytest.raises(anyio.EndOfStream):
         await inbox.get()
     with pytest.raises(trio.ClosedResourceError):
         inbox.put_nowait("late")

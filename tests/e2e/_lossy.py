@@ -23,7 +23,7 @@ import trio
 
 from pulse._core.lossy import LossyLink, LossyLinkJudge
 from pulse._core.policy import HeartbeatPolicy
-from pulse._trio.connection import heartbeat
+from pulse._driver.connection import heartbeat
 from pulse.actions import Action, PeerDead
 from pulse.errors import PulseError
 from pulse.plugins.websocket import ClientState, StateChange, connect

@@ -56,7 +56,7 @@ async def test_server_drops_a_client_that_stops_answering() -> None:
     dropped = trio.Event()
 
     async def handler(conn: object) -> None:
-        from pulse._trio.connection import HeartbeatConnection
+        from pulse._driver.connection import HeartbeatConnection
         assert isinstance(conn, HeartbeatConnection)
         try:
             await conn.receive()
@@ -170,7 +170,7 @@ async def test_cancelling_serve_tcp_while_a_handler_fails_is_clean() -> None:
     """A handler raising the documented error (its client died) while the server's scope is
     cancelled: serve_tcp keeps the error to that client and the cancel completes cleanly,
     with no ExceptionGroup."""
-    from pulse._trio.connection import HeartbeatConnection
+    from pulse._driver.connection import HeartbeatConnection
 
     entered = trio.Event()
 

@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from pulse._core.policy import HeartbeatPolicy
-from pulse._trio.connection import HeartbeatConnection
+from pulse._driver.connection import HeartbeatConnection
 from pulse.errors import PeerTimeout
 from pulse.plugins.tcp import serve_tcp
 

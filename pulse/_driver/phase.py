@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import trio
+import anyio
 
 from pulse._core.phase import Phase, PhaseDeadline
-from pulse._trio.engine import current_engine
+from pulse._driver.engine import current_engine
 from pulse.errors import PhaseTimeout
 
 __all__ = ["Phase", "bounded"]
@@ -27,7 +27,7 @@ class _Guard:
 
     __slots__ = ("machine", "scope")
 
-    def __init__(self, machine: PhaseDeadline, scope: trio.CancelScope) -> None:
+    def __init__(self, machine: PhaseDeadline, scope: anyio.CancelScope) -> None:
         self.machine = machine
         self.scope = scope
 
@@ -51,7 +51,7 @@ def bounded(
     """
     engine = current_engine()
     machine = PhaseDeadline(phase, engine.now(), timeout)
-    guard = _Guard(machine, trio.CancelScope())
+    guard = _Guard(machine, anyio.CancelScope())
     engine.watch(guard)
     try:
         with guard.scope:

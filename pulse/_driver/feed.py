@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
-import trio
+import anyio
 
 T = TypeVar("T")
 
@@ -27,7 +27,7 @@ class EventFeed(Generic[T]):
         self._maxlen = maxlen
         # Made on first use: most feeds (one per connection) never carry an event.
         self._items: deque[T] | None = None
-        self._changed: trio.Event | None = None  # made by a waiting consumer
+        self._changed: anyio.Event | None = None  # made by a waiting consumer
         self._closed = False
         self.dropped = 0
 
@@ -51,12 +51,12 @@ class EventFeed(Generic[T]):
             self._changed.set()
 
     async def get(self) -> T:
-        """The next event; raises ``trio.EndOfChannel`` once closed and drained."""
+        """The next event; raises ``anyio.EndOfStream`` once closed and drained."""
         while not self._items:
             if self._closed:
-                raise trio.EndOfChannel
+                raise anyio.EndOfStream
             if self._changed is None or self._changed.is_set():
-                self._changed = trio.Event()
+                self._changed = anyio.Event()
             await self._changed.wait()
         return self._items.popleft()
 
@@ -67,7 +67,7 @@ class EventFeed(Generic[T]):
         while True:
             try:
                 yield await self.get()
-            except trio.EndOfChannel:
+            except anyio.EndOfStream:
                 return
 
 

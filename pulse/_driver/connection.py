@@ -6,7 +6,7 @@ first and agree on one policy (:func:`pulse._core.policy.negotiate`); then appli
 travels in ``DATA`` frames and heartbeats in ``PING``/``PONG`` frames.
 
 One task runs per connection: the reader. Its timer is the process's one engine
-(:mod:`pulse._trio.engine`): the connection is a timer client whose deadline is the liveness
+(:mod:`pulse._driver.engine`): the connection is a timer client whose deadline is the liveness
 machine's, and an arriving byte only stores a timestamp. Control frames never hop tasks: a
 pong is written by the reader that read the ping, a heartbeat by the engine when it falls
 due, both straight to the non-blocking socket (:class:`ControlWriter`); only when the socket
@@ -24,6 +24,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import trio
 
 from pulse._core.bounded import BoundedDeque
@@ -33,12 +36,13 @@ from pulse._core.liveness import Liveness, LivenessState, PeerStats
 from pulse._core.policy import HeartbeatPolicy, NegotiationBounds, negotiate
 from pulse._core.rate import TokenBucket
 from pulse._deprecation import deprecated
+from pulse._driver.engine import current_engine
+from pulse._driver.feed import EventFeed, EventHub
+from pulse._driver.streams import aclose_forcefully
+from pulse._driver.tcpinfo import read_tcp_progress, tcp_socket
+from pulse._driver.util import background_nursery
+from pulse._driver.writer import ControlWriter, raw_socket
 from pulse._log import get_logger
-from pulse._trio.engine import current_engine
-from pulse._trio.feed import EventFeed, EventHub
-from pulse._trio.tcpinfo import read_tcp_progress, tcp_socket
-from pulse._trio.util import background_nursery
-from pulse._trio.writer import ControlWriter, raw_socket
 from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
 from pulse.delivery import Delivery
 from pulse.errors import (
@@ -128,9 +132,9 @@ class HeartbeatConnection:
         self._decoder = decoder
         self._engine = current_engine()
         self._liveness = Liveness(policy, self._engine.now(), detector=detector)
-        self._send_lock = trio.StrictFIFOLock()
+        self._send_lock = anyio.Lock()
         self._control = ControlWriter(stream, self._send_lock, self._control_failed)
-        self._inbound_send, self._inbound_receive = trio.open_memory_channel[Any](receive_buffer)
+        self._inbound_send, self._inbound_receive = anyio.create_memory_object_stream[Any](receive_buffer)
         self._events: EventHub[Action] = EventHub()
         self._on_liveness = on_liveness
         self._close_reason: str | None = None
@@ -146,13 +150,13 @@ class HeartbeatConnection:
         self.hold_limit = hold_limit
         self._paused = False
         self._done_reading = False  # the end, a goodbye or a protocol error was read
-        self._resumed = trio.Event()
+        self._resumed = anyio.Event()
         self._raw: socket.socket | None = None  # set while the engine reads for us
         self._goodbye: tuple[str, PulseError | None] | None = None
         self._early_frames: list[Frame] = []
-        self._pong_waiters: dict[int, trio.Event] = {}
+        self._pong_waiters: dict[int, anyio.Event] = {}
         self._pong_rtts: dict[int, float] = {}
-        self._nursery: trio.Nursery | None = None
+        self._nursery: anyio.abc.TaskGroup | None = None
         #: The peer's pings answered per second at most (0: no limit); a sustained flood
         #: closes the connection, so one client cannot keep the server busy with pongs.
         self._pings = TokenBucket(max_ping_rate, self._engine.now())
@@ -167,13 +171,13 @@ class HeartbeatConnection:
                 keep_all=delivery is Delivery.AT_LEAST_ONCE,
             )
         # Made only while someone waits (an idle connection holds no event objects):
-        self._room: trio.Event | None = None  # set when the window shrinks or it closes
+        self._room: anyio.Event | None = None  # set when the window shrinks or it closes
         # After a local pause (our process stopped or blocked past a deadline) application
         # writes wait until a pong to a heartbeat sent after the pause shows the connection
         # still stands, or until it is found dead: a peer that dropped us meanwhile must
         # not swallow what the application sends next.
         self._verify_seq: int | None = None
-        self._verified: trio.Event | None = None  # set when that check is over
+        self._verified: anyio.Event | None = None  # set when that check is over
 
     def _logger(self) -> Any:
         """The connection's logger, bound to its peer (bound per event: events are rare,
@@ -210,10 +214,10 @@ class HeartbeatConnection:
 
     def stats(self) -> PeerStats:
         """RTT summary, missed beats, pings sent, pongs received, silence and suspicion."""
-        return self._liveness.stats(trio.current_time())
+        return self._liveness.stats(anyio.current_time())
 
     def events(self) -> EventFeed[Action]:
-        """A new subscription to the liveness changes (see :class:`~pulse._trio.feed.EventHub`:
+        """A new subscription to the liveness changes (see :class:`~pulse._driver.feed.EventHub`:
         each call is independent, the first also gets what happened before it; bounded,
         never blocks the driver)."""
         return self._events.subscribe()
@@ -263,7 +267,7 @@ class HeartbeatConnection:
         :class:`PeerTimeout` when the peer was declared dead) once closed and drained."""
         try:
             message = await self._inbound_receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
             if self._held:  # what arrived before the end is still the application's
                 return self._held.popleft()
             error = self._closed_error()
@@ -298,16 +302,16 @@ class HeartbeatConnection:
         policy's timeout) and :class:`ConnectionClosed` if the connection closes first.
         """
         self._raise_if_closed()
-        request = next(iter(self._liveness.request_ping(trio.current_time())), None)
+        request = next(iter(self._liveness.request_ping(anyio.current_time())), None)
         if not isinstance(request, SendPing):
             raise self._closed_error()
-        done = self._pong_waiters[request.seq] = trio.Event()
+        done = self._pong_waiters[request.seq] = anyio.Event()
         limit = self.policy.dead_after if timeout is None else timeout
         try:
             await self._write(encode_frame(Ping(request.seq, request.now)), progress=False)
             if self._window is not None:
-                self._window.ping_written(request.seq, trio.current_time())
-            with trio.move_on_after(limit if limit > 0 else math.inf):
+                self._window.ping_written(request.seq, anyio.current_time())
+            with anyio.move_on_after(limit if limit > 0 else math.inf):
                 await done.wait()  # set by the pong, or by the connection closing
         finally:
             self._pong_waiters.pop(request.seq, None)
@@ -405,12 +409,12 @@ class HeartbeatConnection:
 
     # -- reading: the engine's readiness set, or one task ---------------------------------
 
-    def _start(self, nursery: trio.Nursery) -> None:
+    def _start(self, nursery: anyio.abc.TaskGroup) -> None:
         """Start reading and heartbeating; ``nursery`` runs the rare task the connection
         needs (a write that must wait for room, a goodbye, a task reader)."""
         self._nursery = nursery
         self._control.nursery = nursery
-        now = trio.current_time()
+        now = anyio.current_time()
         for frame in self._early_frames:
             if self.closed or self._done_reading:
                 break  # a goodbye, an error or a flood verdict ends them, as in _feed
@@ -452,7 +456,7 @@ class HeartbeatConnection:
                 if not chunk:
                     await self._finish("connection closed by peer", None)
                     return
-                self._feed(chunk, trio.current_time())
+                self._feed(chunk, anyio.current_time())
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             await self._finish(f"connection lost: {exc!r}", None, graceful=False)
 
@@ -472,7 +476,7 @@ class HeartbeatConnection:
             self._held_bytes += len(chunk)
             if self._held_bytes > self.hold_limit and not self._paused:
                 self._paused = True
-                self._resumed = trio.Event()
+                self._resumed = anyio.Event()
                 if self._raw is not None:
                     self._engine.pause_reader(self._raw)
                 if self._verify_seq is not None:
@@ -532,9 +536,9 @@ class HeartbeatConnection:
             try:
                 self._inbound_send.send_nowait(payload)
                 return
-            except trio.WouldBlock:
+            except anyio.WouldBlock:
                 pass
-            except trio.ClosedResourceError:
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return  # closed: nobody will read it
         if self._held is None:
             self._held = BoundedDeque(self.hold_limit + READ_CHUNK, "held messages")
@@ -549,7 +553,7 @@ class HeartbeatConnection:
         while held:
             try:
                 self._inbound_send.send_nowait(held[0])
-            except (trio.WouldBlock, trio.ClosedResourceError):
+            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
             held.popleft()
         self._held_bytes = 0
@@ -615,7 +619,7 @@ class HeartbeatConnection:
                            shield: bool) -> None:
         """Send CLOSE(``said``) for at most :data:`CLOSE_TIMEOUT`, then close for ``reason``."""
         self._goodbye = (reason, error)  # the reason even if the CLOSE frame is cut short
-        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+        with anyio.move_on_after(CLOSE_TIMEOUT) as scope:
             scope.shield = shield
             try:
                 await self._write(encode_frame(CloseFrame(said)), progress=False)
@@ -635,16 +639,16 @@ class HeartbeatConnection:
                 for start in range(0, len(view), WRITE_CHUNK):
                     await self.stream.send_all(view[start:start + WRITE_CHUNK])
                     if progress and start + WRITE_CHUNK < len(view):
-                        self._liveness.output_progress(trio.current_time())
+                        self._liveness.output_progress(anyio.current_time())
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 await self._finish(f"connection lost: {exc!r}", None, graceful=False)
                 raise self._closed_error() from exc
-            except trio.Cancelled:
+            except anyio.get_cancelled_exc_class():
                 reason, error = self._goodbye or ("a write was cancelled part-way through a frame",
                                                   None)
                 await self._finish(reason, error, graceful=False)
                 raise
-            self._liveness.data_sent(trio.current_time())
+            self._liveness.data_sent(anyio.current_time())
 
     async def _finish(self, reason: str, error: PulseError | None, *, graceful: bool = True) -> None:
         """Close for ``reason`` (first caller wins); ``graceful`` lets a transport say goodbye
@@ -681,14 +685,14 @@ class HeartbeatConnection:
     async def _release(self, graceful: bool) -> None:
         """Close the stream (never hanging: a stuck graceful close becomes a forceful one) and
         stop the connection's tasks."""
-        with trio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
             if graceful:
-                with trio.move_on_after(CLOSE_TIMEOUT):
+                with anyio.move_on_after(CLOSE_TIMEOUT):
                     try:
                         await self.stream.aclose()
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         pass
-            await trio.aclose_forcefully(self.stream)
+            await aclose_forcefully(self.stream)
 
     def _raise_if_closed(self) -> None:
         if self.closed:
@@ -711,7 +715,7 @@ async def _handshake(
 ) -> tuple[Hello, list[Frame]]:
     """Send our HELLO, read theirs; frames that arrived right behind it are returned too."""
     await stream.send_all(encode_frame(hello))
-    with trio.move_on_after(timeout) as scope:
+    with anyio.move_on_after(timeout) as scope:
         while True:
             chunk = await stream.receive_some(READ_CHUNK)
             if not chunk:
@@ -793,7 +797,7 @@ async def heartbeat(
     try:
         remote, early_frames = await _handshake(stream, decoder, hello, handshake_timeout)
         if authenticate is not None and not authenticate(remote.token):
-            with trio.move_on_after(CLOSE_TIMEOUT):
+            with anyio.move_on_after(CLOSE_TIMEOUT):
                 await stream.send_all(encode_frame(CloseFrame("authentication failed")))
             raise AuthFailed(f"peer {remote.peer_id!r} presented a bad token")
         agreed = negotiate(policy, remote.interval, remote.timeout, bounds)
@@ -805,21 +809,21 @@ async def heartbeat(
             window=window,
         )
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        await trio.aclose_forcefully(stream)
+        await aclose_forcefully(stream)
         raise ConnectionClosed(f"connection lost during the HELLO exchange: {exc!r}") from exc
     except BaseException:
-        await trio.aclose_forcefully(stream)
+        await aclose_forcefully(stream)
         raise
     conn._early_frames = early_frames
     log.info("connection_open", peer=peer, transport=transport, remote_id=remote.peer_id,
              interval=agreed.interval, timeout=agreed.timeout)
     async with background_nursery() as nursery:
         conn._start(nursery)
-        await trio.lowlevel.checkpoint()  # let the peer's side of the HELLO exchange settle
+        await anyio.lowlevel.checkpoint()  # let the peer's side of the HELLO exchange settle
         try:
             yield conn
         finally:
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await conn.aclose()
 
 
@@ -835,7 +839,7 @@ async def _wait(owner: HeartbeatConnection, name: str) -> None:
     """Wait for the next ``_wake(owner, name)`` (the event is made by the first waiter)."""
     event = getattr(owner, name)
     if event is None:
-        event = trio.Event()
+        event = anyio.Event()
         setattr(owner, name, event)
     await event.wait()
 

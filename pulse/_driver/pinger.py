@@ -18,11 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import trio
+import anyio
 
 from pulse._core.lossy import LossyLinkJudge, TcpProgress
 from pulse._core.policy import PROFILES
-from pulse._trio.engine import current_engine
+from pulse._driver.engine import current_engine
 from pulse.errors import PeerTimeout
 from pulse.registry import PingOptions, PingReply
 
@@ -72,7 +72,7 @@ async def _judged_probe(probe: Probe, seq: int, started: float, timeout: float,
     late rather than lost. Returns the round-trip time, or None when the judge gives up."""
     engine = current_engine()
     answer: list[float] = []
-    answered = trio.Event()
+    answered = anyio.Event()
 
     async def run() -> None:
         rtt = await probe(seq)
@@ -81,7 +81,7 @@ async def _judged_probe(probe: Probe, seq: int, started: float, timeout: float,
 
     deadline = started + timeout
     deferring = False
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         nursery.start_soon(run)
         while True:
             with engine.move_on_at(deadline):

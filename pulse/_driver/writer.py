@@ -17,15 +17,23 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
+import anyio
+import anyio.abc
 import trio
+
+from pulse._driver import sockets
+from pulse._driver.streams import SocketStream
 
 #: Default bound on owed control bytes per connection (about 256 pings or pongs).
 CONTROL_BACKLOG = 4096
 
 
 def raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
-    """The non-blocking stdlib socket under a plain ``trio.SocketStream`` (None otherwise)."""
-    if not isinstance(stream, trio.SocketStream):
+    """The non-blocking stdlib socket under a plain socket stream (None for TLS, memory
+    streams and the like)."""
+    if isinstance(stream, sockets.SocketStream):
+        return stream.socket
+    if not isinstance(stream, SocketStream):
         return None
     sock = getattr(stream.socket, "_sock", None)  # trio keeps the stdlib socket here
     return sock if isinstance(sock, socket.socket) else None
@@ -41,12 +49,12 @@ class ControlWriter:
     def __init__(
         self,
         stream: trio.abc.Stream,
-        lock: trio.StrictFIFOLock,
+        lock: anyio.Lock,
         on_error: Callable[[BaseException], None],
         *,
         backlog: int = CONTROL_BACKLOG,
     ) -> None:
-        self.nursery: trio.Nursery | None = None
+        self.nursery: anyio.abc.TaskGroup | None = None
         self.backlog = backlog
         #: Control frames dropped because the backlog was full.
         self.dropped = 0

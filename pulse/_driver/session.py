@@ -3,7 +3,7 @@
 Rules this module keeps:
 
 * **The engine is the only timer.** :class:`SessionDriver` is a timer client of the
-  process's engine (:func:`pulse._trio.engine.current_engine`): connect timeouts, retry
+  process's engine (:func:`pulse._driver.engine.current_engine`): connect timeouts, retry
   pauses, pings, read timeouts, client-side expiry, the give-up time and the wait for a
   close to be confirmed are all deadlines of the machine
   (:class:`pulse._core.session_client.SessionClient`); the engine calls ``handle_timer(now)``
@@ -11,7 +11,7 @@ Rules this module keeps:
 * **One place reads the clock** for the backends' inputs: :meth:`SessionDriver.now` stamps
   what a connection task observed (bytes arrived, a request written). Everything else gets
   ``now`` from the engine.
-* After every input the driver asks the engine to :meth:`~pulse._trio.engine.Engine.watch`
+* After every input the driver asks the engine to :meth:`~pulse._driver.engine.Engine.watch`
   the machine again (its deadline may have moved earlier); actions go to the backend's
   ``perform`` callback, which never awaits.
 * Waiting for a state is :meth:`SessionDriver.wait_until`: it wakes on every action.
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import trio
+import anyio
 
 from pulse._core.session_client import Action, Phase, SessionClient
-from pulse._trio.engine import current_engine
+from pulse._driver.engine import current_engine
 
 Perform = Callable[[Action, float], None]
 
@@ -36,7 +36,7 @@ class SessionDriver:
         self.machine = machine
         self._perform = perform
         self._engine = current_engine()
-        self._changed = trio.Event()
+        self._changed = anyio.Event()
         #: An exception raised by ``perform`` inside the engine (the driver stops then).
         self.failure: BaseException | None = None
 
@@ -62,7 +62,7 @@ class SessionDriver:
     @staticmethod
     def now() -> float:
         """The current time, for inputs observed by a connection task."""
-        return trio.current_time()
+        return anyio.current_time()
 
     def apply(self, actions: list[Action], now: float) -> None:
         """Carry out the actions an input returned; re-arm the engine."""
@@ -87,7 +87,7 @@ class SessionDriver:
     def notify(self) -> None:
         """Wake every :meth:`wait_until` (after anything they may be waiting for)."""
         self._changed.set()
-        self._changed = trio.Event()
+        self._changed = anyio.Event()
 
     async def wait_until(self, done: Callable[[], bool]) -> None:
         """Return once ``done()`` is true (checked after every action and notification)."""

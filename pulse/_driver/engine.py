@@ -1,4 +1,4 @@
-"""The engine: one timer for every pure machine in a trio process.
+"""The engine: one timer for every pure machine in a process, on trio or asyncio.
 
 Rules this module keeps:
 
@@ -35,12 +35,15 @@ Rules this module keeps:
   machines it touched); the machines themselves decide what a stall means for their peers
   and report it as an action, not as a log line.
 
-The engine of the running trio process is :func:`current_engine`; it starts on first use as a
-trio system task and ends with the run.
+The engine of the running loop is :func:`current_engine`; it starts on first use and ends
+with the run: under trio as a system task, under asyncio (or uvloop) as a task of the loop,
+which ``asyncio.run`` cancels at its end. It is written once, on anyio: the same heap, the
+same epoll set and the same passes on either loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import math
@@ -50,6 +53,9 @@ import socket
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+import anyio
+import anyio.lowlevel
+import sniffio
 import trio
 
 from pulse._log import get_logger
@@ -99,7 +105,7 @@ class Engine:
         self._heap: list[tuple[float, int, TimerClient]] = []
         self._queued: dict[TimerClient, float] = {}  # client -> the deadline it is queued at
         self._order = itertools.count()
-        self._scope: trio.CancelScope | None = None
+        self._scope: anyio.CancelScope | None = None
         self._sleep_until = math.inf
         #: Wake-ups of the engine so far.
         self.wakeups = 0
@@ -116,42 +122,42 @@ class Engine:
     def now() -> float:
         """The current time on the loop's clock: the one clock drivers and plugins use
         (virtual under trio's ``MockClock``)."""
-        return trio.current_time()
+        return anyio.current_time()
 
     # -- bounded waits --------------------------------------------------------------------
     # Handshakes, goodbyes and connects wait at most so long. Plugins take these from the
     # engine, never from the loop directly, so that another event loop can supply its own.
 
     @staticmethod
-    def move_on_after(seconds: float) -> trio.CancelScope:
+    def move_on_after(seconds: float) -> anyio.CancelScope:
         """A scope that gives up on its block after ``seconds`` (``cancelled_caught`` tells)."""
-        return trio.move_on_after(seconds)
+        return anyio.move_on_after(seconds)
 
     @staticmethod
-    def move_on_at(deadline: float) -> trio.CancelScope:
+    def move_on_at(deadline: float) -> anyio.CancelScope:
         """A scope that gives up on its block at ``deadline`` on the engine's clock."""
-        return trio.move_on_at(deadline)
+        return anyio.CancelScope(deadline=deadline)
 
     @staticmethod
-    def fail_after(seconds: float) -> AbstractContextManager[trio.CancelScope]:
-        """A scope that raises ``trio.TooSlowError`` when its block takes over ``seconds``."""
-        return trio.fail_after(seconds)
+    def fail_after(seconds: float) -> AbstractContextManager[anyio.CancelScope]:
+        """A scope that raises ``TimeoutError`` when its block takes over ``seconds``."""
+        return anyio.fail_after(seconds)
 
     @staticmethod
-    def fail_at(deadline: float) -> AbstractContextManager[trio.CancelScope]:
-        """A scope that raises ``trio.TooSlowError`` when its block runs past ``deadline``."""
-        return trio.fail_at(deadline)
+    def fail_at(deadline: float) -> AbstractContextManager[anyio.CancelScope]:
+        """A scope that raises ``TimeoutError`` when its block runs past ``deadline``."""
+        return anyio.fail_after(deadline - anyio.current_time())
 
     @staticmethod
     async def sleep(seconds: float) -> None:
         """Wait ``seconds`` (pacing a retry, not liveness)."""
-        await trio.sleep(seconds)
+        await anyio.sleep(seconds)
 
     @staticmethod
     async def sleep_until(deadline: float) -> None:
         """Wait until ``deadline`` on the engine's clock (pacing, not liveness: machines'
         deadlines go through :meth:`watch`)."""
-        await trio.sleep_until(deadline)
+        await anyio.sleep_until(deadline)
 
     # -- registering ----------------------------------------------------------------------
 
@@ -251,6 +257,15 @@ class Engine:
 
     # -- the one task ---------------------------------------------------------------------
 
+    async def run_until_cancelled(self) -> None:
+        """:meth:`run`, closing the readiness set when the loop cancels it at its end (an
+        asyncio loop has no system tasks; ``asyncio.run`` cancels what is left)."""
+        try:
+            await self.run()
+        finally:
+            if self._epoll is not None:
+                self._epoll.close()
+
     async def run(self) -> None:
         """Wait for the earliest deadline or a readable socket; act on both, forever."""
         epoll = self._epoll
@@ -259,14 +274,14 @@ class Engine:
             deadline = self._heap[0][0] if self._heap else math.inf
             if resolution and deadline != math.inf:
                 deadline = self._coalesce(deadline)
-            with trio.CancelScope(deadline=deadline) as scope:
+            with anyio.CancelScope(deadline=deadline) as scope:
                 self._scope, self._sleep_until = scope, deadline
                 if epoll is None:
-                    await trio.sleep_forever()
+                    await anyio.sleep_forever()
                 else:
-                    await trio.lowlevel.wait_readable(epoll)
+                    await anyio.wait_readable(epoll)
             self._scope, self._sleep_until = None, math.inf
-            now = trio.current_time()
+            now = anyio.current_time()
             if epoll is not None:
                 self.run_ready(now)  # fresh evidence first, then verdicts
             self.run_due(now)
@@ -319,16 +334,23 @@ class Engine:
             log.error("timer_client_failed", client=type(client).__name__, error=repr(inner))
 
 
-_ENGINE: trio.lowlevel.RunVar[Engine] = trio.lowlevel.RunVar("pulse_engine")
+_ENGINE: anyio.lowlevel.RunVar[Engine] = anyio.lowlevel.RunVar("pulse_engine")
+_TASKS: set[asyncio.Task[None]] = set()  # the asyncio engines' tasks (the loop keeps weak refs)
 
 
 def current_engine() -> Engine:
-    """The engine of the running trio process, started on first use."""
+    """The engine of the running loop (trio, asyncio or uvloop), started on first use."""
     try:
         return _ENGINE.get()
     except LookupError:
         pass
     engine = Engine(resolution=float(os.environ.get("PULSE_ENGINE_RESOLUTION", DEFAULT_RESOLUTION)))
     _ENGINE.set(engine)
-    trio.lowlevel.spawn_system_task(engine.run, name="pulse.engine")
+    if sniffio.current_async_library() == "trio":
+        trio.lowlevel.spawn_system_task(engine.run, name="pulse.engine")
+    else:
+        task = asyncio.get_running_loop().create_task(engine.run_until_cancelled(),
+                                                      name="pulse.engine")
+        _TASKS.add(task)
+        task.add_done_callback(_TASKS.discard)
     return engine

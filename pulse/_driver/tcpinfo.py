@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from pulse._core.lossy import TcpProgress
+from pulse._driver.streams import socket_of
 
 #: ``TCP_INFO`` (11 on Linux) when the platform has it.
 TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
@@ -35,12 +36,9 @@ _U32 = struct.Struct("=I")
 
 
 def tcp_socket(stream: trio.abc.Stream) -> Any | None:
-    """The (trio) TCP socket under ``stream``: a ``SocketStream`` or a TLS stream over one."""
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    if isinstance(stream, trio.SocketStream):
-        return stream.socket
-    return None
+    """The TCP socket under ``stream``: a socket stream or a TLS stream over one."""
+    plain = socket_of(stream)
+    return plain.socket if plain is not None else None
 
 
 def parse_tcp_info(raw: bytes) -> TcpProgress | None:

@@ -3,7 +3,7 @@
 Rules this module keeps:
 
 * **The engine keeps the time.** The driver is a timer client of
-  :func:`~pulse._trio.engine.current_engine`: a wait between attempts is the machine's
+  :func:`~pulse._driver.engine.current_engine`: a wait between attempts is the machine's
   deadline in the engine's heap, never a ``trio.sleep`` or a deadline scope of its own.
   When the wait is over the engine calls :meth:`ReconnectDriver.handle_timer`, which starts
   the attempt.
@@ -39,6 +39,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 
+import anyio
+import anyio.lowlevel
 import trio
 
 from pulse._core.reconnect import (
@@ -51,8 +53,8 @@ from pulse._core.reconnect import (
     StartAttempt,
     probe_backoff,
 )
+from pulse._driver.engine import Engine, current_engine
 from pulse._log import get_logger
-from pulse._trio.engine import Engine, current_engine
 from pulse.actions import Reconnect
 from pulse.errors import ReconnectGaveUp
 
@@ -61,7 +63,7 @@ log = get_logger("pulse.reconnect")
 
 def describe_error(exc: BaseException) -> str:
     """A short reason for a failed attempt or a lost connection."""
-    if isinstance(exc, trio.TooSlowError):
+    if isinstance(exc, (trio.TooSlowError, TimeoutError)):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:
         return f"{type(exc).__name__}: {exc.strerror}"
@@ -108,7 +110,7 @@ class AttemptHandle:
         if not self.is_connected:
             self.reached()
             self.is_connected = True
-            self._driver._input(self._driver.machine.connected(trio.current_time()))
+            self._driver._input(self._driver.machine.connected(anyio.current_time()))
 
 
 Attempt = Callable[[AttemptHandle], Awaitable[str]]
@@ -127,7 +129,8 @@ class ReconnectDriver:
         on_wait: Callable[[Reconnect, str], None] | None = None,
         on_give_up: Callable[[ReconnectGaveUp], None] | None = None,
         destination: Hashable | None = None,
-        transport_errors: Sequence[type[BaseException]] = (OSError, trio.TooSlowError),
+        transport_errors: Sequence[type[BaseException]] = (OSError, trio.TooSlowError,
+                                                           TimeoutError),
     ) -> None:
         self.machine = machine
         #: The key of the destination whose gate this client joins (None: no gate).
@@ -142,7 +145,7 @@ class ReconnectDriver:
         self._engine: Engine | None = None
         self._due: StartAttempt | None = None  # the attempt the machine asked for
         self._running = False  # an attempt (or its connection) is in flight
-        self._wakeup = trio.Event()
+        self._wakeup = anyio.Event()
         self._crash: BaseException | None = None
         self._started = False
         #: The give-up, once the machine gave up.
@@ -158,7 +161,7 @@ class ReconnectDriver:
         if self.destination is not None:
             self._gates = _gates()
         try:
-            now = trio.current_time()
+            now = anyio.current_time()
             gate = self._gate()
             if gate is not None and not gate.request(self, now):
                 self._input(self.machine.hold(now))
@@ -175,14 +178,14 @@ class ReconnectDriver:
                 if self.machine.finished:
                     return
                 await self._wakeup.wait()
-                self._wakeup = trio.Event()
+                self._wakeup = anyio.Event()
         finally:
             engine.forget(self)
             self._leave_gate()
 
     def stop(self) -> None:
         """No further attempts; an attempt in flight is left to finish."""
-        self._input(self.machine.stop(trio.current_time()))
+        self._input(self.machine.stop(anyio.current_time()))
         if not self._running:
             self._leave_gate()
 
@@ -193,7 +196,7 @@ class ReconnectDriver:
             return
         if self.machine.state is ReconnectState.HELD:
             self._leave_gate()  # the application asked for this attempt itself
-        self._input(self.machine.retry_now(trio.current_time()))
+        self._input(self.machine.retry_now(anyio.current_time()))
 
     @property
     def attempt_running(self) -> bool:
@@ -251,12 +254,12 @@ class ReconnectDriver:
     def _reached(self) -> None:
         gate = self._gate()
         if gate is not None:
-            gate.reached(self, trio.current_time())
+            gate.reached(self, anyio.current_time())
 
     def _leave_gate(self) -> None:
         gate = self._gate()
         if gate is not None:
-            gate.leave(self, trio.current_time())
+            gate.leave(self, anyio.current_time())
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -295,7 +298,7 @@ class ReconnectDriver:
             transport = isinstance(exc, self._transport_errors)
         finally:
             self._running = False
-        now = trio.current_time()
+        now = anyio.current_time()
         machine = self.machine
         transport = (transport or handle.is_unreachable) and not handle.is_reached
         gate = self._gate(create=transport and not machine.finished)
@@ -386,7 +389,7 @@ class _Gate:
             self._engine.watch(self)
 
 
-_GATES: trio.lowlevel.RunVar[dict[Hashable, _Gate]] = trio.lowlevel.RunVar("pulse_probe_gates")
+_GATES: anyio.lowlevel.RunVar[dict[Hashable, _Gate]] = anyio.lowlevel.RunVar("pulse_probe_gates")
 
 
 def _gates() -> dict[Hashable, _Gate]:
