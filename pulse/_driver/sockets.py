@@ -209,10 +209,23 @@ class TlsStream(trio.abc.Stream):
         raise NotImplementedError("TLS streams have no half-close")
 
     async def aclose(self) -> None:
-        try:
-            await self.tls.aclose()
-        except (anyio.BrokenResourceError, ssl.SSLError, OSError):
-            await self.transport_stream.aclose()
+        """Send TLS's close_notify when the socket takes it at once, then close — without
+        waiting for the peer's reply (as trio's ``SSLStream.aclose``; anyio's ``aclose``
+        would wait for the peer to answer, which a dead peer never does)."""
+        ssl_object = getattr(self.tls, "_ssl_object", None)
+        write_bio = getattr(self.tls, "_write_bio", None)
+        if ssl_object is not None and write_bio is not None:
+            try:
+                ssl_object.unwrap()
+            except (ssl.SSLError, OSError, ValueError):
+                pass  # the peer's close_notify has not come (it need not)
+            goodbye = write_bio.read()
+            if goodbye:
+                try:
+                    self.transport_stream.socket.send(goodbye)
+                except OSError:
+                    pass  # a full buffer or a gone peer: the goodbye is a courtesy
+        await self.transport_stream.aclose()
 
 
 class SocketListener(trio.abc.Listener[SocketStream]):
