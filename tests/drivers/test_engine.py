@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+import anyio
 import trio
 import trio.testing
 
@@ -178,7 +179,7 @@ def _socketpair() -> tuple[trio.SocketStream, socket.socket]:
 async def test_control_frames_reach_the_socket_without_a_checkpoint() -> None:
     """A control frame is written synchronously: the peer can read it before we await."""
     stream, peer = _socketpair()
-    writer = ControlWriter(stream, trio.StrictFIFOLock(), lambda exc: None)
+    writer = ControlWriter(stream, anyio.Lock(), lambda exc: None)
     assert writer.send(b"ping-16-bytes!!!")
     assert peer.recv(100) == b"ping-16-bytes!!!"
     await stream.aclose()
@@ -191,8 +192,8 @@ async def test_owed_frames_are_finished_by_a_task_and_never_cut() -> None:
     stream, peer = _socketpair()
     peer.setblocking(False)
     failures: list[BaseException] = []
-    writer = ControlWriter(stream, trio.StrictFIFOLock(), failures.append, backlog=64)
-    async with trio.open_nursery() as nursery:
+    writer = ControlWriter(stream, anyio.Lock(), failures.append, backlog=64)
+    async with anyio.create_task_group() as nursery:
         writer.nursery = nursery
         big = b"x" * (1 << 20)
         assert not writer.send(big)  # the buffer fills part-way: the rest is owed
@@ -218,7 +219,7 @@ async def test_a_broken_socket_is_reported_once() -> None:
     """A write to a socket whose peer is gone calls on_error once; later sends drop."""
     stream, peer = _socketpair()
     failures: list[BaseException] = []
-    writer = ControlWriter(stream, trio.StrictFIFOLock(), failures.append)
+    writer = ControlWriter(stream, anyio.Lock(), failures.append)
     peer.close()
     for _ in range(3):
         writer.send(b"0123456789abcdef")

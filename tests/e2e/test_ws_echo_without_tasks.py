@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 
 import pytest
+import anyio
+import anyio.abc
 import trio
 from wsproto import WSConnection
 
@@ -54,10 +56,16 @@ async def next_event(conn: WebSocketConnection, *, answer_pings: bool = True) ->
         return event
 
 
+def child_tasks(group: anyio.abc.TaskGroup) -> frozenset[trio.lowlevel.Task]:
+    """The running tasks of a server's task group (anyio's group wraps a trio nursery)."""
+    nursery: trio.Nursery = group._nursery  # type: ignore[attr-defined]
+    return nursery.child_tasks
+
+
 async def settled(server: WebSocketServer, count: int) -> None:
     """Wait until ``count`` clients are connected and no per-connection task runs."""
     assert server._nursery is not None
-    while len(server.connections) < count or server._nursery.child_tasks:  # noqa: ASYNC110
+    while len(server.connections) < count or child_tasks(server._nursery):  # noqa: ASYNC110
         await trio.sleep(0.01)  # polled: the server has no event for "settled"
 
 
@@ -109,9 +117,9 @@ async def test_an_application_handler_runs_in_one_task_per_client() -> None:
             assert sorted(seen) == ["/app0", "/app1", "/app2"]
             assert all(conn._session.launched for conn in server.connections)
             assert server._nursery is not None
-            while len(server._nursery.child_tasks) > 3:  # noqa: ASYNC110
+            while len(child_tasks(server._nursery)) > 3:  # noqa: ASYNC110
                 await trio.sleep(0.01)  # a writer task may still be finishing
-            assert len(server._nursery.child_tasks) == 3
+            assert len(child_tasks(server._nursery)) == 3
             nursery.cancel_scope.cancel()
 
 
