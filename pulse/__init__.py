@@ -27,6 +27,7 @@ from pulse._core.policy import (
 from pulse._core.reconnect import ReconnectMachine, StartAttempt, default_backoff
 from pulse._driver.connection import HeartbeatConnection, heartbeat
 from pulse._driver.feed import EventFeed
+from pulse._driver.streams import open_tcp_stream
 from pulse.errors import (
     AuthFailed,
     ConnectionClosed,
@@ -82,4 +83,5 @@ __all__ = [
     "heartbeat",
     "negotiate",
     "negotiate_interval",
+    "open_tcp_stream",
 ]

@@ -38,7 +38,7 @@ from pulse._core.rate import TokenBucket
 from pulse._deprecation import deprecated
 from pulse._driver.engine import current_engine
 from pulse._driver.feed import EventFeed, EventHub
-from pulse._driver.streams import aclose_forcefully
+from pulse._driver.streams import aclose_forcefully, as_stream
 from pulse._driver.tcpinfo import read_tcp_progress, tcp_socket
 from pulse._driver.util import background_nursery
 from pulse._driver.writer import ControlWriter, raw_socket
@@ -734,7 +734,7 @@ async def _handshake(
 
 @asynccontextmanager
 async def heartbeat(
-    stream: trio.abc.Stream,
+    stream: trio.abc.Stream | anyio.abc.ByteStream,
     policy: HeartbeatPolicy | None = None,
     *,
     peer_id: str = "",
@@ -755,6 +755,9 @@ async def heartbeat(
     on_event: Callable[[Action], None] | None = None,
 ) -> AsyncIterator[HeartbeatConnection]:
     """Wrap ``stream`` in a heartbeat-supervised connection for the ``async with`` block.
+
+    ``stream`` is any trio stream or any anyio byte stream; :func:`pulse.open_tcp_stream`
+    opens a TCP one on whichever loop runs (trio, asyncio, uvloop).
 
     Both sides exchange HELLO frames (version, proposed interval and timeout, ``peer_id``,
     optional ``token``); ``authenticate(token)`` returning False refuses the peer with
@@ -789,6 +792,7 @@ async def heartbeat(
             raise TypeError("heartbeat() got both on_event= (deprecated) and on_liveness=")
         deprecated("heartbeat(on_event=...)", "on_liveness=", stacklevel=4)
         on_liveness = on_event
+    stream = as_stream(stream)
     policy = policy or HeartbeatPolicy()
     decoder = FrameDecoder(max_frame_size=max_frame_size)
     hello = Hello(PROTOCOL_VERSION, policy.interval, policy.dead_after, peer_id, token)

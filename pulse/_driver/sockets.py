@@ -11,6 +11,7 @@ socket itself (one epoll set for every connection) and a transport would read it
   (``send``/``receive``), so anyio's TLS layer can wrap it.
 * :class:`TlsStream` — anyio's ``TLSStream`` in trio's shape (``transport_stream`` is the
   :class:`SocketStream` under it).
+* :class:`ByteStreamView` — any other anyio byte stream in trio's shape.
 * :class:`SocketListener` — a listening socket whose ``accept()`` gives :class:`SocketStream`.
 
 The choice between trio's classes and these is made in one place,
@@ -31,7 +32,9 @@ import anyio.abc
 import trio
 from anyio.streams.tls import TLSStream
 
-__all__ = ["SocketListener", "SocketStream", "TlsStream", "connect_tcp", "listen_tcp"]
+__all__ = [
+    "ByteStreamView", "SocketListener", "SocketStream", "TlsStream", "connect_tcp", "listen_tcp",
+]
 
 #: Bytes asked of the kernel per ``receive_some`` when the caller gives no size.
 DEFAULT_RECEIVE_SIZE = 65536
@@ -162,11 +165,44 @@ class SocketStream(trio.abc.HalfCloseableStream, anyio.abc.ByteStream):  # type:
             raise trio.ClosedResourceError("the stream was closed while waiting") from None
 
 
-class TlsStream(trio.abc.Stream):
+class ByteStreamView(trio.abc.Stream):
+    """Any anyio byte stream in trio's shape (``b""`` at its end, trio's resource errors):
+    what :func:`pulse.heartbeat` makes of an anyio stream it is given."""
+
+    def __init__(self, inner: anyio.abc.ByteStream) -> None:
+        self.tls = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.tls.send(bytes(data))
+        except anyio.ClosedResourceError:
+            raise trio.ClosedResourceError("the stream is closed") from None
+        except (anyio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+            raise _broken(exc.__cause__ or exc) from exc
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            return await self.tls.receive(max_bytes or DEFAULT_RECEIVE_SIZE)
+        except anyio.EndOfStream:
+            return b""
+        except anyio.ClosedResourceError:
+            raise trio.ClosedResourceError("the stream is closed") from None
+        except (anyio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+            raise _broken(exc.__cause__ or exc) from exc
+
+    async def aclose(self) -> None:
+        await self.tls.aclose()
+
+
+class TlsStream(ByteStreamView):
     """anyio's TLS stream in trio's shape; ``transport_stream`` is the socket under it."""
 
     def __init__(self, tls: TLSStream, transport: SocketStream) -> None:
-        self.tls = tls
+        super().__init__(tls)
+        self.tls: TLSStream = tls
         self.transport_stream = transport
 
     @classmethod
@@ -184,26 +220,8 @@ class TlsStream(trio.abc.Stream):
             raise _broken(cause) from cause
         return cls(tls, transport)
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            await self.tls.send(bytes(data))
-        except anyio.ClosedResourceError:
-            raise trio.ClosedResourceError("the stream is closed") from None
-        except (anyio.BrokenResourceError, ssl.SSLError, OSError) as exc:
-            raise _broken(exc.__cause__ or exc) from exc
-
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport_stream.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        try:
-            return await self.tls.receive(max_bytes or DEFAULT_RECEIVE_SIZE)
-        except anyio.EndOfStream:
-            return b""
-        except anyio.ClosedResourceError:
-            raise trio.ClosedResourceError("the stream is closed") from None
-        except (anyio.BrokenResourceError, ssl.SSLError, OSError) as exc:
-            raise _broken(exc.__cause__ or exc) from exc
 
     async def send_eof(self) -> None:
         raise NotImplementedError("TLS streams have no half-close")

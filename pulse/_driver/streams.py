@@ -35,6 +35,7 @@ from pulse._log import get_logger
 
 __all__ = [
     "ACCEPT_RETRY", "Listener", "Stream", "accept_forever", "accept_tls", "aclose_forcefully",
+    "as_stream",
     "connect", "dial", "listener_from_socket", "on_trio", "open_tcp_listeners", "open_tcp_stream",
     "peer_name", "serve_listeners", "serve_tcp", "socket_of", "start_tls",
 ]
@@ -81,8 +82,20 @@ async def aclose_forcefully(stream: anyio.abc.AsyncResource | trio.abc.AsyncReso
         await stream.aclose()
 
 
+def as_stream(stream: object) -> Stream:
+    """``stream`` in trio's shape: a trio stream as it is, an anyio byte stream wrapped."""
+    if isinstance(stream, trio.abc.Stream):
+        return stream
+    if isinstance(stream, anyio.abc.ByteStream):
+        return sockets.ByteStreamView(stream)
+    raise TypeError(f"expected a trio or anyio byte stream, got {type(stream).__name__}")
+
+
 async def open_tcp_stream(host: str, port: int) -> Stream:
-    """A connected TCP stream (no timeout of its own: :func:`dial` bounds it)."""
+    """A connected TCP stream to ``host:port`` on whichever loop is running (trio's own
+    under trio; a plain non-blocking socket stream under asyncio or uvloop), for
+    :func:`pulse.heartbeat`. It has no timeout of its own: wrap it in one, or use
+    ``pulse.plugins.tcp.connect_tcp``, which bounds the connect."""
     if on_trio():
         return await trio.open_tcp_stream(host, port)
     return await sockets.connect_tcp(host, port)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 import trio
 import trustme
@@ -232,3 +233,36 @@ def test_the_engine_runs_as_one_loop_task_and_leaves_with_the_loop() -> None:
     names = run(body)
     assert names.count("pulse.engine") == 1
     assert streams.on_trio() is False  # outside any loop
+
+
+def test_heartbeat_runs_over_anyio_streams_and_open_tcp_stream() -> None:
+    """pulse.heartbeat takes an anyio byte stream (wrapped) on one side and
+    pulse.open_tcp_stream's on the other: HELLO, a message each way, a clean close."""
+    from pulse import HeartbeatPolicy, heartbeat, open_tcp_stream
+
+    policy = HeartbeatPolicy(interval=0.2, timeout=0.6)
+
+    async def body() -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        got: list[object] = []
+
+        async def serve(stream: anyio.abc.SocketStream) -> None:
+            async with heartbeat(stream, policy, peer_id="server") as conn:
+                got.append(await conn.receive())
+                await conn.send("pong")
+                await anyio.sleep(0.5)  # past two heartbeat intervals: still alive
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(listener.serve, serve)
+            stream = await open_tcp_stream("127.0.0.1", port)
+            async with heartbeat(stream, policy, peer_id="client") as conn:
+                assert conn.remote.peer_id == "server"
+                await conn.send({"n": 1})
+                assert await conn.receive() == "pong"
+                await anyio.sleep(0.5)
+                assert not conn.closed
+            group.cancel_scope.cancel()
+        assert got == [{"n": 1}]
+
+    run(body)
