@@ -98,7 +98,11 @@ async def _leader_dies(net: Network, candidates: int, *, key_watch: bool
         await trio.sleep(2.0)
         followers = [f"c{i}" for i in range(1, candidates)]
         state = net.server(S1).state
-        ids = {name: sessions[name].inner.session_id for name in followers}
+        ids: dict[str, int] = {}
+        for name in followers:
+            sid = sessions[name].inner.session_id
+            assert sid is not None
+            ids[name] = sid
         seq_before = {name: state.sessions[ids[name]].next_seq for name in followers}
         woken_before = {name: len(sessions[name].woken) for name in followers}
         cut = True
