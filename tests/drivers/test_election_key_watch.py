@@ -83,7 +83,7 @@ async def _leader_dies(net: Network, candidates: int, *, key_watch: bool
             session = Counting(raw, key_watch=key_watch)
             sessions[name] = session
             try:
-                async with election(session, PATH, id=name):  # type: ignore[arg-type]
+                async with election(session, PATH, id=name):
                     led.append(name)
                     if name == "c1":
                         successor_leads.set()
