@@ -6,7 +6,6 @@ and the election still hands over in order."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,44 +14,16 @@ import trio.testing
 
 import pulse.plugins.lease.server as lease_server
 from pulse.election import LeadershipLost, election
-from pulse.plugins.lease.client import LeaseSession, connect
+from pulse.plugins.lease.client import connect
 from pulse.plugins.lease.protocol import BadRequest, parse_request
 from pulse.presence import PresenceEvent
+from tests._counting_session import Counting
 
 from ._lease_harness import Link, Network
 
 S1 = ("s1", 1)
 T = 3.0
 PATH = "/pulse/leader/job"
-
-
-class Counting:
-    """A session that counts the non-initial watch events each of its watches yields (what
-    woke the candidacy); ``key_watch`` False hides ``watch_key`` (a backend without it)."""
-
-    def __init__(self, inner: LeaseSession, *, key_watch: bool = True) -> None:
-        self.inner = inner
-        self.key_watch = key_watch
-        self.woken: list[PresenceEvent] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "watch_key":
-            if not self.key_watch:
-                raise AttributeError(name)
-            return lambda key: self._count(self.inner.watch_key(key))
-        return getattr(self.inner, name)
-
-    def watch(self, prefix: str) -> AsyncIterator[PresenceEvent]:
-        return self._count(self.inner.watch(prefix))
-
-    async def _count(self, events: Any) -> AsyncIterator[PresenceEvent]:
-        try:
-            async for event in events:
-                if not event.initial:
-                    self.woken.append(event)
-                yield event
-        finally:
-            await events.aclose()
 
 
 async def _leader_dies(net: Network, candidates: int, *, key_watch: bool
