@@ -27,12 +27,16 @@ leadership, to hand to the resources the leader writes to, which refuse a smalle
   new ensemble epoch, and a later leader's node was always created after the earlier
   leader's (it had a higher sequence number), so its czxid is larger.
 
-Each candidate follows the election prefix with the session's presence watch and acts only
-when the candidate just below it (its predecessor) goes offline: a leader's departure makes
-one candidate re-list, not all of them. The notifications themselves still reach every
-candidate (the presence watch is per prefix; on ZooKeeper the client re-reads the children
-when its child watch fires), which is fine for the handful of candidates an election has; an
-``exists`` watch on the predecessor alone is not used yet.
+Each waiting candidate watches only the key of the candidate just below it (its
+predecessor), with the session's per-key watch (``watch_key``): on ``pulse://`` the lease
+server's ``watch_key`` request, on ``zk://`` a ZooKeeper getData/exists watch on the
+predecessor's znode. When that key goes the candidate lists the candidates again and either
+leads or watches its new predecessor. A leader's departure therefore reaches one candidate,
+its successor: no other session is sent a notification (no herd effect). A session without
+``watch_key`` (another backend), or a lease server older than the request (it answers
+"unknown operation"), falls back to one watch of the whole prefix per candidate: the
+candidate still acts only on its predecessor's offline event, but every candidate is
+notified of every change.
 """
 
 from __future__ import annotations
