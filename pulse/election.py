@@ -27,12 +27,16 @@ leadership, to hand to the resources the leader writes to, which refuse a smalle
   new ensemble epoch, and a later leader's node was always created after the earlier
   leader's (it had a higher sequence number), so its czxid is larger.
 
-Each candidate follows the election prefix with the session's presence watch and acts only
-when the candidate just below it (its predecessor) goes offline: a leader's departure makes
-one candidate re-list, not all of them. The notifications themselves still reach every
-candidate (the presence watch is per prefix; on ZooKeeper the client re-reads the children
-when its child watch fires), which is fine for the handful of candidates an election has; an
-``exists`` watch on the predecessor alone is not used yet.
+Each waiting candidate watches only the key of the candidate just below it (its
+predecessor), with the session's per-key watch (``watch_key``): on ``pulse://`` the lease
+server's ``watch_key`` request, on ``zk://`` a ZooKeeper getData/exists watch on the
+predecessor's znode. When that key goes the candidate lists the candidates again and either
+leads or watches its new predecessor. A leader's departure therefore reaches one candidate,
+its successor: no other session is sent a notification (no herd effect). A session without
+``watch_key`` (another backend), or a lease server older than the request (it answers
+"unknown operation"), falls back to one watch of the whole prefix per candidate: the
+candidate still acts only on its predecessor's offline event, but every candidate is
+notified of every change.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from pulse._core.election import (
 )
 from pulse._driver.engine import current_engine
 from pulse._log import get_logger
-from pulse.errors import KeyExists, PulseError
+from pulse.errors import KeyExists, LocalProtocolError, PulseError
 from pulse.presence import PresenceEvent, PresenceSession, SessionState
 
 log = get_logger("pulse.election")
@@ -166,7 +170,6 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
     name = key.rsplit("/", 1)[-1]
     log.info("candidate", key=key, token=token)
     candidacy = Candidacy(session.session_timeout, margin)
-    changes = _Changes()
     body_scope = anyio.CancelScope()
     timer = _Timer(candidacy, body_scope)
     leadership: Leadership | None = None
@@ -174,7 +177,7 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
     try:
         async with anyio.create_task_group() as nursery:
 
-            async def follow_changes() -> None:
+            async def follow_changes(changes: _Changes) -> None:
                 events = session.watch(prefix)
                 try:
                     async for event in events:
@@ -185,6 +188,11 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
                     changes.end()
                 finally:
                     await _close_iterator(events)
+
+            def watch_prefix() -> _Changes:
+                changes = _Changes()
+                nursery.start_soon(follow_changes, changes)
+                return changes
 
             async def follow_states() -> None:
                 changes = session.state_changes()
@@ -198,9 +206,9 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
                 finally:
                     await _close_iterator(changes)
 
-            nursery.start_soon(follow_changes)
+            follow = _Follow(session, prefix, key, watch_prefix)
             try:
-                sent = await _wait_to_lead(session, prefix, name, f"{id}.", changes)
+                sent = await _wait_to_lead(session, prefix, name, f"{id}.", follow)
             except PulseError as exc:
                 failure = exc
                 nursery.cancel_scope.cancel()
@@ -281,13 +289,72 @@ class _Changes:
             await self._event.wait()
 
 
+class _Follow:
+    """How a waiting candidate learns that its predecessor went.
+
+    With a session that offers ``watch_key`` (the lease client, the ZooKeeper client) each
+    wait watches the predecessor's key alone, so a departure wakes the one candidate that
+    follows it and no other. Otherwise (another backend, or a lease server older than
+    ``watch_key``) one watch of the whole prefix runs for the rest of the candidacy and the
+    candidate acts only on its predecessor's offline event (every candidate is notified)."""
+
+    def __init__(self, session: PresenceSession, prefix: str, key: str,
+                 watch_prefix: Callable[[], _Changes]) -> None:
+        self._watch_key: Callable[[str], AsyncIterator[PresenceEvent]] | None = getattr(
+            session, "watch_key", None)
+        self._prefix = prefix
+        self._key = key
+        self._watch_prefix = watch_prefix
+        self._changes: _Changes | None = None
+        if self._watch_key is None:
+            self._changes = watch_prefix()
+
+    def mark(self) -> int:
+        """Taken before a listing: how many times the prefix watch (re)started."""
+        return 0 if self._changes is None else self._changes.initial
+
+    async def wait(self, predecessor: str | None, mark: int) -> None:
+        """Until ``predecessor`` may have gone: the caller lists the candidates again."""
+        if self._changes is not None:
+            await self._changes.wait_for(predecessor, mark)
+            return
+        assert self._watch_key is not None
+        if predecessor is None:  # our name carries no sequence number: not a candidate
+            raise LeadershipLost(f"{self._key} is not a sequential candidate key")
+        watched = f"{self._prefix}/{predecessor}"
+        try:
+            gone = await _until_offline(self._watch_key(watched))
+        except LocalProtocolError as exc:  # the server predates per-key watches
+            log.info("key_watch_unsupported", key=self._key, reason=str(exc))
+            self._changes = self._watch_prefix()
+            return
+        if gone:
+            log.info("predecessor_gone", key=self._key, predecessor=watched)
+
+
+async def _until_offline(events: AsyncIterator[PresenceEvent]) -> bool:
+    """Follow one key's watch until it reports the key offline (True) or ends (False: the
+    session ended or was closed, which the next request reports)."""
+    try:
+        async for event in events:
+            if event.event == "offline":
+                return True
+    except LocalProtocolError:
+        raise
+    except PulseError as exc:
+        log.info("election_watch_ended", reason=str(exc))
+    finally:
+        await _close_iterator(events)
+    return False
+
+
 async def _wait_to_lead(session: PresenceSession, prefix: str, name: str, mine_prefix: str,
-                        changes: _Changes) -> float:
+                        follow: _Follow) -> float:
     """List the candidates until ``name`` is the lowest; return the send time of the
     listing that showed it (a proof that the session was alive then)."""
     engine = current_engine()
     while True:
-        initial_before = changes.initial
+        mark = follow.mark()
         sent = engine.now()
         children = await session.list(prefix)
         if name not in children:
@@ -304,7 +371,7 @@ async def _wait_to_lead(session: PresenceSession, prefix: str, name: str, mine_p
         if leader_of(remaining) == name:
             return sent
         # Act only when the candidate just below goes: one candidate re-lists per change.
-        await changes.wait_for(predecessor(remaining, name), initial_before)
+        await follow.wait(predecessor(remaining, name), mark)
 
 
 async def _confirm(session: PresenceSession, key: str, candidacy: Candidacy, timer: _Timer,

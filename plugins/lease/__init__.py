@@ -19,12 +19,11 @@ import anyio
 import anyio.abc
 
 from pulse._deprecation import deprecated
-from pulse._driver.streams import Listener
 from pulse.presence import PresenceSession
 from pulse.registry import Endpoint, Plugin, ServeOptions, parse_url
 
-from .client import LeaseSession, parse_servers
-from .errors import AccessDenied
+from .client import KeyWatchStream, LeaseSession, parse_servers
+from .errors import AccessDenied, WatchKeyUnsupported
 from .server import AccessPolicy, LeaseServer, ServerConfig
 from .state import Limits
 
@@ -181,10 +180,12 @@ __all__ = [
     "DEFAULT_PORT",
     "AccessDenied",
     "AccessPolicy",
+    "KeyWatchStream",
     "LeaseServer",
     "LeaseSession",
     "Limits",
     "ServerConfig",
+    "WatchKeyUnsupported",
     "connect",
     "plugin",
     "read_credentials",

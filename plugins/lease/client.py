@@ -63,12 +63,13 @@ from pulse._core.session_client import Connect as ConnectTo
 from pulse._core.session_timing import ClientTiming
 from pulse._deprecation import renamed
 from pulse._driver.session import SessionDriver
-from pulse._driver.streams import aclose_forcefully, open_tcp_stream
+from pulse._driver.streams import aclose_forcefully, open_tcp_stream, start_tls
 from pulse._driver.util import background_nursery
 from pulse._log import get_logger
 from pulse.codec import MessageDecoder, encode_message
 from pulse.errors import (
     LimitExceeded,
+    LocalProtocolError,
     NoServerReachable,
     PulseError,
     QueueFull,
@@ -78,7 +79,7 @@ from pulse.errors import (
 )
 from pulse.presence import PresenceEvent, SessionEvent, SessionState
 
-from .errors import error_for
+from .errors import WatchKeyUnsupported, error_for
 from .protocol import (
     CloseSession,
     Connect,
@@ -96,6 +97,7 @@ from .protocol import (
     Unwatch,
     Watch,
     WatchEvent,
+    WatchKey,
     check_client_id,
     check_key,
     parse_server_message,
@@ -131,13 +133,11 @@ def _tls_opener(inner: StreamOpener, context: ssl.SSLContext) -> StreamOpener:
 
     async def open_tls(host: str, port: int) -> trio.abc.Stream:
         stream = await inner(host, port)
-        tls = trio.SSLStream(stream, context, server_hostname=host)
         try:
-            await tls.do_handshake()
+            return await start_tls(stream, context, server_side=False, server_hostname=host)
         except BaseException:
             await aclose_forcefully(stream)
             raise
-        return tls
 
     return open_tls
 
@@ -320,13 +320,20 @@ class WatchStream:
             del self.members[event.id]
             self._feed.put(PresenceEvent("offline", event.id))
 
+    def request(self) -> RequestBody:
+        """The request that establishes this watch on a server."""
+        return Watch(self.prefix, self.watch_id)
+
+    def _first_sync(self, snapshot: dict[str, bytes]) -> None:
+        for name, data in snapshot.items():
+            self._feed.put(PresenceEvent("online", name, data, initial=True))
+
     def _resync(self) -> None:
         snapshot, self._snapshot = self._snapshot or {}, None
         if not self._synced_once:
             self._synced_once = True
             self.members = dict(snapshot)
-            for name, data in snapshot.items():
-                self._feed.put(PresenceEvent("online", name, data, initial=True))
+            self._first_sync(snapshot)
             return
         for name in [n for n in self.members if n not in snapshot]:
             del self.members[name]
@@ -337,6 +344,29 @@ class WatchStream:
                     self._feed.put(PresenceEvent("offline", name))
                 self.members[name] = data
                 self._feed.put(PresenceEvent("online", name, data))
+
+
+class KeyWatchStream(WatchStream):
+    """Online/offline events of one key (the ``watch_key`` request): only a change of that
+    key reaches this session. The first event says whether the key exists: ``online`` with
+    ``initial`` set, or ``offline`` with ``initial`` set; then each change, once. ``id`` is
+    the key's last segment.
+
+    A server that predates ``watch_key`` refuses it: starting the stream then raises
+    :class:`~.errors.WatchKeyUnsupported` (use :meth:`LeaseSession.watch` on the parent).
+    """
+
+    def __init__(self, client: LeaseSession, watch_id: int, key: str) -> None:
+        super().__init__(client, watch_id, key.rsplit("/", 1)[0] or "/")
+        self.key = key
+
+    def request(self) -> RequestBody:
+        return WatchKey(self.key, self.watch_id)
+
+    def _first_sync(self, snapshot: dict[str, bytes]) -> None:
+        if not snapshot:
+            self._feed.put(PresenceEvent("offline", self.key.rsplit("/", 1)[1], initial=True))
+        super()._first_sync(snapshot)
 
 
 class LeaseSession:
@@ -488,6 +518,14 @@ class LeaseSession:
         check_key(prefix, "prefix")
         return WatchStream(self, next(self._watch_ids), prefix)
 
+    def watch_key(self, key: str) -> KeyWatchStream:
+        """Whether ``key`` exists (the first event, ``initial``), then each time it comes
+        online or goes offline — only this key's changes reach the session (``watch_key``)."""
+        check_key(key)
+        if key == "/":
+            raise ValueError("key must not be the root '/'")
+        return KeyWatchStream(self, next(self._watch_ids), key)
+
     def state_changes(self) -> StateChanges:
         """Every state transition from now on."""
         return StateChanges(self)
@@ -558,7 +596,14 @@ class LeaseSession:
         # are buffered, and the next attempt is answered "existing" by the server.
         self._watches[stream.watch_id] = stream
         try:
-            await self._call(Watch(stream.prefix, stream.watch_id))
+            await self._call(stream.request())
+        except LocalProtocolError as exc:
+            self._watches.pop(stream.watch_id, None)
+            if isinstance(stream, KeyWatchStream) and "unknown operation" in str(exc):
+                raise WatchKeyUnsupported(
+                    f"the server does not know watch_key (older than this client): {exc}"
+                ) from None
+            raise
         except PulseError:
             self._watches.pop(stream.watch_id, None)
             raise
@@ -885,8 +930,7 @@ class LeaseSession:
         renewed = self.session_id != self._restored_for
         self._restored_for = self.session_id
         for stream in list(self._watches.values()):
-            conn.send(Request(next(self._xids), Watch(stream.prefix, stream.watch_id),
-                              self._last_seq))
+            conn.send(Request(next(self._xids), stream.request(), self._last_seq))
         if renewed:
             for key, data in list(self._registrations.items()):
                 try:

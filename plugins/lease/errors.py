@@ -15,7 +15,8 @@ from pulse.errors import (
 
 from .protocol import ErrorCode
 
-__all__ = ["AccessDenied", "KeyExists", "NotOwner", "QuotaExceeded", "error_for"]
+__all__ = ["AccessDenied", "KeyExists", "NotOwner", "QuotaExceeded", "WatchKeyUnsupported",
+           "error_for"]
 
 
 class QuotaExceeded(LimitExceeded):
@@ -26,6 +27,11 @@ class QuotaExceeded(LimitExceeded):
 class AccessDenied(SessionError):
     """The server refused a request this client is not allowed to make (a key outside its
     own presence id and grants, or a reserved structural key)."""
+
+
+class WatchKeyUnsupported(LocalProtocolError):
+    """The server predates the ``watch_key`` request (it answered "unknown operation");
+    watch the key's parent prefix instead."""
 
 
 _ERRORS: dict[ErrorCode, type[PulseError]] = {

@@ -21,13 +21,17 @@ notification   ``[2, seq, kind, body]``                     server
     this one replaces), ``max_message_size`` (the client's decoder limit);
   - ``ping``; ``register``: ``key``, ``data``; ``unregister``: ``key``; ``get``: ``key``;
     ``list``: ``prefix``; ``watch``: ``prefix``, ``watch_id`` (chosen by the client);
-    ``unwatch``: ``watch_id``; ``close``.
+    ``watch_key``: ``key``, ``watch_id`` (one key instead of a prefix's children; added
+    after the first release: a server that predates it answers ``bad_request`` "unknown
+    operation" and keeps the connection, so a client can fall back to ``watch``);
+    ``unwatch``: ``watch_id`` (either kind); ``close``.
 
 * ``code`` is ``"ok"`` (``body`` is a map of results) or an error code from
   :class:`ErrorCode` (``body`` is a human-readable message).
 * Notifications carry ``seq`` > 0 when they belong to the session's ordered, acknowledged
   stream (watch events: ``{"w": watch_id, "e": "online"|"offline"|"synced", "id": name,
-  "d": data, "i": initial}``) and ``seq`` = 0 for connection notices (``session``:
+  "d": data, "i": initial}``; for a ``watch_key`` watch ``id`` is the key's last segment and
+  the snapshot is that one key if it exists) and ``seq`` = 0 for connection notices (``session``:
   ``{"state": "expired"|"closed"|"moved", "reason": ...}``; ``error``: ``{"code", "message"}``
   sent just before the server closes a connection).
 
@@ -78,6 +82,7 @@ class Op(enum.Enum):
     GET = "get"
     LIST = "list"
     WATCH = "watch"
+    WATCH_KEY = "watch_key"
     UNWATCH = "unwatch"
     CLOSE = "close"
 
@@ -174,6 +179,16 @@ class Watch:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchKey:
+    """Watch one key (persistent until unwatched or expiry): ``online`` when it is
+    registered, ``offline`` when it goes; the snapshot is the key itself if it exists.
+    Watch ids are shared with :class:`Watch` and so are the per-session watch limits."""
+
+    key: str
+    watch_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Unwatch:
     """Stop the watch ``watch_id``."""
 
@@ -186,7 +201,8 @@ class CloseSession:
 
 
 RequestBody = (
-    Connect | Ping | Register | Unregister | Get | ListChildren | Watch | Unwatch | CloseSession
+    Connect | Ping | Register | Unregister | Get | ListChildren | Watch | WatchKey | Unwatch
+    | CloseSession
 )
 
 _OP_OF: dict[type[Any], Op] = {
@@ -197,6 +213,7 @@ _OP_OF: dict[type[Any], Op] = {
     Get: Op.GET,
     ListChildren: Op.LIST,
     Watch: Op.WATCH,
+    WatchKey: Op.WATCH_KEY,
     Unwatch: Op.UNWATCH,
     CloseSession: Op.CLOSE,
 }
@@ -369,6 +386,8 @@ def request_to_wire(request: Request) -> list[Any]:
         args = {"prefix": body.prefix}
     elif isinstance(body, Watch):
         args = {"prefix": body.prefix, "watch_id": body.watch_id}
+    elif isinstance(body, WatchKey):
+        args = {"key": body.key, "watch_id": body.watch_id}
     elif isinstance(body, Unwatch):
         args = {"watch_id": body.watch_id}
     else:
@@ -439,6 +458,11 @@ def _parse_body(op: Op, args: Mapping[str, Any], xid: int) -> RequestBody:
             _key(args.get("prefix"), "watch: prefix", xid),
             _int(args.get("watch_id"), "watch: watch_id", xid),
         )
+    if op is Op.WATCH_KEY:
+        key = _key(args.get("key"), "watch_key: key", xid)
+        if key == "/":
+            raise BadRequest("watch_key: key must not be the root '/'", xid)
+        return WatchKey(key, _int(args.get("watch_id"), "watch_key: watch_id", xid))
     if op is Op.UNWATCH:
         return Unwatch(_int(args.get("watch_id"), "unwatch: watch_id", xid))
     return CloseSession()

@@ -16,7 +16,11 @@ Rules this module keeps:
   again. An event is therefore delivered once per watcher even across connection loss.
 * When a session ends (expiry, close, supersede) its watches are dropped first, then its
   keys are deleted in registration order and each deletion is queued, in that order, to every
-  watcher of the key's parent in the order the watches were created.
+  watcher of the key's parent in the order the watches were created, then to every watcher
+  of the key itself (``watch_key``) in the same order.
+* A key watch (``watch_key``) is queued only the events of its one key, so a change wakes
+  the sessions that watch that key or its parent and no other. Both kinds of watch share
+  the watch ids of a session and count against the same watch limits.
 * Each limit breach is one :class:`RequestFailed` with its own :class:`~.protocol.ErrorCode`;
   the state is unchanged by a refused request.
 """
@@ -46,6 +50,8 @@ from .protocol import (
     Unwatch,
     Watch,
     WatchEvent,
+    WatchKey,
+    join,
     name_of,
     parent_of,
 )
@@ -170,8 +176,8 @@ class Journal(Protocol):
 class ServerSession:
     """One session as the server keeps it."""
 
-    __slots__ = ("address", "bytes", "client_id", "id", "keys", "next_seq", "outbox", "outbox_bytes",
-                 "rate", "timeout", "watches")
+    __slots__ = ("address", "bytes", "client_id", "id", "key_watches", "keys", "next_seq",
+                 "outbox", "outbox_bytes", "rate", "timeout", "watches")
 
     def __init__(self, session_id: int, timeout: float, address: str, now: float,
                  rate: float, burst: float, *, max_events: int = 100_000) -> None:
@@ -180,6 +186,7 @@ class ServerSession:
         self.address = address
         self.keys: dict[str, None] = {}  # registration order
         self.watches: dict[int, str] = {}  # watch id -> prefix
+        self.key_watches: dict[int, str] = {}  # watch id -> key (watch_key)
         # Unacknowledged watch events, at most ``Limits.max_pending_notifications`` plus the
         # one that goes past it; past that (or past ``max_pending_bytes`` in event_cost) the
         # session is closed and later events are not queued (see LeaseState._enqueue).
@@ -256,6 +263,7 @@ class LeaseState:
         self.keys: dict[str, Registration] = {}
         self._children: dict[str, dict[str, None]] = {}  # prefix -> child keys (ordered)
         self._watchers: dict[str, dict[tuple[int, int], None]] = {}  # prefix -> watchers
+        self._key_watchers: dict[str, dict[tuple[int, int], None]] = {}  # key -> watchers
         self._per_address: dict[str, int] = {}
         self._address_keys: dict[str, int] = {}
         self._address_bytes: dict[str, int] = {}
@@ -386,8 +394,11 @@ class LeaseState:
         if session is not None:
             for watch_id, prefix in session.watches.items():
                 self._drop_watcher(prefix, (session_id, watch_id))
-            self.watch_count -= len(session.watches)
+            for watch_id, key in session.key_watches.items():
+                self._drop_watcher(key, (session_id, watch_id), self._key_watchers)
+            self.watch_count -= len(session.watches) + len(session.key_watches)
             session.watches.clear()
+            session.key_watches.clear()
             self.pending_bytes -= session.outbox_bytes
             session.outbox.clear()
             session.outbox_bytes = 0
@@ -455,11 +466,17 @@ class LeaseState:
             outcome.result["children"] = self.children(body.prefix)
         elif isinstance(body, Watch):
             self._watch(session, body.prefix, body.watch_id, outcome)
+        elif isinstance(body, WatchKey):
+            self._watch_key(session, body.key, body.watch_id, outcome)
         elif isinstance(body, Unwatch):
             prefix = session.watches.pop(body.watch_id, None)
             if prefix is not None:
                 self.watch_count -= 1
                 self._drop_watcher(prefix, (session_id, body.watch_id))
+            key = session.key_watches.pop(body.watch_id, None)
+            if key is not None:
+                self.watch_count -= 1
+                self._drop_watcher(key, (session_id, body.watch_id), self._key_watchers)
         elif isinstance(body, CloseSession):
             outcome.ended.extend(self.end_session(session_id, "closed", "closed by the client",
                                                   outcome.woken))
@@ -538,31 +555,16 @@ class LeaseState:
 
     def _watch(self, session: ServerSession, prefix: str, watch_id: int, outcome: Outcome) -> None:
         current = session.watches.get(watch_id)
-        if current is not None:
+        if current is not None or watch_id in session.key_watches:
             if current != prefix:
-                raise RequestFailed(ErrorCode.BAD_REQUEST,
-                                    f"watch id {watch_id} already watches {current}")
+                raise RequestFailed(ErrorCode.BAD_REQUEST, f"watch id {watch_id} already "
+                                    f"watches {current or 'the key ' + session.key_watches[watch_id]}")
             outcome.result["existing"] = True
             return
-        if len(session.watches) >= self.limits.max_watches_per_session:
-            raise RequestFailed(ErrorCode.TOO_MANY_WATCHES,
-                                f"the session holds its maximum of "
-                                f"{self.limits.max_watches_per_session} watches")
-        if self.watch_count >= self.limits.max_watches:
-            raise RequestFailed(ErrorCode.QUOTA_EXCEEDED,
-                                f"the server holds its maximum of {self.limits.max_watches} watches")
+        self._check_watch_limits(session)
         children = self._children.get(prefix, {})
-        snapshot = EVENT_OVERHEAD * (len(children) + 1) + sum(
-            len(name_of(key)) + len(self.keys[key].data) for key in children)
-        if (session.outbox_bytes + snapshot > self.limits.max_pending_bytes
-                or len(session.outbox) + len(children) + 1 > self.limits.max_pending_notifications):
-            raise RequestFailed(
-                ErrorCode.QUOTA_EXCEEDED,
-                f"the snapshot of {prefix} ({snapshot} bytes) would take this session's "
-                f"unacknowledged events past {self.limits.max_pending_bytes} bytes")
-        if self.pending_bytes + snapshot > self.limits.max_pending_bytes_total:
-            raise RequestFailed(ErrorCode.QUOTA_EXCEEDED,
-                                "the server's watch backlog is full; try again later")
+        self._check_snapshot(session, prefix, [
+            (name_of(key), self.keys[key].data) for key in children])
         session.watches[watch_id] = prefix
         self.watch_count += 1
         self._watchers.setdefault(prefix, {})[(session.id, watch_id)] = None
@@ -572,6 +574,54 @@ class LeaseState:
         self._enqueue(session, WatchEvent(0, watch_id, "synced"))
         outcome.woken.add(session.id)
         outcome.result["existing"] = False
+
+    def _watch_key(self, session: ServerSession, key: str, watch_id: int,
+                   outcome: Outcome) -> None:
+        """Watch one key: a snapshot of it (if registered), then its online/offline events."""
+        current = session.key_watches.get(watch_id)
+        if current is not None or watch_id in session.watches:
+            if current != key:
+                raise RequestFailed(ErrorCode.BAD_REQUEST, f"watch id {watch_id} already "
+                                    f"watches {current or 'the prefix ' + session.watches[watch_id]}")
+            outcome.result["existing"] = True
+            return
+        self._check_watch_limits(session)
+        found = self.keys.get(key)
+        self._check_snapshot(session, key, [] if found is None else [(name_of(key), found.data)])
+        session.key_watches[watch_id] = key
+        self.watch_count += 1
+        self._key_watchers.setdefault(key, {})[(session.id, watch_id)] = None
+        if found is not None:
+            self._enqueue(session, WatchEvent(0, watch_id, "online", name_of(key), found.data,
+                                              initial=True))
+        self._enqueue(session, WatchEvent(0, watch_id, "synced"))
+        outcome.woken.add(session.id)
+        outcome.result["existing"] = False
+
+    def _check_watch_limits(self, session: ServerSession) -> None:
+        if len(session.watches) + len(session.key_watches) >= self.limits.max_watches_per_session:
+            raise RequestFailed(ErrorCode.TOO_MANY_WATCHES,
+                                f"the session holds its maximum of "
+                                f"{self.limits.max_watches_per_session} watches")
+        if self.watch_count >= self.limits.max_watches:
+            raise RequestFailed(ErrorCode.QUOTA_EXCEEDED,
+                                f"the server holds its maximum of {self.limits.max_watches} watches")
+
+    def _check_snapshot(self, session: ServerSession, path: str,
+                        members: list[tuple[str, bytes]]) -> None:
+        """Refuse a watch whose snapshot (``members`` and the synced marker) would take the
+        backlogs past their limits."""
+        snapshot = EVENT_OVERHEAD * (len(members) + 1) + sum(
+            len(name) + len(data) for name, data in members)
+        if (session.outbox_bytes + snapshot > self.limits.max_pending_bytes
+                or len(session.outbox) + len(members) + 1 > self.limits.max_pending_notifications):
+            raise RequestFailed(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"the snapshot of {path} ({snapshot} bytes) would take this session's "
+                f"unacknowledged events past {self.limits.max_pending_bytes} bytes")
+        if self.pending_bytes + snapshot > self.limits.max_pending_bytes_total:
+            raise RequestFailed(ErrorCode.QUOTA_EXCEEDED,
+                                "the server's watch backlog is full; try again later")
 
     # -- keys and watchers ---------------------------------------------------------------
 
@@ -592,12 +642,14 @@ class LeaseState:
             if not siblings:
                 del self._children[parent]
 
-    def _drop_watcher(self, prefix: str, watcher: tuple[int, int]) -> None:
-        watchers = self._watchers.get(prefix)
+    def _drop_watcher(self, prefix: str, watcher: tuple[int, int],
+                      table: dict[str, dict[tuple[int, int], None]] | None = None) -> None:
+        table = self._watchers if table is None else table
+        watchers = table.get(prefix)
         if watchers is not None:
             watchers.pop(watcher, None)
             if not watchers:
-                del self._watchers[prefix]
+                del table[prefix]
 
     def _enqueue(self, session: ServerSession, event: WatchEvent) -> None:
         if (len(session.outbox) > self.limits.max_pending_notifications
@@ -662,9 +714,13 @@ class LeaseState:
 
     def _notify(self, prefix: str, event: str, name: str, data: bytes,
                 woken: set[int]) -> list[int]:
-        """Queue one event to every watcher of ``prefix``; return sessions now backlogged."""
+        """Queue one event to every watcher of ``prefix``, then to every watcher of the key
+        itself; return sessions now backlogged."""
         overflowed: list[int] = []
-        for session_id, watch_id in list(self._watchers.get(prefix, {})):
+        watchers = list(self._watchers.get(prefix, {}))
+        if self._key_watchers:
+            watchers.extend(self._key_watchers.get(join(prefix, name), {}))
+        for session_id, watch_id in watchers:
             session = self.sessions.get(session_id)
             if session is None:
                 continue

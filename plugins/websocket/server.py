@@ -46,6 +46,7 @@ from pulse._driver.streams import (
     aclose_forcefully,
     open_tcp_listeners,
     peer_name,
+    start_tls,
 )
 from pulse._log import get_logger
 from pulse.errors import ConnectionClosed, PeerTimeout, PulseError
@@ -236,9 +237,8 @@ async def serve_stream(
     try:
         with bounded(Phase.HANDSHAKE, options.handshake_timeout, peer=peer):
             if options.ssl_context is not None:
-                wrapped = trio.SSLStream(stream, options.ssl_context, server_side=True,
-                                         https_compatible=True)
-                await wrapped.do_handshake()
+                wrapped = await start_tls(stream, options.ssl_context, server_side=True,
+                                          https_compatible=True)
             ws, request, subprotocol = await server_handshake(
                 wrapped, subprotocols=options.subprotocols, headers=options.headers,
                 check=options.check,

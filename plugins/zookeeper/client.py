@@ -342,6 +342,18 @@ class ZooKeeperSession:
         """
         return self._watch(self._server_path(prefix))
 
+    def watch_key(self, key: str) -> AsyncIterator[PresenceEvent]:
+        """Whether ``key`` exists (the first event: ``online`` or ``offline``, ``initial``
+        set), then each time it is created or deleted. ``id`` is the key's last segment.
+
+        One ZooKeeper watch on the node itself (a data watch set by getData while it exists,
+        an exist watch set by exists while it does not), re-armed after each notification:
+        only changes of this node reach this session (the election's "watch only your
+        predecessor"). A change of the node's data is not reported (presence did not
+        change). Disconnection, expiry and ``reregister`` behave as for :meth:`watch`.
+        """
+        return self._watch_key(self._server_path(key, allow_root=False))
+
     def state_changes(self) -> AsyncIterator[SessionEvent]:
         """Every state transition from now on; ends after ``closed``."""
         send, receive = anyio.create_memory_object_stream[SessionEvent](math.inf)
@@ -860,6 +872,44 @@ class ZooKeeperSession:
             for name in sorted(set(current) - set(known)):
                 known[name] = current[name]
                 yield PresenceEvent("online", name, current[name], initial)
+            initial = False
+            try:
+                await waiter.done.wait()
+            finally:
+                self._watches.discard(waiter)
+            if waiter.lost is not None:
+                if self._closing or self._machine.state is SessionState.CLOSED:
+                    return
+                if not self._reregister:
+                    self._raise_if_unusable()
+                    raise ZooKeeperSessionExpired(waiter.lost)
+
+    async def _watch_key(self, path: str) -> AsyncIterator[PresenceEvent]:
+        name = path.rsplit("/", 1)[1]
+        known: bytes | None = None  # the data reported online, None while offline
+        initial = True
+        while True:
+            waiter = _Waiter()
+            try:
+                try:
+                    data, _stat = await self._call(GetData(path, True), waiter)
+                    current: bytes | None = bytes(data)
+                except NoNodeError:
+                    current = None
+                    if await self._exists(path, waiter) is not None:
+                        self._watches.discard(waiter)
+                        continue  # created meanwhile: read it
+            except ConnectionLoss:
+                self._watches.discard(waiter)
+                continue
+            except SessionClosedError:
+                return  # the application closed the session: the watch ends quietly
+            if current is None and (initial or known is not None):
+                known = None
+                yield PresenceEvent("offline", name, initial=initial)
+            elif current is not None and (initial or known is None):
+                known = current
+                yield PresenceEvent("online", name, current, initial)
             initial = False
             try:
                 await waiter.done.wait()

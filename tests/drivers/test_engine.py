@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import socket
 
-import pytest
 import anyio
+import pytest
 import trio
 import trio.testing
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import anyio
+import pytest
 import trio
 import trio.testing
 

@@ -4,6 +4,8 @@ watchdog before a standby starts; runs never overlap and tokens grow."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.e2e._failover import (
+    PULSE,
     Candidate,
+    Interval,
     intervals,
     kill_trial,
     overlaps,
@@ -19,8 +23,16 @@ from tests.e2e._failover import (
     stop_all,
     stop_trial,
     tokens_grow,
+    wait_for,
 )
-from tests.zk_harness import TICK_MS, ZooKeeperServer, free_ports
+from tests.netns import NetnsPair, require_netns
+from tests.zk_harness import (
+    JVM_OPTIONS,
+    TICK_MS,
+    ZooKeeperInstall,
+    ZooKeeperServer,
+    free_ports,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -109,47 +121,89 @@ def test_run_without_a_command_is_a_usage_error() -> None:
     assert b"no COMMAND" in done.stderr
 
 
-@pytest.mark.netns
-def test_leader_cut_off_by_the_network_stops_before_the_standby_starts(tmp_path: Path) -> None:
-    """The leader's namespace loses its cable: its COMMAND stops within 5/6 T of the cut,
-    before the standby's starts (after the server expired the session); once the cable is
-    back the old leader stands by, and no two runs ever overlapped."""
-    import time
+def _cut_the_leader(net: NetnsPair, url: str, tick: float, log: Path
+                    ) -> tuple[float, list[Interval], list[Interval]]:
+    """A leader in namespace ``a`` and a standby in ``b`` (with the server) run
+    ``pulse run --leader``; the leader's cable is pulled until the standby leads, then put
+    back for ``2 T``. Returns the cut time, the two runs at the takeover, and every run."""
+    name = f"cut{uuid.uuid4().hex[:6]}"
+    candidates = [Candidate(url, name, TIMEOUT, log, 0, ("ip", "netns", "exec", net.a))]
+    try:
+        assert wait_for(lambda: len(intervals(log)) == 1, 30.0), "the first leader never ran"
+        candidates.append(Candidate(url, name, TIMEOUT, log, 1,
+                                    ("ip", "netns", "exec", net.b)))
+        time.sleep(1.5)
+        cut_at = time.time()
+        net.pull_cable(net.a)
+        assert wait_for(lambda: len(intervals(log)) == 2, TIMEOUT + tick + 2.0)
+        at_takeover = intervals(log)
+        net.restore_cable(net.a)
+        time.sleep(2 * TIMEOUT)
+        runs = intervals(log)
+    finally:
+        net.restore_cable(net.a)
+        stop_all(log, candidates)
+    return cut_at, at_takeover, runs
 
-    from tests.e2e._failover import PULSE, intervals, stop_all, wait_for
-    from tests.netns import NetnsPair, require_netns
 
-    require_netns()
-    with NetnsPair() as net:
-        address = net.address(net.b)
-        net.popen(net.b, *PULSE, "serve", "--listen", f"pulse://{address}:7070",
-                  "--tick", str(LEASE_TICK))
-
-        def accepting() -> bool:
-            probe = net.socket(net.b)
-            with probe:
-                return probe.connect_ex((address, 7070)) == 0
-
-        assert wait_for(accepting, 15.0, 0.05)
-        url = f"pulse://{address}:7070"
-        log = tmp_path / "runs.log"
-        candidates = [Candidate(url, "cut", TIMEOUT, log, 0, ("ip", "netns", "exec", net.a))]
-        try:
-            assert wait_for(lambda: len(intervals(log)) == 1, 15.0)
-            candidates.append(Candidate(url, "cut", TIMEOUT, log, 1,
-                                        ("ip", "netns", "exec", net.b)))
-            time.sleep(1.0)
-            cut_at = time.time()
-            net.pull_cable(net.a)
-            assert wait_for(lambda: len(intervals(log)) == 2, TIMEOUT + LEASE_TICK + 2.0)
-            old, new = intervals(log)
-            net.restore_cable(net.a)
-            time.sleep(2 * TIMEOUT)
-            runs = intervals(log)
-        finally:
-            stop_all(log, candidates)
+def _check_cut(label: str, cut_at: float, at_takeover: list[Interval], runs: list[Interval]
+               ) -> None:
+    old, new = at_takeover
+    print(f"{label} cut: old COMMAND's last line {old.end - cut_at:.3f} s after the cut, new start "
+          f"{new.start - cut_at:.3f} s, gap {new.start - old.end:.3f} s (T = {TIMEOUT:g} s)")
     assert old.end <= cut_at + TIMEOUT * 5 / 6 + 0.1, (old, cut_at)
     # The server's last touch was at most T/3 (the ping interval) before the cut.
     assert new.start >= cut_at + TIMEOUT * 2 / 3 - 0.1, (new, cut_at)
     assert old.end < new.start and new.token > old.token
     assert len(runs) == 2 and overlaps(runs) == 0, runs
+
+
+def _accepting(net: NetnsPair, address: str, port: int) -> bool:
+    probe = net.socket(net.b)
+    with probe:
+        return probe.connect_ex((address, port)) == 0
+
+
+@pytest.mark.netns
+def test_leader_cut_off_by_the_network_stops_before_the_standby_starts(tmp_path: Path) -> None:
+    """pulse://: the leader's namespace loses its cable: its COMMAND stops within 5/6 T of
+    the cut, before the standby's starts (after the server expired the session); once the
+    cable is back the old leader stands by, and no two runs ever overlapped."""
+    require_netns()
+    with NetnsPair() as net:
+        address = net.address(net.b)
+        net.popen(net.b, *PULSE, "serve", "--listen", f"pulse://{address}:7070",
+                  "--tick", str(LEASE_TICK))
+        assert wait_for(lambda: _accepting(net, address, 7070), 15.0, 0.05)
+        cut_at, at_takeover, runs = _cut_the_leader(
+            net, f"pulse://{address}:7070", LEASE_TICK, tmp_path / "runs.log")
+    _check_cut("pulse://", cut_at, at_takeover, runs)
+
+
+@pytest.mark.netns
+@pytest.mark.zookeeper
+def test_zookeeper_leader_cut_off_by_the_network_stops_before_the_standby_starts(
+    zookeeper_install: ZooKeeperInstall, tmp_path: Path,
+) -> None:
+    """zk://: a real ZooKeeper in the standby's namespace; the leader's namespace loses its
+    cable: the old leader's COMMAND stops before the standby's starts (after ZooKeeper
+    expired the session), the token grows, and once the cable is back the old leader stands
+    by without a second overlapping run."""
+    require_netns()
+    with NetnsPair() as net:
+        address = net.address(net.b)
+        port = 2181
+        server = ZooKeeperServer(zookeeper_install, tmp_path / "zk")
+        config = server.config_path.read_text()
+        config = config.replace("clientPortAddress=127.0.0.1", f"clientPortAddress={address}")
+        config = config.replace(f"clientPort={server.client_port}", f"clientPort={port}")
+        server.config_path.write_text(config)
+        with server.log_path.open("ab") as zk_log:
+            net.popen(net.b, zookeeper_install.java, *JVM_OPTIONS, "-cp",
+                      zookeeper_install.classpath, "org.apache.zookeeper.server.ZooKeeperServerMain",
+                      str(server.config_path), stdin=subprocess.DEVNULL, stdout=zk_log,
+                      stderr=subprocess.STDOUT, cwd=server.directory)
+        assert wait_for(lambda: _accepting(net, address, port), 60.0, 0.1), server.log_tail()
+        cut_at, at_takeover, runs = _cut_the_leader(
+            net, f"zk://{address}:{port}", TICK_MS / 1000.0, tmp_path / "runs.log")
+    _check_cut("zk://", cut_at, at_takeover, runs)

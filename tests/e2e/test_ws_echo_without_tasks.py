@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import functools
 
-import pytest
 import anyio
 import anyio.abc
+import pytest
 import trio
 from wsproto import WSConnection
 
