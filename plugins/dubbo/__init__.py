@@ -16,7 +16,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import trio
 
 from pulse._deprecation import deprecated
 from pulse._driver.streams import open_tcp_listeners, serve_listeners
