@@ -19,7 +19,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import trio
 
 from pulse._core.swim_messages import Ack, Ping
 from pulse._driver.pinger import ping_series
@@ -44,10 +43,12 @@ async def _serve(endpoint: Endpoint, options: ServeOptions, *,
 
 
 async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingReply]:
-    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+    infos = await anyio.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_DGRAM)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
     with sock:
-        await sock.connect((endpoint.host, endpoint.port))
+        sock.connect(address)  # a UDP connect only sets the default peer: it never blocks
         me = sock.getsockname()
         base = random.getrandbits(31)
         peer = f"{endpoint.host}:{endpoint.port}"
@@ -56,11 +57,15 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
 
         async def probe(seq: int) -> None:
             seq_no = (base + seq) & 0xFFFFFFFF
-            await sock.send(encode_packet([Ping(seq_no, "", (me[0], me[1]), "pulse-ping")]))
+            try:
+                sock.send(encode_packet([Ping(seq_no, "", (me[0], me[1]), "pulse-ping")]))
+            except (BlockingIOError, ConnectionRefusedError):
+                pass  # a full buffer or an earlier ICMP refusal: the probe's timeout decides
             while True:
+                await anyio.wait_readable(sock)
                 try:
-                    messages = decode_packet(await sock.recv(65536))
-                except (ConnectionRefusedError, RemoteProtocolError):
+                    messages = decode_packet(sock.recv(65536))
+                except (BlockingIOError, ConnectionRefusedError, RemoteProtocolError):
                     continue  # nobody there yet (ICMP), or not memberlist: keep waiting
                 if any(isinstance(m, Ack) and m.seq_no == seq_no for m in messages):
                     return
