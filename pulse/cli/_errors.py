@@ -10,11 +10,12 @@ out and words it in one line.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 
 import trio
 
-from pulse.errors import PulseError
+from pulse.errors import PhaseTimeout, PulseError
 
 # Errors a command reports in one line instead of a traceback.
 REPORTABLE = (PulseError, OSError, ValueError, trio.TooSlowError, trio.BrokenResourceError)
@@ -67,6 +68,10 @@ def describe(error: BaseException, *, timeout: float | None = None) -> str:
     for link in _cause_chain(lone):
         if isinstance(link, ssl.SSLError):
             return _tls_reason(link)
+    if isinstance(lone, PhaseTimeout) and lone.phase == "connect":
+        where = f" from {lone.peer}" if lone.peer else ""
+        return (f"no answer{where} within {lone.timeout:g}s while connecting: "
+                "the host is down or a firewall drops the packets")
     if isinstance(lone, trio.TooSlowError):
         within = f" within {timeout:g}s" if timeout is not None else ""
         return f"no answer{within}: the host is down or a firewall drops the packets"
@@ -90,4 +95,8 @@ def _os_reason(error: OSError) -> str:
             return f"{error}: {'; '.join(reasons)}"
     if error.strerror and error.filename:
         return f"{error.strerror}: {error.filename}"
+    if isinstance(error, socket.gaierror) and error.strerror:
+        return f"cannot resolve the host name: {error.strerror}"
+    if error.errno is not None and error.strerror:
+        return error.strerror   # without the "[Errno 98]" prefix
     return str(error) or type(error).__name__

@@ -208,7 +208,8 @@ def test_ping_a_blackholed_host(blackholed_port: int, capsys: pytest.CaptureFixt
     assert main(["ping", f"tcp://127.0.0.1:{blackholed_port}", "-c", "1", "--timeout", "0.5"]) == 1
     captured = capsys.readouterr()
     line = one_line(captured.err)
-    assert "connect with 127.0.0.1" in line and "timed out after 0.5 s" in line
+    assert "no answer from 127.0.0.1" in line and "within 0.5s while connecting" in line
+    assert "firewall" in line
     assert "TooSlowError" not in line and "PhaseTimeout" not in line
     assert "heartbeats sent" not in captured.out
 
@@ -245,6 +246,7 @@ def test_address_in_use_names_the_address(capsys: pytest.CaptureFixture[str]) ->
         assert main(["serve", "--listen", f"tcp://127.0.0.1:{port}"]) == 1
     line = one_line(capsys.readouterr().err)
     assert f"tcp://127.0.0.1:{port}" in line and "Address already in use" in line
+    assert "[Errno" not in line
 
 
 def test_missing_certfile_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -253,6 +255,20 @@ def test_missing_certfile_names_the_file(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["serve", "--listen", "tls://127.0.0.1:0", "--certfile", str(missing)]) == 1
     line = one_line(capsys.readouterr().err)
     assert str(missing) in line and "not found" in line
+
+
+def test_tls_without_certfile_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """`pulse serve --listen tls://…` without --certfile names the command-line option, status 2."""
+    assert main(["serve", "--listen", "wss://127.0.0.1:0/"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "wss://127.0.0.1:0/ needs a certificate" in line and "--certfile" in line
+
+
+def test_unresolvable_host_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """A host name that does not resolve: one line saying so, without "[Errno -2]"."""
+    assert main(["ping", "tcp://no-such-host.invalid:7070", "-c", "1", "--timeout", "2"]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert "cannot resolve the host name" in line and "[Errno" not in line
 
 
 def test_decoder_names_http_instead_of_a_body_length() -> None:
