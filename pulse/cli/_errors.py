@@ -62,8 +62,25 @@ def _cause_chain(error: BaseException) -> list[BaseException]:
     return chain
 
 
-def describe(error: BaseException, *, timeout: float | None = None) -> str:
-    """One line saying why ``error`` happened; ``timeout`` words a ``TooSlowError``."""
+def describe(error: BaseException, *, timeout: float | None = None, scheme: str = "") -> str:
+    """One line saying why ``error`` happened; ``timeout`` words a ``TooSlowError``;
+    ``scheme`` (of the URL the command dialled) adds a hint when another protocol answered."""
+    text = _describe(error, timeout)
+    hint = _HINTS.get(scheme)
+    if hint is not None and hint[0] in text:
+        text += hint[1]
+    return text
+
+
+# What a peer speaking another protocol looks like from each client scheme, and the hint.
+_HINTS = {
+    "tcp": ("closed during the HELLO exchange",
+            " (not a pulse tcp:// port? a TLS port needs tls://, a WebSocket one ws://)"),
+    "ws": ("bad opening handshake", " (not a WebSocket server? a pulse TCP port needs tcp://)"),
+}
+
+
+def _describe(error: BaseException, timeout: float | None) -> str:
     lone = reportable(error) or error
     for link in _cause_chain(lone):
         if isinstance(link, ssl.SSLError):

@@ -197,6 +197,37 @@ async def test_tls_to_a_plain_port(tmp_path: Path) -> None:
     assert b"heartbeats sent" not in result.stdout
 
 
+async def test_tcp_to_a_tls_port_suggests_tls(tmp_path: Path) -> None:
+    """tcp:// at a TLS pulse port: one line that points at tls://."""
+    ca = trustme.CA()
+    pem = tmp_path / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    async with trio.open_nursery() as nursery:
+        command = [*PULSE, "serve", "--listen", "tls://127.0.0.1:0", "--certfile", str(pem)]
+        proc: trio.Process = await nursery.start(partial(
+            trio.run_process, command, stdout=subprocess.PIPE, check=False, cwd=tmp_path))
+        assert proc.stdout is not None
+        port = (await read_until(proc.stdout, b"\n")).decode().strip().rsplit(":", 1)[1]
+        result = await run_pulse("ping", f"tcp://127.0.0.1:{port}", "-c", "1", "--timeout", "3")
+        proc.terminate()
+        nursery.cancel_scope.cancel()
+    assert result.returncode == 1
+    line = one_line(result.stderr.decode())
+    assert "HELLO" in line and "tls://" in line
+
+
+async def test_ws_to_a_pulse_tcp_port_suggests_tcp(tmp_path: Path) -> None:
+    """ws:// at a pulse tcp:// port: one line saying it is not a WebSocket server."""
+    async with trio.open_nursery() as nursery:
+        proc, port = await start_serve(nursery, tmp_path)
+        result = await run_pulse("ping", f"ws://127.0.0.1:{port}/", "-c", "1", "--timeout", "3")
+        proc.terminate()
+        nursery.cancel_scope.cancel()
+    assert result.returncode == 1
+    line = one_line(result.stderr.decode())
+    assert "not a WebSocket server" in line and "tcp://" in line
+
+
 def test_watch_with_a_relative_prefix(capsys: pytest.CaptureFixture[str]) -> None:
     """`pulse watch --prefix nope`: one line saying the prefix must start with '/', status 2."""
     assert main(["watch", "--server", "pulse://127.0.0.1:1", "--prefix", "nope"]) == 2
