@@ -280,6 +280,17 @@ def test_address_in_use_names_the_address(capsys: pytest.CaptureFixture[str]) ->
     assert "[Errno" not in line
 
 
+def test_member_address_in_use_names_the_address(capsys: pytest.CaptureFixture[str]) -> None:
+    """`pulse member` on a busy port says which address is in use, in one line."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["member", "--listen", f"gossip://127.0.0.1:{port}", "--name", "m1"]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert f"gossip://127.0.0.1:{port}" in line and "Address already in use" in line
+
+
 def test_missing_certfile_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`pulse serve --certfile` naming a missing file says which file."""
     missing = tmp_path / "missing.pem"
