@@ -137,9 +137,10 @@ async def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("address", help="HOST:PORT of examples/rpc_server.py")
-    parser.add_argument("--heartbeat", type=float, default=1.0)
+    parser.add_argument("--heartbeat", type=float, default=1.0, metavar="S",
+                        help="heartbeat interval in seconds (default 1); dead after 3 x S")
     parser.add_argument("--calls", type=int, default=None, help="stop after N successful calls")
     parser.add_argument("--interval", type=float, default=0.3, help="seconds between calls")
     parser.add_argument("--slow", type=float, default=0.0, help="keep a sleep(S) call pending")

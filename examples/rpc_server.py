@@ -64,8 +64,10 @@ async def main(port: int, heartbeat: float) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("port", nargs="?", type=int, default=7080)
-    parser.add_argument("--heartbeat", type=float, default=1.0)
+    parser.add_argument("port", nargs="?", type=int, default=7080,
+                        help="loopback port to listen on (default 7080)")
+    parser.add_argument("--heartbeat", type=float, default=1.0, metavar="S",
+                        help="heartbeat interval in seconds (default 1); dead after 3 x S")
     args = parser.parse_args()
     configure_logging("console", "warning")
     status = 0

@@ -10,11 +10,12 @@ out and words it in one line.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 
 import trio
 
-from pulse.errors import PulseError
+from pulse.errors import PhaseTimeout, PulseError
 
 # Errors a command reports in one line instead of a traceback.
 REPORTABLE = (PulseError, OSError, ValueError, trio.TooSlowError, trio.BrokenResourceError)
@@ -61,12 +62,33 @@ def _cause_chain(error: BaseException) -> list[BaseException]:
     return chain
 
 
-def describe(error: BaseException, *, timeout: float | None = None) -> str:
-    """One line saying why ``error`` happened; ``timeout`` words a ``TooSlowError``."""
+def describe(error: BaseException, *, timeout: float | None = None, scheme: str = "") -> str:
+    """One line saying why ``error`` happened; ``timeout`` words a ``TooSlowError``;
+    ``scheme`` (of the URL the command dialled) adds a hint when another protocol answered."""
+    text = _describe(error, timeout)
+    hint = _HINTS.get(scheme)
+    if hint is not None and hint[0] in text:
+        text += hint[1]
+    return text
+
+
+# What a peer speaking another protocol looks like from each client scheme, and the hint.
+_HINTS = {
+    "tcp": ("closed during the HELLO exchange",
+            " (not a pulse tcp:// port? a TLS port needs tls://, a WebSocket one ws://)"),
+    "ws": ("bad opening handshake", " (not a WebSocket server? a pulse TCP port needs tcp://)"),
+}
+
+
+def _describe(error: BaseException, timeout: float | None) -> str:
     lone = reportable(error) or error
     for link in _cause_chain(lone):
         if isinstance(link, ssl.SSLError):
             return _tls_reason(link)
+    if isinstance(lone, PhaseTimeout) and lone.phase == "connect":
+        where = f" from {lone.peer}" if lone.peer else ""
+        return (f"no answer{where} within {lone.timeout:g}s while connecting: "
+                "the host is down or a firewall drops the packets")
     if isinstance(lone, trio.TooSlowError):
         within = f" within {timeout:g}s" if timeout is not None else ""
         return f"no answer{within}: the host is down or a firewall drops the packets"
@@ -90,4 +112,8 @@ def _os_reason(error: OSError) -> str:
             return f"{error}: {'; '.join(reasons)}"
     if error.strerror and error.filename:
         return f"{error.strerror}: {error.filename}"
+    if isinstance(error, socket.gaierror) and error.strerror:
+        return f"cannot resolve the host name: {error.strerror}"
+    if error.errno is not None and error.strerror:
+        return error.strerror   # without the "[Errno 98]" prefix
     return str(error) or type(error).__name__

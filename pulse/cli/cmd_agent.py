@@ -27,6 +27,7 @@ from pulse._core.backoff import Backoff
 from pulse._core.reconnect import ReconnectMachine
 from pulse._driver.reconnect import AttemptHandle, ReconnectDriver
 from pulse.actions import Reconnect
+from pulse.cli._errors import describe
 from pulse.cli._presence import (
     PRESENCE_PREFIX,
     child_key,
@@ -172,10 +173,10 @@ async def _hold(args: argparse.Namespace, key: str, meta: dict[str, str]) -> int
                     if change.state in (SessionState.EXPIRED, SessionState.CLOSED):
                         break
         except (SessionExpired, ConnectionClosed, OSError) as exc:
-            _say(f"session lost: {exc}")
+            _say(f"session lost: {describe(exc)}")
             if isinstance(exc, OSError) and not entered:  # the server could not be reached
-                return handle.unreachable(f"session lost: {exc}")
-            return f"session lost: {exc}"
+                return handle.unreachable(f"session lost: {describe(exc)}")
+            return f"session lost: {describe(exc)}"
         except _permanent_errors() as exc:
             _say(f"refused: {exc}")
             raise ReconnectGaveUp(f"refused: {exc}") from exc

@@ -312,7 +312,7 @@ class Demo:
             if agent.role in ("kill", "long-pause") and fault_at is not None:
                 detected = agent.first_offline_after(fault_at)
                 if detected is None:
-                    rows.append((agent, f"offline within {self.bound:.3g} s", "not detected", False))
+                    rows.append((agent, f"offline ≤ {self.bound:.3g} s", "not detected", False))
                     continue
                 latency = detected - fault_at
                 happened = f"offline after {latency:.3f} s"
@@ -321,7 +321,7 @@ class Demo:
                     back = any(t >= (agent.resumed_at or math.inf) for t in agent.online_at)
                     happened += ", back online" if back else ", never came back"
                     ok = ok and back
-                rows.append((agent, f"offline within {self.bound:.3g} s", happened, ok))
+                rows.append((agent, f"offline ≤ {self.bound:.3g} s", happened, ok))
             else:
                 since = fault_at if fault_at is not None else self.start
                 early = [t for t in agent.offline_at if since <= t < self.scenario_over]

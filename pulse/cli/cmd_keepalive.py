@@ -24,6 +24,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from pulse.cli._errors import describe
+
 HELP = "show TCP keepalive defaults, tune a real socket, and compare worst-case detection times"
 
 _KEEPALIVE_MODULE = "pulse.plugins.tcp.keepalive"
@@ -181,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
             tuned = socket.create_connection(address, timeout=args.connect_timeout)
             where = f"a connection to {args.target}"
     except OSError as exc:
-        print(f"pulse keepalive: cannot connect to {args.target}: {exc}", file=sys.stderr)
+        print(f"pulse keepalive: cannot connect to {args.target}: {describe(exc)}", file=sys.stderr)
         return 1
     with tuned, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ka.KeepaliveWarning)

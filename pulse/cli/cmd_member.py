@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
 import sys
@@ -10,7 +11,11 @@ import sys
 import trio
 
 from pulse._core.swim import Member, MemberEvent
+from pulse.cli._errors import reportable
 from pulse.registry import parse_url
+
+# Errors binding the listening sockets, which name no address by themselves.
+_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 HELP = "join a gossip group (memberlist/Serf compatible) and print membership changes"
 
@@ -111,3 +116,9 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # pragma: no cover - the reader went away
         sys.stderr.close()
         return 0
+    except BaseException as error:
+        lone = reportable(error)
+        if isinstance(lone, OSError) and lone.errno in _BIND_ERRORS and not lone.filename:
+            # The socket layer says "Address already in use" without saying which address.
+            raise OSError(lone.errno, f"cannot listen on {args.listen}: {lone.strerror}") from error
+        raise

@@ -69,7 +69,7 @@ async def ping(args: argparse.Namespace) -> int:
         except REPORTABLE as exc:
             if connected:
                 sent += 1   # the heartbeat that went unanswered
-            reason = describe(exc, timeout=args.timeout)
+            reason = describe(exc, timeout=args.timeout, scheme=endpoint.scheme)
 
     # Ctrl-C ends the run; the summary still prints, as ping(8) does.
     await until_interrupted(pings)

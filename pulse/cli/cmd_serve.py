@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lease.add_argument("--max-request-rate", type=float, default=None, metavar="PER_S")
 
 
+# Schemes whose servers cannot start without --certfile.
+_NEEDS_CERTIFICATE = frozenset({"tls", "wss"})
+
 _EXTRA = ("certfile", "keyfile", "data_dir", "tick", "max_sessions", "max_sessions_per_address",
           "max_keys_per_session", "max_data_size", "max_request_rate")
 
@@ -81,5 +84,8 @@ def run(args: argparse.Namespace) -> int:
     options = ServeOptions(interval=args.interval, timeout=args.timeout, extra=extra,
                            profile=args.profile)
     urls = args.listen or ["pulse://127.0.0.1:7070"]
+    for url in urls:
+        if url.split("://", 1)[0] in _NEEDS_CERTIFICATE and not args.certfile:
+            raise ValueError(f"{url} needs a certificate: pass --certfile (and --keyfile)")
     trio.run(until_interrupted, partial(serve_all, urls, options))
     return 0

@@ -63,7 +63,7 @@ def test_final_table_at_80_columns_is_not_cut_off(tmp_path: Path) -> None:
     demo = make_demo(tmp_path)
     demo.start = 0.0
     demo.scenario_over = 100.0
-    for agent, fault, at in zip(demo.agents, ("SIGKILL", "SIGSTOP", "SIGSTOP 0.75 s", "SIGKILL"),
+    for agent, fault, at in zip(demo.agents, ("SIGKILL", "SIGSTOP 4.5 s", "SIGSTOP 0.75 s", "SIGKILL"),
                                 (5.0, 6.0, 7.0, 8.5), strict=False):
         agent.fault, agent.fault_at = fault, at
     demo.agents[0].offline_at.append(5.0 + 3.123)
@@ -80,5 +80,7 @@ def test_final_table_at_80_columns_is_not_cut_off(tmp_path: Path) -> None:
         assert any(agent.name in line for line in lines)
     flat = " ".join(text.split())
     assert "3.123" in flat and "3.301" in flat and "back" in flat
+    # a latency and its unit stay on one line
+    assert "offline after 3.123 s" in text and "offline after 3.301 s" in text
     assert text.count("yes") == len(demo.agents)
     assert "result: PASS" in text

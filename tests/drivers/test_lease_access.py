@@ -22,11 +22,6 @@ from ._lease_harness import Network, Raw
 S1 = ("s1", 1)
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 @asynccontextmanager
 async def network(**config: Any) -> AsyncIterator[Network]:
     async with trio.open_nursery() as nursery:

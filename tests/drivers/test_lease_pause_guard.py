@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 import trio
 import trio.testing
 
 from pulse.plugins.lease.server import ServerConfig
 
 from ._lease_harness import Network, Raw
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 async def stall_then_ping(config: ServerConfig, clock: trio.testing.MockClock) -> tuple[bool, int]:

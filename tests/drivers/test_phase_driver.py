@@ -16,8 +16,9 @@ from pulse.errors import PhaseTimeout, PulseError
 
 
 @pytest.fixture
-def clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
+def clock(autojump_clock: trio.testing.MockClock) -> trio.testing.MockClock:
+    """pytest-trio's autojump clock, under the short name these tests use."""
+    return autojump_clock
 
 
 async def test_overrunning_phase_raises_phase_timeout_near_its_deadline(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -13,6 +12,8 @@ from typing import Any
 import pytest
 import trio
 
+from tests.ci import in_ci
+
 from ._wait import accepts_connections, wait_until
 
 SERF = shutil.which("serf")
@@ -21,7 +22,7 @@ SERF = shutil.which("serf")
 def require_serf() -> str:
     """The serf binary, or skip the module (fail in CI, where scripts/test.sh installs it)."""
     if SERF is None:
-        if os.environ.get("CI"):
+        if in_ci():
             raise RuntimeError("serf is required in CI (scripts/test.sh installs it)")
         pytest.skip("serf is not installed", allow_module_level=True)
     return SERF

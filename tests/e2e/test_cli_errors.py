@@ -197,6 +197,37 @@ async def test_tls_to_a_plain_port(tmp_path: Path) -> None:
     assert b"heartbeats sent" not in result.stdout
 
 
+async def test_tcp_to_a_tls_port_suggests_tls(tmp_path: Path) -> None:
+    """tcp:// at a TLS pulse port: one line that points at tls://."""
+    ca = trustme.CA()
+    pem = tmp_path / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    async with trio.open_nursery() as nursery:
+        command = [*PULSE, "serve", "--listen", "tls://127.0.0.1:0", "--certfile", str(pem)]
+        proc: trio.Process = await nursery.start(partial(
+            trio.run_process, command, stdout=subprocess.PIPE, check=False, cwd=tmp_path))
+        assert proc.stdout is not None
+        port = (await read_until(proc.stdout, b"\n")).decode().strip().rsplit(":", 1)[1]
+        result = await run_pulse("ping", f"tcp://127.0.0.1:{port}", "-c", "1", "--timeout", "3")
+        proc.terminate()
+        nursery.cancel_scope.cancel()
+    assert result.returncode == 1
+    line = one_line(result.stderr.decode())
+    assert "HELLO" in line and "tls://" in line
+
+
+async def test_ws_to_a_pulse_tcp_port_suggests_tcp(tmp_path: Path) -> None:
+    """ws:// at a pulse tcp:// port: one line saying it is not a WebSocket server."""
+    async with trio.open_nursery() as nursery:
+        proc, port = await start_serve(nursery, tmp_path)
+        result = await run_pulse("ping", f"ws://127.0.0.1:{port}/", "-c", "1", "--timeout", "3")
+        proc.terminate()
+        nursery.cancel_scope.cancel()
+    assert result.returncode == 1
+    line = one_line(result.stderr.decode())
+    assert "not a WebSocket server" in line and "tcp://" in line
+
+
 def test_watch_with_a_relative_prefix(capsys: pytest.CaptureFixture[str]) -> None:
     """`pulse watch --prefix nope`: one line saying the prefix must start with '/', status 2."""
     assert main(["watch", "--server", "pulse://127.0.0.1:1", "--prefix", "nope"]) == 2
@@ -208,7 +239,8 @@ def test_ping_a_blackholed_host(blackholed_port: int, capsys: pytest.CaptureFixt
     assert main(["ping", f"tcp://127.0.0.1:{blackholed_port}", "-c", "1", "--timeout", "0.5"]) == 1
     captured = capsys.readouterr()
     line = one_line(captured.err)
-    assert "connect with 127.0.0.1" in line and "timed out after 0.5 s" in line
+    assert "no answer from 127.0.0.1" in line and "within 0.5s while connecting" in line
+    assert "firewall" in line
     assert "TooSlowError" not in line and "PhaseTimeout" not in line
     assert "heartbeats sent" not in captured.out
 
@@ -245,6 +277,18 @@ def test_address_in_use_names_the_address(capsys: pytest.CaptureFixture[str]) ->
         assert main(["serve", "--listen", f"tcp://127.0.0.1:{port}"]) == 1
     line = one_line(capsys.readouterr().err)
     assert f"tcp://127.0.0.1:{port}" in line and "Address already in use" in line
+    assert "[Errno" not in line
+
+
+def test_member_address_in_use_names_the_address(capsys: pytest.CaptureFixture[str]) -> None:
+    """`pulse member` on a busy port says which address is in use, in one line."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["member", "--listen", f"gossip://127.0.0.1:{port}", "--name", "m1"]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert f"gossip://127.0.0.1:{port}" in line and "Address already in use" in line
 
 
 def test_missing_certfile_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -253,6 +297,20 @@ def test_missing_certfile_names_the_file(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["serve", "--listen", "tls://127.0.0.1:0", "--certfile", str(missing)]) == 1
     line = one_line(capsys.readouterr().err)
     assert str(missing) in line and "not found" in line
+
+
+def test_tls_without_certfile_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """`pulse serve --listen tls://…` without --certfile names the command-line option, status 2."""
+    assert main(["serve", "--listen", "wss://127.0.0.1:0/"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "wss://127.0.0.1:0/ needs a certificate" in line and "--certfile" in line
+
+
+def test_unresolvable_host_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """A host name that does not resolve: one line saying so, without "[Errno -2]"."""
+    assert main(["ping", "tcp://no-such-host.invalid:7070", "-c", "1", "--timeout", "2"]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert "cannot resolve the host name" in line and "[Errno" not in line
 
 
 def test_decoder_names_http_instead_of_a_body_length() -> None:

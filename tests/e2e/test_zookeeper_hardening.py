@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import time
 
 import pytest
 import trio
 
 from pulse.plugins.zookeeper import connect
+from tests.ci import IN_CI
 from tests.e2e.test_zookeeper_kazoo import KazooProbe, probes  # noqa: F401 (fixture)
 from tests.e2e.test_zookeeper_presence import Recorder
 from tests.zk_harness import ZooKeeperServer
 
-if os.environ.get("CI", "").lower() == "true":
-    import kazoo.exceptions as kazoo_exceptions
+if IN_CI:
+    import kazoo.exceptions as kazoo_exceptions  # CI installs kazoo: missing is an error
 else:
     kazoo_exceptions = pytest.importorskip("kazoo.exceptions")
 
