@@ -62,7 +62,7 @@ from pulse._core.session_client import (
 from pulse._core.session_client import Connect as ConnectTo
 from pulse._core.session_timing import ClientTiming
 from pulse._deprecation import renamed
-from pulse._driver.session import SessionDriver
+from pulse._driver.session import SessionDriver, apply_actions
 from pulse._driver.streams import aclose_forcefully, open_tcp_stream, start_tls
 from pulse._driver.util import background_nursery
 from pulse._log import get_logger
@@ -619,11 +619,7 @@ class LeaseSession:
 
     def _apply(self, actions: _Actions, now: float) -> None:
         """Carry out an input's actions and re-arm the engine."""
-        if self._driver is not None:
-            self._driver.apply(actions, now)
-        else:
-            for action in actions:
-                self._perform(action, now)
+        apply_actions(self._driver, self._perform, actions, now)
 
     def _perform(self, action: Action, now: float) -> None:
         """Carry out one action of the machine (called by the engine too; never awaits)."""

@@ -29,7 +29,7 @@ import anyio.abc
 import trio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from pulse._driver.session import SessionDriver
+from pulse._driver.session import SessionDriver, apply_actions
 from pulse._driver.streams import aclose_forcefully, open_tcp_stream
 from pulse._log import get_logger
 from pulse.errors import NotOwner, RemoteProtocolError
@@ -426,11 +426,7 @@ class ZooKeeperSession:
 
     def _apply(self, actions: _Actions, now: float) -> None:
         """Carry out ``actions`` (an input's answer) and re-arm the engine."""
-        if self._driver is not None:
-            self._driver.apply(actions, now)
-        else:
-            for action in actions:
-                self._perform(action, now)
+        apply_actions(self._driver, self._perform, actions, now)
 
     def _perform(self, action: Action, now: float) -> None:
         """Carry out one action of the machine (called by the engine, never awaits)."""

@@ -97,4 +97,15 @@ class SessionDriver:
             await self._changed.wait()
 
 
-__all__ = ["SessionDriver"]
+def apply_actions(driver: SessionDriver | None, perform: Perform, actions: list[Action],
+                  now: float) -> None:
+    """Carry out an input's ``actions``: through ``driver`` (which re-arms the engine) once a
+    session has one, else one by one with ``perform`` (before the driver exists)."""
+    if driver is not None:
+        driver.apply(actions, now)
+    else:
+        for action in actions:
+            perform(action, now)
+
+
+__all__ = ["SessionDriver", "apply_actions"]
