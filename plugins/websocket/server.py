@@ -35,9 +35,11 @@ import trio
 
 from pulse._core.detectors import FailureDetector
 from pulse._core.liveness import PeerStats
+from pulse._core.offenders import OffenderCooldown
 from pulse._core.policy import HeartbeatPolicy
 from pulse._deprecation import deprecated
 from pulse._driver.connection import DEFAULT_MAX_PING_RATE
+from pulse._driver.engine import current_engine
 from pulse._driver.phase import Phase, bounded
 from pulse._driver.streams import (
     Listener,
@@ -60,6 +62,7 @@ from .outbox import DropHandler, Outbox, Overflow, Payload, log_drop
 from .session import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
     DEFAULT_FRAGMENT_SIZE,
     Initiator,
     Session,
@@ -173,6 +176,9 @@ class WebSocketServer:
 
     listeners: list[Listener]
     connections: set[ServerConnection] = field(default_factory=set)
+    #: Addresses refused for a while after one of their connections was closed for a
+    #: ping flood (1 s, doubling per repeat up to 60 s), as on the ``tcp://`` server.
+    offenders: OffenderCooldown = field(default_factory=OffenderCooldown)
     _nursery: anyio.abc.TaskGroup | None = field(default=None, repr=False)
     """Where sessions without a task of their own start theirs (set while serving)."""
 
@@ -233,6 +239,13 @@ async def serve_stream(
     options = settings or ServerSettings()
     peer = peer or peer_name(stream)
     transport = "wss" if options.ssl_context is not None else "ws"
+    offenders = server.offenders if server is not None else None
+    if offenders is not None and not offenders.admits(_address(peer), current_engine().now()):
+        # Closed for a ping flood moments ago: no handshake, just the door.
+        log.info("client_refused", peer=peer, transport=transport,
+                 reason="cooling down after a ping flood")
+        await aclose_forcefully(stream)
+        return
     wrapped: trio.abc.Stream = stream
     try:
         with bounded(Phase.HANDSHAKE, options.handshake_timeout, peer=peer):
@@ -275,17 +288,17 @@ async def serve_stream(
         # here; an application's handler runs in this task.
         if handler is echo:
             session.launch(server._nursery, partial(_launched_closed, connections, client, None,
-                                                    options.close_timeout))
+                                                    options.close_timeout, offenders))
             return
         run = _HandlerRun()
         session.launch(server._nursery, partial(_launched_closed, connections, client, run,
-                                                options.close_timeout))
+                                                options.close_timeout, offenders))
         await run.call(handler, client, options)
         return
     try:
         if handler is echo:
             # The built-in echo needs no handler task (EchoInbox); this task runs the session.
-            _finish(session, await session.run(), inbox, outbox, peer, transport)
+            _finish(session, await session.run(), inbox, outbox, peer, transport, offenders)
         else:
             await _run_with_handler(handler, client, session, options, peer, transport)
     except Exception:  # pragma: no cover - last line of defence for the other clients
@@ -327,11 +340,12 @@ class _HandlerRun:
 
 async def _launched_closed(connections: set[ServerConnection], client: ServerConnection,
                            run: _HandlerRun | None, close_timeout: float,
-                           end: SessionEnd) -> None:
+                           offenders: OffenderCooldown | None, end: SessionEnd) -> None:
     """A launched session closed: what serve_stream does after a session it ran."""
     session = client._session
     try:
-        _finish(session, end, client._inbox, client._outbox, client.remote, session.transport)
+        _finish(session, end, client._inbox, client._outbox, client.remote, session.transport,
+                offenders)
         if run is not None:
             await run.stop(close_timeout)
     finally:
@@ -339,15 +353,25 @@ async def _launched_closed(connections: set[ServerConnection], client: ServerCon
         await aclose_forcefully(session.conn.stream)
 
 
+def _address(peer: str) -> str:
+    """The host part of ``host:port`` (``[v6]:port`` too)."""
+    return peer.rpartition(":")[0]
+
+
 def _finish(session: Session, end: SessionEnd, inbox: Inbox, outbox: Outbox, peer: str,
-            transport: str) -> None:
-    """The session ended: close the queues, report what was not delivered, log why."""
+            transport: str, offenders: OffenderCooldown | None = None) -> None:
+    """The session ended: close the queues, report what was not delivered, log why; an
+    address whose connection this server closed for a ping flood starts cooling down."""
     inbox.close()
     outbox.close(closed_error(end), f"not sent: connection closed ({end.reason})")
     outbox.report(session.unconfirmed(), f"unconfirmed when the connection ended: "
                   f"{end.reason}", possibly_delivered=True)
     log.info("client_gone", peer=peer, transport=transport, reason=end.reason,
              code=end.code, initiator=end.initiator.value)
+    if (offenders is not None and end.code == CLOSE_POLICY_VIOLATION
+            and end.initiator is Initiator.LOCAL):  # the one policy close: a ping flood
+        cooldown = offenders.offence(_address(peer), current_engine().now())
+        log.info("client_cooling_down", peer=peer, transport=transport, seconds=cooldown)
 
 
 async def _call_handler(handler: Handler, client: ServerConnection,

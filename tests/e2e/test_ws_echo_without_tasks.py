@@ -227,3 +227,38 @@ async def test_echo_backpressure_loses_nothing() -> None:
             received = [await next_event(client) for _ in messages]
             assert received == [MessageReceived(m) for m in messages]
             nursery.cancel_scope.cancel()
+
+
+async def test_a_ping_flooder_that_reconnects_is_refused_while_it_cools_down() -> None:
+    """A WebSocket client closed for a ping flood (1008; the server hangs up at once) that
+    connects again is shut out before the opening handshake until its cooldown (1 s) ends;
+    then it is served again (as on the tcp:// server)."""
+    from structlog.testing import capture_logs
+
+    from pulse.errors import PulseError
+
+    with trio.fail_after(20), capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            server = await start(nursery, policy=HeartbeatPolicy(interval=1000.0, timeout=3000.0),
+                                 max_ping_rate=50.0)
+            flooder = await dial(server, "/flood")
+            with trio.move_on_after(5):
+                try:
+                    for i in range(100_000):  # back to back: far faster than 50 a second
+                        await flooder.write(flooder.encode_ping(i.to_bytes(4, "big")))
+                    while True:
+                        await next_event(flooder, answer_pings=False)
+                except (PulseError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the server hung up on the flood
+            await flooder.stream.aclose()
+            cooling = [e for e in logs if e["event"] == "client_cooling_down"]
+            assert len(cooling) == 1 and cooling[0]["seconds"] == 1.0
+            with pytest.raises((PulseError, OSError, trio.BrokenResourceError)):
+                await dial(server, "/again")  # the door closes before the handshake
+            assert any(e["event"] == "client_refused" for e in logs)
+            await trio.sleep(1.2)  # the first cooldown is 1 s
+            later = await dial(server, "/later")
+            await later.write(later.encode_message("back"))
+            assert await next_event(later) == MessageReceived("back")
+            await later.stream.aclose()
+            nursery.cancel_scope.cancel()
