@@ -27,6 +27,7 @@ from pulse._core.policy import (
 from pulse._core.reconnect import ReconnectMachine, StartAttempt, default_backoff
 from pulse._trio.connection import HeartbeatConnection, heartbeat
 from pulse._trio.feed import EventFeed
+from pulse._trio.paths import RedundantPaths, redundant_paths
 from pulse.errors import (
     AuthFailed,
     ConnectionClosed,
@@ -74,6 +75,7 @@ __all__ = [
     "PulseError",
     "ReconnectGaveUp",
     "ReconnectMachine",
+    "RedundantPaths",
     "RemoteProtocolError",
     "StartAttempt",
     "TcpProgress",
@@ -82,4 +84,5 @@ __all__ = [
     "heartbeat",
     "negotiate",
     "negotiate_interval",
+    "redundant_paths",
 ]
