@@ -141,13 +141,14 @@ class RedundantPaths:
     def _carry_out(self, actions: list[PathAction]) -> None:
         for action in actions:
             if isinstance(action, PathDown):
-                log.warning("path_down", path=action.path, reason=action.reason,
+                # Info, not warning: the application hears it through events()/on_event.
+                log.info("path_down", path=action.path, reason=action.reason,
                             silent_for=round(action.silent_for, 3))
             elif isinstance(action, PathUp):
                 log.info("path_up", path=action.path, first=action.first)
             elif isinstance(action, PeerDead):
                 self._death = action
-                log.warning("peer_dead", reason=action.reason,
+                log.info("peer_dead", reason=action.reason,
                             silent_for=round(action.silent_for, 3))
             elif isinstance(action, PeerAlive):
                 log.info("peer_alive", after=round(action.after, 3))

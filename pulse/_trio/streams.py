@@ -59,13 +59,15 @@ async def dial(
     https_compatible: bool = False,
     prepare: Prepare | None = None,
     timeout: float = math.inf,
+    local_address: str | None = None,
 ) -> trio.abc.Stream:
     """A TCP connection to ``host:port`` — with a completed TLS handshake when
     ``ssl_context`` is given — within ``timeout`` seconds, or
     :class:`~pulse.errors.PhaseTimeout`. ``prepare`` tunes the socket (keepalive options)
-    before any byte is sent. Nothing is left open when it fails."""
+    before any byte is sent; ``local_address`` binds the local end first (to leave by one
+    interface of several). Nothing is left open when it fails."""
     with bounded(Phase.CONNECT, timeout, peer=f"{host}:{port}"):
-        sock = await trio.open_tcp_stream(host, port)
+        sock = await trio.open_tcp_stream(host, port, local_address=local_address)
         try:
             if prepare is not None:
                 prepare(sock)
