@@ -227,6 +227,8 @@ async def redundant_paths(
     (:class:`~pulse.actions.PeerDead`) only when every path is down — at the latest
     ``timeout`` seconds after the last answer heard on any path. ``on_event`` receives the
     same actions as ``events()``; ``on_reply(path, reply)`` every answered heartbeat.
+    Under ``profile="lossy"`` a path is down when its ping gives up on a late answer (the
+    lossy-link judge, at most the profile's ceiling), not after ``timeout`` of silence.
 
     A bad URL or a scheme with no ``ping`` raises before anything starts (``ValueError``,
     :class:`~pulse.errors.NoPlugin`).
@@ -269,8 +271,15 @@ async def _watch(
     make_backoff = backoff or _default_path_backoff
     engine = current_engine()
     # A wake-up later than a whole timeout is this process stopping, not the paths.
-    machine = RedundantPeer([r.name for r in routes], timeout, engine.now(),
-                            pause_after=timeout)
+    silence = timeout
+    lossy = PROFILES[profile]
+    if lossy is not None:
+        # Under the lossy-link profile each path's ping decides when a late answer is lost
+        # (up to the profile's ceiling, counted from a probe sent up to an interval after the
+        # last answer); the machine's silence limit must not cut that judgement short.
+        silence = lossy.resolved(timeout)[1] + interval
+    machine = RedundantPeer([r.name for r in routes], silence, engine.now(),
+                            pause_after=silence)
     watched = RedundantPaths(machine, on_event=on_event, on_reply=on_reply)
     options = PingOptions(interval=interval, timeout=timeout, profile=profile)
     engine.watch(watched)

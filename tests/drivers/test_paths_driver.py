@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import trio.testing
 
 import pulse
 from pulse._core.backoff import Backoff, Jitter
+from pulse._core.lossy import TcpProgress
 from pulse._trio.paths import _Route, _watch
 from pulse._trio.pinger import ping_series
 from pulse.actions import PathAction, PathDown, PathUp, PeerAlive, PeerDead
@@ -34,6 +36,8 @@ class Link:
     refuse: bool = False
     connects: int = 0
     answered_at: list[float] = field(default_factory=list)
+    #: TCP_INFO as under a retransmitting path: the peer's ACKs still arrive (lossy profile).
+    kernel_hears: bool = False
 
     def ping_fn(self) -> PingFn:
         async def ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingReply]:
@@ -53,7 +57,16 @@ class Link:
                 self.answered_at.append(trio.current_time())
                 return None
 
-            async for reply in ping_series(options, endpoint.host, probe):
+            retransmits = itertools.count(1)
+            started = trio.current_time()
+
+            def progress() -> TcpProgress:
+                return TcpProgress(last_ack_recv=0.0,
+                                   last_data_recv=trio.current_time() - started,
+                                   total_retrans=next(retransmits))
+
+            async for reply in ping_series(options, endpoint.host, probe,
+                                           progress=progress if self.kernel_hears else None):
                 yield reply
         return ping
 
@@ -268,3 +281,22 @@ def test_exported_from_pulse() -> None:
 
 
 
+
+
+async def test_the_lossy_profile_leaves_the_verdict_to_each_paths_judge(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Under profile="lossy" a path silent past the timeout is not down while its kernel
+    still hears the peer (its ping's lossy-link judge decides); once the judge gives up
+    (at its ceiling) the path is down."""
+    a, b = Link(kernel_hears=True), Link()
+    events: list[tuple[float, PathAction]] = []
+    async with watch([(A, a), (B, b)], events, profile="lossy") as paths:
+        await trio.sleep(2.0)
+        a.cut = True
+        await trio.sleep(3.0 + 1.0)   # past the timeout: the default profile would be down
+        assert paths.state(A) is PathState.UP
+        await trio.sleep(60.0)        # past the profile's ceiling (6 x the timeout)
+        assert paths.state(A) is PathState.DOWN
+        assert paths.state(B) is PathState.UP
+    assert of(PeerDead, events) == []
