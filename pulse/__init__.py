@@ -27,6 +27,7 @@ from pulse._core.policy import (
 from pulse._core.reconnect import ReconnectMachine, StartAttempt, default_backoff
 from pulse._driver.connection import HeartbeatConnection, heartbeat
 from pulse._driver.feed import EventFeed
+from pulse._driver.paths import RedundantPaths, redundant_paths
 from pulse._driver.streams import open_tcp_stream
 from pulse.errors import (
     AuthFailed,
@@ -75,6 +76,7 @@ __all__ = [
     "PulseError",
     "ReconnectGaveUp",
     "ReconnectMachine",
+    "RedundantPaths",
     "RemoteProtocolError",
     "StartAttempt",
     "TcpProgress",
@@ -84,4 +86,5 @@ __all__ = [
     "negotiate",
     "negotiate_interval",
     "open_tcp_stream",
+    "redundant_paths",
 ]

@@ -94,3 +94,28 @@ class Expire:
 
 
 Action = SendPing | PeerSuspect | PeerAlive | PeerDead | Close | LocalPause | Idle | Reconnect | Expire
+
+
+@dataclass(frozen=True, slots=True)
+class PathUp:
+    """One path to a redundant peer carries heartbeats (again): ``path`` names it (its URL);
+    ``after`` is how long it had been down, or since the watch began when ``first``."""
+
+    path: str
+    after: float
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PathDown:
+    """One path to a redundant peer went silent for ``silent_for`` seconds or lost its
+    connection (``reason`` says which). A warning, not a failover: the peer stays alive
+    while another path is up (:class:`PeerDead` comes only when every path is down)."""
+
+    path: str
+    reason: str
+    silent_for: float
+
+
+PathAction = PathUp | PathDown | PeerAlive | PeerDead | LocalPause
+"""What a redundant peer reports: per-path changes and the peer's own verdict."""

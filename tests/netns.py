@@ -8,6 +8,10 @@ for INPUT and OUTPUT inside one namespace (a peer that vanished without a FIN or
 :meth:`NetnsPair.restore_cable` removes exactly those rules.  :meth:`NetnsPair.lose` drops
 a random share of the packets entering and leaving one namespace (the iptables ``statistic``
 match: this kernel has no netem), :meth:`NetnsPair.stop_losing` takes those rules away.
+``NetnsPair(links=2)`` joins the namespaces with a second veth pair on a second subnet
+(``10.213.8.1`` / ``10.213.8.2``; link ``i`` uses ``10.213.(7+i).x``): one peer reachable
+over two paths. :meth:`NetnsPair.cut_link` silently drops what crosses one link only (its
+interface, inside one namespace), :meth:`NetnsPair.restore_link` takes that back.
 Leaving the ``with`` block kills the subprocesses it started and deletes both namespaces,
 whatever happened.
 
@@ -131,35 +135,48 @@ def require_netns() -> None:
 
 
 class NetnsPair:
-    """Two network namespaces, ``a`` and ``b``, joined by a veth pair on a private /30."""
+    """Two network namespaces, ``a`` and ``b``, joined by a veth pair on a private /30
+    (by ``links`` veth pairs, each on its own /30, when asked)."""
 
-    def __init__(self) -> None:
+    def __init__(self, links: int = 1) -> None:
+        if not 1 <= links <= 8:
+            raise ValueError(f"links must be between 1 and 8, got {links!r}")
         pid, number = os.getpid(), next(_pair_numbers)
         self.a = f"pulse-{pid}-{number}-a"
         self.b = f"pulse-{pid}-{number}-b"
         # Interface names are limited to 15 characters.
         self._veth = {self.a: f"pv{pid:x}x{number:x}a", self.b: f"pv{pid:x}x{number:x}b"}
         self._address = {self.a: ADDRESS_A, self.b: ADDRESS_B}
+        self.links = links
+        # Link 0 is the cable above; link i > 0 has interfaces ``<veth><i>`` and the subnet
+        # 10.213.(7+i).0/30.
+        self._link_veth = [self._veth] + [
+            {ns: f"{name}{i}" for ns, name in self._veth.items()} for i in range(1, links)]
+        self._link_address = [self._address] + [
+            {self.a: f"10.213.{7 + i}.1", self.b: f"10.213.{7 + i}.2"} for i in range(1, links)]
+        self._cut_links: set[tuple[str, int]] = set()
         self._cut: set[str] = set()
         self._losing: dict[str, float] = {}
         self._children: list[subprocess.Popen[Any]] = []
         self._created: list[str] = []
 
-    def address(self, ns: str) -> str:
-        """The IPv4 address of namespace ``ns`` on the veth cable."""
-        return self._address[ns]
+    def address(self, ns: str, link: int = 0) -> str:
+        """The IPv4 address of namespace ``ns`` on the veth cable (on link ``link``)."""
+        return self._link_address[link][ns]
 
     def __enter__(self) -> NetnsPair:
         try:
             for ns in (self.a, self.b):
                 _ip("netns", "add", ns)
                 self._created.append(ns)
-            _ip("link", "add", self._veth[self.a], "netns", self.a, "type", "veth",
-                "peer", "name", self._veth[self.b], "netns", self.b)
+            for veth, address in zip(self._link_veth, self._link_address, strict=True):
+                _ip("link", "add", veth[self.a], "netns", self.a, "type", "veth",
+                    "peer", "name", veth[self.b], "netns", self.b)
+                for ns in (self.a, self.b):
+                    _ip("-n", ns, "addr", "add", f"{address[ns]}/{SUBNET_PREFIX}",
+                        "dev", veth[ns])
+                    _ip("-n", ns, "link", "set", veth[ns], "up")
             for ns in (self.a, self.b):
-                _ip("-n", ns, "addr", "add", f"{self._address[ns]}/{SUBNET_PREFIX}",
-                    "dev", self._veth[ns])
-                _ip("-n", ns, "link", "set", self._veth[ns], "up")
                 _ip("-n", ns, "link", "set", "lo", "up")
         except BaseException:
             self._teardown()
@@ -187,6 +204,7 @@ class NetnsPair:
                            timeout=COMMAND_TIMEOUT)
         self._created.clear()
         self._cut.clear()
+        self._cut_links.clear()
         self._losing.clear()
 
     def run(
@@ -252,6 +270,28 @@ class NetnsPair:
             return
         self._iptables(ns, "-D")
         self._cut.discard(ns)
+
+    def _link_rules(self, ns: str, link: int, action: str) -> None:
+        device = self._link_veth[link][ns]
+        self.run(ns, "iptables", "-w", "5", action, "INPUT", "-i", device, "-j", "DROP")
+        self.run(ns, "iptables", "-w", "5", action, "OUTPUT", "-o", device, "-j", "DROP")
+
+    def cut_link(self, link: int, ns: str | None = None) -> None:
+        """Silently drop every packet crossing link ``link`` inside ``ns`` (default ``b``):
+        that one path goes quiet, the others keep working."""
+        ns = self.b if ns is None else ns
+        if (ns, link) in self._cut_links:
+            return
+        self._link_rules(ns, link, "-I")
+        self._cut_links.add((ns, link))
+
+    def restore_link(self, link: int, ns: str | None = None) -> None:
+        """Remove the DROP rules :meth:`cut_link` added for ``link`` in ``ns``."""
+        ns = self.b if ns is None else ns
+        if (ns, link) not in self._cut_links:
+            return
+        self._link_rules(ns, link, "-D")
+        self._cut_links.discard((ns, link))
 
     def _loss_rules(self, ns: str, action: str, probability: float) -> None:
         for chain in ("INPUT", "OUTPUT"):

@@ -61,10 +61,12 @@ async def open_stream(
     server_hostname: str | None = None,
     connect_timeout: float = 10.0,
     on_transport: Callable[[], None] | None = None,
+    local_address: str | None = None,
 ) -> tuple[trio.abc.Stream, str]:
     """Connect (and TLS-handshake) within ``connect_timeout``; returns the stream and peer
     (:class:`~pulse.errors.PhaseTimeout` when it takes longer). ``on_transport`` is called
-    once the TCP connection is up (before TLS)."""
+    once the TCP connection is up (before TLS); ``local_address`` is the local address to
+    connect from (None: the kernel picks)."""
 
     def prepare(sock: SocketStream) -> None:
         if on_transport is not None:
@@ -73,7 +75,7 @@ async def open_stream(
 
     stream = await dial(
         host, port, ssl_context=ssl_context, server_hostname=server_hostname,
-        prepare=prepare, timeout=connect_timeout,
+        prepare=prepare, timeout=connect_timeout, local_address=local_address,
     )
     return stream, peer_name(stream)
 
@@ -89,6 +91,7 @@ async def connect_tcp(
     server_hostname: str | None = None,
     connect_timeout: float = 10.0,
     on_transport: Callable[[], None] | None = None,
+    local_address: str | None = None,
     **heartbeat_options: Any,
 ) -> AsyncIterator[HeartbeatConnection]:
     """One heartbeat connection to ``host:port`` for the ``async with`` block (no reconnect).
@@ -96,12 +99,12 @@ async def connect_tcp(
     Raises ``OSError`` (:class:`~pulse.errors.PhaseTimeout` after ``connect_timeout``) when
     the server cannot be reached and a :class:`~pulse.errors.PulseError` when the handshake
     fails. ``on_transport`` is called once the TCP connection is up (before TLS and the
-    handshake).
+    handshake). ``local_address`` binds the local end (connect from that interface).
     """
     stream, peer = await open_stream(
         host, port, keepalive=keepalive, ssl_context=ssl_context,
         server_hostname=server_hostname, connect_timeout=connect_timeout,
-        on_transport=on_transport,
+        on_transport=on_transport, local_address=local_address,
     )
     transport = "tls" if ssl_context is not None else "tcp"
     heartbeat_options.setdefault("handshake_timeout", connect_timeout)

@@ -32,6 +32,7 @@ async def _serve(
 
 
 async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingReply]:
+    # ``?bind=ADDR`` in the URL connects from that local address (one path of several).
     # Idle heartbeats are kept out of the way: pulse ping sends its own, on demand.
     # Under a profile the connection's own verdict (whatever timeout the peer negotiates)
     # follows it too.
@@ -41,6 +42,7 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
     async with connect_tcp(
         endpoint.host, endpoint.port, policy, ssl_context=client_context(endpoint, "tls"),
         connect_timeout=options.timeout, peer_id="pulse-ping",
+        local_address=endpoint.query.get("bind") or None,
     ) as conn:
         if options.on_connected is not None:
             options.on_connected(conn.peer)

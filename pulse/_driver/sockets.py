@@ -274,15 +274,19 @@ class SocketListener(trio.abc.Listener[SocketStream]):
         await anyio.lowlevel.checkpoint()
 
 
-async def connect_tcp(host: str, port: int) -> SocketStream:
+async def connect_tcp(host: str, port: int, *, local_address: str | None = None
+                      ) -> SocketStream:
     """A connected :class:`SocketStream` to ``host:port`` (each resolved address in turn;
-    the last error is raised as ``OSError`` when none answers)."""
+    the last error is raised as ``OSError`` when none answers), from ``local_address``
+    when given."""
     infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     last: OSError | None = None
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
+            if local_address is not None:
+                sock.bind((local_address, 0))
             try:
                 sock.connect(address)
             except BlockingIOError:

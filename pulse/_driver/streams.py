@@ -91,14 +91,15 @@ def as_stream(stream: object) -> Stream:
     raise TypeError(f"expected a trio or anyio byte stream, got {type(stream).__name__}")
 
 
-async def open_tcp_stream(host: str, port: int) -> Stream:
+async def open_tcp_stream(host: str, port: int, *, local_address: str | None = None) -> Stream:
     """A connected TCP stream to ``host:port`` on whichever loop is running (trio's own
     under trio; a plain non-blocking socket stream under asyncio or uvloop), for
     :func:`pulse.heartbeat`. It has no timeout of its own: wrap it in one, or use
-    ``pulse.plugins.tcp.connect_tcp``, which bounds the connect."""
+    ``pulse.plugins.tcp.connect_tcp``, which bounds the connect. ``local_address`` binds
+    the local end first (to leave by one interface of several)."""
     if on_trio():
-        return await trio.open_tcp_stream(host, port)
-    return await sockets.connect_tcp(host, port)
+        return await trio.open_tcp_stream(host, port, local_address=local_address)
+    return await sockets.connect_tcp(host, port, local_address=local_address)
 
 
 async def start_tls(stream: Stream, ssl_context: ssl.SSLContext, *, server_side: bool,
@@ -199,13 +200,15 @@ async def dial(
     https_compatible: bool = False,
     prepare: Prepare | None = None,
     timeout: float = math.inf,
+    local_address: str | None = None,
 ) -> Stream:
     """A TCP connection to ``host:port`` — with a completed TLS handshake when
     ``ssl_context`` is given — within ``timeout`` seconds, or
     :class:`~pulse.errors.PhaseTimeout`. ``prepare`` tunes the socket (keepalive options)
-    before any byte is sent. Nothing is left open when it fails."""
+    before any byte is sent; ``local_address`` binds the local end first (to leave by one
+    interface of several). Nothing is left open when it fails."""
     with bounded(Phase.CONNECT, timeout, peer=f"{host}:{port}"):
-        sock = await open_tcp_stream(host, port)
+        sock = await open_tcp_stream(host, port, local_address=local_address)
         try:
             if prepare is not None:
                 prepare(sock)  # type: ignore[arg-type]  # a plain socket stream here

@@ -12,6 +12,7 @@ import trio
 from pulse._core.policy import PROFILES
 from pulse._core.stats import RttStats
 from pulse.cli._errors import REPORTABLE, describe
+from pulse.cli._paths import ping_paths
 from pulse.cli._run import until_interrupted
 from pulse.registry import PingOptions, ping_function
 
@@ -20,7 +21,10 @@ HELP = "measure round trips to a pulse peer (tcp://, tls://, ws://, wss://, dubb
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``pulse ping``."""
-    parser.add_argument("url", help="peer URL, e.g. tcp://127.0.0.1:7070")
+    parser.add_argument("url", nargs="+", metavar="URL",
+                        help="peer URL, e.g. tcp://127.0.0.1:7070; several URLs of the same "
+                             "peer are redundant paths (the peer is dead only when every "
+                             "path is silent; ?bind=ADDR on tcp:// picks the local address)")
     parser.add_argument("-c", "--count", type=int, default=None,
                         help="stop after N answers (default: until Ctrl-C)")
     parser.add_argument("--interval", type=float, default=1.0, metavar="S",
@@ -40,6 +44,10 @@ def _ms(value: float | None) -> float:
 
 async def ping(args: argparse.Namespace) -> int:
     """Run the pings; print one line per answer and a summary; return the exit status."""
+    if isinstance(args.url, list):
+        if len(args.url) > 1:
+            return await ping_paths(args)
+        args.url = args.url[0]
     endpoint, ping_fn = ping_function(args.url)
     connected = False
 

@@ -283,7 +283,7 @@ def test_the_reconnect_machine_is_public() -> None:
 PUBLIC_MODULES = [
     "pulse", "pulse.rpc", "pulse.registry", "pulse.plugins.tcp", "pulse.plugins.websocket",
     "pulse.plugins.lease", "pulse.plugins.zookeeper", "pulse.plugins.dubbo",
-    "pulse.plugins.gossip",
+    "pulse.plugins.gossip", "pulse.paths",
 ]
 
 
