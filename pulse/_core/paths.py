@@ -201,4 +201,3 @@ class RedundantPeer:
     def __repr__(self) -> str:
         states = ", ".join(f"{p.name}={p.state.value}" for p in self._paths)
         return f"RedundantPeer({self.verdict.value}; {states})"
-
