@@ -168,10 +168,11 @@ class Registries:
 
     def __init__(self, urls: Sequence[str], session_timeout: float, options: Mapping[str, Any],
                  *, settle: float, retry_initial: float, retry_max: float,
-                 reset_after: float) -> None:
+                 reset_after: float,
+                 url_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self._slots = [_Slot(index, url) for index, url in enumerate(urls)]
         self._session_timeout = session_timeout
-        self._options = dict(options)
+        self._options = {url: {**options, **(url_options or {}).get(url, {})} for url in urls}
         self._settle = settle
         self._retry = (retry_initial, retry_max, reset_after)
         self._registrations: dict[str, bytes] = {}
@@ -295,7 +296,7 @@ class Registries:
             reason = "session ended"
             try:
                 async with connect_session(slot.url, session_timeout=self._session_timeout,
-                                           **self._options) as session:
+                                           **self._options[slot.url]) as session:
                     backoff.connected(current_engine().now())
                     reason = await self._serve(slot, session)
             except* permanent as group:
@@ -543,11 +544,14 @@ async def connect_registries(
     retry_initial: float = 0.5,
     retry_max: float = 10.0,
     reset_after: float = 30.0,
+    url_options: Mapping[str, Mapping[str, Any]] | None = None,
     **options: Any,
 ) -> AsyncIterator[Registries]:
     """Hold one independent session on each of ``urls`` for the ``async with`` block.
 
-    ``options`` go to every registry's ``connect_session`` (credentials, ``ssl_context``…).
+    ``options`` go to every registry's ``connect_session`` (credentials, ``ssl_context``…);
+    ``url_options`` adds or overrides options for single URLs (``{url: {...}}``), e.g. lease
+    credentials for a ``pulse://`` registry and digest credentials for a ``zk://`` one.
     ``settle`` is how long a fresh watch's snapshot may take to arrive before the registry's
     view counts (a change event ends it sooner). A registry that cannot be reached or loses
     its session is retried after a fully jittered pause from ``retry_initial`` doubling up to
@@ -562,13 +566,16 @@ async def connect_registries(
     if not (isinstance(session_timeout, int | float) and math.isfinite(session_timeout)
             and session_timeout > 0):
         raise ValueError(f"session timeout must be > 0 seconds, got {session_timeout!r}")
+    unknown = set(url_options or {}) - set(urls)
+    if unknown:
+        raise ValueError(f"url_options names URLs that are not registries: {sorted(unknown)}")
     for url in urls:
         plugin = get_plugin(parse_url(url).scheme)
         if plugin.connect_session is None:
             raise NoPlugin(f"the {plugin.name} plugin ({url}) cannot hold sessions")
     registries = Registries(urls, float(session_timeout), options, settle=settle,
                             retry_initial=retry_initial, retry_max=retry_max,
-                            reset_after=reset_after)
+                            reset_after=reset_after, url_options=url_options)
     async with background_nursery() as nursery:
         for slot in registries._slots:
             nursery.start_soon(registries._run_slot, slot)
