@@ -123,3 +123,47 @@ async def test_single_server_output_is_unchanged(tmp_path: Path) -> None:
                 assert (await watch.wait_line("s1")).startswith("online  s1")
                 member.signal(signal.SIGTERM)
                 assert await watch.wait_line("offline") == "offline s1"
+
+
+@pytest.mark.zookeeper
+async def test_mixed_lease_and_zookeeper_registries(zookeeper_url: str) -> None:
+    """A lease server and a real ZooKeeper as two registries: the key is held by both, the
+    merged watch says online once, the lease server's crash is silent, and leaving the block
+    (sessions closed) is reported offline by ZooKeeper alone within a second."""
+    from pulse.multiregistry import connect_registries
+
+    from ._lease_procs import lease_server
+
+    prefix = "/pulse/presence"
+    events: list[tuple[str, str]] = []
+    with trio.fail_after(60):
+        async with lease_server(tick=TICK) as server, trio.open_nursery() as nursery:
+            urls = [server.url, zookeeper_url]
+            async with connect_registries(urls, session_timeout=4) as watcher, \
+                    watcher.watch(prefix) as watch:
+                async def record() -> None:
+                    async for event in watch:
+                        events.append((event.event, event.id))
+
+                nursery.start_soon(record)
+                async with connect_registries(urls, session_timeout=4) as agent:
+                    await agent.register(f"{prefix}/mixed", b"m")
+                    for _ in range(200):
+                        if (len(agent.holders(f"{prefix}/mixed")) == 2
+                                and watch.view.live == 2 and events):
+                            break
+                        await trio.sleep(0.05)
+                    assert agent.holders(f"{prefix}/mixed") == urls
+                    assert watch.view.live == 2
+                    server.stop()  # the lease registry crashes
+                    await trio.sleep(6.0)  # longer than the session timeout
+                    assert events == [("online", "mixed")]
+                    assert watch.view.live == 1
+                left = trio.current_time()
+                for _ in range(100):
+                    if ("offline", "mixed") in events:
+                        break
+                    await trio.sleep(0.05)
+                assert events == [("online", "mixed"), ("offline", "mixed")]
+                assert trio.current_time() - left < 1.0
+                nursery.cancel_scope.cancel()
