@@ -336,7 +336,7 @@ class Registries:
                 slot.group = group
                 for watch in list(self._watches):
                     group.start_soon(watch._follow, slot, session)
-                await group.start(self._keep_registered, slot, session)
+                group.start_soon(self._keep_registered, slot, session)
                 async for change in changes:
                     slot.set_state(change.state)
                     reason = change.reason
@@ -360,11 +360,9 @@ class Registries:
                     await aclose()
         return f"session {slot.state.value}: {reason}"
 
-    async def _keep_registered(self, slot: _Slot, session: PresenceSession, *,
-                               task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-                               ) -> None:
+    async def _keep_registered(self, slot: _Slot, session: PresenceSession) -> None:
         """Register what is missing on ``session`` whenever the registrations change; reports
-        the session up (``task_status.started``) once every key is held."""
+        the session up once every key is held."""
         started = False
         while True:
             changed = self._registrations_changed
@@ -377,7 +375,6 @@ class Registries:
                 slot.held.pop(key, None)
             if not started:
                 started = True
-                task_status.started()
                 self._status(RegistryStatus(slot.url, "up", "registered", session.session_id,
                                             session.session_timeout))
             await changed.wait()
