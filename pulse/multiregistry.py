@@ -176,6 +176,7 @@ class Registries:
         self._settle = settle
         self._retry = (retry_initial, retry_max, reset_after)
         self._registrations: dict[str, bytes] = {}
+        self._bad_keys: dict[str, ValueError] = {}  # keys a backend refused as malformed
         self._registrations_changed = anyio.Event()
         self._held_changed = anyio.Event()
         self._watches: list[MergedWatch] = []
@@ -206,11 +207,15 @@ class Registries:
     async def register(self, key: str, data: bytes = b"") -> None:
         """Register ``key`` in every registry (again on every new session there); returns once
         at least one registry holds it."""
+        _check_key(key)
         if not isinstance(data, bytes):
             raise TypeError(f"data must be bytes, got {type(data).__name__}")
+        self._bad_keys.pop(key, None)
         self._registrations[key] = data
         self._wake_registrations()
         while not any(slot.held.get(key) == data for slot in self._slots):
+            if key in self._bad_keys:
+                raise self._bad_keys.pop(key)
             if all(slot.refused for slot in self._slots):
                 raise PulseError(f"every registry refused this client; {key} is not registered")
             await self._held_changed.wait()
@@ -368,7 +373,14 @@ class Registries:
             changed = self._registrations_changed
             for key, data in list(self._registrations.items()):
                 if slot.held.get(key) != data:
-                    await self._register_one(session, key, data)
+                    try:
+                        await self._register_one(session, key, data)
+                    except ValueError as exc:  # this backend's rules refuse the key itself
+                        log.warning("key_refused", url=slot.url, key=key, reason=str(exc))
+                        self._registrations.pop(key, None)
+                        self._bad_keys[key] = exc
+                        self._held()
+                        continue
                     slot.held[key] = data
                     self._held()
             for key in [k for k in slot.held if k not in self._registrations]:
@@ -519,6 +531,16 @@ class MergedWatch:
                 self._scopes.discard(whole)
                 for old in stale:
                     await _close_iterator(old)
+
+
+def _check_key(key: object) -> None:
+    """An absolute slash-separated key (the rules every backend shares), else ValueError."""
+    if not isinstance(key, str):
+        raise ValueError(f"key must be a string, got {type(key).__name__}")
+    if not key.startswith("/") or key == "/" or "\x00" in key:
+        raise ValueError(f"key must be an absolute path below '/': {key!r}")
+    if any(segment in ("", ".", "..") for segment in key[1:].split("/")):
+        raise ValueError(f"key has an empty, '.' or '..' segment: {key!r}")
 
 
 async def _close_iterator(events: AsyncIterator[PresenceEvent]) -> None:

@@ -274,3 +274,19 @@ async def test_bad_arguments() -> None:
     with pytest.raises(NoPlugin):
         async with connect_registries(["tcp://127.0.0.1:1"]):
             pass  # pragma: no cover
+
+
+async def test_bad_keys_are_refused_not_retried(autojump_clock: trio.testing.MockClock) -> None:
+    """A malformed key raises ValueError at once; a key the backend refuses (too long for the
+    lease server) raises ValueError instead of being retried for ever, and the sessions stay."""
+    async with two_servers() as net:
+        client = Client(net)
+        async with connect_registries(URLS, session_timeout=TIMEOUT,
+                                      open_stream=client.open_stream) as regs:
+            for key in ("relative", "/", "/a//b", "/a/../b"):
+                with pytest.raises(ValueError):
+                    await regs.register(key)
+            with trio.fail_after(10), pytest.raises(ValueError):
+                await regs.register("/" + "k" * 5000)
+            await regs.register(f"{PREFIX}/fine", b"ok")
+            await until(lambda: len(regs.holders(f"{PREFIX}/fine")) == 2)
