@@ -34,6 +34,7 @@ class Client:
     def __init__(self, network: Network) -> None:
         self.network = network
         self.links: list[Link] = []
+        self.to: dict[Link, tuple[str, int]] = {}
         self.dead = False
 
     async def open_stream(self, host: str, port: int) -> trio.abc.Stream:
@@ -43,7 +44,14 @@ class Client:
         stream = await self.network.open_stream(host, port)
         assert isinstance(stream, Link)
         self.links.append(stream)
+        self.to[stream] = (host, port)
         return stream
+
+    def cut(self, server: tuple[str, int]) -> None:
+        """Black-hole the current links to ``server`` only (new connections still work)."""
+        for link in self.links:
+            if self.to[link] == server:
+                link.cut()
 
     def crash(self) -> None:
         self.dead = True
@@ -290,3 +298,40 @@ async def test_bad_keys_are_refused_not_retried(autojump_clock: trio.testing.Moc
                 await regs.register("/" + "k" * 5000)
             await regs.register(f"{PREFIX}/fine", b"ok")
             await until(lambda: len(regs.holders(f"{PREFIX}/fine")) == 2)
+
+
+async def test_reattached_registry_resyncs_with_a_fresh_watch(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The watcher's link to one registry goes silent: that registry is lost after the read
+    timeout, the session re-attaches on a new connection, a fresh watch brings the view
+    back (a member that arrived meanwhile is reported once), and nothing goes offline."""
+    async with two_servers() as net:
+        agent, watcher = Client(net), Client(net)
+        recorder = Recorder()
+        async with connect_registries(URLS, session_timeout=TIMEOUT,
+                                      open_stream=agent.open_stream) as regs, \
+                connect_registries(URLS, session_timeout=TIMEOUT,
+                                   open_stream=watcher.open_stream) as view, \
+                view.watch(PREFIX, on_registry_change=recorder.on_change) as watch, \
+                trio.open_nursery() as nursery:
+            nursery.start_soon(recorder.run, watch)
+            await regs.register(f"{PREFIX}/a", b"x")
+            await recorder.wait_for("online", "a")
+            await until(lambda: watch.view.live == 2)
+            sessions = view.sessions()
+            before = sessions["pulse://s1:1"]
+            assert before is not None
+            watcher.cut(S1)
+            await until(lambda: watch.view.live == 1, timeout=2 * TIMEOUT)
+            await regs.register(f"{PREFIX}/b", b"y")  # arrives while s1 is out of sight
+            await until(lambda: watch.view.live == 2, timeout=4 * TIMEOUT)
+            assert view.sessions()["pulse://s1:1"] is before  # the same session re-attached
+            await trio.sleep(2.0)
+            assert [(e.event, e.id) for _, e in recorder.events] == [
+                ("online", "a"), ("online", "b")]
+            states = [(c.name, c.state.value) for _, c in recorder.changes]
+            assert ("pulse://s1:1", "lost") in states
+            assert states[-1] == ("pulse://s1:1", "live")
+            server_watches = net.server(S1).state.watch_count
+            assert server_watches == 1  # the old watch was removed on the server
+            nursery.cancel_scope.cancel()
