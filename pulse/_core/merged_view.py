@@ -131,15 +131,19 @@ class MergedView:
     # -- inputs ----------------------------------------------------------------------------
 
     def watch_started(self, registry: int, now: float) -> list[Action]:
-        """A fresh watch on ``registry`` started at ``now``: its snapshot is coming."""
+        """A fresh watch on ``registry`` started at ``now``: its snapshot is coming. (A
+        registry that was counted until now is first given up, as by :meth:`lost`.)"""
         entry = self._registries[registry]
+        actions: list[Action] = []
+        if entry.state is not RegistryState.LOST:
+            actions += self.lost(registry, "watch restarted")
         entry.state = RegistryState.SYNCING
         entry.view = {}
         entry.pending = {}
         entry.sync_deadline = now + self.settle
         if self.settle == 0:
-            return self._synced(registry)
-        return []
+            actions += self._synced(registry)
+        return actions
 
     def event(self, registry: int, event: str, name: str, data: bytes = b"",
               initial: bool = False) -> list[Action]:

@@ -257,3 +257,70 @@ def test_merged_view_matches_the_rule(script: list[tuple[str, int, str]]) -> Non
         if live:
             assert shown == set().union(*live)
         assert set(view.online) == shown
+
+
+def test_restarting_a_counted_registry_drops_its_old_view() -> None:
+    """A new watch on a live registry first gives the old view up: names only it held go
+    offline, and its new snapshot decides again."""
+    view = two_live({"x": b"d"}, {})
+    out = view.watch_started(A, 5.0)
+    assert registries(out) == [(A, "lost")]
+    assert members(out) == [("offline", "x")]
+    assert members(view.handle_timer(5.5)) == []
+
+
+timed_steps = st.lists(
+    st.tuples(st.sampled_from(["start", "init", "on", "off", "lost", "wait"]),
+              st.integers(0, 1), st.sampled_from(["x", "y", "z"])),
+    max_size=80)
+
+
+@given(timed_steps)
+def test_merged_view_with_settle_periods(script: list[tuple[str, int, str]]) -> None:
+    """With settle periods, snapshots and lost registries in any order: while some registry
+    is live the view is the union of the live ones (a syncing one counts only once its
+    snapshot is complete); while none is, nothing is reported; no report repeats a state."""
+    view = MergedView(["a", "b"], settle=1.0)
+    live: dict[int, set[str]] = {}
+    syncing: dict[int, tuple[float, set[str]]] = {}
+    shown: set[str] = set()
+    now = 0.0
+
+    def complete(registry: int) -> None:
+        live[registry] = syncing.pop(registry)[1]
+
+    for kind, registry, name in script:
+        if kind == "wait":
+            now += 0.6
+            for index, (deadline, _) in list(syncing.items()):
+                if deadline <= now:
+                    complete(index)
+            out = view.handle_timer(now)
+        elif kind == "start":
+            live.pop(registry, None)
+            syncing[registry] = (now + 1.0, set())
+            out = view.watch_started(registry, now)
+        elif kind == "init":
+            out = view.event(registry, "online", name, b"d", initial=True)
+            if registry in syncing:
+                syncing[registry][1].add(name)
+            elif registry in live:
+                live[registry].add(name)
+        elif kind in ("on", "off"):
+            out = view.event(registry, "online" if kind == "on" else "offline", name, b"d")
+            if registry in syncing:
+                complete(registry)
+            if registry in live:
+                (live[registry].add if kind == "on" else live[registry].discard)(name)
+        else:
+            out = view.lost(registry, "gone")
+            live.pop(registry, None)
+            syncing.pop(registry, None)
+        for action in out:
+            if isinstance(action, MemberChange):
+                assert (action.id in shown) == (action.event == "offline")
+                (shown.add if action.event == "online" else shown.discard)(action.id)
+        if live:
+            assert shown == set().union(*live.values())
+        assert set(view.online) == shown
+        assert view.live == len(live)
