@@ -57,8 +57,11 @@ RESET_AFTER = 30.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``pulse agent``."""
-    parser.add_argument("--server", required=True, metavar="URL",
-                        help="session backend, e.g. pulse://127.0.0.1:7400 or zk://host:2181")
+    parser.add_argument("--server", required=True, metavar="URL", action="append",
+                        help="session backend, e.g. pulse://127.0.0.1:7400 or zk://host:2181; "
+                             "repeat it for independent registries (one session and one "
+                             "registration in each), unlike pulse://a,b (one session that "
+                             "fails over)")
     parser.add_argument("--id", required=True, dest="agent_id", metavar="NAME",
                         help="the name registered under the prefix")
     parser.add_argument("--session-timeout", type=float, default=10.0, metavar="SECONDS",
@@ -76,11 +79,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 AUTH_ENV = "PULSE_AGENT_AUTH"
 
 
-def session_options(args: argparse.Namespace) -> dict[str, object]:
-    """Backend options from ``--auth-file`` / ``$PULSE_AGENT_AUTH`` and ``--cafile``."""
+def servers(args: argparse.Namespace) -> list[str]:
+    """The ``--server`` URLs (one string, or the list of a repeated option)."""
+    return [args.server] if isinstance(args.server, str) else list(args.server)
+
+
+def session_options(args: argparse.Namespace, url: str | None = None) -> dict[str, object]:
+    """Backend options from ``--auth-file`` / ``$PULSE_AGENT_AUTH`` and ``--cafile`` (for
+    ``url``, by default the one ``--server``)."""
     from pulse.registry import parse_url
 
-    scheme = parse_url(args.server).scheme
+    scheme = parse_url(args.server if url is None else url).scheme
     options: dict[str, object] = {}
     auth_file = getattr(args, "auth_file", None)
     cafile = getattr(args, "cafile", None)
@@ -207,7 +216,8 @@ async def _main(args: argparse.Namespace) -> int:
                     return
 
             nursery.start_soon(stop_on_signal)
-            status = await _hold(args, key, meta)
+            hold = _hold if isinstance(args.server, str) else _hold_multi
+            status = await hold(args, key, meta)
             nursery.cancel_scope.cancel()
             return status
     return 0  # stopped by a signal
@@ -215,14 +225,69 @@ async def _main(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM / Ctrl-C; the exit status is 0, or 2 for bad options."""
+    urls = servers(args)
     try:
         parse_meta(args.meta)
-        connect_check(args.server)
-        session_options(args)
+        if len(set(urls)) != len(urls):
+            raise ValueError("a --server URL is given twice")
+        for url in urls:
+            connect_check(url)
+            session_options(args, url)
     except (ValueError, NoPlugin, OSError) as exc:
         print(f"pulse agent: {exc}", file=sys.stderr)
         return 2
+    if len(urls) == 1:
+        args.server = urls[0]
+        return trio.run(_main, args)
+    args.server = urls
     return trio.run(_main, args)
+
+
+async def _hold_multi(args: argparse.Namespace, key: str, meta: dict[str, str]) -> int:
+    """Hold one independent session per ``--server`` (:mod:`pulse.multiregistry`) with the
+    registration in each, until cancelled; returns 1 once every registry refused us."""
+    from pulse.multiregistry import connect_registries
+
+    urls = servers(args)
+    data = encode_presence(host=socket.gethostname(), pid=os.getpid(), started=wall_time(),
+                           rtt=None, timeout=args.session_timeout, meta=meta)
+    url_options = {url: session_options(args, url) for url in urls}
+    async with connect_registries(urls, session_timeout=args.session_timeout,
+                                  retry_initial=RETRY_INITIAL, retry_max=MAX_RETRY_PAUSE,
+                                  reset_after=RESET_AFTER, url_options=url_options) as regs, \
+            trio.open_nursery() as nursery:
+        statuses = regs.status_changes()
+        refused: set[str] = set()
+        done = trio.Event()
+
+        async def report() -> None:
+            async for status in statuses:
+                sid = f" session={status.session_id:#x}" if status.session_id is not None else ""
+                if status.state == "up" and status.reason == "registered":
+                    timeout = status.session_timeout or args.session_timeout
+                    _say(f"registered {key} on {status.url}{sid} timeout={timeout:g}s")
+                elif status.state == "up":
+                    _say(f"session connected on {status.url}{sid}: {status.reason}")
+                elif status.state == "disconnected":
+                    _say(f"session disconnected on {status.url}: {status.reason}")
+                elif status.state == "refused":
+                    _say(f"refused by {status.url}: {status.reason}")
+                    refused.add(status.url)
+                    if refused == set(urls):
+                        done.set()
+                        return
+                else:
+                    _say(f"session lost on {status.url}: {status.reason}; retrying")
+
+        nursery.start_soon(report)
+        try:
+            await regs.register(key, data)
+        except PulseError as exc:  # every registry refused this client
+            _say(f"refused: {exc}")
+        else:
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    return 1
 
 
 def connect_check(url: str) -> None:

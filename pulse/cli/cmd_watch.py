@@ -33,8 +33,10 @@ RTT_INTERVAL = 2.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``pulse watch``."""
-    parser.add_argument("--server", required=True, metavar="URL",
-                        help="session backend, e.g. pulse://127.0.0.1:7400 or zk://host:2181")
+    parser.add_argument("--server", required=True, metavar="URL", action="append",
+                        help="session backend, e.g. pulse://127.0.0.1:7400 or zk://host:2181; "
+                             "repeat it to merge independent registries (online while any "
+                             "reachable one holds the registration)")
     parser.add_argument("--prefix", default=None,
                         help=f"the prefix whose children are watched (default {PRESENCE_PREFIX}); "
                              "on gossip:// a prefix selects presence registrations instead of "
@@ -127,7 +129,9 @@ class _Screen:
     def _render(self) -> Any:
         online = len(self.table.online_ids())
         rtt = "-" if self.rtt is None else f"{self.rtt * 1000:.1f} ms"
-        title = (f"{self.args.prefix} on {self.args.server} — {online} online, "
+        server = self.args.server if isinstance(self.args.server, str) else " + ".join(
+            self.args.server)
+        title = (f"{self.args.prefix} on {server} — {online} online, "
                  f"watcher RTT {rtt}")
         width = self.live.console.width if self.live is not None else None
         return self.table.render(title, wall_time(), width=width)
@@ -183,6 +187,53 @@ async def _watch(args: argparse.Namespace) -> int:
                               "starting a new one", file=sys.stderr)
                     resync = True
                     await trio.sleep(1.0)
+            finally:
+                if screen.live is not None:
+                    screen.live.stop()
+    return 0
+
+
+async def _watch_multi(args: argparse.Namespace) -> int:
+    """Merge the views of several independent registries (:mod:`pulse.multiregistry`):
+    online/offline lines as for one server, a warning on stderr when a registry is lost or
+    comes back."""
+    from pulse._core.merged_view import RegistryChange, RegistryState
+    from pulse.multiregistry import connect_registries
+
+    urls: list[str] = list(args.server)
+    table = PresenceTable()
+    screen = _Screen(args, table)
+    lost: set[str] = set()
+
+    def on_registry_change(change: RegistryChange) -> None:
+        if change.state is RegistryState.LOST:
+            lost.add(change.name)
+            frozen = "; no registry reachable: the view is frozen until one is back" \
+                if change.live == 0 else ""
+            print(f"pulse watch: registry {change.name} lost ({change.reason}); "
+                  f"{change.live} of {len(urls)} live{frozen}", file=sys.stderr, flush=True)
+        elif change.name in lost:
+            lost.discard(change.name)
+            print(f"pulse watch: registry {change.name} is back; "
+                  f"{change.live} of {len(urls)} live", file=sys.stderr, flush=True)
+        screen.refresh()
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with connect_registries(urls, session_timeout=args.session_timeout) as regs, \
+                regs.watch(args.prefix, on_registry_change=on_registry_change) as events, \
+                trio.open_nursery() as nursery:
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            if screen.live is not None:
+                screen.live.start()
+            try:
+                async for event in events:
+                    if table.apply(event, wall_time()):
+                        screen.emit(event)
             finally:
                 if screen.live is not None:
                     screen.live.stop()
@@ -263,21 +314,31 @@ async def _watch_members(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Watch until SIGTERM / Ctrl-C; exit status 0, 2 for bad options, 1 on other errors."""
-    from pulse.cli.cmd_agent import connect_check
+    from pulse.cli.cmd_agent import connect_check, servers
 
-    if args.members or (args.prefix is None and args.server.startswith("gossip://")):
+    urls = servers(args)
+    args.server = urls[0] if len(urls) == 1 else urls
+    gossip = any(url.startswith("gossip://") for url in urls)
+    if len(urls) > 1 and (args.members or (args.prefix is None and gossip)):
+        print("pulse watch: --server is repeated only for presence registries, not for "
+              "the gossip member table", file=sys.stderr)
+        return 2
+    if args.members or (args.prefix is None and gossip):
         return _run_members(args)
     if args.prefix is None:
         args.prefix = PRESENCE_PREFIX
     try:
-        connect_check(args.server)
+        if len(set(urls)) != len(urls):
+            raise ValueError("a --server URL is given twice")
+        for url in urls:
+            connect_check(url)
         if not args.prefix.startswith("/"):
             raise ValueError(f"--prefix must be an absolute path starting with '/', "
                              f"got {args.prefix!r}")
     except (ValueError, NoPlugin) as exc:
         print(f"pulse watch: {exc}", file=sys.stderr)
         return 2
-    return _run_reported(_watch, args)
+    return _run_reported(_watch if len(urls) == 1 else _watch_multi, args)
 
 
 def _run_reported(watch: Callable[[argparse.Namespace], Awaitable[int]],
