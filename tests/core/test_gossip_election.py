@@ -4,6 +4,7 @@ partitions, kills and restarts in which two leaderships never overlap."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 
@@ -337,9 +338,9 @@ class _Group:
     def check(self) -> float:
         """No two leaderships overlap, and tokens grow; the smallest gap between them."""
         runs = sorted(self.leaderships, key=lambda r: r.start)
-        gaps = [b.start - a.end for a, b in zip(runs, runs[1:], strict=False)]
+        gaps = [b.start - a.end for a, b in itertools.pairwise(runs)]
         assert all(g >= MARGIN - 1e-9 for g in gaps), (gaps, runs)
-        assert all(b.token > a.token for a, b in zip(runs, runs[1:], strict=False)), runs
+        assert all(b.token > a.token for a, b in itertools.pairwise(runs)), runs
         return min(gaps) if gaps else float("inf")
 
 
