@@ -14,6 +14,7 @@ from pulse._core.election import InDoubt
 from pulse._core.gossip_election import (
     Ballot,
     GossipCandidacy,
+    GossipElectionAction,
     Lead,
     Publish,
     Stage,
@@ -283,7 +284,7 @@ class _Group:
                          [x.name for x in self.leaderships].index(name)].end = node.safe
         node.leading_since = None
 
-    def _act(self, now: float, name: str, actions: list[object]) -> None:
+    def _act(self, now: float, name: str, actions: list[GossipElectionAction]) -> None:
         node = self.nodes[name]
         for action in actions:
             if isinstance(action, Publish):
