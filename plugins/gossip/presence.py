@@ -29,9 +29,9 @@ from __future__ import annotations
 import builtins
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -42,6 +42,9 @@ from pulse.presence import PresenceEvent, SessionEvent, SessionState
 from pulse.registry import Endpoint
 
 from .driver import GossipMember, gossip_member, raw_tags_of
+
+if TYPE_CHECKING:
+    from pulse.election import Leadership
 
 
 def _check_key(key: str) -> tuple[str, str]:
@@ -178,6 +181,15 @@ class GossipSession:
         self._set_state(SessionState.CLOSED, "closed by the application")
         with trio.CancelScope(shield=True):
             await self._member.leave(self._leave_propagate)
+
+    def open_election(self, path: str, *, id: str, data: bytes = b"",
+                      margin: float | None = None, expect: int | None = None,
+                      ) -> AbstractAsyncContextManager[Leadership]:
+        """The election at ``path`` run on gossip (:func:`pulse.election.election` calls this;
+        see :mod:`pulse.plugins.gossip.election`)."""
+        from .election import gossip_election
+
+        return gossip_election(self, path, id=id, data=data, margin=margin, expect=expect)
 
     # ------------------------------------------------------------------ internals
 
