@@ -245,7 +245,10 @@ async def connect_gossip_session(endpoint: Endpoint, *, session_timeout: float =
     Options: ``bind`` (``(host, port)``, default a free loopback port), ``name`` (default
     ``pulse-<session id>``), ``advertise``, ``config`` (a full :class:`SwimConfig`, overriding
     the timing derived from ``session_timeout``), ``start_timeout`` (how long to keep trying
-    the seeds before :class:`~pulse.errors.NoServerReachable`; default ``session_timeout``).
+    the seeds before :class:`~pulse.errors.NoServerReachable`; default ``session_timeout``),
+    ``stream_timeout`` (the bound on one TCP exchange, a join's push-pull included: a seed
+    that accepts but never answers, e.g. a stopped process, holds the join that long;
+    default 10 s, memberlist's).
     A gossip session cannot be resumed (no server keeps it): passing ``session_id`` raises
     :class:`~pulse.errors.SessionExpired`, as resuming an unknown session does elsewhere.
     """
@@ -259,7 +262,8 @@ async def connect_gossip_session(endpoint: Endpoint, *, session_timeout: float =
     async with gossip_member(tuple(bind), name, join=list(endpoint.hosts), config=config,
                              advertise=options.get("advertise"),
                              leave_propagate=min(1.0, session_timeout),
-                             join_timeout=float(options.get("start_timeout") or session_timeout)) as member, \
+                             join_timeout=float(options.get("start_timeout") or session_timeout),
+                             stream_timeout=float(options.get("stream_timeout") or 10.0)) as member, \
             background_nursery() as nursery:
         session = GossipSession(member, session_id, session_timeout)
         nursery.start_soon(session._follow)
