@@ -21,12 +21,14 @@ gossip, the rule of Paxos/Raft leader leases, carried in each candidate's metada
   local time ``g`` is a promise not to grant anybody else before ``g + lease``; the promise is
   extended only when the voter sees a *new* epoch of the same candidate (so a dead candidate's
   promise lapses ``lease`` after its last epoch arrived, whatever the failure detector says).
-  When the promise lapses, the voter grants the lowest-named *active* candidate (one whose
-  epoch advanced within ``lease / 2``), preferring one that claims leadership, so a working
-  leader is not displaced by a newcomer. It keeps renewing the same candidate while that
-  candidate is active and leads or is the lowest active one; otherwise it lets the promise
-  lapse (so split votes resolve within one lease). A candidacy grants nothing during its first
-  ``lease`` (a restarted process cannot remember what it promised before).
+  When the promise lapses, the voter grants an *active* candidate (one whose epoch advanced
+  within ``lease / 2``): one that claims leadership if any (a working leader is not displaced
+  by a newcomer), else a *ready* one (half of its first lease over: a candidacy that cannot
+  vote yet, so cannot complete a majority, should not capture the promise), else the
+  lowest-named. It keeps renewing the same candidate while that candidate is active and leads
+  or is still the one it would choose; otherwise it lets the promise lapse (so split votes
+  resolve within one lease). A candidacy grants nothing during its first ``lease`` (a
+  restarted process cannot remember what it promised before).
 * **Leader rule.** A candidate holds the lease while ``q = expect // 2 + 1`` distinct voters
   (itself included) grant it an epoch ``>= e``, until ``sent(e) + lease - margin`` on its own
   clock, ``e`` being the largest epoch that a majority granted. Every such voter granted after
@@ -71,6 +73,9 @@ MARGIN_FRACTION = 1.0 / 3.0
 RENEW_FRACTION = 1.0 / 6.0
 #: A candidate is active while its epoch advanced within ``lease * ACTIVE_FRACTION``.
 ACTIVE_FRACTION = 0.5
+#: A candidacy says it is ready (voters prefer it) once ``lease * READY_FRACTION`` passed; it
+#: votes once the whole first lease passed.
+READY_FRACTION = 0.5
 #: Largest ballot accepted from the wire (memberlist metadata is 512 bytes in all).
 MAX_BALLOT = 256
 
@@ -82,7 +87,8 @@ class Ballot:
     ``epoch`` its request counter; ``grant`` the ``(candidate, epoch)`` it votes for (None:
     no vote); ``high`` the highest fencing token it has seen; ``lead`` the token it leads (or
     is about to lead) with, 0 when it does not; ``released`` that it stopped on purpose (its
-    voters need not wait for their promises to lapse).
+    voters need not wait for their promises to lapse); ``ready`` that its first lease is half
+    over (it votes at the end of it: voters prefer ready candidates).
     """
 
     epoch: int
@@ -90,15 +96,18 @@ class Ballot:
     high: int = 0
     lead: int = 0
     released: bool = False
+    ready: bool = False
 
 
 def encode_ballot(ballot: Ballot) -> bytes:
-    """A ballot as short ASCII (``e=12 g=c1.ab12:40 t=1764 l=0``, ``x=1`` when released)."""
+    """A ballot as short ASCII (``e=12 g=c1.ab12:40 t=1764 l=0 r=1``, ``x=1`` when released)."""
     parts = [f"e={ballot.epoch}"]
     if ballot.grant is not None:
         parts.append(f"g={ballot.grant[0]}:{ballot.grant[1]}")
     parts.append(f"t={ballot.high}")
     parts.append(f"l={ballot.lead}")
+    if ballot.ready:
+        parts.append("r=1")
     if ballot.released:
         parts.append("x=1")
     return " ".join(parts).encode("ascii")
@@ -121,7 +130,7 @@ def decode_ballot(data: bytes) -> Ballot | None:
             grant = (name, _natural(granted))
     except (ValueError, KeyError, UnicodeDecodeError):
         return None
-    return Ballot(epoch, grant, high, lead, fields.get("x") == "1")
+    return Ballot(epoch, grant, high, lead, fields.get("x") == "1", fields.get("r") == "1")
 
 
 def _natural(text: str) -> int:
@@ -225,7 +234,8 @@ class GossipCandidacy:
         if self._promise is not None:
             grant = (self._promise, self._promise_epoch)
         lead = self.token if self.stage in (Stage.ELECTED, Stage.LEADING) and self.token else 0
-        return Ballot(self._epoch, grant, self.high, lead, self.stage is Stage.RELEASED)
+        return Ballot(self._epoch, grant, self.high, lead, self.stage is Stage.RELEASED,
+                      self._last_step >= self.start + self.lease * READY_FRACTION)
 
     @property
     def lease_until(self) -> float | None:
@@ -344,7 +354,8 @@ class GossipCandidacy:
             self._promise_until = now  # released on purpose: free at once
         if target is not None and now < self._promise_until:
             present = target == self.name or target in self._ballots
-            if present and target in active and (self._claims_lead(target) or target == active[0]):
+            if present and target in active and (self._claims_lead(target)
+                                                 or target == self._preferred(active)):
                 epoch = self._latest_epoch(target)
                 if epoch > self._promise_epoch:  # a new epoch extends the promise
                     self._promise_epoch = epoch
@@ -356,11 +367,25 @@ class GossipCandidacy:
             self._promise = None
             self._promise_epoch = 0
             return
-        leaders = [name for name in active if self._claims_lead(name)]
-        choice = leaders[0] if leaders else active[0]
+        choice = self._preferred(active)
         self._promise = choice
         self._promise_epoch = self._latest_epoch(choice)
         self._promise_until = now + self.lease
+
+    def _preferred(self, active: list[str]) -> str:
+        """Whom a free voter grants: an active candidate that claims leadership, else a ready
+        one (a candidacy early in its first lease does not vote yet, so could not make a
+        majority), else the lowest-named active one."""
+        for wanted in (self._claims_lead, self._ready, None):
+            for name in active:
+                if wanted is None or wanted(name):
+                    return name
+        return self.name  # not reached: we are active ourselves
+
+    def _ready(self, name: str) -> bool:
+        if name == self.name:
+            return True  # called only once our first lease is over
+        return self._ballots[name].ready
 
     def _grants(self) -> list[tuple[str, int]]:
         """(voter, epoch) of every grant to us of an epoch we still remember."""
@@ -399,6 +424,7 @@ class GossipCandidacy:
 __all__ = [
     "ACTIVE_FRACTION",
     "MARGIN_FRACTION",
+    "READY_FRACTION",
     "RENEW_FRACTION",
     "Ballot",
     "GossipCandidacy",

@@ -33,7 +33,7 @@ MARGIN = LEASE / 3
 def test_a_ballot_survives_its_encoding() -> None:
     """Every field of a ballot comes back from its ASCII form."""
     for ballot in (Ballot(1), Ballot(7, ("c1.ab12", 6), 1764, 1765, released=True),
-                   Ballot(3, None, 0, 0)):
+                   Ballot(3, None, 0, 0, ready=True)):
         assert decode_ballot(encode_ballot(ballot)) == ballot
     assert encode_ballot(Ballot(4, ("a.1", 3), 9, 0)) == b"e=4 g=a.1:3 t=9 l=0"
 
@@ -60,6 +60,11 @@ def test_bad_parameters_are_refused(kwargs: dict[str, object]) -> None:
     args.update(kwargs)
     with pytest.raises(ValueError):
         GossipCandidacy(**args)  # type: ignore[arg-type]
+
+
+def _ready(*args: object, **kwargs: object) -> Ballot:
+    """A ballot of a candidate past the first half of its first lease."""
+    return Ballot(*args, ready=True, **kwargs)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------- one candidate
@@ -138,10 +143,10 @@ def test_a_candidacy_grants_nothing_during_its_first_lease() -> None:
     b = GossipCandidacy("b", expect=3, lease=LEASE, start=0.0)
     now = 0.0
     while now < LEASE - 0.01:
-        b.observe(now, {"a": Ballot(int(now * 10) + 1)})
+        b.observe(now, {"a": _ready(int(now * 10) + 1)})
         assert b.granted_to is None
         now += 0.05
-    b.observe(LEASE, {"a": Ballot(99)})
+    b.observe(LEASE, {"a": _ready(99)})
     assert b.granted_to == "a"
 
 
@@ -150,18 +155,18 @@ def test_a_voter_keeps_its_promise_until_it_lapses() -> None:
     grants b only a full lease after a's last new epoch."""
     v = GossipCandidacy("v", expect=3, lease=LEASE, start=0.0)
     now = LEASE
-    v.observe(now, {"a": Ballot(10, lead=5), "b": Ballot(10)})
+    v.observe(now, {"a": _ready(10, lead=5), "b": _ready(10)})
     assert v.granted_to == "a"
     last = now
     for i in range(1, 5):  # a keeps renewing, b too
         now = LEASE + i * 0.3
-        v.observe(now, {"a": Ballot(10 + i, lead=5), "b": Ballot(10 + i)})
+        v.observe(now, {"a": _ready(10 + i, lead=5), "b": _ready(10 + i)})
         last = now
         assert v.ballot.grant == ("a", 10 + i)
     # a stops; b keeps renewing: the grant moves only at last + lease.
     while now < last + LEASE + 0.5:
         now += 0.05
-        v.observe(now, {"a": Ballot(14, lead=5), "b": Ballot(int(now * 100))})
+        v.observe(now, {"a": _ready(14, lead=5), "b": _ready(int(now * 100))})
         if now < last + LEASE - 1e-9:
             assert v.granted_to == "a", now
     assert v.granted_to == "b"
@@ -171,29 +176,48 @@ def test_a_voter_prefers_the_active_leader_to_a_lower_newcomer() -> None:
     """When a voter's promise lapses it grants an active candidate that claims leadership
     before a lower-named one that does not (no displacement by a newcomer)."""
     v = GossipCandidacy("v", expect=3, lease=LEASE, start=0.0)
-    v.observe(LEASE, {"a": Ballot(1), "c": Ballot(1, lead=9)})
+    v.observe(LEASE, {"a": _ready(1), "c": _ready(1, lead=9)})
     assert v.granted_to == "c"
+
+
+def test_a_voter_prefers_a_ready_candidate_to_a_lower_one_just_started() -> None:
+    """A candidacy early in its first lease cannot vote, so cannot complete a majority: a
+    free voter grants a ready candidate before it, whatever their names."""
+    v = GossipCandidacy("v", expect=3, lease=LEASE, start=0.0)
+    v.observe(LEASE, {"a": Ballot(1), "u": _ready(1)})
+    assert v.granted_to == "u"
+
+
+def test_a_candidacy_says_ready_half_way_through_its_first_lease() -> None:
+    """Its ballot carries ready from lease / 2 on (it grants from a whole lease on)."""
+    c = GossipCandidacy("c", expect=3, lease=LEASE, start=0.0)
+    now = 0.0
+    while now < LEASE / 2 - 1e-9:
+        assert not c.ballot.ready
+        now = c.next_deadline() or now
+        c.handle_timer(now)
+    assert c.ballot.ready and c.granted_to is None
 
 
 def test_split_votes_resolve_within_a_lease() -> None:
     """A voter bound to a candidate that neither leads nor is the lowest active one stops
     renewing and, once the promise lapsed, grants the lowest."""
     v = GossipCandidacy("v", expect=3, lease=LEASE, start=0.0)
-    v.observe(LEASE, {"c": Ballot(1)})
+    v.observe(LEASE, {"c": _ready(1)})
     assert v.granted_to == "c"
     now = LEASE
     for i in range(60):
         now = LEASE + 0.05 * (i + 1)
-        v.observe(now, {"a": Ballot(i + 2), "c": Ballot(i + 2)})
+        v.observe(now, {"a": _ready(i + 2), "c": _ready(i + 2)})
     assert v.granted_to == "a"
 
 
 def test_a_released_leader_frees_its_voters_at_once() -> None:
     """A ballot marked released ends the promise to it without waiting for the lapse."""
     v = GossipCandidacy("v", expect=3, lease=LEASE, start=0.0)
-    v.observe(LEASE, {"a": Ballot(1, lead=3), "b": Ballot(1)})
+    v.observe(LEASE, {"a": _ready(1, lead=3), "b": _ready(1)})
     assert v.granted_to == "a"
-    v.observe(LEASE + 0.1, {"a": Ballot(1, lead=0, released=True), "b": Ballot(2)})
+    v.observe(LEASE + 0.1, {"a": _ready(1, lead=0, released=True), "b": _ready(2)})
     assert v.granted_to == "b"
     a = GossipCandidacy("a", expect=1, lease=LEASE, start=0.0)
     assert a.release(1.0) == [Publish(Ballot(1, None, 0, 0, released=True))]
@@ -204,7 +228,7 @@ def test_more_active_candidates_than_expected_stall_the_vote() -> None:
     """Four active candidates for expect=3: a free voter grants nobody (majorities of an
     unknown group need not intersect)."""
     v = GossipCandidacy("v", expect=3, lease=LEASE, start=0.0)
-    v.observe(LEASE, {"a": Ballot(1), "b": Ballot(1), "c": Ballot(1)})
+    v.observe(LEASE, {"a": _ready(1), "b": _ready(1), "c": _ready(1)})
     assert v.granted_to is None and v.active == 4
 
 
