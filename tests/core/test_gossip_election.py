@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -64,7 +64,7 @@ def test_bad_parameters_are_refused(kwargs: dict[str, object]) -> None:
 
 def _ready(*args: object, **kwargs: object) -> Ballot:
     """A ballot of a candidate past the first half of its first lease."""
-    return Ballot(*args, ready=True, **kwargs)  # type: ignore[arg-type]
+    return replace(Ballot(*args, **kwargs), ready=True)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------- one candidate
