@@ -25,17 +25,20 @@ from tests.zk_harness import free_ports
 
 
 class GossipCandidate(Candidate):
-    """One ``pulse run --leader`` process on gossip://, bound to ``port``, seeded with
-    ``seeds`` (its own port may be among them: ``pulse run`` drops it)."""
+    """One ``pulse run --leader`` process on gossip://, bound to ``host:port``, seeded with
+    ``seeds`` (ports on 127.0.0.1, or ``host:port`` strings; its own address may be among
+    them: ``pulse run`` drops it); ``prefix`` runs it elsewhere (``ip netns exec NS``)."""
 
-    def __init__(self, port: int, seeds: list[int], name: str, timeout: float, expect: int,
-                 log: Path, index: int) -> None:
+    def __init__(self, port: int, seeds: list[int] | list[str], name: str, timeout: float,
+                 expect: int, log: Path, index: int, host: str = "127.0.0.1",
+                 prefix: tuple[str, ...] = ()) -> None:
         self.port = port
-        url = "gossip://" + ",".join(f"127.0.0.1:{p}" for p in seeds)
+        url = "gossip://" + ",".join(s if isinstance(s, str) else f"127.0.0.1:{s}"
+                                     for s in seeds)
         self.stderr = open(log.with_name(f"{log.stem}.cand{index}.{time.time_ns()}.err"), "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [*PULSE, "--log-level", "info", "run", "--leader", "--server", url,
-             "--bind", f"127.0.0.1:{port}", "--expect", str(expect), "--name", name,
+            [*prefix, *PULSE, "--log-level", "info", "run", "--leader", "--server", url,
+             "--bind", f"{host}:{port}", "--expect", str(expect), "--name", name,
              "--id", f"c{index}", "--session-timeout", str(timeout), "--",
              sys.executable, "-c", WORKER, str(log)],
             stdout=subprocess.DEVNULL, stderr=self.stderr,

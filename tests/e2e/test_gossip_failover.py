@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e._failover import PULSE, overlaps, tokens_grow
+from tests.e2e._failover import PULSE, Candidate, overlaps, tokens_grow
 from tests.e2e._gossip_failover import gossip_trials
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +39,54 @@ def test_gossip_failover_without_a_server(tmp_path: Path) -> None:
     assert overlaps(runs) == 0, runs
     assert tokens_grow(runs), runs
     assert len(runs) >= TRIALS + 1
+
+
+@pytest.mark.netns
+def test_a_leader_cut_off_by_the_network_stops_before_the_majority_elects(tmp_path: Path) -> None:
+    """The leader alone in namespace a, the two others in b: when a's cable is pulled the
+    leader's COMMAND stops within 5/6 T of the cut (its lease lapses on its own clock), a
+    candidate in b starts only after that, within the bound, with a larger token; the
+    minority side never leads, and once the cable is back the old leader stands by."""
+    import time
+
+    from tests.e2e._failover import current_leader, intervals, stop_all, wait_for
+    from tests.e2e._gossip_failover import GossipCandidate
+    from tests.netns import NetnsPair, require_netns
+
+    require_netns()
+    log = tmp_path / "runs.log"
+    with NetnsPair() as net:
+        a, b = net.address(net.a), net.address(net.b)
+        places = [(net.a, a, 7946), (net.b, b, 7946), (net.b, b, 7947)]
+        seeds = [f"{host}:{port}" for _, host, port in places]
+        candidates: list[Candidate] = []
+        try:
+            # c0 (in a) first: the lowest name and ready first, so it leads.
+            for index, (ns, host, port) in enumerate(places):
+                candidates.append(GossipCandidate(port, seeds, "cut", TIMEOUT, 3, log, index,
+                                                  host=host, prefix=("ip", "netns", "exec", ns)))
+                if index == 0:
+                    time.sleep(TIMEOUT / 2)
+            assert wait_for(lambda: current_leader(log, candidates) is not None, 20.0)
+            leader = current_leader(log, candidates)
+            assert leader is not None and leader[0] is candidates[0], "c0 (in a) should lead"
+            time.sleep(1.0)
+            cut_at = time.time()
+            net.pull_cable(net.a)
+            assert wait_for(lambda: len(intervals(log)) == 2, BOUND + 2.0)
+            old, new = intervals(log)
+            time.sleep(2 * TIMEOUT)
+            net.restore_cable(net.a)
+            time.sleep(3 * TIMEOUT)
+            runs = intervals(log)
+        finally:
+            stop_all(log, candidates)
+    print(f"cut: old COMMAND's last line {old.end - cut_at:.3f} s after the cut, "
+          f"new start {new.start - cut_at:.3f} s after it")
+    assert old.end <= cut_at + TIMEOUT * 5 / 6 + 0.1, (old, cut_at)
+    assert new.start - cut_at <= BOUND, (new, cut_at)
+    assert old.end < new.start and new.token > old.token
+    assert len(runs) == 2 and overlaps(runs) == 0, runs
 
 
 def test_gossip_run_without_expect_is_a_usage_error() -> None:
