@@ -47,9 +47,10 @@ gossip, the rule of Paxos/Raft leader leases, carried in each candidate's metada
   that echoing majority; the shared voter granted the next leader *after* its echo (its grant
   to the new leader came after its promise to the old one lapsed), and ``high`` never goes
   down within a process, so the next leader sees ``high >= token`` in the very ballot that
-  grants it, and picks a larger token. It may fail to grow only if every process that knew the
-  old token restarted before the new leader was elected (a majority of the candidates
-  restarted at once); then the token falls back to the floor: the wall clock of the new
+  grants it, and picks a larger token. It may fail to grow only if that shared voter restarted
+  in between and neither its new process nor the new leader heard the old token from anybody
+  else (say, a majority of the candidates restarted at once); then the token falls back to the
+  floor: the wall clock of the new
   leader's host, which is larger unless that clock is behind the old leader's by more than the
   time between the two leaderships (at least ``lease``).
 
