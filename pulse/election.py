@@ -1,4 +1,5 @@
-"""Leader election with a fencing token, on ``pulse://`` and ``zk://`` sessions.
+"""Leader election with a fencing token, on ``pulse://`` and ``zk://`` sessions (and on
+``gossip://``, which runs its own: :mod:`pulse.plugins.gossip.election`).
 
 ::
 
@@ -152,7 +153,8 @@ async def _close_iterator(iterator: Any) -> None:
 
 @asynccontextmanager
 async def election(session: PresenceSession, path: str, *, id: str, data: bytes = b"",
-                   margin: float | None = None) -> AsyncIterator[Leadership]:
+                   margin: float | None = None, expect: int | None = None
+                   ) -> AsyncIterator[Leadership]:
     """Wait to lead the election at ``path``, then run the body as its leader.
 
     ``id`` names this candidate (one key segment, shown in the candidate key's name);
@@ -160,7 +162,21 @@ async def election(session: PresenceSession, path: str, *, id: str, data: bytes 
     timeout) is how long before the earliest possible server-side expiry leadership is given
     up. Raises :class:`LeadershipLost` when the body was cancelled because leadership came
     into doubt.
+
+    A session that runs elections itself (``gossip://``, which has no server: see
+    :mod:`pulse.plugins.gossip.election`) gets the election through its
+    ``open_election`` method; ``expect``, the number of candidates, is required there and
+    refused elsewhere (a server is the single authority).
     """
+    open_election = getattr(session, "open_election", None)
+    if open_election is not None:
+        async with open_election(path, id=id, data=data, margin=margin,
+                                 expect=expect) as delegated:
+            yield delegated
+        return
+    if expect is not None:
+        raise ValueError(f"expect applies to gossip elections only, not to "
+                         f"{type(session).__name__}")
     if not id or "/" in id or "-" in id:
         raise ValueError(f"id must be a non-empty key segment without '-', got {id!r}")
     engine = current_engine()

@@ -29,9 +29,9 @@ from __future__ import annotations
 import builtins
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -44,6 +44,9 @@ from pulse.presence import PresenceEvent, SessionEvent, SessionState
 from pulse.registry import Endpoint
 
 from .driver import GossipMember, gossip_member, raw_tags_of
+
+if TYPE_CHECKING:
+    from pulse.election import Leadership
 
 
 def _check_key(key: str) -> tuple[str, str]:
@@ -181,6 +184,15 @@ class GossipSession:
         with anyio.CancelScope(shield=True):
             await self._member.leave(self._leave_propagate)
 
+    def open_election(self, path: str, *, id: str, data: bytes = b"",
+                      margin: float | None = None, expect: int | None = None,
+                      ) -> AbstractAsyncContextManager[Leadership]:
+        """The election at ``path`` run on gossip (:func:`pulse.election.election` calls this;
+        see :mod:`pulse.plugins.gossip.election`)."""
+        from .election import gossip_election
+
+        return gossip_election(self, path, id=id, data=data, margin=margin, expect=expect)
+
     # ------------------------------------------------------------------ internals
 
     def _check_open(self) -> None:
@@ -235,7 +247,10 @@ async def connect_gossip_session(endpoint: Endpoint, *, session_timeout: float =
     Options: ``bind`` (``(host, port)``, default a free loopback port), ``name`` (default
     ``pulse-<session id>``), ``advertise``, ``config`` (a full :class:`SwimConfig`, overriding
     the timing derived from ``session_timeout``), ``start_timeout`` (how long to keep trying
-    the seeds before :class:`~pulse.errors.NoServerReachable`; default ``session_timeout``).
+    the seeds before :class:`~pulse.errors.NoServerReachable`; default ``session_timeout``),
+    ``stream_timeout`` (the bound on one TCP exchange, a join's push-pull included: a seed
+    that accepts but never answers, e.g. a stopped process, holds the join that long;
+    default 10 s, memberlist's).
     A gossip session cannot be resumed (no server keeps it): passing ``session_id`` raises
     :class:`~pulse.errors.SessionExpired`, as resuming an unknown session does elsewhere.
     """
@@ -249,7 +264,8 @@ async def connect_gossip_session(endpoint: Endpoint, *, session_timeout: float =
     async with gossip_member(tuple(bind), name, join=list(endpoint.hosts), config=config,
                              advertise=options.get("advertise"),
                              leave_propagate=min(1.0, session_timeout),
-                             join_timeout=float(options.get("start_timeout") or session_timeout)) as member, \
+                             join_timeout=float(options.get("start_timeout") or session_timeout),
+                             stream_timeout=float(options.get("stream_timeout") or 10.0)) as member, \
             background_nursery() as nursery:
         session = GossipSession(member, session_id, session_timeout)
         nursery.start_soon(session._follow)

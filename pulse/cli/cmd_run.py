@@ -1,7 +1,8 @@
 """``pulse run --leader``: run a command only while this process leads an election.
 
 ``pulse run --leader --server URL --name NAME [--session-timeout S] -- COMMAND …`` joins the
-election ``/pulse/leader/NAME`` on ``URL`` (``pulse://`` or ``zk://``) and, while it leads,
+election ``/pulse/leader/NAME`` on ``URL`` (``pulse://``, ``zk://``, or ``gossip://SEEDS`` with
+``--expect N``, the number of candidates, and optionally ``--bind HOST:PORT``) and, while it leads,
 runs COMMAND with ``PULSE_FENCING_TOKEN`` (a decimal integer that grows with every new
 leadership) in its environment:
 
@@ -27,6 +28,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -59,7 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", dest="candidate_id", metavar="ID",
                         help="this candidate's name (default: host.pid)")
     parser.add_argument("--session-timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="proposed session timeout (the server clamps it; default 10)")
+                        help="proposed session timeout (the server clamps it; default 10); "
+                             "on gossip:// the lease of a vote")
+    parser.add_argument("--expect", type=int, metavar="N",
+                        help="gossip:// only, required there: how many candidates the election "
+                             "has (one leads only with the grants of a strict majority)")
+    parser.add_argument("--bind", metavar="HOST:PORT",
+                        help="gossip:// only: this candidate's gossip address (default a free "
+                             "loopback port; other candidates list it in their seeds)")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                         help="the command to run while leading")
 
@@ -141,17 +150,67 @@ async def _run_child(command: list[str], leadership: Leadership, grace: float) -
     return 128 - code if code < 0 else code
 
 
+def _is_gossip(url: str) -> bool:
+    return url.partition("://")[0].lower() == "gossip"
+
+
+def _bind_addr(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` with a port from 0 (any free one) to 65535."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--bind expects HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _check_gossip_options(args: argparse.Namespace) -> None:
+    """--expect is required on gossip:// and refused elsewhere; so is --bind (optional)."""
+    if _is_gossip(args.server):
+        if args.expect is None:
+            raise ValueError("--expect N is required with gossip:// (the number of candidates)")
+        if args.expect < 1:
+            raise ValueError(f"--expect must be >= 1, got {args.expect}")
+        if args.bind is not None:
+            _bind_addr(args.bind)
+    elif args.expect is not None or args.bind is not None:
+        raise ValueError("--expect and --bind apply to gossip:// only (a server decides the "
+                         "election on pulse:// and zk://)")
+
+
+def _seeds_without(url: str, bind: tuple[str, int]) -> str:
+    """``url`` without our own address among its seeds (unless it is the only one).
+
+    Every candidate may list every candidate's address; joining through our own would
+    succeed at once, alone, and leave the candidates started together in separate groups.
+    Without it the join is retried until another candidate answers.
+    """
+    scheme, _, rest = url.partition("://")
+    seeds = [s for s in rest.split(",") if s]
+    own = {f"{bind[0]}:{bind[1]}", f"[{bind[0]}]:{bind[1]}"}
+    others = [s for s in seeds if s not in own]
+    return f"{scheme}://{','.join(others)}" if others and len(others) < len(seeds) else url
+
+
 async def _supervise(args: argparse.Namespace, command: list[str]) -> int:
     engine = current_engine()
     path = f"{LEADER_PREFIX}/{args.name}"
     candidate = _candidate_id(args.candidate_id)
+    options: dict[str, Any] = {}
+    server = args.server
+    if args.bind is not None:
+        options["bind"] = _bind_addr(args.bind)
+        server = _seeds_without(server, options["bind"])
+    if _is_gossip(server):
+        # A seed that is stopped (not dead) accepts the join's TCP stream and never answers:
+        # do not let it hold the join for memberlist's 10 s.
+        options["stream_timeout"] = args.session_timeout
     while True:
         try:
-            async with connect_session(args.server, session_timeout=args.session_timeout
-                                       ) as session:
+            async with connect_session(server, session_timeout=args.session_timeout,
+                                       **options) as session:
                 while session.state not in (SessionState.EXPIRED, SessionState.CLOSED):
                     try:
-                        async with election(session, path, id=candidate) as leadership:
+                        async with election(session, path, id=candidate,
+                                            expect=args.expect) as leadership:
                             # Half the margin to stop politely; the other half (T / 6) is
                             # left for SIGKILL and for the rates of the clocks.
                             grace = session.session_timeout * MARGIN_FRACTION / 2
@@ -199,4 +258,5 @@ def run(args: argparse.Namespace) -> int:
     if not args.session_timeout > 0:
         raise ValueError(f"--session-timeout must be > 0, got {args.session_timeout}")
     _candidate_id(args.candidate_id)
+    _check_gossip_options(args)
     return trio.run(_main, args, command)
