@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import trio
+import anyio.lowlevel
 
 from pulse._core.swim_messages import Ack, Ping
 from pulse._driver.pinger import ping_series
@@ -45,9 +45,13 @@ async def _serve(endpoint: Endpoint, options: ServeOptions, *,
 
 async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingReply]:
     family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_DGRAM)
-    with sock:
-        await sock.connect((endpoint.host, endpoint.port))
+    # A plain non-blocking socket waited on through anyio: the same code on every loop.
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    try:
+        address = await anyio.getaddrinfo(endpoint.host, endpoint.port, family=family,
+                                          type=socket.SOCK_DGRAM)
+        sock.connect(address[0][4])
         me = sock.getsockname()
         base = random.getrandbits(31)
         peer = f"{endpoint.host}:{endpoint.port}"
@@ -56,10 +60,10 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
 
         async def probe(seq: int) -> None:
             seq_no = (base + seq) & 0xFFFFFFFF
-            await sock.send(encode_packet([Ping(seq_no, "", (me[0], me[1]), "pulse-ping")]))
+            await _send(sock, encode_packet([Ping(seq_no, "", (me[0], me[1]), "pulse-ping")]))
             while True:
                 try:
-                    messages = decode_packet(await sock.recv(65536))
+                    messages = decode_packet(await _receive(sock))
                 except (ConnectionRefusedError, RemoteProtocolError):
                     continue  # nobody there yet (ICMP), or not memberlist: keep waiting
                 if any(isinstance(m, Ack) and m.seq_no == seq_no for m in messages):
@@ -67,6 +71,33 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
 
         async for reply in ping_series(options, peer, probe):
             yield reply
+    finally:
+        sock.close()
+
+
+async def _send(sock: socket.socket, packet: bytes) -> None:
+    """Send one datagram on a connected non-blocking UDP socket (waits while it is full)."""
+    while True:
+        try:
+            sock.send(packet)
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+            continue
+        await anyio.lowlevel.checkpoint()
+        return
+
+
+async def _receive(sock: socket.socket) -> bytes:
+    """The next datagram on a non-blocking UDP socket (an ICMP refusal raises
+    ``ConnectionRefusedError``, as a blocking ``recv`` would)."""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            await anyio.wait_readable(sock)
+            continue
+        await anyio.lowlevel.checkpoint()
+        return data
 
 
 def _connect_session(endpoint: Endpoint, *, session_timeout: float = 10.0,
