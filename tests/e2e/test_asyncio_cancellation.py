@@ -1,0 +1,342 @@
+"""asyncio's cancellation around pulse calls, on asyncio and uvloop, over real loopback peers.
+
+``asyncio.timeout()``, ``asyncio.wait_for`` and ``task.cancel()`` around ``receive()`` (a
+heartbeat connection, the reconnecting TCP client, the WebSocket client) and around entering
+``connect_tcp``, ``reconnecting_websocket`` and ``connect_session`` must end the call the way
+asyncio users expect: ``TimeoutError`` (``CancelledError`` for ``task.cancel()``), never an
+``ExceptionGroup``; no task of pulse's left behind once the block is left (only the caller
+and the ``pulse.engine`` task); and no message swallowed: after a cancelled ``receive`` the
+next ``receive`` returns the next message that was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from pulse._core.backoff import Backoff
+from pulse._core.policy import HeartbeatPolicy
+from pulse._driver.engine import current_engine
+from pulse.plugins.lease.server import LeaseServer, ServerConfig, bound_address
+from pulse.plugins.tcp import connect_tcp, reconnecting_tcp
+from pulse.plugins.tcp.server import serve_tcp
+from pulse.plugins.websocket import (
+    ClientState,
+    ResilientWebSocket,
+    ServerConnection,
+    reconnecting_websocket,
+)
+from pulse.plugins.websocket.server import serve_websocket
+from pulse.presence import PresenceSession, SessionState
+from pulse.registry import connect_session
+from tests.loops import ASYNCIO_LOOPS, ENGINE_TASK, run
+
+pytestmark = pytest.mark.e2e
+
+FAST = HeartbeatPolicy(interval=0.1, timeout=0.5)
+QUICK = Backoff(initial=0.05, maximum=0.2)
+DELAY = 0.1  # how long the cancelled call runs before it is cancelled
+WAYS = ("timeout", "wait_for", "cancel")
+BURST = 400  # messages in a burst received under random timeouts
+LIMIT = 20.0
+
+
+@pytest.fixture(params=ASYNCIO_LOOPS)
+def loop(request: pytest.FixtureRequest) -> str:
+    """An asyncio loop: asyncio's own or uvloop."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(params=WAYS)
+def way(request: pytest.FixtureRequest) -> str:
+    """How the call is cancelled: asyncio.timeout(), asyncio.wait_for or task.cancel()."""
+    name: str = request.param
+    return name
+
+
+async def cancel_by(way: str, call: Callable[[], Awaitable[Any]]) -> None:
+    """Run ``call()`` and cancel it after ``DELAY`` s in ``way``; check the exception the
+    caller sees (TimeoutError, or CancelledError for task.cancel(), never a group) and that
+    the call left no task behind."""
+    current_engine()  # the engine's task lives as long as the loop: start it first
+    before = asyncio.all_tasks()
+    if way == "timeout":
+        with pytest.raises(TimeoutError) as raised:
+            async with asyncio.timeout(DELAY):
+                await call()
+        assert type(raised.value) is TimeoutError
+    elif way == "wait_for":
+        with pytest.raises(TimeoutError) as raised:
+            await asyncio.wait_for(call(), DELAY)
+        assert type(raised.value) is TimeoutError
+    else:
+        async def work() -> None:
+            await call()
+
+        task = asyncio.create_task(work())
+        await asyncio.sleep(DELAY)
+        assert not task.done(), task
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+    left = [task for task in asyncio.all_tasks() - before if task.get_name() != ENGINE_TASK]
+    assert not left, f"tasks left behind: {left}"
+    current = asyncio.current_task()
+    assert current is not None and current.cancelling() == 0
+
+
+# --------------------------------------------------------------------------- peers
+
+
+async def talker(conn: Any) -> None:
+    """A server handler: ``{"burst": n}`` sends 0..n-1 then "end"; anything else is echoed."""
+    async for message in conn:
+        if isinstance(message, dict) and "burst" in message:
+            for i in range(message["burst"]):
+                await conn.send(i)
+                if i % 5 == 0:
+                    await anyio.sleep(0.0005)
+            await conn.send("end")
+        else:
+            await conn.send(message)
+
+
+async def ws_talker(conn: ServerConnection) -> None:
+    """A WebSocket handler: "burst n" sends "0".."n-1" then "end"; anything else is echoed."""
+    async for message in conn:
+        if isinstance(message, str) and message.startswith("burst "):
+            for i in range(int(message.split()[1])):
+                await conn.send(str(i))
+                if i % 5 == 0:
+                    await anyio.sleep(0.0005)
+            await conn.send("end")
+        else:
+            await conn.send(message)
+
+
+# The servers run on trio in a thread of their own (a blocking portal), so that the tasks of
+# the test's asyncio loop are the client's alone.
+
+
+@pytest.fixture(scope="module")
+def portal() -> Iterator[BlockingPortal]:
+    """A trio loop in a thread, for the servers."""
+    with start_blocking_portal("trio") as running:
+        yield running
+
+
+@pytest.fixture
+def tcp_port(portal: BlockingPortal) -> Iterator[int]:
+    """pulse's TCP server running :func:`talker` on a loopback port."""
+    future, listeners = portal.start_task(lambda *, task_status: serve_tcp(
+        talker, host="127.0.0.1", port=0, policy=FAST, task_status=task_status))
+    yield listeners[0].socket.getsockname()[1]
+    future.cancel()
+
+
+@pytest.fixture
+def ws_url(portal: BlockingPortal) -> Iterator[str]:
+    """pulse's WebSocket server running :func:`ws_talker` on loopback."""
+    future, server = portal.start_task(lambda *, task_status: serve_websocket(
+        ws_talker, host="127.0.0.1", port=0, policy=FAST, task_status=task_status))
+    yield f"ws://127.0.0.1:{server.port}/"
+    future.cancel()
+
+
+@pytest.fixture
+def lease_url(portal: BlockingPortal) -> Iterator[str]:
+    """A lease server (pulse://) on loopback."""
+    server = portal.call(lambda: LeaseServer(ServerConfig(tick=0.2)))
+    future, listeners = portal.start_task(server.serve_tcp, "127.0.0.1", 0)
+    host, port = bound_address(listeners)
+    yield f"pulse://{host}:{port}"
+    future.cancel()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port whose listener never accepts: connects succeed (the kernel's
+    backlog), nothing is ever answered."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+async def receive_burst(receive: Callable[[], Awaitable[Any]], end: Any) -> list[Any]:
+    """Receive until ``end`` while cancelling receives at random moments (a random short
+    ``wait_for`` timeout, some of them 0); returns what arrived before ``end``."""
+    got: list[Any] = []
+    chance = random.Random(7)
+    with anyio.fail_after(LIMIT):
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), chance.choice((0, 1e-4, 5e-4, 2e-3)))
+            except TimeoutError:
+                continue
+            if message == end:
+                return got
+            got.append(message)
+
+
+# --------------------------------------------------------------------------- receive
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_cancelled_receive_on_a_connection_loses_nothing(loop: str, way: str, tcp_port: int
+                                                         ) -> None:
+    """A heartbeat connection's receive cancelled by asyncio: the right exception, no task
+    left, the connection still open, and the next receive gets the next message."""
+    async def body() -> None:
+        async with connect_tcp("127.0.0.1", tcp_port, FAST) as conn:
+            await cancel_by(way, conn.receive)
+            assert not conn.closed
+            await conn.send("next")
+            assert await conn.receive() == "next"
+
+    run(loop, body)
+
+
+def test_receives_cancelled_at_random_lose_no_message_on_a_connection(loop: str, tcp_port: int
+                                                                     ) -> None:
+    """Hundreds of receives cancelled at random moments while messages stream in: every
+    message arrives once, in order (none is swallowed by a cancelled receive)."""
+    async def body() -> None:
+        async with connect_tcp("127.0.0.1", tcp_port, FAST) as conn:
+            await conn.send({"burst": BURST})
+            assert await receive_burst(conn.receive, "end") == list(range(BURST))
+
+    run(loop, body)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_cancelled_receive_on_the_reconnecting_tcp_client_loses_nothing(
+    loop: str, way: str, tcp_port: int,
+) -> None:
+    """The reconnecting TCP client's receive cancelled by asyncio: the right exception, no
+    task left, the client still open, and the next receive gets the next message."""
+    async def body() -> None:
+        async with reconnecting_tcp("127.0.0.1", tcp_port, FAST, backoff=QUICK) as client:
+            await cancel_by(way, client.receive)
+            await client.send("next")
+            assert await client.receive() == "next"
+            await client.send({"burst": BURST})
+            assert await receive_burst(client.receive, "end") == list(range(BURST))
+            assert client.connects == 1
+
+    run(loop, body)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_cancelled_receive_on_the_websocket_client_loses_nothing(loop: str, way: str, ws_url: str
+                                                                 ) -> None:
+    """The WebSocket client's receive cancelled by asyncio: the right exception, no task
+    left, and every message after it arrives once, in order."""
+    async def body() -> None:
+        async with reconnecting_websocket(ws_url, policy=FAST, backoff=QUICK) as ws:
+            await ws.wait_open()
+            await cancel_by(way, ws.receive)
+            await ws.send("next")
+            assert await ws.receive() == "next"
+            await ws.send(f"burst {BURST}")
+            assert await receive_burst(ws.receive, "end") == [str(i) for i in range(BURST)]
+            assert ws.connects == 1
+
+    run(loop, body)
+
+
+# --------------------------------------------------------------------------- entering
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_cancelled_connect_tcp_leaves_nothing_behind(loop: str, way: str,
+                                                     silent_port: int) -> None:
+    """Entering connect_tcp to a server that never answers the HELLO, cancelled by asyncio:
+    the right exception, no task left."""
+    async def enter() -> None:
+        async with connect_tcp("127.0.0.1", silent_port, FAST):
+            raise AssertionError("connected to a server that never answers")
+
+    run(loop, cancel_by, way, enter)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_cancelled_reconnecting_websocket_leaves_nothing_behind(loop: str, way: str,
+                                                                silent_port: int) -> None:
+    """reconnecting_websocket to a server that never answers the upgrade, waiting for it to
+    open, cancelled by asyncio: the right exception, no task left."""
+    async def enter() -> None:
+        async with reconnecting_websocket(f"ws://127.0.0.1:{silent_port}/", policy=FAST,
+                                          backoff=QUICK) as ws:
+            await ws.wait_open()
+            raise AssertionError("opened a server that never answers")
+
+    run(loop, cancel_by, way, enter)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_cancelled_block_of_an_open_websocket_client_closes_it(loop: str, way: str, ws_url: str
+                                                               ) -> None:
+    """A cancelled block inside reconnecting_websocket (the client is open): the right
+    exception, the client closed, no task left."""
+    async def body() -> None:
+        clients: list[ResilientWebSocket] = []
+
+        async def inside() -> None:
+            async with reconnecting_websocket(ws_url, policy=FAST, backoff=QUICK) as ws:
+                clients.append(ws)
+                await ws.wait_open()
+                await ws.receive()
+
+        await cancel_by(way, inside)
+        assert clients[0].state is ClientState.CLOSED
+
+    run(loop, body)
+
+
+@pytest.mark.parametrize("scheme", ["pulse", "zk"])
+@pytest.mark.parametrize("way", WAYS)
+def test_cancelled_connect_session_leaves_nothing_behind(loop: str, way: str, scheme: str,
+                                                         silent_port: int) -> None:
+    """Entering connect_session on a server that never answers, cancelled by asyncio: the
+    right exception (not NoServerReachable, not a group), no task left."""
+    async def enter() -> None:
+        async with connect_session(f"{scheme}://127.0.0.1:{silent_port}", session_timeout=2.0,
+                                   start_timeout=5.0):
+            raise AssertionError("a session on a server that never answers")
+
+    run(loop, cancel_by, way, enter)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_cancelled_block_of_a_lease_session_closes_it(loop: str, way: str, lease_url: str
+                                                      ) -> None:
+    """A block inside connect_session (pulse://, connected) cancelled by asyncio while it
+    waits on a watch: the right exception, the session closed, no task left."""
+    async def body() -> None:
+        sessions: list[PresenceSession] = []
+
+        async def inside() -> None:
+            async with connect_session(lease_url, session_timeout=2.0) as session:
+                sessions.append(session)
+                await session.register("/cancel/a", b"")
+                async for _ in session.watch("/cancel/none"):
+                    raise AssertionError("nothing is registered under /cancel/none")
+
+        await cancel_by(way, inside)
+        assert sessions[0].state is SessionState.CLOSED
+        # The session's key went with it: a fresh session can take it at once.
+        async with connect_session(lease_url, session_timeout=2.0) as again:
+            await again.register("/cancel/a", b"")
+
+    run(loop, body)
