@@ -15,6 +15,7 @@ import asyncio
 import random
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -22,11 +23,12 @@ import anyio.abc
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from pulse import HeartbeatConnection
 from pulse._core.backoff import Backoff
 from pulse._core.policy import HeartbeatPolicy
 from pulse._driver.engine import current_engine
 from pulse.plugins.lease.server import LeaseServer, ServerConfig, bound_address
-from pulse.plugins.tcp import connect_tcp, reconnecting_tcp
+from pulse.plugins.tcp import ReconnectingClient, connect_tcp, reconnecting_tcp
 from pulse.plugins.tcp.server import serve_tcp
 from pulse.plugins.websocket import (
     ClientState,
@@ -37,7 +39,9 @@ from pulse.plugins.websocket import (
 from pulse.plugins.websocket.server import serve_websocket
 from pulse.presence import PresenceSession, SessionState
 from pulse.registry import connect_session
-from tests.loops import ASYNCIO_LOOPS, ENGINE_TASK, run
+from pulse.rpc import ChannelTiming, HeartbeatTimer, Role, open_heartbeat_timer
+from pulse.testing import heartbeat_pair
+from tests.loops import ASYNCIO_LOOPS, ENGINE_TASK, LOOPS, run
 
 pytestmark = pytest.mark.e2e
 
@@ -63,27 +67,27 @@ def way(request: pytest.FixtureRequest) -> str:
     return name
 
 
-async def cancel_by(way: str, call: Callable[[], Awaitable[Any]]) -> None:
-    """Run ``call()`` and cancel it after ``DELAY`` s in ``way``; check the exception the
+async def cancel_by(way: str, call: Callable[[], Awaitable[Any]], delay: float = DELAY) -> None:
+    """Run ``call()`` and cancel it after ``delay`` s in ``way``; check the exception the
     caller sees (TimeoutError, or CancelledError for task.cancel(), never a group) and that
     the call left no task behind."""
     current_engine()  # the engine's task lives as long as the loop: start it first
     before = asyncio.all_tasks()
     if way == "timeout":
         with pytest.raises(TimeoutError) as raised:
-            async with asyncio.timeout(DELAY):
+            async with asyncio.timeout(delay):
                 await call()
         assert type(raised.value) is TimeoutError
     elif way == "wait_for":
         with pytest.raises(TimeoutError) as raised:
-            await asyncio.wait_for(call(), DELAY)
+            await asyncio.wait_for(call(), delay)
         assert type(raised.value) is TimeoutError
     else:
         async def work() -> None:
             await call()
 
         task = asyncio.create_task(work())
-        await asyncio.sleep(DELAY)
+        await asyncio.sleep(delay)
         assert not task.done(), task
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -340,3 +344,114 @@ def test_cancelled_block_of_a_lease_session_closes_it(loop: str, way: str, lease
             await again.register("/cancel/a", b"")
 
     run(loop, body)
+
+
+# --------------------------------------------------------------------------- whole blocks
+# Every context manager an asyncio user enters, with the block cancelled while it is open, or
+# raising an error of its own: the block's exception comes out as it is, and everything the
+# context manager started leaves with it.
+
+BLOCKS = ["connect_tcp", "reconnecting_tcp", "reconnecting_websocket", "lease_session",
+          pytest.param("zk_session", marks=pytest.mark.zookeeper), "heartbeat_timer",
+          "heartbeat_pair"]
+
+
+def opener(kind: str, request: pytest.FixtureRequest
+           ) -> Callable[[], AbstractAsyncContextManager[Any]]:
+    """How to enter the context manager ``kind`` (its peer started through fixtures)."""
+    if kind == "connect_tcp":
+        port = request.getfixturevalue("tcp_port")
+        return lambda: connect_tcp("127.0.0.1", port, FAST)
+    if kind == "reconnecting_tcp":
+        port = request.getfixturevalue("tcp_port")
+        return lambda: reconnecting_tcp("127.0.0.1", port, FAST, backoff=QUICK)
+    if kind == "reconnecting_websocket":
+        url = request.getfixturevalue("ws_url")
+        return lambda: reconnecting_websocket(url, policy=FAST, backoff=QUICK)
+    if kind in ("lease_session", "zk_session"):
+        url = request.getfixturevalue("lease_url" if kind == "lease_session" else "zookeeper_url")
+        return lambda: connect_session(url, session_timeout=2.0)
+    if kind == "heartbeat_timer":
+        return lambda: open_heartbeat_timer(tick=0.05)
+    assert kind == "heartbeat_pair"
+    return lambda: heartbeat_pair(FAST, FAST)
+
+
+def is_closed(opened: Any) -> bool:
+    """True when what a context manager gave is closed (for those that tell)."""
+    if isinstance(opened, HeartbeatConnection):
+        return opened.closed
+    if isinstance(opened, tuple):
+        return all(is_closed(part) for part in opened)
+    if isinstance(opened, (ReconnectingClient, ResilientWebSocket)):
+        return bool(opened.state.value == "closed")
+    if isinstance(opened, HeartbeatTimer):
+        return len(current_engine()) == 0  # its wheel left the engine (the test's only client)
+    return bool(opened.state is SessionState.CLOSED)
+
+
+@pytest.mark.parametrize("kind", BLOCKS)
+@pytest.mark.parametrize("way", WAYS)
+def test_a_cancelled_block_closes_what_it_entered(loop: str, way: str, kind: str,
+                                                  request: pytest.FixtureRequest) -> None:
+    """A block inside a pulse context manager, cancelled by asyncio while open: the right
+    exception, what it entered closed, no task left."""
+    enter = opener(kind, request)
+
+    async def body() -> None:
+        opened: list[Any] = []
+
+        async def inside() -> None:
+            async with enter() as thing:
+                opened.append(thing)
+                if isinstance(thing, HeartbeatTimer):
+                    thing.open_channel(Role.CONSUMER, _NoHooks(), _NoMessages(),
+                                       timing=ChannelTiming(0.5))
+                await anyio.sleep_forever()
+
+        # A ZooKeeper session takes a few round trips (and a JVM on a busy machine) to open.
+        await cancel_by(way, inside, 1.0 if kind == "zk_session" else DELAY)
+        assert opened and is_closed(opened[0])
+
+    run(loop, body)
+
+
+class _NoHooks:
+    def send_heartbeat(self, message: object) -> None:
+        pass
+
+    def close(self, reason: str) -> None:
+        pass
+
+
+class _NoMessages:
+    def request(self, request_id: int) -> object:
+        return request_id
+
+    def response(self, request_id: int) -> object:
+        return request_id
+
+
+class _Mine(Exception):
+    """The application's own error."""
+
+
+@pytest.mark.parametrize("kind", BLOCKS)
+@pytest.mark.parametrize("on", LOOPS)
+def test_an_error_in_the_block_comes_out_bare(on: str, kind: str, request: pytest.FixtureRequest
+                                             ) -> None:
+    """The application's exception raised inside a pulse context manager comes out as that
+    exception (not an ExceptionGroup), and what was entered is closed."""
+    enter = opener(kind, request)
+
+    async def body() -> None:
+        opened: list[Any] = []
+        with anyio.fail_after(LIMIT), pytest.raises(_Mine) as raised:
+            async with enter() as thing:
+                opened.append(thing)
+                await anyio.sleep(0.05)
+                raise _Mine("the application's own")
+        assert type(raised.value) is _Mine
+        assert opened and is_closed(opened[0])
+
+    run(on, body)
