@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import select
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import pytest
 from pulse import HeartbeatConnection
 from pulse._core.backoff import Backoff
 from pulse._core.policy import HeartbeatPolicy
+from pulse.errors import ConnectionClosed, ReconnectGaveUp
 from pulse.plugins.lease.server import LeaseServer, ServerConfig, bound_address
 from pulse.plugins.tcp import ClientState as TcpState
 from pulse.plugins.tcp import StateChange as TcpStateChange
@@ -289,3 +291,68 @@ async def test_connect_session_on_a_lease_server() -> None:
 async def test_connect_session_on_zookeeper(zookeeper_url: str) -> None:
     """connect_session on zk://, against a real ZooKeeper server."""
     await _session_round_trip(zookeeper_url)
+
+
+# --------------------------------------------------------------------------- documented errors
+# Where one exception is documented, that exception comes out on every loop (never a group).
+
+
+def _free_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@on_every_loop
+async def test_connect_tcp_to_a_closed_port_raises_oserror() -> None:
+    """connect_tcp to a port nobody listens on raises OSError (connection refused)."""
+    with anyio.fail_after(LIMIT), pytest.raises(OSError):
+        async with connect_tcp("127.0.0.1", _free_port(), FAST):
+            raise AssertionError("connected to nobody")  # pragma: no cover
+
+
+@on_every_loop
+async def test_reconnecting_tcp_that_gives_up_raises_reconnect_gave_up() -> None:
+    """A reconnecting TCP client out of attempts: receive raises ReconnectGaveUp, and so
+    does leaving the block normally, as documented for the WebSocket client."""
+    with anyio.fail_after(LIMIT):
+        async with reconnecting_tcp("127.0.0.1", _free_port(), FAST,
+                                    backoff=Backoff(initial=0.01, maximum=0.02, max_attempts=2),
+                                    shared_probe=False) as client:
+            with pytest.raises(ReconnectGaveUp):
+                await client.receive()
+            assert client.state is TcpState.FAILED
+
+
+@on_every_loop
+async def test_reconnecting_websocket_that_gives_up_raises_reconnect_gave_up() -> None:
+    """A WebSocket client out of attempts: receive raises ReconnectGaveUp."""
+    with anyio.fail_after(LIMIT):
+        async with reconnecting_websocket(
+            f"ws://127.0.0.1:{_free_port()}/", policy=FAST, shared_probe=False,
+            backoff=Backoff(initial=0.01, maximum=0.02, max_attempts=2),
+        ) as ws:
+            with pytest.raises(ReconnectGaveUp):
+                await ws.receive()
+            assert ws.state is WsState.FAILED
+
+
+@on_every_loop
+async def test_a_connection_the_server_closes_ends_receive_with_connection_closed() -> None:
+    """The server's handler returns: the client's receive raises ConnectionClosed (and
+    ``async for`` ends quietly)."""
+    async def leave(conn: HeartbeatConnection) -> None:
+        await conn.send("bye")
+
+    with anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as group:
+            listeners = await group.start(lambda *, task_status: serve_tcp(
+                leave, host="127.0.0.1", port=0, policy=FAST, task_status=task_status))
+            port = listeners[0].socket.getsockname()[1]
+            async with connect_tcp("127.0.0.1", port, FAST) as conn:
+                assert [message async for message in conn] == ["bye"]
+                with pytest.raises(ConnectionClosed):
+                    await conn.receive()
+            group.cancel_scope.cancel()
