@@ -3,10 +3,11 @@
 pytest-trio runs every ``async def`` test on trio here (``trio_mode = true``), so a test that
 must also run on asyncio is a plain function that starts the loop itself:
 
-* :func:`run` runs ``body(*args)`` under ``anyio.run`` on the named loop. On asyncio and
-  uvloop it then checks that the body left no task behind: once the body returned (every
-  ``async with`` it entered has been left), the only tasks may be the body's own and the
-  engine's (``pulse.engine``, which lives as long as the loop).
+* :func:`run` runs ``body(*args)`` under ``anyio.run`` on the named loop, then checks that
+  the body left no background work behind: once it returned (every ``async with`` it
+  entered has been left) the engine drives no machine and reads no socket, and on asyncio
+  and uvloop the only tasks are the body's own and the engine's (``pulse.engine``, which
+  lives as long as the loop).
 * :data:`LOOPS` and the ``loop`` fixture parametrise by loop name.
 * :func:`on_every_loop` turns an ``async def test_…(fixtures…)`` into a test parametrised by
   loop that runs the body on each (sync fixtures only; the body's docstring is the test's).
@@ -26,6 +27,8 @@ from typing import Any, TypeVar
 import anyio
 import pytest
 import sniffio
+
+from pulse._driver.engine import current_engine
 
 T = TypeVar("T")
 
@@ -58,11 +61,15 @@ def leftover_tasks() -> list[asyncio.Task[Any]]:
 
 
 def run(loop: str, body: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """``body(*args)`` on ``loop``; on asyncio loops it must leave no task behind."""
+    """``body(*args)`` on ``loop``; it must leave no machine in the engine, no socket in its
+    readiness set and (asyncio loops) no task behind."""
     backend, options = backend_of(loop)
 
     async def checked() -> T:
         result = await body(*args)
+        engine = current_engine()
+        assert len(engine) == 0, f"machines left in the engine on {loop}: {len(engine)}"
+        assert not engine._readers, f"sockets left in the engine on {loop}: {engine._readers}"
         if sniffio.current_async_library() == "asyncio":
             left = leftover_tasks()
             assert not left, f"tasks left behind on {loop}: {left}"

@@ -315,8 +315,7 @@ async def test_connect_tcp_to_a_closed_port_raises_oserror() -> None:
 
 @on_every_loop
 async def test_reconnecting_tcp_that_gives_up_raises_reconnect_gave_up() -> None:
-    """A reconnecting TCP client out of attempts: receive raises ReconnectGaveUp, and so
-    does leaving the block normally, as documented for the WebSocket client."""
+    """A reconnecting TCP client out of attempts: receive raises ReconnectGaveUp."""
     with anyio.fail_after(LIMIT):
         async with reconnecting_tcp("127.0.0.1", _free_port(), FAST,
                                     backoff=Backoff(initial=0.01, maximum=0.02, max_attempts=2),
@@ -356,3 +355,36 @@ async def test_a_connection_the_server_closes_ends_receive_with_connection_close
                 with pytest.raises(ConnectionClosed):
                     await conn.receive()
             group.cancel_scope.cancel()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port whose listener never accepts: connects succeed (the kernel's
+    backlog), nothing is ever answered."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "ws", "pulse", "zk"])
+@on_every_loop
+async def test_entering_cancelled_by_a_scope_leaves_nothing_behind(scheme: str, silent_port: int
+                                                                  ) -> None:
+    """Entering a client on a server that never answers, inside an anyio scope that gives up:
+    the scope catches the cancellation, and the engine drives nothing afterwards (checked by
+    tests.loops.run), on every loop."""
+    with anyio.move_on_after(0.2) as scope:
+        if scheme == "tcp":
+            async with connect_tcp("127.0.0.1", silent_port, FAST):
+                raise AssertionError("connected to a server that never answers")
+        elif scheme == "ws":
+            async with reconnecting_websocket(f"ws://127.0.0.1:{silent_port}/",
+                                              policy=FAST) as ws:
+                await ws.wait_open()
+                raise AssertionError("opened on a server that never answers")
+        else:
+            async with connect_session(f"{scheme}://127.0.0.1:{silent_port}",
+                                       session_timeout=2.0, start_timeout=5.0):
+                raise AssertionError("a session on a server that never answers")
+    assert scope.cancelled_caught
