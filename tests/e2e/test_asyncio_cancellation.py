@@ -28,6 +28,7 @@ from pulse._core.backoff import Backoff
 from pulse._core.policy import HeartbeatPolicy
 from pulse._driver.engine import current_engine
 from pulse.plugins.lease.server import LeaseServer, ServerConfig, bound_address
+from pulse.plugins.tcp import ClientState as TcpState
 from pulse.plugins.tcp import ReconnectingClient, connect_tcp, reconnecting_tcp
 from pulse.plugins.tcp.server import serve_tcp
 from pulse.plugins.websocket import (
@@ -259,6 +260,23 @@ def test_cancelled_receive_on_the_websocket_client_loses_nothing(loop: str, way:
     run(loop, body)
 
 
+@pytest.mark.parametrize("way", WAYS)
+def test_cancelled_send_waiting_for_a_connection_leaves_nothing_behind(
+    loop: str, way: str, silent_port: int,
+) -> None:
+    """The reconnecting TCP client's send, waiting for a connection that never opens,
+    cancelled by asyncio: the right exception, no task left, and the client still running
+    (it closes when the block is left)."""
+    async def body() -> None:
+        async with reconnecting_tcp("127.0.0.1", silent_port, FAST, backoff=QUICK,
+                                    connect_timeout=5.0) as client:
+            await cancel_by(way, lambda: client.send("never"))
+            assert client.state is not TcpState.CLOSED
+        assert client.state is TcpState.CLOSED
+
+    run(loop, body)
+
+
 # --------------------------------------------------------------------------- entering
 
 
@@ -411,7 +429,8 @@ def test_a_cancelled_block_closes_what_it_entered(loop: str, way: str, kind: str
 
         # A ZooKeeper session takes a few round trips (and a JVM on a busy machine) to open.
         await cancel_by(way, inside, 1.0 if kind == "zk_session" else DELAY)
-        assert opened and is_closed(opened[0])
+        assert opened, f"{kind} did not open within the delay"
+        assert is_closed(opened[0]), f"{kind} still open: {opened[0]!r} (engine: {len(current_engine())})"
 
     run(loop, body)
 
