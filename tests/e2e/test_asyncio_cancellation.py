@@ -39,7 +39,7 @@ from pulse.plugins.websocket import (
 )
 from pulse.plugins.websocket.server import serve_websocket
 from pulse.presence import PresenceSession, SessionState
-from pulse.registry import connect_session
+from pulse.registry import Endpoint, ServeOptions, connect_session, get_plugin
 from pulse.rpc import ChannelTiming, HeartbeatTimer, Role, open_heartbeat_timer
 from pulse.testing import heartbeat_pair
 from tests.loops import ASYNCIO_LOOPS, ENGINE_TASK, LOOPS, run
@@ -155,6 +155,17 @@ def ws_url(portal: BlockingPortal) -> Iterator[str]:
     future, server = portal.start_task(lambda *, task_status: serve_websocket(
         ws_talker, host="127.0.0.1", port=0, policy=FAST, task_status=task_status))
     yield f"ws://127.0.0.1:{server.port}/"
+    future.cancel()
+
+
+@pytest.fixture
+def gossip_url(portal: BlockingPortal) -> Iterator[str]:
+    """A gossip seed member (gossip://) on loopback."""
+    endpoint = Endpoint("gossip", (("127.0.0.1", 0),), raw="gossip://127.0.0.1:0")
+    serve = get_plugin("gossip").serve
+    assert serve is not None
+    future, listeners = portal.start_task(serve, endpoint, ServeOptions(extra={"name": "seed"}))
+    yield f"gossip://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
     future.cancel()
 
 
@@ -370,8 +381,8 @@ def test_cancelled_block_of_a_lease_session_closes_it(loop: str, way: str, lease
 # context manager started leaves with it.
 
 BLOCKS = ["connect_tcp", "reconnecting_tcp", "reconnecting_websocket", "lease_session",
-          pytest.param("zk_session", marks=pytest.mark.zookeeper), "heartbeat_timer",
-          "heartbeat_pair"]
+          pytest.param("zk_session", marks=pytest.mark.zookeeper), "gossip_session",
+          "heartbeat_timer", "heartbeat_pair"]
 
 
 def opener(kind: str, request: pytest.FixtureRequest
@@ -386,8 +397,9 @@ def opener(kind: str, request: pytest.FixtureRequest
     if kind == "reconnecting_websocket":
         url = request.getfixturevalue("ws_url")
         return lambda: reconnecting_websocket(url, policy=FAST, backoff=QUICK)
-    if kind in ("lease_session", "zk_session"):
-        url = request.getfixturevalue("lease_url" if kind == "lease_session" else "zookeeper_url")
+    if kind in ("lease_session", "zk_session", "gossip_session"):
+        url = request.getfixturevalue({"lease_session": "lease_url", "zk_session": "zookeeper_url",
+                                       "gossip_session": "gossip_url"}[kind])
         return lambda: connect_session(url, session_timeout=2.0)
     if kind == "heartbeat_timer":
         return lambda: open_heartbeat_timer(tick=0.05)
