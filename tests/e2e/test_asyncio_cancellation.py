@@ -7,6 +7,10 @@ asyncio users expect: ``TimeoutError`` (``CancelledError`` for ``task.cancel()``
 ``ExceptionGroup``; no task of pulse's left behind once the block is left (only the caller
 and the ``pulse.engine`` task); and no message swallowed: after a cancelled ``receive`` the
 next ``receive`` returns the next message that was sent.
+
+On every loop (trio too): the application's own error inside each context manager, and
+PeerTimeout from a stalled server, come out as themselves, never in an ExceptionGroup.
+The servers run on trio in a thread of their own, so the test loop's tasks are the client's.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -27,6 +32,7 @@ from pulse import HeartbeatConnection
 from pulse._core.backoff import Backoff
 from pulse._core.policy import HeartbeatPolicy
 from pulse._driver.engine import current_engine
+from pulse.errors import PeerTimeout
 from pulse.plugins.lease.server import LeaseServer, ServerConfig, bound_address
 from pulse.plugins.tcp import ClientState as TcpState
 from pulse.plugins.tcp import ReconnectingClient, connect_tcp, reconnecting_tcp
@@ -104,9 +110,12 @@ async def cancel_by(way: str, call: Callable[[], Awaitable[Any]], delay: float =
 
 
 async def talker(conn: Any) -> None:
-    """A server handler: ``{"burst": n}`` sends 0..n-1 then "end"; anything else is echoed."""
+    """A server handler: ``{"burst": n}`` sends 0..n-1 then "end"; ``{"freeze": s}`` blocks
+    the server's whole loop for ``s`` seconds (a stalled peer); anything else is echoed."""
     async for message in conn:
-        if isinstance(message, dict) and "burst" in message:
+        if isinstance(message, dict) and "freeze" in message:
+            time.sleep(message["freeze"])  # noqa: ASYNC251  # the point: the loop stalls
+        elif isinstance(message, dict) and "burst" in message:
             for i in range(message["burst"]):
                 await conn.send(i)
                 if i % 5 == 0:
@@ -484,5 +493,23 @@ def test_an_error_in_the_block_comes_out_bare(on: str, kind: str, request: pytes
                 raise _Mine("the application's own")
         assert type(raised.value) is _Mine
         assert opened and is_closed(opened[0])
+
+    run(on, body)
+
+
+@pytest.mark.parametrize("on", LOOPS)
+def test_a_stalled_server_ends_receive_with_peer_timeout(on: str, tcp_port: int) -> None:
+    """The server stops answering heartbeats (its loop is blocked): receive raises
+    PeerTimeout on its own (not an ExceptionGroup), and ``async for`` raises it too."""
+    async def body() -> None:
+        with anyio.fail_after(LIMIT):
+            async with connect_tcp("127.0.0.1", tcp_port, FAST) as conn:
+                await conn.send({"freeze": FAST.dead_after + 1.0})
+                with pytest.raises(PeerTimeout) as raised:
+                    await conn.receive()
+                assert type(raised.value) is PeerTimeout
+                with pytest.raises(PeerTimeout):
+                    async for _ in conn:
+                        raise AssertionError("a message from a dead peer")
 
     run(on, body)
