@@ -39,6 +39,7 @@ from pulse.plugins.tcp import ReconnectingClient, connect_tcp, reconnecting_tcp
 from pulse.plugins.tcp.server import serve_tcp
 from pulse.plugins.websocket import (
     ClientState,
+    Dropped,
     ResilientWebSocket,
     ServerConnection,
     reconnecting_websocket,
@@ -295,6 +296,44 @@ def test_cancelled_send_waiting_for_a_connection_leaves_nothing_behind(
         assert client.state is TcpState.CLOSED
 
     run(loop, body)
+
+
+def test_a_websocket_send_cancelled_before_it_returns_sends_nothing(loop: str, ws_url: str
+                                                                   ) -> None:
+    """A WebSocket client's send cancelled by asyncio (asyncio.timeout(0): at its first
+    await) raises TimeoutError and queues nothing: the server never gets that message."""
+    async def body() -> None:
+        async with reconnecting_websocket(ws_url, policy=FAST, backoff=QUICK) as ws:
+            await ws.wait_open()
+            for i in range(20):
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0):
+                        await ws.send(f"ghost {i}")
+                assert ws.pending == 0
+            await ws.send("real")
+            assert await ws.receive() == "real"
+
+    run(loop, body)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_cancelled_send_on_a_full_websocket_queue_queues_nothing(loop: str, way: str,
+                                                                 silent_port: int) -> None:
+    """The WebSocket client's send waiting for room in a full queue (the server never
+    answers), cancelled by asyncio: the right exception, no task left, nothing queued; the
+    queued message is reported dropped when the client closes."""
+    drops: list[Dropped] = []
+
+    async def body() -> None:
+        async with reconnecting_websocket(f"ws://127.0.0.1:{silent_port}/", policy=FAST,
+                                          backoff=QUICK, queue_size=1, close_timeout=0.1,
+                                          on_drop=drops.append) as ws:
+            await ws.send("first")
+            await cancel_by(way, lambda: ws.send("second"))
+            assert ws.pending == 1
+
+    run(loop, body)
+    assert [drop.message for drop in drops] == ["first"]
 
 
 # --------------------------------------------------------------------------- entering
