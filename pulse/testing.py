@@ -5,8 +5,8 @@
   :func:`run_all_until` does the same for several machines sharing one clock, in deadline
   order, as the engine does.
 * :func:`heartbeat_pair` gives two connected :class:`~pulse.HeartbeatConnection` objects
-  over in-memory streams (use with ``trio.testing.MockClock(autojump_threshold=0)`` to run
-  minutes of heartbeats in milliseconds).
+  over in-memory streams under trio (use with ``trio.testing.MockClock(autojump_threshold=0)``
+  to run minutes of heartbeats in milliseconds), over a ``socket.socketpair()`` under asyncio.
 * :func:`check_plugin` is the conformance check every plugin passes: the registry entry is a
   :class:`~pulse.registry.Plugin`, and if it can both serve and ping, a server it starts on
   loopback answers its own pings with sane round-trip times.
@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -25,7 +26,9 @@ import trio.testing
 from anyio.streams.memory import MemoryObjectSendStream
 
 from pulse._core.policy import HeartbeatPolicy
+from pulse._driver import sockets
 from pulse._driver.connection import HeartbeatConnection, heartbeat
+from pulse._driver.streams import Stream, on_trio
 from pulse._driver.util import background_nursery
 from pulse.registry import Endpoint, PingOptions, PingReply, Plugin, ServeOptions, get_plugin
 
@@ -65,14 +68,24 @@ def run_all_until(
     raise AssertionError(f"machines still busy after {max_steps} steps (a deadline that never moves?)")
 
 
+def stream_pair() -> tuple[Stream, Stream]:
+    """Two byte streams connected to each other, on the running loop: trio's
+    ``memory_stream_pair`` under trio, a ``socket.socketpair()`` under asyncio or uvloop."""
+    if on_trio():
+        return trio.testing.memory_stream_pair()
+    left, right = socket.socketpair()
+    return sockets.SocketStream(left), sockets.SocketStream(right)
+
+
 @asynccontextmanager
 async def heartbeat_pair(
     left_policy: HeartbeatPolicy | None = None,
     right_policy: HeartbeatPolicy | None = None,
     **options: Any,
 ) -> AsyncIterator[tuple[HeartbeatConnection, HeartbeatConnection]]:
-    """Two heartbeat connections talking to each other over ``memory_stream_pair``."""
-    left_stream, right_stream = trio.testing.memory_stream_pair()
+    """Two heartbeat connections talking to each other: over trio's ``memory_stream_pair``
+    under trio, over a connected ``socket.socketpair()`` under asyncio (or uvloop)."""
+    left_stream, right_stream = stream_pair()
     async with background_nursery() as nursery:
         ready: MemoryObjectSendStream[HeartbeatConnection]
         ready, receive_ready = anyio.create_memory_object_stream[HeartbeatConnection](1)

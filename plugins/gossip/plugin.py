@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from pulse._core.swim_messages import Ack, Ping
 from pulse._driver.pinger import ping_series
@@ -43,12 +44,14 @@ async def _serve(endpoint: Endpoint, options: ServeOptions, *,
 
 
 async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingReply]:
-    infos = await anyio.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_DGRAM)
-    family, _, _, _, address = infos[0]
+    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    # A plain non-blocking socket waited on through anyio: the same code on every loop.
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.setblocking(False)
-    with sock:
-        sock.connect(address)  # a UDP connect only sets the default peer: it never blocks
+    try:
+        address = await anyio.getaddrinfo(endpoint.host, endpoint.port, family=family,
+                                          type=socket.SOCK_DGRAM)
+        sock.connect(address[0][4])
         me = sock.getsockname()
         base = random.getrandbits(31)
         peer = f"{endpoint.host}:{endpoint.port}"
@@ -57,21 +60,44 @@ async def _ping(endpoint: Endpoint, options: PingOptions) -> AsyncIterator[PingR
 
         async def probe(seq: int) -> None:
             seq_no = (base + seq) & 0xFFFFFFFF
-            try:
-                sock.send(encode_packet([Ping(seq_no, "", (me[0], me[1]), "pulse-ping")]))
-            except (BlockingIOError, ConnectionRefusedError):
-                pass  # a full buffer or an earlier ICMP refusal: the probe's timeout decides
+            await _send(sock, encode_packet([Ping(seq_no, "", (me[0], me[1]), "pulse-ping")]))
             while True:
-                await anyio.wait_readable(sock)
                 try:
-                    messages = decode_packet(sock.recv(65536))
-                except (BlockingIOError, ConnectionRefusedError, RemoteProtocolError):
+                    messages = decode_packet(await _receive(sock))
+                except (ConnectionRefusedError, RemoteProtocolError):
                     continue  # nobody there yet (ICMP), or not memberlist: keep waiting
                 if any(isinstance(m, Ack) and m.seq_no == seq_no for m in messages):
                     return
 
         async for reply in ping_series(options, peer, probe):
             yield reply
+    finally:
+        sock.close()
+
+
+async def _send(sock: socket.socket, packet: bytes) -> None:
+    """Send one datagram on a connected non-blocking UDP socket (waits while it is full)."""
+    while True:
+        try:
+            sock.send(packet)
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+            continue
+        await anyio.lowlevel.checkpoint()
+        return
+
+
+async def _receive(sock: socket.socket) -> bytes:
+    """The next datagram on a non-blocking UDP socket (an ICMP refusal raises
+    ``ConnectionRefusedError``, as a blocking ``recv`` would)."""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            await anyio.wait_readable(sock)
+            continue
+        await anyio.lowlevel.checkpoint()
+        return data
 
 
 def _connect_session(endpoint: Endpoint, *, session_timeout: float = 10.0,

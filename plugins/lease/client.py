@@ -686,6 +686,7 @@ class LeaseSession:
         session, or the error the server gave (e.g. :class:`~pulse.errors.LimitExceeded`).
         """
         failure: BaseException | None = None
+        started = False
         async with anyio.create_task_group() as nursery:
             self._nursery = nursery
             self._driver = driver = SessionDriver(self._machine, self._perform)
@@ -696,11 +697,15 @@ class LeaseSession:
                 failure = self._start_failure()
                 if failure is None:
                     task_status.started()
+                    started = True
                     await driver.wait_until(lambda: self._machine.phase is Phase.CLOSED)
             finally:
-                if failure is not None:
+                if failure is not None or (not started and self._machine.phase is not Phase.CLOSED):
+                    # Could not start, or cancelled while starting (nobody will aclose it):
+                    # closed, so that the engine stops driving it.
                     now = driver.now()
-                    self._apply(self._machine.close(now, "could not start"), now)
+                    reason = "could not start" if failure is not None else "cancelled while starting"
+                    self._apply(self._machine.close(now, reason), now)
                 driver.watch()  # closed: the engine forgets it
                 nursery.cancel_scope.cancel()
         if failure is not None:

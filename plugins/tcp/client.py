@@ -32,7 +32,7 @@ from pulse._driver.feed import EventFeed, EventHub
 from pulse._driver.phase import Phase, bounded
 from pulse._driver.reconnect import AttemptHandle, ReconnectDriver
 from pulse._driver.streams import SocketStream, dial, peer_name
-from pulse._driver.util import background_nursery
+from pulse._driver.util import Doorbell, background_nursery, receive_keeping
 from pulse._log import get_logger
 from pulse.actions import Reconnect
 from pulse.delivery import Delivery, Dropped
@@ -172,6 +172,7 @@ class ReconnectingClient:
         self._changed = anyio.Event()  # set (and replaced) at every state change
         self._failure: PulseError | None = None
         self._inbound_send, self._inbound_receive = anyio.create_memory_object_stream[Any](256)
+        self._arrived = Doorbell()  # rung for every message queued and at close (receive)
         self._events: EventHub[StateChange] = EventHub()
         self._on_event = on_event
         self.connects = 0
@@ -235,7 +236,7 @@ class ReconnectingClient:
     async def receive(self) -> Any:
         """The next message from the server (across reconnects)."""
         try:
-            return await self._inbound_receive.receive()
+            return await receive_keeping(self._inbound_receive, self._arrived)
         except anyio.EndOfStream:
             raise self._failure or ConnectionClosed("client closed") from None
 
@@ -257,6 +258,7 @@ class ReconnectingClient:
             self._give_up_resends("client closed")
             self._wake()
             self._inbound_send.close()
+            self._arrived.ring()
             self._events.close()
 
     @property
@@ -283,6 +285,7 @@ class ReconnectingClient:
                 self._set(StateChange(ClientState.OPEN, "connected"))
                 async for message in conn:
                     await self._inbound_send.send(message)
+                    self._arrived.ring()
             return conn.close_reason or "connection closed"
         finally:
             self.connection = None

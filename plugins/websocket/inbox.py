@@ -67,7 +67,9 @@ class Inbox:
 
     async def get(self) -> Payload:
         """The oldest message; waits for one; raises ``anyio.EndOfStream`` once closed and
-        empty."""
+        empty. A cancelled ``get`` takes nothing: the message is taken after the last await
+        (asyncio cannot shield a checkpoint from ``task.cancel()``)."""
+        await anyio.lowlevel.checkpoint()
         while not self._items:
             if self._closed:
                 raise anyio.EndOfStream
@@ -76,7 +78,6 @@ class Inbox:
             await self._data.wait()
         message = self._items.pop(0)
         self._wake_space()
-        await anyio.lowlevel.cancel_shielded_checkpoint()
         return message
 
     def get_nowait(self) -> Payload:

@@ -104,13 +104,14 @@ class Outbox:
         return len(self._entries) >= self.maxsize
 
     async def put(self, message: Payload) -> None:
-        """Queue ``message``, applying the overflow policy when the queue is full."""
+        """Queue ``message``, applying the overflow policy when the queue is full. A
+        cancelled ``put`` queues nothing: the message is queued after the last await
+        (asyncio cannot shield a checkpoint from ``task.cancel()``)."""
         _check_payload(message)
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await anyio.lowlevel.checkpoint()
         if self.overflow is Overflow.WAIT:
             await self.wait_room()
         self.put_nowait(message)
-        await anyio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_room(self) -> None:
         """Return once a new message fits without the overflow policy (at once if it does);

@@ -107,8 +107,10 @@ async def _running(session: ZooKeeperSession) -> AsyncIterator[ZooKeeperSession]
     # The session's background tasks must not turn the caller's own exception (or a start-up
     # failure) into an ExceptionGroup: background_nursery re-raises a lone one as itself.
     async with background_nursery() as nursery:
-        await nursery.start(session.run)
         try:
+            # Inside the try: cancelled while the session starts, it is closed all the same
+            # (else its machine would stay in the engine).
+            await nursery.start(session.run)
             await session.wait_connected()
             yield session
         finally:

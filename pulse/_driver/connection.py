@@ -40,7 +40,7 @@ from pulse._driver.engine import current_engine
 from pulse._driver.feed import EventFeed, EventHub
 from pulse._driver.streams import aclose_forcefully, as_stream
 from pulse._driver.tcpinfo import read_tcp_progress, tcp_socket
-from pulse._driver.util import background_nursery
+from pulse._driver.util import Doorbell, background_nursery, receive_keeping
 from pulse._driver.writer import ControlWriter, raw_socket
 from pulse._log import get_logger
 from pulse.actions import Action, Close, LocalPause, PeerAlive, PeerDead, PeerSuspect, SendPing
@@ -100,9 +100,10 @@ class HeartbeatConnection:
     :class:`~pulse.actions.Close`); ``stats()`` gives RTT, missed beats and suspicion.
     """
 
-    __slots__ = ("_close_error", "_close_reason", "_control", "_decoder", "_done_reading",
-                 "_early_frames", "_engine", "_events", "_goodbye", "_held", "_held_bytes",
-                 "_inbound_receive", "_inbound_send", "_is_closed", "_liveness", "_nursery",
+    __slots__ = ("_arrived", "_close_error", "_close_reason", "_control", "_decoder",
+                 "_done_reading", "_early_frames", "_engine", "_events", "_goodbye", "_held",
+                 "_held_bytes", "_inbound_receive", "_inbound_send", "_is_closed", "_liveness",
+                 "_nursery",
                  "_on_liveness", "_paused", "_pings", "_pong_rtts", "_pong_waiters", "_raw",
                  "_resumed", "_room", "_send_lock", "_tcp", "_verified", "_verify_seq",
                  "_window", "hold_limit", "peer", "policy", "remote", "stream", "transport")
@@ -135,6 +136,7 @@ class HeartbeatConnection:
         self._send_lock = anyio.Lock()
         self._control = ControlWriter(stream, self._send_lock, self._control_failed)
         self._inbound_send, self._inbound_receive = anyio.create_memory_object_stream[Any](receive_buffer)
+        self._arrived = Doorbell()  # rung for every message queued and at close (receive)
         self._events: EventHub[Action] = EventHub()
         self._on_liveness = on_liveness
         self._close_reason: str | None = None
@@ -266,7 +268,7 @@ class HeartbeatConnection:
         """The next application message; raises :class:`ConnectionClosed` (or its subclass
         :class:`PeerTimeout` when the peer was declared dead) once closed and drained."""
         try:
-            message = await self._inbound_receive.receive()
+            message = await receive_keeping(self._inbound_receive, self._arrived)
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             if self._held:  # what arrived before the end is still the application's
                 return self._held.popleft()
@@ -535,6 +537,7 @@ class HeartbeatConnection:
         if not self._held:
             try:
                 self._inbound_send.send_nowait(payload)
+                self._arrived.ring()
                 return
             except anyio.WouldBlock:
                 pass
@@ -555,6 +558,7 @@ class HeartbeatConnection:
                 self._inbound_send.send_nowait(held[0])
             except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
+            self._arrived.ring()
             held.popleft()
         self._held_bytes = 0
         if self._paused and not self.closed:
@@ -676,6 +680,7 @@ class HeartbeatConnection:
         _wake(self, "_verified")  # wake writers waiting for a check or for room: they fail
         _wake(self, "_room")
         self._inbound_send.close()
+        self._arrived.ring()
         self._logger().info("connection_closed", reason=reason)
         try:
             self._publish(Close(reason))

@@ -165,7 +165,8 @@ async def _accept_into(listener: Listener, group: anyio.abc.TaskGroup,
     def take(stream: Stream) -> None:
         group.start_soon(run, stream)
 
-    await accept_forever(listener, take)
+    async with listener:  # closed when serving ends, as trio.serve_listeners closes its own
+        await accept_forever(listener, take)
 
 
 async def serve_tcp(handler: Handler, port: int, *, host: str | None = None,

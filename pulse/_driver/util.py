@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+T = TypeVar("T")
 
 
 @asynccontextmanager
@@ -44,3 +49,40 @@ def lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | 
             return None
         inner = inner.exceptions[0]
     return inner
+
+
+class Doorbell:
+    """Wakes the tasks waiting for a queue (read with ``receive_nowait``) to have something:
+    its owner rings after every put and at close."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None  # made only while someone waits
+
+    def ring(self) -> None:
+        """Wake every waiter (the next one gets a fresh event)."""
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self) -> None:
+        """Wait for the next :meth:`ring`."""
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+
+async def receive_keeping(stream: MemoryObjectReceiveStream[T], bell: Doorbell) -> T:
+    """The next item of ``stream``, like ``stream.receive()``, but never lost to a
+    cancellation: ``receive()`` hands an item straight to a waiting receiver, and on asyncio
+    a receiver cancelled before it resumes (``asyncio.timeout``, ``wait_for``,
+    ``task.cancel()``) drops it. Here the receiver waits for ``bell`` (rung by the sender
+    after each item and at close) and takes the item itself, with no await after it.
+    Raises what ``receive_nowait`` raises at the end (``EndOfStream``, ``ClosedResourceError``)."""
+    await anyio.lowlevel.checkpoint()
+    while True:
+        try:
+            return stream.receive_nowait()
+        except anyio.WouldBlock:
+            await bell.wait()

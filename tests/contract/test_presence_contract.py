@@ -7,10 +7,14 @@ process), against a real ZooKeeper server, and against a gossip group without a 
 the only things users and the ``pulse agent`` / ``pulse watch`` commands touch. Where gossip
 differs by design (no server negotiates the timeout; failure detection is SWIM's, a few
 protocol periods) the test says so and checks gossip's own documented behaviour.
+
+Every test also runs on every loop: trio, asyncio and uvloop (:func:`tests.loops.on_every_loop`;
+the bodies use anyio, which is trio's own API under trio).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -18,14 +22,17 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
+import anyio.abc
 import pytest
-import trio
 
 from pulse.errors import KeyExists, NoServerReachable, NotOwner, SessionClosed, SessionExpired
 from pulse.presence import PresenceEvent, PresenceSession, SessionState
 from pulse.registry import connect_session
+from tests.loops import on_every_loop
 
 pytestmark = pytest.mark.e2e
 
@@ -103,17 +110,17 @@ class Watcher:
     def __init__(self) -> None:
         self.events: list[PresenceEvent] = []
         self.times: list[float] = []
-        self._changed = trio.Event()
+        self._changed = anyio.Event()
 
     async def run(self, session: PresenceSession, prefix: str) -> None:
         async for event in session.watch(prefix):
             self.events.append(event)
-            self.times.append(trio.current_time())
+            self.times.append(anyio.current_time())
             self._changed.set()
-            self._changed = trio.Event()
+            self._changed = anyio.Event()
 
     async def wait_for(self, kind: str, name: str, limit: float = 10.0) -> float:
-        with trio.fail_after(limit):
+        with anyio.fail_after(limit):
             while True:
                 for event, at in zip(self.events, self.times, strict=True):
                     if (event.event, event.id) == (kind, name):
@@ -127,14 +134,14 @@ class Watcher:
 async def visible(session: PresenceSession, key: str) -> None:
     """Wait until ``session`` sees ``key`` (at once on the server backends; gossip is
     eventually consistent: a registration reaches other members by gossip)."""
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         while True:
             if await session.get(key) is not None:
                 return
-            await trio.sleep(0.05)
+            await anyio.sleep(0.05)
 
 
-async def start_watch(nursery: trio.Nursery, session: PresenceSession, prefix: str,
+async def start_watch(nursery: anyio.abc.TaskGroup, session: PresenceSession, prefix: str,
                       sentinel: PresenceSession) -> Watcher:
     """Start a watch and wait until it is armed (its snapshot shows the sentinel member)."""
     await sentinel.register(f"{prefix}/sentinel", b"s")
@@ -145,13 +152,15 @@ async def start_watch(nursery: trio.Nursery, session: PresenceSession, prefix: s
     return watcher
 
 
-@pytest.fixture
+@asynccontextmanager
 async def two_sessions(backend: str) -> AsyncIterator[tuple[PresenceSession, PresenceSession]]:
+    """Two sessions on ``backend`` for the block."""
     async with connect_session(backend, session_timeout=TIMEOUT) as first, \
             connect_session(backend, session_timeout=TIMEOUT) as second:
         yield first, second
 
 
+@on_every_loop
 async def test_session_is_connected_with_a_negotiated_timeout(backend: str) -> None:
     """A new session is CONNECTED, has an id, and reports the timeout it was granted."""
     async with connect_session(backend, session_timeout=TIMEOUT) as session:
@@ -162,6 +171,7 @@ async def test_session_is_connected_with_a_negotiated_timeout(backend: str) -> N
     assert session.state is SessionState.CLOSED
 
 
+@on_every_loop
 async def test_timeout_is_negotiated_into_the_server_bounds(backend: str) -> None:
     """Asking for far more than 20 ticks yields at most 20 ticks; far less, at least 2 (gossip:
     no server negotiates, the timeout is taken as given and sets the probe period)."""
@@ -176,6 +186,7 @@ async def test_timeout_is_negotiated_into_the_server_bounds(backend: str) -> Non
         assert session.session_timeout == pytest.approx(2 * TICK)
 
 
+@on_every_loop
 async def test_register_get_list_unregister(backend: str, prefix: str) -> None:
     """A registration is visible through get and list and disappears when unregistered."""
     async with connect_session(backend, session_timeout=TIMEOUT) as session:
@@ -190,36 +201,35 @@ async def test_register_get_list_unregister(backend: str, prefix: str) -> None:
         assert await session.list(prefix) == {"b": b""}
 
 
-async def test_another_session_cannot_take_or_remove_a_live_key(
-    two_sessions: tuple[PresenceSession, PresenceSession], prefix: str,
-) -> None:
+@on_every_loop
+async def test_another_session_cannot_take_or_remove_a_live_key(backend: str, prefix: str
+                                                                ) -> None:
     """A key held by a live session raises KeyExists for others, and NotOwner on unregister."""
-    first, second = two_sessions
-    await first.register(f"{prefix}/held", b"1")
-    # Gossip checks ownership in the member's own view: the registration must reach it first.
-    await visible(second, f"{prefix}/held")
-    with pytest.raises(KeyExists):
-        await second.register(f"{prefix}/held", b"2")
-    with pytest.raises(NotOwner):
-        await second.unregister(f"{prefix}/held")
-    assert await second.get(f"{prefix}/held") == b"1"
+    async with two_sessions(backend) as (first, second):
+        await first.register(f"{prefix}/held", b"1")
+        # Gossip checks ownership in the member's own view: the registration must reach it first.
+        await visible(second, f"{prefix}/held")
+        with pytest.raises(KeyExists):
+            await second.register(f"{prefix}/held", b"2")
+        with pytest.raises(NotOwner):
+            await second.unregister(f"{prefix}/held")
+        assert await second.get(f"{prefix}/held") == b"1"
 
 
-async def test_watch_reports_snapshot_then_changes_in_order(
-    two_sessions: tuple[PresenceSession, PresenceSession], prefix: str,
-) -> None:
+@on_every_loop
+async def test_watch_reports_snapshot_then_changes_in_order(backend: str, prefix: str) -> None:
     """Initial members come first (initial=True), then online/offline in order, once each."""
-    observer, member = two_sessions
-    await member.register(f"{prefix}/early", b"e")
-    await visible(observer, f"{prefix}/early")
-    async with trio.open_nursery() as nursery:
-        watcher = await start_watch(nursery, observer, prefix, member)
-        await member.register(f"{prefix}/late", b"l")
-        await watcher.wait_for("online", "late")
-        await member.unregister(f"{prefix}/early")
-        await watcher.wait_for("offline", "early")
-        await trio.sleep(3 * TICK)  # room for any duplicate to show up
-        nursery.cancel_scope.cancel()
+    async with two_sessions(backend) as (observer, member):
+        await member.register(f"{prefix}/early", b"e")
+        await visible(observer, f"{prefix}/early")
+        async with anyio.create_task_group() as nursery:
+            watcher = await start_watch(nursery, observer, prefix, member)
+            await member.register(f"{prefix}/late", b"l")
+            await watcher.wait_for("online", "late")
+            await member.unregister(f"{prefix}/early")
+            await watcher.wait_for("offline", "early")
+            await anyio.sleep(3 * TICK)  # room for any duplicate to show up
+            nursery.cancel_scope.cancel()
     seen = watcher.seen()
     initial = sorted(e for e in seen if e[2])
     assert initial == [("online", "early", True), ("online", "sentinel", True)]
@@ -229,43 +239,48 @@ async def test_watch_reports_snapshot_then_changes_in_order(
     assert late.data == b"l"
 
 
+@on_every_loop
 async def test_closing_a_session_removes_its_registrations_at_once(
     backend: str, prefix: str,
 ) -> None:
     """Closing a session deletes its keys immediately (not after the timeout)."""
     async with connect_session(backend, session_timeout=TIMEOUT) as observer, \
-            connect_session(backend, session_timeout=TIMEOUT) as sentinel, trio.open_nursery() as nursery:
+            connect_session(backend, session_timeout=TIMEOUT) as sentinel, \
+            anyio.create_task_group() as nursery:
         watcher = await start_watch(nursery, observer, prefix, sentinel)
         async with connect_session(backend, session_timeout=TIMEOUT) as leaving:
             await leaving.register(f"{prefix}/leaving", b"")
             await watcher.wait_for("online", "leaving")
-        closed_at = trio.current_time()
+        closed_at = anyio.current_time()
         gone_at = await watcher.wait_for("offline", "leaving")
         nursery.cancel_scope.cancel()
     assert gone_at - closed_at < TIMEOUT / 2
 
 
+@on_every_loop
 async def test_killed_agent_goes_offline_within_timeout_plus_tick(
     backend: str, prefix: str, tmp_path: Path,
 ) -> None:
     """`pulse agent` SIGKILLed: watchers see it offline within session timeout + tick."""
     async with connect_session(backend, session_timeout=TIMEOUT) as observer, \
-            connect_session(backend, session_timeout=TIMEOUT) as sentinel, trio.open_nursery() as nursery:
+            connect_session(backend, session_timeout=TIMEOUT) as sentinel, \
+            anyio.create_task_group() as nursery:
         watcher = await start_watch(nursery, observer, prefix, sentinel)
-        agent = await trio.lowlevel.open_process(
+        agent = await anyio.open_process(
             [*PULSE, "agent", "--server", backend, "--id", "victim", "--prefix", prefix,
              "--session-timeout", str(TIMEOUT), "--meta", "role=contract"],
             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
             await watcher.wait_for("online", "victim", limit=20)
-            await trio.sleep(TIMEOUT)  # a few heartbeats, so the session is steady
+            await anyio.sleep(TIMEOUT)  # a few heartbeats, so the session is steady
             os.kill(agent.pid, signal.SIGKILL)
-            killed_at = trio.current_time()
+            killed_at = anyio.current_time()
             gone_at = await watcher.wait_for("offline", "victim", limit=10)
         finally:
-            agent.kill()
-            with trio.move_on_after(10):
+            with contextlib.suppress(ProcessLookupError):  # asyncio: already reaped
+                agent.kill()
+            with anyio.move_on_after(10):
                 await agent.wait()
         nursery.cancel_scope.cancel()
     latency = gone_at - killed_at
@@ -276,10 +291,11 @@ async def test_killed_agent_goes_offline_within_timeout_plus_tick(
     assert latency > 0
 
 
+@on_every_loop
 async def test_state_changes_report_close(backend: str) -> None:
     """state_changes() reports the transition to CLOSED when the session is closed."""
     states: list[SessionState] = []
-    closed = trio.Event()
+    closed = anyio.Event()
     async with connect_session(backend, session_timeout=TIMEOUT) as session:
         changes = session.state_changes()
 
@@ -289,23 +305,24 @@ async def test_state_changes_report_close(backend: str) -> None:
                 if change.state is SessionState.CLOSED:
                     closed.set()
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             nursery.start_soon(record)
-            await trio.sleep(0.05)
+            await anyio.sleep(0.05)
             await session.aclose()
-            with trio.move_on_after(5):
+            with anyio.move_on_after(5):
                 await closed.wait()
             nursery.cancel_scope.cancel()
     assert SessionState.CLOSED in states
 
 
+@on_every_loop
 async def test_pulse_watch_json_reports_online_and_offline(
     backend: str, prefix: str, tmp_path: Path,
 ) -> None:
     """`pulse watch --json` prints one object per change with `event` and `id`, on both backends."""
     import json
 
-    watch = await trio.lowlevel.open_process(
+    watch = await anyio.open_process(
         [*PULSE, "watch", "--server", backend, "--prefix", prefix, "--json",
          "--session-timeout", str(TIMEOUT)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -316,12 +333,14 @@ async def test_pulse_watch_json_reports_online_and_offline(
 
     async def read_until(kind: str, name: str) -> None:
         nonlocal buffer
-        with trio.fail_after(20):
+        with anyio.fail_after(20):
             while not any(line.get("event") == kind and line.get("id") == name
                           for line in lines):
                 assert watch.stdout is not None
-                chunk = await watch.stdout.receive_some(4096)
-                assert chunk, "pulse watch ended early"
+                try:
+                    chunk = await watch.stdout.receive(4096)
+                except anyio.EndOfStream:
+                    raise AssertionError("pulse watch ended early") from None
                 buffer += chunk
                 *complete, buffer = buffer.split(b"\n")
                 lines.extend(json.loads(line) for line in complete if line.strip())
@@ -336,8 +355,8 @@ async def test_pulse_watch_json_reports_online_and_offline(
         await read_until("offline", "second")
     finally:
         watch.terminate()
-        with trio.move_on_after(10):
-            await watch.wait()
+        with anyio.move_on_after(10):
+            await watch.aclose()  # its stdout too, then the exit
 
 
 # --------------------------------------------------------------------------- error paths
@@ -366,32 +385,32 @@ class Cutter:
         self.target = target
         self.blocked = False
         self.port = 0
-        self._links: list[trio.CancelScope] = []
+        self._links: list[anyio.CancelScope] = []
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
         task_status.started()
-        await trio.serve_listeners(self._link, listeners)
+        await listener.serve(self._link)
 
-    async def _link(self, client: trio.SocketStream) -> None:
+    async def _link(self, client: anyio.abc.SocketStream) -> None:
         if self.blocked:
             await client.aclose()
             return
-        with trio.CancelScope() as scope:
+        with anyio.CancelScope() as scope:
             self._links.append(scope)
-            server = await trio.open_tcp_stream(*self.target)
-            async with client, server, trio.open_nursery() as nursery:
+            server = await anyio.connect_tcp(*self.target)
+            async with client, server, anyio.create_task_group() as nursery:
                 nursery.start_soon(self._pump, client, server)
                 nursery.start_soon(self._pump, server, client)
 
     @staticmethod
-    async def _pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+    async def _pump(source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream) -> None:
         try:
-            while data := await source.receive_some(65536):
-                await sink.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            async for data in source:
+                await sink.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
 
     def block(self) -> None:
@@ -400,18 +419,20 @@ class Cutter:
             scope.cancel()
 
 
+@on_every_loop
 async def test_no_server_reachable_raises_no_server_reachable(backend: str) -> None:
     """Nothing listens at the URL: entering connect raises NoServerReachable within the start
     timeout on both backends."""
     scheme = backend.split("://", 1)[0]
     url = f"{scheme}://127.0.0.1:{_free_port()}"
-    started = trio.current_time()
+    started = anyio.current_time()
     with pytest.raises(NoServerReachable):
         async with connect_session(url, session_timeout=TIMEOUT, start_timeout=TIMEOUT):
             pass  # pragma: no cover
-    assert TIMEOUT - 0.05 <= trio.current_time() - started <= TIMEOUT + 1.0
+    assert TIMEOUT - 0.05 <= anyio.current_time() - started <= TIMEOUT + 1.0
 
 
+@on_every_loop
 async def test_use_after_close_raises_session_closed(backend: str, prefix: str) -> None:
     """Every request on a closed session raises SessionClosed on both backends."""
     async with connect_session(backend, session_timeout=TIMEOUT) as session:
@@ -434,11 +455,12 @@ def server_backend(request: pytest.FixtureRequest) -> str:
     return url
 
 
+@on_every_loop
 async def test_expired_session_raises_session_expired(server_backend: str, prefix: str) -> None:
     """Cut off from every server, the session expires one timeout after it last heard one;
     then requests and its watch raise SessionExpired on both server backends."""
     backend = server_backend
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         cutter = Cutter(_host_port(backend))
         await nursery.start(cutter.run)
         url = backend.split("://", 1)[0] + f"://127.0.0.1:{cutter.port}"
@@ -449,24 +471,25 @@ async def test_expired_session_raises_session_expired(server_backend: str, prefi
             first = await events.__anext__()
             assert (first.event, first.id) == ("online", "a")
             cutter.block()
-            cut_at = trio.current_time()
+            cut_at = anyio.current_time()
             seen = []
-            with trio.fail_after(TIMEOUT * 3):
+            with anyio.fail_after(TIMEOUT * 3):
                 async for change in changes:
                     seen.append(change.state)
                     if change.state is SessionState.EXPIRED:
                         break
             assert seen == [SessionState.DISCONNECTED, SessionState.EXPIRED]
-            assert trio.current_time() - cut_at <= TIMEOUT + SLACK
+            assert anyio.current_time() - cut_at <= TIMEOUT + SLACK
             with pytest.raises(SessionExpired):
                 await session.register(f"{prefix}/b", b"")
             with pytest.raises(SessionExpired):
                 await session.get(f"{prefix}/a")
-            with pytest.raises(SessionExpired), trio.fail_after(TIMEOUT):
+            with pytest.raises(SessionExpired), anyio.fail_after(TIMEOUT):
                 await events.__anext__()
         nursery.cancel_scope.cancel()
 
 
+@on_every_loop
 async def test_refused_session_password_raises_session_expired(backend: str, prefix: str
                                                                ) -> None:
     """Resuming a live session with a wrong password is refused: entering connect raises
@@ -474,23 +497,24 @@ async def test_refused_session_password_raises_session_expired(backend: str, pre
     expired session, so neither backend does), and the real session is untouched."""
     async with connect_session(backend, session_timeout=TIMEOUT) as owner:
         assert owner.session_id is not None
-        with pytest.raises(SessionExpired), trio.fail_after(TIMEOUT * 3):
+        with pytest.raises(SessionExpired), anyio.fail_after(TIMEOUT * 3):
             async with connect_session(backend, session_timeout=TIMEOUT,
                                        session_id=owner.session_id,
                                        session_password=b"\x01" * 16):
                 pass  # pragma: no cover
-        await trio.sleep(TIMEOUT / 2)
+        await anyio.sleep(TIMEOUT / 2)
         assert owner.state is SessionState.CONNECTED
         await owner.register(f"{prefix}/owner", b"o")  # the real session still works
         assert await owner.get(f"{prefix}/owner") == b"o"
 
 
+@on_every_loop
 async def test_unknown_session_id_raises_session_expired(backend: str) -> None:
     """Resuming a session that was closed (the server no longer knows it) raises
     SessionExpired on both backends."""
     async with connect_session(backend, session_timeout=TIMEOUT) as gone:
         session_id = gone.session_id
-    with pytest.raises(SessionExpired), trio.fail_after(TIMEOUT * 3):
+    with pytest.raises(SessionExpired), anyio.fail_after(TIMEOUT * 3):
         async with connect_session(backend, session_timeout=TIMEOUT, session_id=session_id,
                                    session_password=b"\x00" * 16):
             pass  # pragma: no cover

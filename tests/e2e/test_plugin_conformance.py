@@ -1,4 +1,5 @@
-"""Every registered plugin passes pulse.testing.check_plugin (real loopback servers)."""
+"""Every registered plugin passes pulse.testing.check_plugin (real loopback servers), on
+every loop (trio, asyncio, uvloop)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 
 from pulse.registry import available_schemes, get_plugin
 from pulse.testing import check_plugin
+from tests.loops import on_every_loop
 
 pytestmark = pytest.mark.e2e
 
@@ -14,6 +16,7 @@ SCHEMES = sorted(set(available_schemes()) - {"tls", "wss"})
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
+@on_every_loop
 async def test_plugin_conforms(scheme: str) -> None:
     """The plugin loads through the registry and, if it serves and pings, answers its own pings."""
     plugin = get_plugin(scheme)
