@@ -1,13 +1,21 @@
-"""Holding many heartbeat connections: the ``websockets`` server vs ``pulse serve`` ws:// and tcp://.
+"""Holding many heartbeat connections: the ``websockets`` server vs pulse's ws:// and tcp://.
 
-Run: ``python benchmarks/bench_hold.py [--counts 2000,10000] [--window 20]``
+Run: ``python benchmarks/bench_hold.py [--counts 2000,10000] [--window 20] [--servers ...]``
 
 For each connection count, one server after the other in the same run:
 
 * ``websockets``: ``anchor_ws_server.py`` (``websockets.asyncio.server.serve`` with
   ``ping_interval=1``, ``ping_timeout=3``, ``compression=None``): the library's own keepalive;
-* ``pulse ws://``: ``pulse serve --listen ws://127.0.0.1:PORT --interval 1``;
-* ``pulse tcp://``: ``pulse serve --listen tcp://127.0.0.1:PORT --interval 1``.
+* ``pulse ws://``: ``pulse serve --listen ws://127.0.0.1:PORT --interval 1`` (on trio);
+* ``pulse tcp://``: ``pulse serve --listen tcp://127.0.0.1:PORT --interval 1`` (on trio);
+* ``pulse ws:// (asyncio)``, ``pulse tcp:// (asyncio)``: the same listeners and options under
+  ``asyncio.run`` (``pulse_aio_server.py --loop asyncio``);
+* ``pulse ws:// (uvloop)``, ``pulse tcp:// (uvloop)``: the same under ``uvloop.run``
+  (``pulse_aio_server.py --loop uvloop``; in the default list only when uvloop is installed).
+
+``--before-pulse CMD`` adds nothing by itself but names another ``pulse`` command (e.g.
+another checkout's environment): ``pulse ws:// (before)`` and ``pulse tcp:// (before)`` run
+``CMD serve ...`` on trio, so two versions are compared in one run.
 
 Each server is a fresh subprocess. Its idle RSS is read once it listens; then raw-protocol
 load generators (``loadgen.py``, separate processes, no WebSocket extensions offered) open all
@@ -29,6 +37,8 @@ the end, also on errors or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -72,20 +82,50 @@ class Result:
     note: str = ""
 
 
-def server_command(name: str, port: int, interval: float) -> tuple[list[str], str]:
-    """The command for a server and the load generator protocol it speaks."""
+TRIO_SERVERS = ("pulse ws://", "pulse tcp://")
+LOOPS = ("asyncio", "uvloop")
+
+
+def default_servers() -> str:
+    """The anchor, pulse on trio, on asyncio, and on uvloop when it is installed."""
+    loops = [loop for loop in LOOPS if loop != "uvloop" or importlib.util.find_spec("uvloop")]
+    return ",".join([ANCHOR, *TRIO_SERVERS,
+                     *(f"{name} ({loop})" for loop in loops for name in TRIO_SERVERS)])
+
+
+def server_command(name: str, port: int, interval: float,
+                   before: list[str] | None = None) -> tuple[list[str], str]:
+    """The command for a server and the load generator protocol it speaks.
+
+    ``pulse ws://`` / ``pulse tcp://`` run ``pulse serve`` (trio); a loop in brackets,
+    ``pulse ws:// (asyncio)``, runs the same listener under that loop; ``(before)`` runs
+    ``pulse serve`` of the ``before`` command.
+    """
     if name == ANCHOR:
         return ([sys.executable, str(HERE / "anchor_ws_server.py"), "--port", str(port),
                  "--interval", str(interval), "--timeout", str(3 * interval)], "ws")
-    scheme = name.split()[-1].removesuffix("://")
-    return ([*pulse_command(), "serve", "--listen", f"{scheme}://127.0.0.1:{port}",
-             "--interval", str(interval)], scheme)
+    base, _, loop = name.partition(" (")
+    loop = loop.removesuffix(")")
+    scheme = base.split()[-1].removesuffix("://")
+    if scheme not in ("ws", "tcp") or not base.startswith("pulse ") or (
+            loop and loop not in (*LOOPS, "before")):
+        raise ValueError(f"unknown server {name!r} (known: {ANCHOR}, pulse ws:// and "
+                         f"pulse tcp://, each also with (asyncio), (uvloop) or (before))")
+    listen = ["--listen", f"{scheme}://127.0.0.1:{port}", "--interval", str(interval)]
+    if loop == "before":
+        if not before:
+            raise ValueError(f"{name!r} needs --before-pulse")
+        return ([*before, "serve", *listen], scheme)
+    if loop:
+        return ([sys.executable, str(HERE / "pulse_aio_server.py"), "--loop", loop, *listen],
+                scheme)
+    return ([*pulse_command(), "serve", *listen], scheme)
 
 
 def measure(name: str, count: int, args: argparse.Namespace, workdir: Path) -> Result:
     result = Result(name, count)
     port = free_port()
-    command, proto = server_command(name, port, args.interval)
+    command, proto = server_command(name, port, args.interval, args.before_pulse)
     tag = name.replace(" ", "_").replace(":", "").replace("/", "")
     out_path = workdir / f"{tag}-{count}.out"
     log_path = workdir / f"{tag}-{count}.log"
@@ -157,7 +197,11 @@ def report(results: list[Result], out: Any = sys.stdout) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--counts", default="2000,10000", help="comma-separated connection counts")
-    parser.add_argument("--servers", default=f"{ANCHOR},pulse ws://,pulse tcp://")
+    parser.add_argument("--servers", default=default_servers(),
+                        help="comma-separated, in order (default: %(default)s)")
+    parser.add_argument("--before-pulse", type=shlex.split, default=None, metavar="CMD",
+                        help="the pulse command of the '(before)' servers (another "
+                             "checkout's, e.g. /tmp/before/.venv/bin/pulse)")
     parser.add_argument("--window", type=float, default=20.0, help="measured seconds")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds after connecting")
     parser.add_argument("--interval", type=float, default=1.0, help="heartbeat interval, s")
@@ -169,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
     servers = [s.strip() for s in args.servers.split(",")]
+    for name in servers:
+        server_command(name, 0, args.interval, args.before_pulse)  # fail before any run
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench_hold-") as tmp:
         for count in counts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -24,7 +25,8 @@ def table_rows(output: str) -> dict[str, list[str]]:
 
 
 def test_bench_hold_runs_every_server_and_loses_nothing() -> None:
-    """bench_hold at 20 connections prints a row per server with all held and none lost."""
+    """bench_hold at 20 connections prints a row per server (pulse on trio, on asyncio, and on
+    uvloop when installed) with all held and none lost."""
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "bench_hold.py"), "--counts", "20", "--window", "2",
          "--settle", "1", "--connect-timeout", "20"],
@@ -32,7 +34,9 @@ def test_bench_hold_runs_every_server_and_loses_nothing() -> None:
     )
     assert done.returncode == 0, done.stderr
     rows = table_rows(done.stdout)
-    assert set(rows) == {"websockets", "pulse ws://", "pulse tcp://"}, done.stdout
+    loops = ["", " (asyncio)"] + ([" (uvloop)"] if importlib.util.find_spec("uvloop") else [])
+    pulse_rows = {f"pulse {scheme}{loop}" for scheme in ("ws://", "tcp://") for loop in loops}
+    assert set(rows) == {"websockets", *pulse_rows}, done.stdout
     for server, cells in rows.items():
         held, heartbeats, lost = cells[2], cells[4], cells[7]
         assert held == "20", f"{server}: {done.stdout}"
@@ -41,7 +45,7 @@ def test_bench_hold_runs_every_server_and_loses_nothing() -> None:
         assert int(heartbeats.replace(",", "")) >= 20, f"{server}: {done.stdout}"
     # Ratio columns are filled for pulse's rows: a ratio, or "-" when the anchor's CPU or
     # memory at 20 connections was below what /proc can resolve in 2 s.
-    for server in ("pulse ws://", "pulse tcp://"):
+    for server in pulse_rows:
         for cell in rows[server][11:13]:
             assert re.fullmatch(r"\d+\.\d+×|-", cell), f"{server}: {done.stdout}"
 
