@@ -152,7 +152,7 @@ class HeartbeatConnection:
         self.hold_limit = hold_limit
         self._paused = False
         self._done_reading = False  # the end, a goodbye or a protocol error was read
-        self._resumed = anyio.Event()
+        self._resumed: anyio.Event | None = None  # made by the reader task when it waits
         self._raw: socket.socket | None = None  # set while the engine reads for us
         self._goodbye: tuple[str, PulseError | None] | None = None
         self._early_frames: list[Frame] = []
@@ -452,7 +452,7 @@ class HeartbeatConnection:
         try:
             while not self.closed and not self._done_reading:
                 if self._paused:
-                    await self._resumed.wait()
+                    await _wait(self, "_resumed")
                     continue
                 chunk = await self.stream.receive_some(READ_CHUNK)
                 if not chunk:
@@ -478,7 +478,6 @@ class HeartbeatConnection:
             self._held_bytes += len(chunk)
             if self._held_bytes > self.hold_limit and not self._paused:
                 self._paused = True
-                self._resumed = anyio.Event()
                 if self._raw is not None:
                     self._engine.pause_reader(self._raw)
                 if self._verify_seq is not None:
@@ -563,7 +562,7 @@ class HeartbeatConnection:
         self._held_bytes = 0
         if self._paused and not self.closed:
             self._paused = False
-            self._resumed.set()
+            _wake(self, "_resumed")
             if self._raw is not None:
                 self._engine.resume_reader(self._raw)
 
@@ -578,7 +577,7 @@ class HeartbeatConnection:
         if self._raw is not None:
             self._engine.remove_reader(self._raw)
             self._raw = None
-        self._resumed.set()
+        _wake(self, "_resumed")
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         assert self._nursery is not None
