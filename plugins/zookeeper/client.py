@@ -869,16 +869,23 @@ class ZooKeeperSession:
                 known[name] = current[name]
                 yield PresenceEvent("online", name, current[name], initial)
             initial = False
-            try:
-                await waiter.done.wait()
-            finally:
-                self._watches.discard(waiter)
-            if waiter.lost is not None:
-                if self._closing or self._machine.state is SessionState.CLOSED:
-                    return
-                if not self._reregister:
-                    self._raise_if_unusable()
-                    raise ZooKeeperSessionExpired(waiter.lost)
+            if not await self._until_fired(waiter):
+                return
+
+    async def _until_fired(self, waiter: _Waiter) -> bool:
+        """Wait for ``waiter``'s watch to fire. False: the session was closed, the watch ends
+        quietly; a session that expired without ``reregister`` raises."""
+        try:
+            await waiter.done.wait()
+        finally:
+            self._watches.discard(waiter)
+        if waiter.lost is not None:
+            if self._closing or self._machine.state is SessionState.CLOSED:
+                return False
+            if not self._reregister:
+                self._raise_if_unusable()
+                raise ZooKeeperSessionExpired(waiter.lost)
+        return True
 
     async def _watch_key(self, path: str) -> AsyncIterator[PresenceEvent]:
         name = path.rsplit("/", 1)[1]
@@ -907,16 +914,8 @@ class ZooKeeperSession:
                 known = current
                 yield PresenceEvent("online", name, current, initial)
             initial = False
-            try:
-                await waiter.done.wait()
-            finally:
-                self._watches.discard(waiter)
-            if waiter.lost is not None:
-                if self._closing or self._machine.state is SessionState.CLOSED:
-                    return
-                if not self._reregister:
-                    self._raise_if_unusable()
-                    raise ZooKeeperSessionExpired(waiter.lost)
+            if not await self._until_fired(waiter):
+                return
 
     async def _iterate_states(
         self, receive: MemoryObjectReceiveStream[SessionEvent]
