@@ -286,6 +286,39 @@ async def test_connect_session_on_a_lease_server() -> None:
         group.cancel_scope.cancel()
 
 
+@on_every_loop
+async def test_election_hands_over_with_a_larger_token_on_a_lease_server() -> None:
+    """pulse.election on pulse://: the first candidate leads, the second waits; when the
+    leader's block ends the second leads with a larger fencing token."""
+    from pulse.election import election
+
+    server = LeaseServer(ServerConfig(tick=0.2))
+    async with anyio.create_task_group() as group:
+        listeners = await group.start(server.serve_tcp, "127.0.0.1", 0)
+        host, port = bound_address(listeners)
+        url = f"pulse://{host}:{port}"
+        order: list[tuple[str, int]] = []
+        first_leads = anyio.Event()
+
+        async def candidate(name: str) -> None:
+            async with connect_session(url, session_timeout=2.0) as session:
+                if name == "second":
+                    await first_leads.wait()
+                async with election(session, "/loops/leader", id=name) as leadership:
+                    order.append((name, leadership.token))
+                    if name == "first":
+                        first_leads.set()
+                        await anyio.sleep(0.3)
+
+        with anyio.fail_after(LIMIT):
+            async with anyio.create_task_group() as candidates:
+                candidates.start_soon(candidate, "first")
+                candidates.start_soon(candidate, "second")
+        assert [name for name, _ in order] == ["first", "second"]
+        assert order[1][1] > order[0][1]
+        group.cancel_scope.cancel()
+
+
 @pytest.mark.zookeeper
 @on_every_loop
 async def test_connect_session_on_zookeeper(zookeeper_url: str) -> None:
