@@ -86,6 +86,18 @@ def run_backend(label: str, url: str, tick: float, trials: int, timeout: float,
     return overlap == 0 and grow
 
 
+def run_lease_backend(trials: int, timeout: float, directory: Path) -> bool:
+    """:func:`run_backend` on pulse:// against a lease server started (and stopped) here."""
+    port = free_ports(1)[0]
+    server = start_lease_server(port, LEASE_TICK)
+    try:
+        return run_backend("pulse://", f"pulse://127.0.0.1:{port}", LEASE_TICK, trials,
+                           timeout, directory)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
@@ -97,14 +109,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pulse-failover-") as raw:
         directory = Path(raw)
         if not args.no_lease:
-            port = free_ports(1)[0]
-            server = start_lease_server(port, LEASE_TICK)
-            try:
-                ok &= run_backend("pulse://", f"pulse://127.0.0.1:{port}", LEASE_TICK,
-                                  args.trials, args.timeout, directory)
-            finally:
-                server.terminate()
-                server.wait(10)
+            ok &= run_lease_backend(args.trials, args.timeout, directory)
         if not args.no_zk:
             install = find_zookeeper()
             if install is None:

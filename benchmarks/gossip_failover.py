@@ -19,10 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.failover import LEASE_TICK, _summary, run_backend
-from tests.e2e._failover import overlaps, start_lease_server, tokens_grow
+from benchmarks.failover import _summary, run_lease_backend
+from tests.e2e._failover import overlaps, tokens_grow
 from tests.e2e._gossip_failover import gossip_trials
-from tests.zk_harness import free_ports
 
 
 def main() -> int:
@@ -48,14 +47,7 @@ def main() -> int:
         print(f"  gap between one run's last line and the next run's start: {_summary(gaps)}")
         ok &= overlaps(runs) == 0 and tokens_grow(runs)
         if not args.no_lease:
-            port = free_ports(1)[0]
-            server = start_lease_server(port, LEASE_TICK)
-            try:
-                ok &= run_backend("pulse://", f"pulse://127.0.0.1:{port}", LEASE_TICK,
-                                  args.trials, args.timeout, directory)
-            finally:
-                server.terminate()
-                server.wait(10)
+            ok &= run_lease_backend(args.trials, args.timeout, directory)
     return 0 if ok else 1
 
 

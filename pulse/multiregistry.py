@@ -45,6 +45,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from pulse._core.backoff import Backoff
+from pulse._core.bounded import BoundedDeque
 from pulse._core.merged_view import MemberChange, MergedView, RegistryChange, RegistryState
 from pulse._driver.engine import current_engine
 from pulse._driver.util import background_nursery
@@ -90,9 +91,11 @@ class _Feed:
     """A bounded queue of items for one consumer (anyio)."""
 
     def __init__(self, limit: int, *, drop_oldest: bool) -> None:
-        self.items: deque[Any] = deque()
+        # Bounded in items (each event's data is bounded by its registry's value limit):
+        # the oldest item gives way, or the feed overflows and its reader gets QueueFull.
+        self.items: deque[Any] = (deque(maxlen=limit) if drop_oldest
+                                  else BoundedDeque(limit, "merged events"))
         self.limit = limit
-        self.drop_oldest = drop_oldest
         self.overflowed = False
         self.ended = False
         self._changed = anyio.Event()
@@ -100,13 +103,10 @@ class _Feed:
     def put(self, item: Any) -> None:
         if self.ended:
             return
-        if len(self.items) >= self.limit:
-            if not self.drop_oldest:
-                self.overflowed = True
-                self._changed.set()
-                return
-            self.items.popleft()
-        self.items.append(item)
+        try:
+            self.items.append(item)
+        except QueueFull:
+            self.overflowed = True
         self._changed.set()
 
     def end(self) -> None:

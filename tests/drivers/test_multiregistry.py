@@ -335,3 +335,22 @@ async def test_reattached_registry_resyncs_with_a_fresh_watch(
             server_watches = net.server(S1).state.watch_count
             assert server_watches == 1  # the old watch was removed on the server
             nursery.cancel_scope.cancel()
+
+
+async def test_the_merged_feed_keeps_its_bound_in_both_modes() -> None:
+    """A feed that drops the oldest keeps the newest `limit` items; one that does not keeps
+    its first `limit` items, hands them out, then raises QueueFull."""
+    from pulse.errors import QueueFull
+    from pulse.multiregistry import _Feed
+
+    newest = _Feed(3, drop_oldest=True)
+    for i in range(5):
+        newest.put(i)
+    assert [await newest.get() for _ in range(3)] == [2, 3, 4]
+
+    strict = _Feed(3, drop_oldest=False)
+    for i in range(5):
+        strict.put(i)
+    assert [await strict.get() for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(QueueFull, match="more than 3 merged events"):
+        await strict.get()

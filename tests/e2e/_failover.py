@@ -164,13 +164,18 @@ class TrialResult:
     takeover: float  # seconds from the fault to the next COMMAND's start
 
 
-def kill_trial(log: Path, candidates: list[Candidate], make: object, limit: float
-               ) -> TrialResult:
-    """SIGKILL the leading ``pulse run``; time until another COMMAND starts; replace it."""
+def _leading(log: Path, candidates: list[Candidate], limit: float) -> Candidate:
+    """The candidate whose COMMAND runs now (waiting up to ``limit`` s for one)."""
     assert wait_for(lambda: current_leader(log, candidates) is not None, limit)
     leader = current_leader(log, candidates)
     assert leader is not None
-    victim, _ = leader
+    return leader[0]
+
+
+def kill_trial(log: Path, candidates: list[Candidate], make: object, limit: float
+               ) -> TrialResult:
+    """SIGKILL the leading ``pulse run``; time until another COMMAND starts; replace it."""
+    victim = _leading(log, candidates, limit)
     before = {r.pid for r in intervals(log)}
     at = time.time()
     os.kill(victim.pid, signal.SIGKILL)
@@ -184,10 +189,7 @@ def kill_trial(log: Path, candidates: list[Candidate], make: object, limit: floa
 def stop_trial(log: Path, candidates: list[Candidate], pause: float, limit: float
                ) -> TrialResult:
     """SIGSTOP the leading ``pulse run`` (not its COMMAND) for ``pause`` s, then SIGCONT."""
-    assert wait_for(lambda: current_leader(log, candidates) is not None, limit)
-    leader = current_leader(log, candidates)
-    assert leader is not None
-    victim, _ = leader
+    victim = _leading(log, candidates, limit)
     before = {r.pid for r in intervals(log)}
     at = time.time()
     os.kill(victim.pid, signal.SIGSTOP)
