@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -15,6 +15,17 @@ def only_interrupts(error: BaseException) -> bool:
     if isinstance(error, BaseExceptionGroup):
         return all(only_interrupts(inner) for inner in error.exceptions)
     return False
+
+
+async def cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope,
+                           on_signal: Callable[[int], object] | None = None) -> None:
+    """Cancel ``scope`` at the first signal from ``signals`` (a receiver the caller opened
+    before starting its work, so no early signal is missed), after ``on_signal(signum)``."""
+    async for signum in signals:
+        if on_signal is not None:
+            on_signal(signum)
+        scope.cancel()
+        return
 
 
 async def until_interrupted(body: Callable[[], Awaitable[object]]) -> bool:

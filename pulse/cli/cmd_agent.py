@@ -35,6 +35,7 @@ from pulse.cli._presence import (
     parse_meta,
     wall_time,
 )
+from pulse.cli._run import cancel_on_signal
 from pulse.errors import (
     AuthFailed,
     ConnectionClosed,
@@ -209,13 +210,8 @@ async def _main(args: argparse.Namespace) -> int:
     key = child_key(args.prefix, args.agent_id)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            async def stop_on_signal() -> None:
-                async for signum in signals:
-                    _say(f"stopping on {signal.Signals(signum).name}")
-                    nursery.cancel_scope.cancel()
-                    return
-
-            nursery.start_soon(stop_on_signal)
+            nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope,
+                               lambda signum: _say(f"stopping on {signal.Signals(signum).name}"))
             hold = _hold if isinstance(args.server, str) else _hold_multi
             status = await hold(args, key, meta)
             nursery.cancel_scope.cancel()

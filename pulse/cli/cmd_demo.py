@@ -39,6 +39,7 @@ from typing import Any
 import trio
 
 from pulse.cli._presence import PRESENCE_PREFIX, PresenceTable, wall_time
+from pulse.cli._run import cancel_on_signal
 from pulse.presence import PresenceEvent
 from pulse.registry import ServeOptions, connect_session, serve_function
 
@@ -134,6 +135,11 @@ class Demo:
         self.preexec = _death_signal_setup()
 
     # -- output --------------------------------------------------------------------------
+
+    def _interrupted(self, signum: int) -> None:
+        """A SIGINT or SIGTERM ends the scenario early: no verdict."""
+        self.say("interrupted")
+        self.interrupted = True
 
     def say(self, text: str) -> None:
         line = f"[{trio.current_time() - self.start:6.2f}s] {text}"
@@ -383,14 +389,8 @@ class Demo:
         passed = False
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
-                async def stop_on_signal() -> None:
-                    async for _ in signals:
-                        self.say("interrupted")
-                        self.interrupted = True
-                        nursery.cancel_scope.cancel()
-                        return
-
-                nursery.start_soon(stop_on_signal)
+                nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope,
+                                   self._interrupted)
                 listeners = await nursery.start(serve, endpoint, options)
                 host, port = listeners[0].socket.getsockname()[:2]
                 self.url = f"pulse://{host}:{port}"

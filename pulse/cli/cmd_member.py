@@ -12,6 +12,7 @@ import trio
 
 from pulse._core.swim import Member, MemberEvent
 from pulse.cli._errors import reportable
+from pulse.cli._run import cancel_on_signal
 from pulse.registry import parse_url
 
 # Errors binding the listening sockets, which name no address by themselves.
@@ -98,12 +99,7 @@ async def member(args: argparse.Namespace) -> int:
             trio.open_nursery() as nursery,
         ):
 
-            async def stop_on_signal() -> None:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    return
-
-            nursery.start_soon(stop_on_signal)
+            nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope)
             async for event in gm.events():
                 print(_line(event, args.json), flush=True)
     return 0

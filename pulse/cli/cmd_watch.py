@@ -21,6 +21,7 @@ import trio
 
 from pulse.cli._errors import describe, reportable
 from pulse.cli._presence import PRESENCE_PREFIX, PresenceTable, event_json, wall_time
+from pulse.cli._run import cancel_on_signal
 from pulse.errors import ConnectionClosed, NoPlugin, SessionExpired
 from pulse.presence import PresenceEvent, PresenceSession
 from pulse.registry import connect_session
@@ -164,12 +165,7 @@ async def _watch(args: argparse.Namespace) -> int:
     resync = False
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as outer:
-            async def stop_on_signal() -> None:
-                async for _ in signals:
-                    outer.cancel_scope.cancel()
-                    return
-
-            outer.start_soon(stop_on_signal)
+            outer.start_soon(cancel_on_signal, signals, outer.cancel_scope)
             if screen.live is not None:
                 screen.live.start()
             try:
@@ -222,12 +218,7 @@ async def _watch_multi(args: argparse.Namespace) -> int:
         async with connect_registries(urls, session_timeout=args.session_timeout) as regs, \
                 regs.watch(args.prefix, on_registry_change=on_registry_change) as events, \
                 trio.open_nursery() as nursery:
-            async def stop_on_signal() -> None:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    return
-
-            nursery.start_soon(stop_on_signal)
+            nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope)
             if screen.live is not None:
                 screen.live.start()
             try:
@@ -279,12 +270,7 @@ async def _watch_members(args: argparse.Namespace) -> int:
         async with gossip_member(bind, name, join=list(endpoint.hosts),
                                  join_timeout=args.session_timeout) as gm, \
                 trio.open_nursery() as nursery:
-            async def stop_on_signal() -> None:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    return
-
-            nursery.start_soon(stop_on_signal)
+            nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope)
             if live is not None:
                 live.start()
 
