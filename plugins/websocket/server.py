@@ -275,6 +275,8 @@ async def serve_stream(
         detector=detector, fragment_size=options.fragment_size,
         close_timeout=options.close_timeout, peer=peer, transport=transport,
         max_ping_rate=options.max_ping_rate,
+        on_end=(partial(_cool_down_offender, offenders, peer, transport)
+                if offenders is not None else None),
     )
     client = ServerConnection(session, inbox, outbox, request, subprotocol, peer)
     connections = server.connections if server is not None else set()
@@ -288,17 +290,17 @@ async def serve_stream(
         # here; an application's handler runs in this task.
         if handler is echo:
             session.launch(server._nursery, partial(_launched_closed, connections, client, None,
-                                                    options.close_timeout, offenders))
+                                                    options.close_timeout))
             return
         run = _HandlerRun()
         session.launch(server._nursery, partial(_launched_closed, connections, client, run,
-                                                options.close_timeout, offenders))
+                                                options.close_timeout))
         await run.call(handler, client, options)
         return
     try:
         if handler is echo:
             # The built-in echo needs no handler task (EchoInbox); this task runs the session.
-            _finish(session, await session.run(), inbox, outbox, peer, transport, offenders)
+            _finish(session, await session.run(), inbox, outbox, peer, transport)
         else:
             await _run_with_handler(handler, client, session, options, peer, transport)
     except Exception:  # pragma: no cover - last line of defence for the other clients
@@ -340,12 +342,11 @@ class _HandlerRun:
 
 async def _launched_closed(connections: set[ServerConnection], client: ServerConnection,
                            run: _HandlerRun | None, close_timeout: float,
-                           offenders: OffenderCooldown | None, end: SessionEnd) -> None:
+                           end: SessionEnd) -> None:
     """A launched session closed: what serve_stream does after a session it ran."""
     session = client._session
     try:
-        _finish(session, end, client._inbox, client._outbox, client.remote, session.transport,
-                offenders)
+        _finish(session, end, client._inbox, client._outbox, client.remote, session.transport)
         if run is not None:
             await run.stop(close_timeout)
     finally:
@@ -359,17 +360,21 @@ def _address(peer: str) -> str:
 
 
 def _finish(session: Session, end: SessionEnd, inbox: Inbox, outbox: Outbox, peer: str,
-            transport: str, offenders: OffenderCooldown | None = None) -> None:
-    """The session ended: close the queues, report what was not delivered, log why; an
-    address whose connection this server closed for a ping flood starts cooling down."""
+            transport: str) -> None:
+    """The session ended: close the queues, report what was not delivered, log why."""
     inbox.close()
     outbox.close(closed_error(end), f"not sent: connection closed ({end.reason})")
     outbox.report(session.unconfirmed(), f"unconfirmed when the connection ended: "
                   f"{end.reason}", possibly_delivered=True)
     log.info("client_gone", peer=peer, transport=transport, reason=end.reason,
              code=end.code, initiator=end.initiator.value)
-    if (offenders is not None and end.code == CLOSE_POLICY_VIOLATION
-            and end.initiator is Initiator.LOCAL):  # the one policy close: a ping flood
+
+
+def _cool_down_offender(offenders: OffenderCooldown, peer: str, transport: str,
+                        end: SessionEnd) -> None:
+    """A session ends: if this server closed it for a ping flood (its one policy close),
+    the address starts cooling down now, before the close frame goes out."""
+    if end.code == CLOSE_POLICY_VIOLATION and end.initiator is Initiator.LOCAL:
         cooldown = offenders.offence(_address(peer), current_engine().now())
         log.info("client_cooling_down", peer=peer, transport=transport, seconds=cooldown)
 

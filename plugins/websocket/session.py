@@ -160,7 +160,7 @@ class Session:
     __slots__ = ("_backlog_seen", "_confirm_pending", "_confirm_seq", "_control", "_direct",
         "_end", "_ended", "_engine", "_failure", "_finishing", "_gate_open", "_going_away", "_helpers",
         "_inbound_pending", "_inbox", "_inbox_blocked", "_markers", "_nursery", "_on_closed",
-        "_on_liveness", "_owed", "_pings", "_raw", "_reading", "_target", "_tcp", "_unconfirmed",
+        "_on_end", "_on_liveness", "_owed", "_pings", "_raw", "_reading", "_target", "_tcp", "_unconfirmed",
         "_writer_stopped", "_writing", "_written", "close_timeout", "conn",
         "delivery", "fragment_size", "heartbeat", "liveness", "opened_at", "outbox", "peer",
         "policy", "presumed_delivered", "transport", "window")
@@ -183,6 +183,7 @@ class Session:
         transport: str = "ws",
         on_liveness: Callable[[Action], None] | None = None,
         max_ping_rate: float = DEFAULT_MAX_PING_RATE,
+        on_end: Callable[[SessionEnd], None] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window!r}")
@@ -199,6 +200,10 @@ class Session:
         self.peer = peer
         self.transport = transport
         self._on_liveness = on_liveness
+        #: Called once, synchronously, the moment the session ends (before the close frame
+        #: is written): the server starts an offender's cooldown there, so a client that
+        #: reconnects as soon as it sees the close is already refused.
+        self._on_end = on_end
         self._inbox = inbox
         self._target = inbox
         self._engine = current_engine()
@@ -261,6 +266,8 @@ class Session:
         """End the session (idempotent: the first reason wins)."""
         if self._end is None:
             self._end = SessionEnd(reason, code, initiator, peer_dead)
+            if self._on_end is not None:
+                self._on_end(self._end)
             if self._ended is not None:
                 self._ended.set()
             if self._helpers is not None:  # launched: no task waits for the end, start one
