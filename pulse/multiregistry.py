@@ -45,7 +45,6 @@ import anyio.abc
 import anyio.lowlevel
 
 from pulse._core.backoff import Backoff
-from pulse._core.bounded import BoundedDeque
 from pulse._core.merged_view import MemberChange, MergedView, RegistryChange, RegistryState
 from pulse._driver.engine import current_engine
 from pulse._driver.util import background_nursery
@@ -65,7 +64,13 @@ __all__ = [
 
 log = get_logger("pulse.multiregistry")
 
-#: Merged events waiting to be consumed; one more makes the iterator raise QueueFull.
+#: Bytes of merged events waiting to be consumed (each counted as its id, its data and
+#: :data:`EVENT_OVERHEAD`); past it the iterator raises QueueFull once the events before
+#: are consumed. ``Registries.watch(max_buffered_bytes=...)`` sets it per watch.
+MAX_BUFFERED_BYTES = 16 * 1024 * 1024
+#: What one buffered event costs beside its id and data (the object, its strings' headers).
+EVENT_OVERHEAD = 200
+#: Merged events waiting to be consumed, at most (the last line behind the byte bound).
 MAX_BUFFERED_EVENTS = 100_000
 #: Session status reports kept per :meth:`Registries.status_changes` iterator (oldest dropped).
 MAX_STATUS_EVENTS = 1_000
@@ -87,26 +92,54 @@ class RegistryStatus:
     session_timeout: float | None = None
 
 
-class _Feed:
-    """A bounded queue of items for one consumer (anyio)."""
+def _event_size(event: PresenceEvent) -> int:
+    """What a buffered merged event costs, in bytes."""
+    return len(event.id.encode()) + len(event.data) + EVENT_OVERHEAD
 
-    def __init__(self, limit: int, *, drop_oldest: bool) -> None:
-        # Bounded in items (each event's data is bounded by its registry's value limit):
-        # the oldest item gives way, or the feed overflows and its reader gets QueueFull.
-        self.items: deque[Any] = (deque(maxlen=limit) if drop_oldest
-                                  else BoundedDeque(limit, "merged events"))
+
+class _Feed:
+    """A bounded queue of items for one consumer (anyio).
+
+    Bounded to ``limit`` items, and to ``max_bytes`` when given (``size`` tells what an item
+    costs). Past a bound, the oldest items give way (``drop_oldest``), or the feed
+    overflows: it keeps what it holds, takes nothing more, and its reader gets QueueFull
+    after the last item it holds.
+    """
+
+    def __init__(self, limit: int, *, drop_oldest: bool, max_bytes: int | None = None,
+                 size: Callable[[Any], int] | None = None) -> None:
+        if limit < 1 or (max_bytes is not None and (max_bytes < 1 or size is None)):
+            raise ValueError("need limit >= 1, and max_bytes >= 1 given with size")
+        self.items: deque[Any] = deque()
         self.limit = limit
-        self.overflowed = False
+        self.drop_oldest = drop_oldest
+        self.max_bytes = max_bytes
+        self._size = size
+        self.bytes = 0  # what the items held cost (counted only with max_bytes)
+        self.overflow: str | None = None  # why the feed stopped taking items
         self.ended = False
         self._changed = anyio.Event()
 
+    def _cost(self, item: Any) -> int:
+        return self._size(item) if self._size is not None else 0
+
     def put(self, item: Any) -> None:
-        if self.ended:
+        if self.ended or self.overflow is not None:
             return
-        try:
+        cost = self._cost(item)
+        max_bytes = self.max_bytes if self.max_bytes is not None else float("inf")
+        if self.drop_oldest:
+            while self.items and (len(self.items) >= self.limit
+                                  or self.bytes + cost > max_bytes):
+                self.bytes -= self._cost(self.items.popleft())
+        if len(self.items) >= self.limit:
+            self.overflow = f"more than {self.limit} merged events were not consumed"
+        elif self.bytes + cost > max_bytes:
+            self.overflow = (f"more than {self.max_bytes} bytes of merged events were not "
+                             f"consumed")
+        else:
             self.items.append(item)
-        except QueueFull:
-            self.overflowed = True
+            self.bytes += cost
         self._changed.set()
 
     def end(self) -> None:
@@ -116,9 +149,11 @@ class _Feed:
     async def get(self) -> Any:
         while True:
             if self.items:
-                return self.items.popleft()
-            if self.overflowed:
-                raise QueueFull(f"more than {self.limit} merged events were not consumed")
+                item = self.items.popleft()
+                self.bytes -= self._cost(item)
+                return item
+            if self.overflow is not None:
+                raise QueueFull(self.overflow)
             if self.ended:
                 raise StopAsyncIteration
             await self._changed.wait()
@@ -244,15 +279,24 @@ class Registries:
     # -- watching --------------------------------------------------------------------------
 
     def watch(self, prefix: str, *,
-              on_registry_change: Callable[[RegistryChange], None] | None = None
+              on_registry_change: Callable[[RegistryChange], None] | None = None,
+              max_buffered_bytes: int = MAX_BUFFERED_BYTES,
               ) -> MergedWatch:
         """The merged online/offline events of ``prefix``'s children over every registry.
 
         ``on_registry_change`` is called (synchronously) whenever a registry's view becomes
-        live or is lost, with a :class:`~pulse._core.merged_view.RegistryChange`."""
+        live or is lost, with a :class:`~pulse._core.merged_view.RegistryChange`.
+
+        Events wait for the iterator in a buffer of at most ``max_buffered_bytes`` (16 MiB;
+        each event counts its id, its data and 200 bytes) and 100,000 events. A consumer
+        that falls that far behind gets every event buffered, then
+        :class:`~pulse.errors.QueueFull`: the watch has stopped and a new one must be
+        opened (its first events are the members online at that moment)."""
         if not prefix.startswith("/"):
             raise ValueError(f"prefix must be an absolute path, got {prefix!r}")
-        watch = MergedWatch(self, prefix, on_registry_change)
+        if max_buffered_bytes < 1:
+            raise ValueError(f"max_buffered_bytes must be at least 1, got {max_buffered_bytes!r}")
+        watch = MergedWatch(self, prefix, on_registry_change, max_buffered_bytes)
         self._watches.append(watch)
         for slot in self._slots:
             if slot.group is not None and slot.session is not None:
@@ -417,11 +461,13 @@ class MergedWatch:
     ``async with`` (or :meth:`aclose`) to stop it."""
 
     def __init__(self, registries: Registries, prefix: str,
-                 on_registry_change: Callable[[RegistryChange], None] | None) -> None:
+                 on_registry_change: Callable[[RegistryChange], None] | None,
+                 max_buffered_bytes: int = MAX_BUFFERED_BYTES) -> None:
         self._registries = registries
         self.prefix = prefix
         self._view = MergedView(registries.urls, settle=registries._settle)
-        self._feed = _Feed(MAX_BUFFERED_EVENTS, drop_oldest=False)
+        self._feed = _Feed(MAX_BUFFERED_EVENTS, drop_oldest=False,
+                           max_bytes=max_buffered_bytes, size=_event_size)
         self._on_registry_change = on_registry_change
         self._scopes: set[anyio.CancelScope] = set()
         self._closed = False
@@ -435,7 +481,11 @@ class MergedWatch:
         return self
 
     async def __anext__(self) -> PresenceEvent:
-        result: PresenceEvent = await self._feed.get()
+        try:
+            result: PresenceEvent = await self._feed.get()
+        except QueueFull:
+            self._end()  # the consumer fell behind the bound: this watch is over
+            raise
         return result
 
     async def __aenter__(self) -> MergedWatch:

@@ -354,3 +354,56 @@ async def test_the_merged_feed_keeps_its_bound_in_both_modes() -> None:
     assert [await strict.get() for _ in range(3)] == [0, 1, 2]
     with pytest.raises(QueueFull, match="more than 3 merged events"):
         await strict.get()
+
+
+async def test_the_merged_feed_is_bounded_in_bytes() -> None:
+    """With max_bytes the feed holds items while their sizes fit: dropping the oldest makes
+    room for a large item; otherwise the first item that does not fit stops the feed (no
+    later small one slips in), what it held comes out in order, then QueueFull names the
+    bytes; the byte count returns to zero."""
+    from pulse.errors import QueueFull
+    from pulse.multiregistry import _Feed
+
+    newest = _Feed(100, drop_oldest=True, max_bytes=10, size=len)
+    for item in (b"aaaa", b"bbbb", b"cccccccc"):
+        newest.put(item)
+    assert newest.bytes == 8 and await newest.get() == b"cccccccc" and newest.bytes == 0
+
+    strict = _Feed(100, drop_oldest=False, max_bytes=10, size=len)
+    for item in (b"aaaa", b"bbbb", b"ccc", b"d"):
+        strict.put(item)
+    assert [await strict.get(), await strict.get()] == [b"aaaa", b"bbbb"]
+    assert strict.bytes == 0
+    with pytest.raises(QueueFull, match="more than 10 bytes"):
+        await strict.get()
+    with pytest.raises(ValueError):
+        _Feed(10, drop_oldest=False, max_bytes=0, size=len)
+
+
+async def test_a_watch_whose_reader_falls_behind_its_byte_bound_ends_with_queue_full(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A merged watch with a 4 KiB buffer and a reader that does not read: 40 members of
+    1 KiB each come online; the reader then gets the events that fit, in order, then
+    QueueFull, and the watch has stopped following (the registries go on)."""
+    from pulse.errors import QueueFull
+
+    async with two_servers() as net:
+        agent, watcher = Client(net), Client(net)
+        async with connect_registries(URLS, session_timeout=TIMEOUT,
+                                      open_stream=agent.open_stream) as regs, \
+                connect_registries(URLS, session_timeout=TIMEOUT,
+                                   open_stream=watcher.open_stream) as view:
+            async with view.watch(PREFIX, max_buffered_bytes=4096) as watch:
+                for i in range(40):
+                    await regs.register(f"{PREFIX}/m{i:02}", bytes(1024))
+                await trio.sleep(3.0)  # the events arrive while nobody reads
+                got: list[str] = []
+                with pytest.raises(QueueFull, match="4096 bytes"):
+                    async for event in watch:
+                        got.append(event.id)
+                # Each event costs 1024 + 3 + 200 bytes: three fit in 4096.
+                assert got == ["m00", "m01", "m02"]
+                assert watch not in view._watches
+            with pytest.raises(ValueError):
+                view.watch(PREFIX, max_buffered_bytes=0)
+            assert len(regs.holders(f"{PREFIX}/m39")) == 2
