@@ -74,11 +74,11 @@ def test_encode_message_unpackable_raises_local_error(value: object) -> None:
 
 
 def test_encode_message_limit_boundary() -> None:
-    """encode_message accepts a body of exactly max_message_size and rejects max + 1."""
+    """encode_message accepts a body of exactly max_frame_size and rejects max + 1."""
     value = b"x" * 98  # bin8: 2 header bytes + 98 = 100-byte body
-    assert len(encode_message(value, max_message_size=100)) == 104
+    assert len(encode_message(value, max_frame_size=100)) == 104
     with pytest.raises(LocalProtocolError, match="101 bytes exceeds the limit of 100"):
-        encode_message(b"x" * 99, max_message_size=100)
+        encode_message(b"x" * 99, max_frame_size=100)
 
 
 # --- decoding: round trips and chunking ------------------------------------------------------
@@ -139,8 +139,8 @@ def test_buffered_counts_incomplete_message_bytes() -> None:
 
 @pytest.mark.parametrize("limit", [2, 3, 100, 255 + 2, 256 + 3, 70000])
 def test_message_size_boundary(limit: int) -> None:
-    """A body of exactly max_message_size is accepted; max + 1 raises FrameTooLarge."""
-    decoder = MessageDecoder(max_message_size=limit)
+    """A body of exactly max_frame_size is accepted; max + 1 raises FrameTooLarge."""
+    decoder = MessageDecoder(max_frame_size=limit)
     body = body_of_size(limit)
     assert decoder.feed(frame_raw(body)) == [msgpack.unpackb(body)]
     with pytest.raises(FrameTooLarge, match=f"{limit + 1}-byte body; the limit is {limit}"):
@@ -157,7 +157,7 @@ def test_default_limit_is_one_mebibyte() -> None:
 
 def test_oversized_length_rejected_before_body_arrives() -> None:
     """The length prefix alone triggers FrameTooLarge; no body byte is ever buffered."""
-    decoder = MessageDecoder(max_message_size=10)
+    decoder = MessageDecoder(max_frame_size=10)
     assert decoder.feed(b"\x00\x00\x00") == []
     assert decoder.buffered == 3
     with pytest.raises(FrameTooLarge, match="11-byte body"):
@@ -182,12 +182,9 @@ def test_zero_length_body_is_an_error() -> None:
 
 @pytest.mark.parametrize("limit", [0, -1, 2**32])
 def test_invalid_limit_rejected(limit: int) -> None:
-    """max_frame_size outside [1, 2**32 - 1] is a ValueError at construction (under the
-    new keyword, and under the deprecated max_message_size= too)."""
+    """max_frame_size outside [1, 2**32 - 1] is a ValueError at construction."""
     with pytest.raises(ValueError, match="max_frame_size"):
         MessageDecoder(max_frame_size=limit)
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="max_frame_size"):
-        MessageDecoder(max_message_size=limit)
 
 
 # --- malformed bodies ------------------------------------------------------------------------
@@ -321,7 +318,7 @@ def test_garbage_raises_only_protocol_errors_and_respects_the_buffer_limit(
     pieces: list[bytes],
 ) -> None:
     """Arbitrary bytes raise only ProtocolError subclasses; buffered never exceeds max + 4."""
-    decoder = MessageDecoder(max_message_size=LIMIT)
+    decoder = MessageDecoder(max_frame_size=LIMIT)
     for piece in pieces:
         try:
             decoder.feed(piece)

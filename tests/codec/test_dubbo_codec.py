@@ -112,8 +112,8 @@ def test_garbage_after_a_good_frame_is_refused() -> None:
 
 
 def test_oversized_body_is_refused_before_it_arrives() -> None:
-    """A header announcing more than max_body_size raises at once, buffering nothing."""
-    decoder = FrameDecoder(max_body_size=100)
+    """A header announcing more than max_frame_size raises at once, buffering nothing."""
+    decoder = FrameDecoder(max_frame_size=100)
     header = bytes.fromhex("dabb c202 0000000000000001 00000065")  # 101 bytes announced
     with pytest.raises(BodyTooLarge) as info:
         decoder.feed(header)
@@ -123,8 +123,8 @@ def test_oversized_body_is_refused_before_it_arrives() -> None:
 
 
 def test_body_at_the_limit_is_accepted() -> None:
-    """Exactly max_body_size bytes of body is fine (the limit is inclusive)."""
-    decoder = FrameDecoder(max_body_size=100)
+    """Exactly max_frame_size bytes of body is fine (the limit is inclusive)."""
+    decoder = FrameDecoder(max_frame_size=100)
     (frame,) = decoder.feed(codec.request(1, b"x" * 100))
     assert len(frame.body) == 100
 
@@ -205,7 +205,7 @@ def test_any_chunking_gives_the_same_frames(batch: list[Frame], cuts: list[int])
     data = b"".join(codec.encode(f) for f in batch)
     points = sorted({c % (len(data) + 1) for c in cuts})
     chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
-    decoder = FrameDecoder(max_body_size=300)
+    decoder = FrameDecoder(max_frame_size=300)
     out: list[Frame] = []
     for chunk in chunks:
         out += decoder.feed(chunk)
@@ -219,7 +219,7 @@ def test_any_chunking_gives_the_same_frames(batch: list[Frame], cuts: list[int])
 @given(data=st.binary(max_size=200), chunk=st.integers(1, 64))
 def test_arbitrary_bytes_raise_only_protocol_errors(data: bytes, chunk: int) -> None:
     """Any bytes give frames or DubboProtocolError, never another error; the buffer is bounded."""
-    decoder = FrameDecoder(max_body_size=64)
+    decoder = FrameDecoder(max_frame_size=64)
     try:
         for i in range(0, len(data), chunk):
             for frame in decoder.feed(data[i : i + chunk]):
@@ -234,7 +234,7 @@ def test_arbitrary_bytes_raise_only_protocol_errors(data: bytes, chunk: int) -> 
 @given(frame=frames.filter(lambda f: len(f.body) <= 64), junk=st.binary(min_size=1, max_size=20))
 def test_valid_prefix_then_junk(frame: Frame, junk: bytes) -> None:
     """A valid frame followed by non-magic junk yields the frame, then BadMagic."""
-    decoder = FrameDecoder(max_body_size=64)
+    decoder = FrameDecoder(max_frame_size=64)
     assert decoder.feed(codec.encode(frame)) == [frame]
     if junk[0] != 0xDA or (len(junk) > 1 and junk[1] != 0xBB):
         with pytest.raises(BadMagic):

@@ -24,7 +24,7 @@ async def test_a_live_peer_gets_the_message_after_one_round_trip(
     """After a minute-long pause the send goes out on the same connection once the peer
     answered the heartbeat sent after the pause; the pause is reported, not a failure."""
     actions: list[Action] = []
-    async with heartbeat_pair(POLICY, POLICY, on_event=actions.append) as (conn, theirs):
+    async with heartbeat_pair(POLICY, POLICY, on_liveness=actions.append) as (conn, theirs):
         await trio.sleep(0.5)
         autojump_clock.jump(60)
         await conn.send("after")

@@ -100,11 +100,11 @@ async def _reconnecting_tcp(peers: trio.Nursery, monkeypatch: pytest.MonkeyPatch
             ReconnectGaveUp("the server said not to come back"))
 
 
-@case("websocket.connect")
+@case("websocket.reconnecting_websocket")
 async def _ws_connect(peers: trio.Nursery, _: pytest.MonkeyPatch) -> Any:
-    from pulse.plugins.websocket import connect
+    from pulse.plugins.websocket import reconnecting_websocket
     server = FakeServer(peers)
-    return (connect("ws://server/", policy=POLICY, opener=server.opener),
+    return (reconnecting_websocket("ws://server/", policy=POLICY, opener=server.opener),
             ReconnectGaveUp("the server said not to come back"))
 
 

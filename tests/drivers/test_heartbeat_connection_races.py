@@ -163,9 +163,9 @@ async def test_a_handshake_cancelled_half_way_closes_the_stream(
 async def test_a_raising_event_callback_still_releases_the_stream(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """If the application's on_event callback raises on the final Close, the error reaches
+    """If the application's on_liveness callback raises on the final Close, the error reaches
     the application, and the stream and the event feed are closed all the same."""
-    def on_event(action: Action) -> None:
+    def on_liveness(action: Action) -> None:
         if isinstance(action, Close):
             raise RuntimeError("callback bug")
 
@@ -175,7 +175,7 @@ async def test_a_raising_event_callback_still_releases_the_stream(
         async with trio.open_nursery() as nursery:
             await nursery.start(silent_peer, right)
             with pytest.raises(RuntimeError, match="callback bug"):
-                async with heartbeat(tracked, POLICY, on_event=on_event) as conn:
+                async with heartbeat(tracked, POLICY, on_liveness=on_liveness) as conn:
                     if peer_leaves:
                         await right.aclose()
                     await trio.sleep(10)  # the peer is declared dead meanwhile

@@ -1,6 +1,6 @@
-"""One vocabulary across plugins: the new names work, every old spelling still works with a
-DeprecationWarning pointing at the caller, events() subscriptions are independent, and every
-documented name is importable from a public module."""
+"""One vocabulary across plugins: the new names work, events() subscriptions are
+independent, and every documented name is importable from a public module (the old
+spellings and their warnings are tested in tests/test_deprecations.py)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,13 @@ import trio.testing
 
 from pulse import (
     EventFeed,
-    FailureDetector,
-    FixedTimeout,
-    FrameTooLarge,
     HeartbeatPolicy,
-    PeerTimeout,
     ReconnectMachine,
     StartAttempt,
 )
 from pulse._driver.feed import EventHub
 from pulse.actions import Action, Close, LocalPause
-from pulse.rpc import ChannelTiming, HeartbeatTimer
+from pulse.rpc import ChannelTiming
 from pulse.testing import heartbeat_pair
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +81,7 @@ async def test_a_connection_gives_each_caller_its_own_feed(
     assert seen_one == seen_two
 
 
-# -- on_liveness / on_event -----------------------------------------------------------------
+# -- on_liveness ----------------------------------------------------------------------------
 
 
 async def test_on_liveness_gets_the_connections_actions() -> None:
@@ -94,96 +90,6 @@ async def test_on_liveness_gets_the_connections_actions() -> None:
     async with heartbeat_pair(POLICY, POLICY, on_liveness=seen.append):
         pass
     assert seen and isinstance(seen[-1], Close)
-
-
-async def test_heartbeat_on_event_is_a_deprecated_alias_of_on_liveness() -> None:
-    """heartbeat(on_event=) warns (DeprecationWarning) and still delivers the actions."""
-    seen: list[Action] = []
-    with pytest.warns(DeprecationWarning, match=r"on_event=.*deprecated.*on_liveness="):
-        async with heartbeat_pair(POLICY, POLICY, on_event=seen.append):
-            pass
-    assert seen and isinstance(seen[-1], Close)
-
-
-async def test_heartbeat_refuses_both_spellings() -> None:
-    """Passing on_event= and on_liveness= together is a TypeError, not a silent choice."""
-    left, _right = trio.testing.memory_stream_pair()
-    from pulse import heartbeat
-
-    with pytest.raises(TypeError, match="both"):
-        async with heartbeat(left, POLICY, on_event=print, on_liveness=print):
-            pass
-
-
-# -- size limits ----------------------------------------------------------------------------
-
-
-def test_codec_max_message_size_is_a_deprecated_alias() -> None:
-    """MessageDecoder(max_message_size=) warns and enforces the limit as max_frame_size."""
-    from pulse.codec import MessageDecoder, encode_message
-
-    with pytest.warns(DeprecationWarning, match="max_frame_size"):
-        decoder = MessageDecoder(max_message_size=10)
-    assert decoder.max_frame_size == 10
-    with pytest.raises(FrameTooLarge):
-        decoder.feed((11).to_bytes(4, "big"))
-    with pytest.warns(DeprecationWarning):
-        assert decoder.max_message_size == 10
-    with pytest.warns(DeprecationWarning):
-        wire = encode_message(b"x" * 5, max_message_size=100)
-    assert MessageDecoder(max_frame_size=100).feed(wire) == [b"x" * 5]
-
-
-def test_dubbo_max_body_size_is_a_deprecated_alias() -> None:
-    """dubbo FrameDecoder(max_body_size=) warns and bounds the body like max_frame_size."""
-    from pulse.plugins.dubbo import BodyTooLarge, FrameDecoder
-
-    with pytest.warns(DeprecationWarning, match="max_body_size"):
-        decoder = FrameDecoder(max_body_size=100)
-    assert decoder.max_frame_size == 100
-    with pytest.raises(BodyTooLarge):
-        decoder.feed(bytes.fromhex("dabb c202 0000000000000001 00000065"))  # 101 bytes declared
-
-
-async def test_dubbo_provider_and_consumer_take_the_old_keyword_with_a_warning() -> None:
-    """DubboProvider / DubboConsumer(max_body_size=) warn and set max_frame_size."""
-    from pulse.plugins.dubbo import DubboConsumer, DubboProvider
-
-    timer = HeartbeatTimer()
-    with pytest.warns(DeprecationWarning):
-        provider = DubboProvider(timer, max_body_size=5000)
-    with pytest.warns(DeprecationWarning):
-        consumer = DubboConsumer("127.0.0.1", 1, timer, max_body_size=6000)
-    assert (provider.max_frame_size, consumer.max_frame_size) == (5000, 6000)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert DubboProvider(timer, max_frame_size=7000).max_frame_size == 7000
-
-
-def test_zookeeper_max_frame_is_a_deprecated_alias(monkeypatch: pytest.MonkeyPatch) -> None:
-    """zookeeper.connect(max_frame=) warns and hands the value on as max_frame_size."""
-    zookeeper = importlib.import_module("pulse.plugins.zookeeper")
-    captured: dict[str, Any] = {}
-
-    class Recorder:
-        def __init__(self, hosts: Any, **options: Any) -> None:
-            captured.update(options)
-
-    monkeypatch.setattr(zookeeper, "ZooKeeperSession", Recorder)
-    with pytest.warns(DeprecationWarning, match="max_frame_size"):
-        zookeeper.connect("zk://127.0.0.1:2181/x", max_frame=1234)
-    assert captured["max_frame_size"] == 1234
-    zookeeper.connect("zk://127.0.0.1:2181/x", max_frame_size=4321)
-    assert captured["max_frame_size"] == 4321
-
-
-def test_lease_session_max_message_size_is_a_deprecated_alias() -> None:
-    """LeaseSession(max_message_size=) warns and becomes the decoder's frame limit."""
-    from pulse.plugins.lease import LeaseSession
-
-    with pytest.warns(DeprecationWarning, match="max_frame_size"):
-        session = LeaseSession([("127.0.0.1", 1)], max_message_size=4096)
-    assert session._max_message_size == 4096
 
 
 # -- sessions -------------------------------------------------------------------------------
@@ -217,44 +123,6 @@ def test_gossip_connect_refuses_another_scheme() -> None:
 
     with pytest.raises(ValueError, match="gossip://"):
         gossip.connect("pulse://127.0.0.1:7400")
-
-
-def test_lease_connect_session_is_a_deprecated_alias() -> None:
-    """pulse.plugins.lease.connect_session still resolves, with a warning."""
-    from pulse.plugins import lease
-
-    with pytest.warns(DeprecationWarning, match=r"lease\.connect"):
-        old = lease.connect_session
-    assert callable(old)
-
-
-# -- serve / connect names ------------------------------------------------------------------
-
-
-def test_tcp_echo_handler_is_a_deprecated_alias_of_echo() -> None:
-    """pulse.plugins.tcp.echo_handler warns and is the same function as echo."""
-    from pulse.plugins import tcp
-
-    with pytest.warns(DeprecationWarning, match=r"tcp\.echo"):
-        old = tcp.echo_handler
-    assert old is tcp.echo
-
-
-def test_websocket_detector_factory_and_detector_are_not_both_accepted() -> None:
-    """serve(detector_factory=, detector=) is refused rather than picking one."""
-    from pulse.plugins.websocket import ServerConnection, echo, serve
-
-    def never(policy: HeartbeatPolicy) -> FailureDetector:
-        raise AssertionError("no detector is built when the call is refused")
-
-    async def handler(conn: ServerConnection) -> None:
-        await echo(conn)
-
-    async def main() -> None:
-        with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="both"):
-            await serve(handler, "127.0.0.1", 0, detector=never, detector_factory=never)
-
-    trio.run(main)
 
 
 # -- policy and channel timing --------------------------------------------------------------
@@ -328,43 +196,3 @@ def test_docs_and_examples_import_only_public_modules() -> None:
     offenders = [str(path.relative_to(ROOT)) for path in sources
                  if PRIVATE_IMPORT.search(path.read_text())]
     assert offenders == []
-
-
-async def test_deprecation_warnings_point_at_the_callers_line(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    """Each old spelling's warning names the caller's file (stacklevel), not pulse's."""
-    from pulse import heartbeat
-    from pulse.codec import MessageDecoder
-    from pulse.plugins import lease, tcp
-    from pulse.plugins.dubbo import FrameDecoder
-    from pulse.plugins.websocket import reconnecting_websocket
-
-    def fixed(policy: HeartbeatPolicy) -> FailureDetector:
-        return FixedTimeout(policy.dead_after)
-
-    def check(record: pytest.WarningsRecorder) -> None:
-        assert [Path(w.filename).name for w in record] == [Path(__file__).name]
-
-    with pytest.warns(DeprecationWarning) as record:
-        tcp.echo_handler  # noqa: B018 - the attribute access is what warns
-    check(record)
-    with pytest.warns(DeprecationWarning) as record:
-        lease.connect_session  # noqa: B018
-    check(record)
-    with pytest.warns(DeprecationWarning) as record:
-        MessageDecoder(max_message_size=10)
-    check(record)
-    with pytest.warns(DeprecationWarning) as record:
-        FrameDecoder(max_body_size=10)
-    check(record)
-    left, _right = trio.testing.memory_stream_pair()
-    with pytest.warns(DeprecationWarning) as record, pytest.raises(PeerTimeout):
-        # nobody answers the HELLO: only the warning matters here
-        async with heartbeat(left, POLICY, on_event=print, handshake_timeout=0.1):
-            pass
-    check(record)
-    with pytest.warns(DeprecationWarning) as record, trio.move_on_after(0.5):
-        async with reconnecting_websocket("ws://127.0.0.1:9/", detector_factory=fixed):
-            pass
-    check(record)

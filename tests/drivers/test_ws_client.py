@@ -21,7 +21,7 @@ from pulse.plugins.websocket import (
     HeartbeatMode,
     Overflow,
     StateChange,
-    connect,
+    reconnecting_websocket,
 )
 from pulse.plugins.websocket.handshake import server_handshake
 from pulse.plugins.websocket.server import ServerConnection, ServerSettings, echo, serve_stream
@@ -75,7 +75,7 @@ async def test_messages_round_trip_and_rtt_is_measured_per_pong(
     """Text and binary messages cross both ways; idle pings measure the RTT."""
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
-        async with connect(URL, policy=POLICY, opener=server.opener) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, opener=server.opener) as ws:
             await ws.send("hello")
             await ws.send(b"\x00\x01")
             await ws.send("x" * 200_000)  # fragmented on the wire, whole on arrival
@@ -101,8 +101,8 @@ async def test_silent_server_is_declared_dead_within_timeout_plus_interval(
     events = Recorder()
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, silent_peer)
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
-                           on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
+                                          on_event=events) as ws:
             opened_at, _ = await events.wait(ClientState.OPEN)
             lost_at, change = await events.wait(ClientState.RECONNECTING)
             elapsed = lost_at - opened_at
@@ -134,7 +134,7 @@ async def test_any_received_frame_proves_life_even_a_partial_message(
 
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, trickle)
-        async with connect(URL, policy=POLICY, opener=server.opener, on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, opener=server.opener, on_event=events) as ws:
             message = await ws.receive()
             assert message == "".join(f"part{i};" for i in range(fragments))
             assert events.states() == [ClientState.OPEN]
@@ -156,7 +156,7 @@ async def test_peer_pings_count_as_life(autojump_clock: trio.testing.MockClock) 
 
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, pinging)
-        async with connect(URL, policy=POLICY, opener=server.opener, on_event=events):
+        async with reconnecting_websocket(URL, policy=POLICY, opener=server.opener, on_event=events):
             await trio.sleep(60)
             assert events.states() == [ClientState.OPEN]
             assert server.last.pongs_received >= 25  # we answered its pings
@@ -184,8 +184,8 @@ async def test_dead_server_detected_while_our_writer_is_stuck(
             stream.send_all = send_all  # type: ignore[method-assign]
             return stream
 
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(), opener=opener,
-                           on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(), opener=opener,
+                                          on_event=events) as ws:
             opened_at, _ = await events.wait(ClientState.OPEN)
             stuck.set()
             await ws.send("this write never completes")
@@ -204,8 +204,8 @@ async def test_wait_overflow_blocks_until_reconnected(autojump_clock: trio.testi
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
         server.refuse = 10**6
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(maximum=1.0),
-                           opener=server.opener, queue_size=3, overflow=Overflow.WAIT) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(maximum=1.0),
+                                          opener=server.opener, queue_size=3, overflow=Overflow.WAIT) as ws:
             for i in range(3):
                 await ws.send(f"m{i}")
             with trio.move_on_after(10) as blocked:
@@ -228,9 +228,9 @@ async def test_drop_oldest_overflow_reports_each_dropped_message(
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
         server.refuse = 10**6
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(maximum=1.0),
-                           opener=server.opener, queue_size=3, overflow=Overflow.DROP_OLDEST,
-                           on_drop=drops.append) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(maximum=1.0),
+                                          opener=server.opener, queue_size=3, overflow=Overflow.DROP_OLDEST,
+                                          on_drop=drops.append) as ws:
             for i in range(5):
                 await ws.send(f"m{i}")
             assert [d.message for d in drops] == ["m0", "m1"]
@@ -247,8 +247,8 @@ async def test_raise_overflow_raises_queue_full(autojump_clock: trio.testing.Moc
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
         server.refuse = 10**6
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(maximum=1.0),
-                           opener=server.opener, queue_size=2, overflow=Overflow.RAISE) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(maximum=1.0),
+                                          opener=server.opener, queue_size=2, overflow=Overflow.RAISE) as ws:
             await ws.send("a")
             await ws.send("b")
             with pytest.raises(QueueFull):
@@ -271,8 +271,8 @@ async def test_one_reconnect_in_flight_when_triggers_fire_together(
     rounds = 5
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
-                           on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
+                                          on_event=events) as ws:
             for round_number in range(1, rounds + 1):
                 await events.wait(ClientState.OPEN, round_number)
                 peer = server.last
@@ -308,8 +308,8 @@ async def test_backoff_grows_while_flapping_and_resets_after_a_stable_connection
         server = FakeServer(nursery, flapping)
         backoff = Backoff(initial=1.0, maximum=60.0, multiplier=2.0, jitter=Jitter.NONE,
                           reset_after=10.0)
-        async with connect(URL, policy=POLICY, backoff=backoff, opener=server.opener,
-                           on_event=events):
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=backoff, opener=server.opener,
+                                          on_event=events):
             await events.wait(ClientState.OPEN, len(lifetimes) + 1)
         delays = [c.delay for _, c in events.changes if c.state is ClientState.RECONNECTING]
         assert delays == [1.0, 2.0, 4.0, 8.0, 1.0, 2.0]  # reset after the 15 s connection
@@ -325,8 +325,8 @@ async def test_max_attempts_fails_and_reports_every_queued_message(
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
         server.refuse = 10**6
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(max_attempts=3),
-                           opener=server.opener, on_drop=drops.append, on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(max_attempts=3),
+                                          opener=server.opener, on_drop=drops.append, on_event=events) as ws:
             await ws.send("q1")
             await ws.send("q2")
             _, change = await events.wait(ClientState.FAILED)
@@ -363,8 +363,8 @@ async def test_do_not_come_back_close_codes_stop_reconnecting(
 
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, closing)
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
-                           on_event=events, no_reconnect_codes={1008, *extra}):
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
+                                          on_event=events, no_reconnect_codes={1008, *extra}):
             if reconnects:
                 await events.wait(ClientState.OPEN, 2)
             else:
@@ -389,8 +389,8 @@ async def test_refused_handshake_retries_unless_the_status_means_give_up(
 
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, refusing)
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
-                           on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
+                                          on_event=events) as ws:
             _, change = await events.wait(ClientState.FAILED)
             assert "403" in change.reason
             assert server.attempts == 3
@@ -413,8 +413,9 @@ async def test_handshake_timeout_then_retry(autojump_clock: trio.testing.MockClo
 
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, mute_then_normal)
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(0.5), opener=server.opener,
-                           handshake_timeout=5.0, on_event=events):
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(0.5),
+                                          opener=server.opener, handshake_timeout=5.0,
+                                          on_event=events):
             failed_at, change = await events.wait(ClientState.CONNECTING)
             assert "timed out" in change.reason
             assert failed_at == pytest.approx(5.0 + server.attempt_times[0])
@@ -438,8 +439,8 @@ async def test_on_connect_runs_before_queued_messages_on_every_connect(
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
         server.refuse = 2
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
-                           on_connect=on_connect, on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
+                                          on_connect=on_connect, on_event=events) as ws:
             await ws.send("m1")
             await ws.send("m2")
             await events.wait(ClientState.OPEN)
@@ -473,8 +474,8 @@ async def test_failing_on_connect_counts_as_a_failed_attempt(
 
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
-                           on_connect=on_connect, on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
+                                          on_connect=on_connect, on_event=events) as ws:
             await events.wait(ClientState.OPEN)
             assert calls == 2
             assert ws.connects == 1
@@ -491,8 +492,8 @@ async def test_on_connect_giving_up_fails_the_client(autojump_clock: trio.testin
 
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
-        async with connect(URL, policy=POLICY, opener=server.opener, on_connect=on_connect,
-                           on_event=events):
+        async with reconnecting_websocket(URL, policy=POLICY, opener=server.opener, on_connect=on_connect,
+                                          on_event=events):
             _, change = await events.wait(ClientState.FAILED)
             assert "credentials revoked" in change.reason
             await trio.sleep(30)
@@ -518,8 +519,8 @@ async def _lose_unconfirmed(delivery: Delivery) -> tuple[FakeServer, list[Droppe
     events = Recorder()
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, absorbing)
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
-                           delivery=delivery, on_drop=drops.append, on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
+                                          delivery=delivery, on_drop=drops.append, on_event=events) as ws:
             for i in range(3):
                 await ws.send(f"m{i}")
             await events.wait(ClientState.OPEN, 2)
@@ -556,9 +557,9 @@ async def test_confirmed_messages_are_neither_resent_nor_reported(
     events = Recorder()
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
-                           delivery=Delivery.AT_LEAST_ONCE, on_drop=drops.append,
-                           on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
+                                          delivery=Delivery.AT_LEAST_ONCE, on_drop=drops.append,
+                                          on_event=events) as ws:
             for i in range(3):
                 await ws.send(f"m{i}")
             await server.last.wait_received(3)
@@ -587,8 +588,8 @@ async def test_slow_consumer_does_not_make_a_live_peer_look_dead(
 
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, burst_then_silence)
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
-                           receive_buffer=2, on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
+                                          receive_buffer=2, on_event=events) as ws:
             await trio.sleep(60)
             assert events.states() == [ClientState.OPEN]
             got = [await ws.receive() for _ in range(10)]
@@ -618,8 +619,8 @@ async def test_in_band_heartbeats_between_two_pulse_peers(
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, pulse_server)
         events = Recorder()
-        async with connect(URL, policy=POLICY, heartbeat=HeartbeatMode.FRAMES,
-                           opener=server.opener, on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, heartbeat=HeartbeatMode.FRAMES,
+                                          opener=server.opener, on_event=events) as ws:
             await ws.send(b"app")
             assert await ws.receive() == b"app"
             await trio.sleep(60)
@@ -639,9 +640,9 @@ async def test_headers_and_subprotocols_pass_through(autojump_clock: trio.testin
 
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, choosy)
-        async with connect(URL, policy=POLICY, opener=server.opener,
-                           headers=[("Authorization", "Bearer t0k")],
-                           subprotocols=["v1.pulse", "v2.pulse"]) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, opener=server.opener,
+                                          headers=[("Authorization", "Bearer t0k")],
+                                          subprotocols=["v1.pulse", "v2.pulse"]) as ws:
             await ws.wait_open()
             assert ws.subprotocol == "v2.pulse"
             request = server.last.request
@@ -659,7 +660,8 @@ async def test_close_flushes_the_queue_then_closes_normally(
     drops: list[Dropped] = []
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
-        async with connect(URL, policy=POLICY, opener=server.opener, on_drop=drops.append) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, opener=server.opener,
+                                          on_drop=drops.append) as ws:
             await ws.wait_open()
             for i in range(50):
                 ws.send_nowait(f"m{i}")
@@ -688,8 +690,8 @@ async def test_jitter_spreads_reconnects_of_many_clients(
         async def one(i: int) -> None:
             nonlocal opened
             backoff = Backoff(initial=1.0, maximum=8.0, rng=random.Random(i))
-            async with connect(URL, policy=POLICY, backoff=backoff, opener=server.opener,
-                               shared_probe=False) as ws:
+            async with reconnecting_websocket(URL, policy=POLICY, backoff=backoff, opener=server.opener,
+                                              shared_probe=False) as ws:
                 await ws.wait_open()
                 opened += 1
                 if opened == clients:
@@ -734,8 +736,8 @@ async def test_clients_of_one_server_share_one_probe_while_it_refuses(
             async def one(i: int) -> None:
                 nonlocal opened, reopened
                 backoff = Backoff(1.0, 8.0, 2.0, rng=random.Random(i))
-                async with connect(URL, policy=POLICY, backoff=backoff, opener=server.opener,
-                                   shared_probe=shared) as ws:
+                async with reconnecting_websocket(URL, policy=POLICY, backoff=backoff, opener=server.opener,
+                                                  shared_probe=shared) as ws:
                     await ws.wait_open()
                     opened += 1
                     if opened == clients:
@@ -781,7 +783,7 @@ async def test_default_echo_server_over_memory_streams(autojump_clock: trio.test
             await serve_stream(peer.stream, echo, ServerSettings(policy=POLICY), peer="fake")
 
         server = FakeServer(nursery, pulse_server)
-        async with connect(URL, policy=POLICY, opener=server.opener) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, opener=server.opener) as ws:
             for i in range(20):
                 await ws.send(f"n{i}")
             assert [await ws.receive() for _ in range(20)] == [f"n{i}" for i in range(20)]
@@ -803,8 +805,8 @@ async def test_at_least_once_window_stalls_until_the_peer_confirms(
 
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, chatty_but_deaf)
-        async with connect(URL, policy=POLICY, opener=server.opener, window=4,
-                           delivery=Delivery.AT_LEAST_ONCE) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, opener=server.opener, window=4,
+                                          delivery=Delivery.AT_LEAST_ONCE) as ws:
             for i in range(10):
                 await ws.send(f"m{i}")
             await trio.sleep(10)
@@ -834,8 +836,8 @@ async def test_at_most_once_window_bounds_what_is_tracked(
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, deaf_then_gone)
         events = Recorder()
-        async with connect(URL, policy=POLICY, opener=server.opener, window=4,
-                           on_drop=drops.append, on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, opener=server.opener, window=4,
+                                          on_drop=drops.append, on_event=events) as ws:
             for i in range(10):
                 await ws.send(f"m{i}")
             await events.wait(ClientState.RECONNECTING)
@@ -856,7 +858,7 @@ async def test_bad_arguments_are_refused_before_connecting() -> None:
         ("ws://h:1/", {"handshake_timeout": 0}),
     ]:
         with pytest.raises(ValueError):
-            async with connect(url, **options):  # type: ignore[arg-type]
+            async with reconnecting_websocket(url, **options):  # type: ignore[arg-type]
                 pass
 
 
@@ -880,8 +882,8 @@ async def test_messages_received_before_a_connection_ends_still_reach_a_slow_app
 
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, burst)
-        async with connect(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
-                           receive_buffer=2, on_event=events) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, backoff=fixed_backoff(), opener=server.opener,
+                                          receive_buffer=2, on_event=events) as ws:
             await sent.wait()
             await trio.sleep(5)  # the reader is blocked on the full inbox meanwhile
             ws.reconnect("switching servers")

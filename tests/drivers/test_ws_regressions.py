@@ -16,7 +16,7 @@ from pulse.plugins.websocket import (
     Dropped,
     HandshakeRejected,
     UpgradeRequest,
-    connect,
+    reconnecting_websocket,
 )
 from pulse.plugins.websocket.handshake import client_handshake
 from pulse.plugins.websocket.outbox import Outbox
@@ -36,8 +36,8 @@ async def test_short_and_long_messages_queued_together_are_all_sent(
     drops: list[Dropped] = []
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery)
-        async with connect(URL, policy=POLICY, opener=server.opener, fragment_size=100,
-                           on_drop=drops.append) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, opener=server.opener, fragment_size=100,
+                                          on_drop=drops.append) as ws:
             await ws.wait_open()
             messages = ["a", "b", "L" * 250, "c"]
             for message in messages:
@@ -59,8 +59,8 @@ async def test_close_during_a_hanging_connect_returns_promptly(
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
-    async with connect(URL, policy=POLICY, opener=hanging_opener,
-                       handshake_timeout=60.0, close_timeout=1.0) as ws:
+    async with reconnecting_websocket(URL, policy=POLICY, opener=hanging_opener,
+                                      handshake_timeout=60.0, close_timeout=1.0) as ws:
         await trio.sleep(0.5)
         started = trio.current_time()
         await ws.aclose()
@@ -78,8 +78,8 @@ async def test_close_while_connecting_flushes_what_was_queued(
         server = FakeServer(nursery)
         server.refuse = 1
         backoff = Backoff(initial=0.2, jitter=Jitter.NONE)
-        async with connect(URL, policy=POLICY, opener=server.opener, backoff=backoff,
-                           close_timeout=2.0, on_drop=drops.append) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, opener=server.opener, backoff=backoff,
+                                          close_timeout=2.0, on_drop=drops.append) as ws:
             await ws.send("hello")
         assert drops == []
         assert server.last.received == ["hello"]
@@ -110,8 +110,8 @@ async def test_messages_received_during_an_interrupted_on_connect_reach_the_app(
     async with trio.open_nursery() as nursery:
         server = FakeServer(nursery, greet_then_hang_up)
         backoff = Backoff(initial=0.2, jitter=Jitter.NONE)
-        async with connect(URL, policy=POLICY, opener=server.opener, backoff=backoff,
-                           on_connect=on_connect) as ws:
+        async with reconnecting_websocket(URL, policy=POLICY, opener=server.opener, backoff=backoff,
+                                          on_connect=on_connect) as ws:
             with trio.fail_after(30):
                 assert await ws.receive() == "welcome"
                 assert await ws.receive() == "news"

@@ -26,7 +26,7 @@ from pulse._core.policy import HeartbeatPolicy
 from pulse._driver.connection import heartbeat
 from pulse.actions import Action, PeerDead
 from pulse.errors import PulseError
-from pulse.plugins.websocket import ClientState, StateChange, connect
+from pulse.plugins.websocket import ClientState, StateChange, reconnecting_websocket
 from pulse.plugins.websocket.server import ServerConnection, ServerSettings, serve_stream
 from tests.netns import NetnsPair
 
@@ -197,7 +197,7 @@ class Fleet:
         side = self._side(variant, "server")
         try:
             async with heartbeat(stream, variant.policy, peer_id="server",
-                                 on_event=_on_dead(side)) as conn:
+                                 on_liveness=_on_dead(side)) as conn:
                 side.judge = conn._liveness.lossy
                 self._opened(variant, side)
                 async for _ in conn:
@@ -217,7 +217,7 @@ class Fleet:
             side = self._side(variant, "client")
             try:
                 async with heartbeat(stream, variant.policy, peer_id="client",
-                                     handshake_timeout=10, on_event=_on_dead(side)) as conn:
+                                     handshake_timeout=10, on_liveness=_on_dead(side)) as conn:
                     side.judge = conn._liveness.lossy
                     self._opened(variant, side)
                     async for _ in conn:
@@ -269,8 +269,9 @@ class Fleet:
                 current.pop().closed()
 
         url = f"ws://{self.net.address(self.net.b)}:{variant.port}/"
-        async with connect(url, policy=variant.policy, on_connect=on_connect,
-                           on_liveness=on_liveness, on_event=on_event, opener=opener, handshake_timeout=10):
+        async with reconnecting_websocket(url, policy=variant.policy, on_connect=on_connect,
+                                          on_liveness=on_liveness, on_event=on_event, opener=opener,
+                                          handshake_timeout=10):
             await trio.sleep_forever()
 
 

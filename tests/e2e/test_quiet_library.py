@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from functools import partial
 
 import pytest
 import structlog
@@ -33,7 +34,7 @@ _ECHO_PROGRAM = textwrap.dedent("""
 
     async def main():
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(partial(serve_tcp, handle, 0, policy=policy))
+            listeners = await nursery.start(partial(serve_tcp, handle, port=0, policy=policy))
             port = listeners[0].socket.getsockname()[1]
             async with connect_tcp("127.0.0.1", port, policy) as conn:
                 for i in range(3):
@@ -81,7 +82,7 @@ async def test_capture_logs_sees_library_events() -> None:
 
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(serve_tcp, handle, 0)
+            listeners = await nursery.start(partial(serve_tcp, handle, port=0))
             port = listeners[0].socket.getsockname()[1]
             async with connect_tcp("127.0.0.1", port, policy):
                 pass

@@ -17,7 +17,7 @@ from pulse.plugins.tcp import (
     ClientState,
     TcpKeepalive,
     connect_tcp,
-    echo_handler,
+    echo,
     reconnecting_tcp,
     serve_tcp,
 )
@@ -27,10 +27,10 @@ pytestmark = pytest.mark.e2e
 FAST = HeartbeatPolicy(interval=0.1, timeout=0.4)
 
 
-async def start_server(nursery: trio.Nursery, handler: Handler = echo_handler, port: int = 0,
+async def start_server(nursery: trio.Nursery, handler: Handler = echo, port: int = 0,
                        **options: Any) -> int:
     listeners = await nursery.start(lambda task_status: serve_tcp(
-        handler, port, policy=FAST, task_status=task_status, **options))
+        handler, port=port, policy=FAST, task_status=task_status, **options))
     return int(listeners[0].socket.getsockname()[1])
 
 

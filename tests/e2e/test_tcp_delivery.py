@@ -71,7 +71,7 @@ async def test_a_send_after_a_long_pause_is_not_swallowed_by_the_dropped_connect
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(lambda task_status: serve_tcp(
-                handler, 0, policy=HeartbeatPolicy(0.1, 0.4), task_status=task_status))
+                handler, port=0, policy=HeartbeatPolicy(0.1, 0.4), task_status=task_status))
             port = listeners[0].socket.getsockname()[1]
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-u", str(SCRIPT), str(port)],

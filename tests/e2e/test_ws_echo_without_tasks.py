@@ -13,7 +13,7 @@ import trio
 from wsproto import WSConnection
 
 from pulse._core.policy import HeartbeatPolicy
-from pulse.plugins.websocket import ServerConnection, WebSocketServer, echo, serve
+from pulse.plugins.websocket import ServerConnection, WebSocketServer, echo, serve_websocket
 from pulse.plugins.websocket.connection import (
     CloseReceived,
     MessageReceived,
@@ -30,10 +30,10 @@ FAST = HeartbeatPolicy(interval=0.2, timeout=0.6)
 
 
 async def start(nursery: trio.Nursery, handler: object = echo, **options: object) -> WebSocketServer:
-    """Start ``serve`` on a free loopback port."""
+    """Start ``serve_websocket`` on a free loopback port."""
     options.setdefault("policy", FAST)
     server: WebSocketServer = await nursery.start(
-        functools.partial(serve, handler, "127.0.0.1", 0, **options)  # type: ignore[arg-type]
+        functools.partial(serve_websocket, handler, host="127.0.0.1", port=0, **options)  # type: ignore[arg-type]
     )
     return server
 

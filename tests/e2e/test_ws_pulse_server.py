@@ -12,7 +12,13 @@ import trio
 
 from pulse._core.policy import HeartbeatPolicy
 from pulse.errors import ConnectionClosed, PeerTimeout
-from pulse.plugins.websocket import ServerConnection, WebSocketServer, connect, echo, serve
+from pulse.plugins.websocket import (
+    ServerConnection,
+    WebSocketServer,
+    echo,
+    reconnecting_websocket,
+    serve_websocket,
+)
 from pulse.registry import PingOptions, ServeOptions, ping_function, serve_function
 from tests.peers.harness import peer, self_signed_certificate
 
@@ -23,10 +29,10 @@ SLACK = 0.3
 
 
 async def start(nursery: trio.Nursery, handler: object = echo, **options: object) -> WebSocketServer:
-    """Start ``serve`` on a free loopback port."""
+    """Start ``serve_websocket`` on a free loopback port."""
     options.setdefault("policy", FAST)
     server: WebSocketServer = await nursery.start(
-        functools.partial(serve, handler, "127.0.0.1", 0, **options)  # type: ignore[arg-type]
+        functools.partial(serve_websocket, handler, host="127.0.0.1", port=0, **options)  # type: ignore[arg-type]
     )
     return server
 
@@ -141,8 +147,8 @@ async def test_pulse_client_and_server_over_tls(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             server = await start(nursery, ssl_context=server_context)
-            async with connect(f"wss://localhost:{server.port}/secure", policy=FAST,
-                               ssl_context=client_context) as ws:
+            async with reconnecting_websocket(f"wss://localhost:{server.port}/secure", policy=FAST,
+                                              ssl_context=client_context) as ws:
                 for i in range(5):
                     await ws.send(f"s{i}")
                 assert [await ws.receive() for _ in range(5)] == [f"s{i}" for i in range(5)]

@@ -23,7 +23,7 @@ from pulse.plugins.websocket import (
     Delivery,
     Dropped,
     StateChange,
-    connect,
+    reconnecting_websocket,
 )
 from tests.peers.harness import PeerProcess, peer, self_signed_certificate
 
@@ -62,7 +62,7 @@ async def test_echo_interop_text_binary_and_fragmented() -> None:
     """Text, binary and a 300 kB message (sent in fragments) round-trip through websockets."""
     with trio.fail_after(15):
         async with peer("ws_echo_server.py") as server:
-            async with connect(f"ws://127.0.0.1:{server.port}/chat?room=1", policy=FAST) as ws:
+            async with reconnecting_websocket(f"ws://127.0.0.1:{server.port}/chat?room=1", policy=FAST) as ws:
                 big = bytes(range(256)) * 1200
                 for message in ("héllo", b"\x00\xff", big):
                     await ws.send(message)
@@ -88,9 +88,9 @@ async def test_server_killed_and_restarted_queued_messages_arrive_once_in_order(
 
     with trio.fail_after(30):
         async with peer("ws_echo_server.py") as server:
-            async with connect(f"ws://127.0.0.1:{server.port}/", policy=FAST,
-                               backoff=Backoff(**QUICK_BACKOFF), on_connect=on_connect,
-                               on_event=events, on_drop=drops.append) as ws:
+            async with reconnecting_websocket(f"ws://127.0.0.1:{server.port}/", policy=FAST,
+                                              backoff=Backoff(**QUICK_BACKOFF), on_connect=on_connect,
+                                              on_event=events, on_drop=drops.append) as ws:
                 for i in range(10):
                     await ws.send(f"before {i}")
                 assert [await ws.receive() for _ in range(10)] == [f"before {i}" for i in range(10)]
@@ -126,9 +126,9 @@ async def test_sigstopped_server_is_declared_dead_and_the_client_comes_back(
     with trio.fail_after(30):
         async with (
             peer("ws_echo_server.py") as server,
-            connect(f"ws://127.0.0.1:{server.port}/", policy=FAST,
-                    backoff=Backoff(**QUICK_BACKOFF), handshake_timeout=0.5,
-                    delivery=delivery, on_event=events, on_drop=drops.append) as ws,
+            reconnecting_websocket(f"ws://127.0.0.1:{server.port}/", policy=FAST,
+                                   backoff=Backoff(**QUICK_BACKOFF), handshake_timeout=0.5,
+                                   delivery=delivery, on_event=events, on_drop=drops.append) as ws,
         ):
             await ws.wait_open()
             await ws.send("ping-pong")
@@ -165,8 +165,8 @@ async def test_close_code_1008_from_websockets_stops_reconnecting() -> None:
     with trio.fail_after(15):
         async with (
             peer("ws_echo_server.py") as server,
-            connect(f"ws://127.0.0.1:{server.port}/", policy=FAST,
-                    backoff=Backoff(**QUICK_BACKOFF), on_event=events) as ws,
+            reconnecting_websocket(f"ws://127.0.0.1:{server.port}/", policy=FAST,
+                                   backoff=Backoff(**QUICK_BACKOFF), on_event=events) as ws,
         ):
             await ws.send("!close 1008 banned")
             _, change = await events.wait(ClientState.FAILED)
@@ -183,14 +183,14 @@ async def test_headers_decide_the_handshake_and_403_gives_up() -> None:
         async with peer("ws_echo_server.py", "--require-header", "X-Token=s3cret",
                         "--subprotocol", "pulse.v1") as server:
             url = f"ws://127.0.0.1:{server.port}/"
-            async with connect(url, policy=FAST, headers=[("X-Token", "s3cret")],
-                               subprotocols=["pulse.v2", "pulse.v1"]) as ws:
+            async with reconnecting_websocket(url, policy=FAST, headers=[("X-Token", "s3cret")],
+                                              subprotocols=["pulse.v2", "pulse.v1"]) as ws:
                 await ws.send("in")
                 assert await ws.receive() == "in"
                 assert ws.subprotocol == "pulse.v1"
             events = Recorder()
-            async with connect(url, policy=FAST, backoff=Backoff(**QUICK_BACKOFF),
-                               on_event=events):
+            async with reconnecting_websocket(url, policy=FAST, backoff=Backoff(**QUICK_BACKOFF),
+                                              on_event=events):
                 _, change = await events.wait(ClientState.FAILED)
                 assert "403" in change.reason
 
@@ -202,17 +202,17 @@ async def test_wss_with_a_custom_ssl_context(tmp_path: Path) -> None:
     with trio.fail_after(15):
         async with peer("ws_echo_server.py", "--certfile", str(certfile),
                         "--keyfile", str(keyfile)) as server:
-            async with connect(f"wss://localhost:{server.port}/", policy=FAST,
-                               ssl_context=context) as ws:
+            async with reconnecting_websocket(f"wss://localhost:{server.port}/", policy=FAST,
+                                              ssl_context=context) as ws:
                 await ws.send("over tls")
                 assert await ws.receive() == "over tls"
                 await trio.sleep(0.5)
                 stats = ws.stats()
                 assert stats is not None and stats.pongs_received >= 1
             events = Recorder()
-            async with connect(f"wss://localhost:{server.port}/", policy=FAST,
-                               backoff=Backoff(max_attempts=1, **QUICK_BACKOFF),
-                               on_event=events):
+            async with reconnecting_websocket(f"wss://localhost:{server.port}/", policy=FAST,
+                                              backoff=Backoff(max_attempts=1, **QUICK_BACKOFF),
+                                              on_event=events):
                 _, change = await events.wait(ClientState.FAILED)
                 assert "CERTIFICATE_VERIFY_FAILED" in change.reason or "certificate" in change.reason
 
@@ -223,8 +223,8 @@ async def test_websockets_pings_are_answered_with_our_heartbeats_off() -> None:
         async with peer("ws_echo_server.py", "--ping-interval", "0.1",
                         "--ping-timeout", "0.5") as server:
             events = Recorder()
-            async with connect(f"ws://127.0.0.1:{server.port}/",
-                               policy=HeartbeatPolicy(0, 0), on_event=events) as ws:
+            async with reconnecting_websocket(f"ws://127.0.0.1:{server.port}/",
+                                              policy=HeartbeatPolicy(0, 0), on_event=events) as ws:
                 await ws.wait_open()
                 await trio.sleep(2.0)
                 assert [c.state for _, c in events.changes] == [ClientState.OPEN]
@@ -248,8 +248,8 @@ async def _reconnect_spread(jitter: Jitter, clients: int) -> list[float]:
                     backoff = Backoff(initial=1.0, maximum=2.0, jitter=jitter)
                     # Independent clients: the jitter alone spreads them (the shared
                     # probe's release window would spread them too).
-                    async with connect(f"ws://127.0.0.1:{server.port}/", policy=FAST,
-                                       backoff=backoff, shared_probe=False) as ws:
+                    async with reconnecting_websocket(f"ws://127.0.0.1:{server.port}/", policy=FAST,
+                                                      backoff=backoff, shared_probe=False) as ws:
                         await ws.wait_open()
                         count += 1
                         if count == clients:
@@ -292,8 +292,8 @@ async def test_slow_consumer_with_data_waiting_is_not_mistaken_for_a_dead_server
     with trio.fail_after(30):
         async with (
             peer("ws_echo_server.py") as server,
-            connect(f"ws://127.0.0.1:{server.port}/", policy=FAST, receive_buffer=2,
-                    on_event=events) as ws,
+            reconnecting_websocket(f"ws://127.0.0.1:{server.port}/", policy=FAST, receive_buffer=2,
+                                   on_event=events) as ws,
         ):
             await ws.send("!flood 3000 1000")  # ~3 MB: more than the socket buffers hold
             await trio.sleep(3 * FAST.dead_after)  # the app reads nothing meanwhile
@@ -309,9 +309,9 @@ async def test_slow_consumer_still_notices_a_frozen_server() -> None:
     with trio.fail_after(30):
         async with (
             peer("ws_echo_server.py") as server,
-            connect(f"ws://127.0.0.1:{server.port}/", policy=FAST, receive_buffer=2,
-                    backoff=Backoff(**QUICK_BACKOFF), handshake_timeout=0.5,
-                    on_event=events) as ws,
+            reconnecting_websocket(f"ws://127.0.0.1:{server.port}/", policy=FAST, receive_buffer=2,
+                                   backoff=Backoff(**QUICK_BACKOFF), handshake_timeout=0.5,
+                                   on_event=events) as ws,
         ):
             await ws.send("!flood 10 100")
             await server.wait_event(lambda e: e["event"] == "flooded")

@@ -27,9 +27,9 @@ from pulse.plugins.websocket import (
     ServerConnection,
     StateChange,
     WebSocketServer,
-    connect,
     echo,
-    serve,
+    reconnecting_websocket,
+    serve_websocket,
 )
 from pulse.registry import PingOptions, ping_function
 from tests.peers.harness import peer
@@ -64,7 +64,7 @@ async def client_notices(policy: HeartbeatPolicy, how: str) -> float:
             event.set()
         wake.clear()
 
-    async with peer("ws_echo_server.py") as server, connect(
+    async with peer("ws_echo_server.py") as server, reconnecting_websocket(
         f"ws://127.0.0.1:{server.port}/", policy=policy, on_event=record,
         backoff=Backoff(initial=0.05, maximum=0.2),
     ) as ws:
@@ -94,7 +94,7 @@ async def reconnect_after_restart() -> float:
             event.set()
         wake.clear()
 
-    async with peer("ws_echo_server.py") as server, connect(
+    async with peer("ws_echo_server.py") as server, reconnecting_websocket(
         f"ws://127.0.0.1:{server.port}/", on_event=record,
         backoff=Backoff(initial=0.1, maximum=0.5),
     ) as ws:
@@ -122,7 +122,8 @@ async def server_drops_frozen_client(policy: HeartbeatPolicy) -> float:
 
     async with trio.open_nursery() as nursery:
         server: WebSocketServer = await nursery.start(
-            functools.partial(serve, handler, "127.0.0.1", 0, policy=policy))
+            functools.partial(serve_websocket, handler, host="127.0.0.1", port=0,
+                              policy=policy))
         async with peer("ws_client.py", f"ws://127.0.0.1:{server.port}/", "--hold",
                         ready=None) as client:
             await client.wait_event(lambda e: e["event"] == "open")
@@ -144,7 +145,7 @@ async def ping_rtts(count: int) -> list[float]:
 
 async def throughput_pulse(port: int, count: int, size: int) -> float:
     """Messages per second, pipelined echo through pulse's resilient client."""
-    async with connect(f"ws://127.0.0.1:{port}/", queue_size=count) as ws:
+    async with reconnecting_websocket(f"ws://127.0.0.1:{port}/", queue_size=count) as ws:
         await ws.wait_open()
         payload = b"x" * size
         started = trio.current_time()
