@@ -390,12 +390,10 @@ async def test_lease_connect_max_message_size_is_max_frame_size(
     assert await enter_lease_connect(monkeypatch, max_frame_size=2048) == 2048
 
 
-@pytest.mark.xfail(strict=True, reason="the keyword reaches LeaseSession through "
-                   "lease.client.connect, so stacklevel=4 names plugins/lease/client.py")
 async def test_lease_connect_max_message_size_warning_points_at_the_caller(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """lease.connect(max_message_size=)'s warning names the caller's file (known gap)."""
+    """lease.connect(max_message_size=)'s warning names the caller's file."""
     with warns_once(("LeaseSession(max_message_size=...)", "max_frame_size=")):
         await enter_lease_connect(monkeypatch, max_message_size=2048)
 

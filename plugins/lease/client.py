@@ -1029,6 +1029,11 @@ async def connect(
     """
     if isinstance(servers, str):
         servers = parse_servers(servers)
+    if options.get("max_message_size") is not None:  # the old spelling, warned at the caller
+        # (frames: deprecated, renamed, this generator, the context manager's __aenter__)
+        options["max_frame_size"] = renamed(
+            "LeaseSession", "max_message_size", "max_frame_size", options.pop("max_message_size"),
+            options.get("max_frame_size", DEFAULT_MAX_MESSAGE_SIZE), stacklevel=5)
     client = LeaseSession(servers, session_timeout, **options)
     async with background_nursery() as nursery:
         await nursery.start(client.run)
