@@ -93,12 +93,15 @@ _RECEIVE_SIZE = 65536
 #: on, also while disconnected, and the data reads of a listing); one more raises
 #: :class:`~pulse.errors.QueueFull` at once instead of queueing.
 MAX_PENDING_CALLS = 10_000
-#: Bytes waiting to be written on one connection. A server that stops reading fills it; past
-#: it the connection is dropped as lost ("… the server does not read") and the session
-#: reconnects (a single request larger than this still goes out alone).
+#: Bytes waiting to be written on one connection. While it holds that much, a request waits
+#: for the writer to hand it to the server (a server that stops reading makes them wait
+#: until its read timeout drops the connection), so the queue holds at most this plus one
+#: request. What the session writes by itself (pings, credentials, watch re-registration)
+#: never waits: if it would take the queue past twice this, the connection is dropped as
+#: lost ("… the server does not read") and the session reconnects.
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
-#: Requests waiting to be written on one connection (the pending calls plus pings, auth and
-#: watch re-registrations), the count behind the byte bound.
+#: Requests waiting to be written on one connection: requests wait while it holds half of
+#: this; what the session writes by itself past it drops the connection, as above.
 MAX_QUEUED_REQUESTS = 2 * MAX_PENDING_CALLS
 #: State transitions kept per :meth:`ZooKeeperSession.state_changes` iterator (oldest dropped).
 MAX_STATE_EVENTS = 1_000
@@ -159,21 +162,33 @@ class _Call:
 class _Outbox:
     """The frames waiting to be written on one connection, bounded in bytes and count.
 
-    Past a bound it *overflows*: it takes nothing more, and the writer reports the link lost
-    (the server does not read what it is sent).
+    Requests wait for room (:meth:`has_room`, :meth:`wait_room`) before they are put; a put
+    that would take it past twice :data:`MAX_QUEUED_BYTES` or past
+    :data:`MAX_QUEUED_REQUESTS` *overflows* it: it takes nothing more, and the writer
+    reports the link lost (the server does not read what it is sent).
     """
 
-    __slots__ = ("bytes", "chunks", "closed", "overflow", "wake")
+    __slots__ = ("bytes", "chunks", "closed", "drained", "overflow", "wake")
 
     def __init__(self) -> None:
         self.chunks: deque[bytes] = deque()
         self.bytes = 0
         self.overflow: str | None = None
         self.closed = False
-        self.wake = anyio.Event()
+        self.wake = anyio.Event()  # set when there is something for the writer
+        self.drained = anyio.Event()  # set when the writer took what was queued
 
     def __len__(self) -> int:
         return len(self.chunks)
+
+    def has_room(self) -> bool:
+        """Whether a request may be put now (below both bounds for requests)."""
+        return self.bytes < MAX_QUEUED_BYTES and len(self.chunks) < MAX_QUEUED_REQUESTS // 2
+
+    async def wait_room(self) -> None:
+        """Until the writer took what was queued, or the outbox ended."""
+        if not (self.closed or self.overflow is not None):
+            await self.drained.wait()
 
     def put(self, data: bytes) -> None:
         if self.closed or self.overflow is not None:
@@ -181,24 +196,29 @@ class _Outbox:
         if len(self.chunks) >= MAX_QUEUED_REQUESTS:
             self.overflow = (f"more than {MAX_QUEUED_REQUESTS} requests wait to be sent: "
                              "the server does not read")
-        elif self.chunks and self.bytes + len(data) > MAX_QUEUED_BYTES:
-            self.overflow = (f"more than {MAX_QUEUED_BYTES} bytes wait to be sent: "
+        elif self.chunks and self.bytes + len(data) > 2 * MAX_QUEUED_BYTES:
+            self.overflow = (f"more than {2 * MAX_QUEUED_BYTES} bytes wait to be sent: "
                              "the server does not read")
         else:
             self.chunks.append(data)
             self.bytes += len(data)
         self.wake.set()
+        if self.overflow is not None:
+            self.drained.set()  # requests waiting for room: this link is over
 
     def take(self) -> bytes:
         """Everything queued, as one write."""
         data = b"".join(self.chunks)
         self.chunks.clear()
         self.bytes = 0
+        self.drained.set()
+        self.drained = anyio.Event()
         return data
 
     def close(self) -> None:
         self.closed = True
         self.wake.set()
+        self.drained.set()
 
     async def wait(self) -> None:
         """Until something was queued, the outbox overflowed or was closed."""
@@ -222,10 +242,11 @@ class _Link:
     send_scope: anyio.CancelScope | None = None  # around the writer's current write
 
     def write(self, data: bytes) -> None:
-        """Queue bytes for the writer task (never blocks). Past the outbox's bounds the
-        writer stops (even within a write the server does not take) and reports the link
-        lost; a closed outbox (the link is being torn down) drops them: its pending calls
-        fail with ConnectionLoss."""
+        """Queue bytes for the writer task (never blocks; requests first wait for room, see
+        :meth:`ZooKeeperSession._link_with_room`). Past the outbox's hard bounds the writer
+        stops (even within a write the server does not take) and reports the link lost; a
+        closed outbox (the link is being torn down) drops them: its pending calls fail with
+        ConnectionLoss."""
         self.outbox.put(data)
         if self.outbox.overflow is not None and self.send_scope is not None:
             self.send_scope.cancel()
@@ -755,6 +776,15 @@ class ZooKeeperSession:
                 return link
             await self._changed.wait()
 
+    async def _link_with_room(self) -> _Link:
+        """The connection, once its write queue has room for a request (backpressure: a
+        server that does not read holds the request here, not in memory without bound)."""
+        while True:
+            link = await self._usable_link()
+            if link.outbox.has_room():
+                return link
+            await link.outbox.wait_room()
+
     def _reserve(self, count: int) -> None:
         """Count ``count`` more requests waiting for an answer, or raise QueueFull."""
         if self._waiting + count > MAX_PENDING_CALLS:
@@ -774,7 +804,7 @@ class ZooKeeperSession:
     async def _call(self, request: Request, watcher: _Waiter | None = None) -> Any:
         self._reserve(1)
         try:
-            call = self._send(await self._usable_link(), request, watcher)
+            call = self._send(await self._link_with_room(), request, watcher)
             await call.done.wait()
         finally:
             self._waiting -= 1
@@ -801,7 +831,7 @@ class ZooKeeperSession:
             batch = names[start:start + CHILDREN_BATCH]
             self._reserve(len(batch))
             try:
-                link = await self._usable_link()
+                link = await self._link_with_room()
                 calls = [(name, self._send(link, GetData(_join(path, name)))) for name in batch]
                 for name, call in calls:
                     await call.done.wait()
