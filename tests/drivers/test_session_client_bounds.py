@@ -202,7 +202,7 @@ async def test_lease_watch_refused_after_a_server_restart_ends_with_the_error(
                 await trio.sleep(10.0)
             assert member.state is SessionState.CONNECTED
             got = []
-            with pytest.raises(LimitExceeded, match="too_many_watches"):
+            with trio.fail_after(30), pytest.raises(LimitExceeded, match="too_many_watches"):
                 async for event in watch:
                     got.append((event.event, event.id))
             assert got == [("online", "a")]
@@ -243,7 +243,8 @@ async def test_lease_key_watch_refused_by_an_older_server_raises_watch_key_unsup
             await net.start(S1, tick=0.5)
             await trio.sleep(8.0)
             assert member.state is SessionState.CONNECTED
-            with pytest.raises(WatchKeyUnsupported, match="does not know watch_key"):
+            with trio.fail_after(30), \
+                    pytest.raises(WatchKeyUnsupported, match="does not know watch_key"):
                 async for event in key_watch:
                     assert (event.event, event.initial) == ("offline", True)
             await member.register("/p/k", b"v")
