@@ -33,7 +33,6 @@ for the others to work.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -47,6 +46,8 @@ import anyio.lowlevel
 from pulse._core.backoff import Backoff
 from pulse._core.merged_view import MemberChange, MergedView, RegistryChange, RegistryState
 from pulse._driver.engine import current_engine
+from pulse._driver.feed import EVENT_OVERHEAD as _FEED_EVENT_OVERHEAD
+from pulse._driver.feed import BoundedFeed, presence_event_size
 from pulse._driver.util import background_nursery
 from pulse._log import get_logger
 from pulse.errors import AuthFailed, NoPlugin, PulseError, QueueFull
@@ -68,8 +69,9 @@ log = get_logger("pulse.multiregistry")
 #: :data:`EVENT_OVERHEAD`); past it the iterator raises QueueFull once the events before
 #: are consumed. ``Registries.watch(max_buffered_bytes=...)`` sets it per watch.
 MAX_BUFFERED_BYTES = 16 * 1024 * 1024
-#: What one buffered event costs beside its id and data (the object, its strings' headers).
-EVENT_OVERHEAD = 200
+#: What one buffered event costs beside its id and data (the object, its strings' headers);
+#: the same counting as the lease client's watch buffers (:func:`presence_event_size`).
+EVENT_OVERHEAD = _FEED_EVENT_OVERHEAD
 #: Merged events waiting to be consumed, at most (the last line behind the byte bound).
 MAX_BUFFERED_EVENTS = 100_000
 #: Session status reports kept per :meth:`Registries.status_changes` iterator (oldest dropped).
@@ -90,74 +92,6 @@ class RegistryStatus:
     reason: str
     session_id: int | None = None
     session_timeout: float | None = None
-
-
-def _event_size(event: PresenceEvent) -> int:
-    """What a buffered merged event costs, in bytes."""
-    return len(event.id.encode()) + len(event.data) + EVENT_OVERHEAD
-
-
-class _Feed:
-    """A bounded queue of items for one consumer (anyio).
-
-    Bounded to ``limit`` items, and to ``max_bytes`` when given (``size`` tells what an item
-    costs). Past a bound, the oldest items give way (``drop_oldest``), or the feed
-    overflows: it keeps what it holds, takes nothing more, and its reader gets QueueFull
-    after the last item it holds.
-    """
-
-    def __init__(self, limit: int, *, drop_oldest: bool, max_bytes: int | None = None,
-                 size: Callable[[Any], int] | None = None) -> None:
-        if limit < 1 or (max_bytes is not None and (max_bytes < 1 or size is None)):
-            raise ValueError("need limit >= 1, and max_bytes >= 1 given with size")
-        self.items: deque[Any] = deque()
-        self.limit = limit
-        self.drop_oldest = drop_oldest
-        self.max_bytes = max_bytes
-        self._size = size
-        self.bytes = 0  # what the items held cost (counted only with max_bytes)
-        self.overflow: str | None = None  # why the feed stopped taking items
-        self.ended = False
-        self._changed = anyio.Event()
-
-    def _cost(self, item: Any) -> int:
-        return self._size(item) if self._size is not None else 0
-
-    def put(self, item: Any) -> None:
-        if self.ended or self.overflow is not None:
-            return
-        cost = self._cost(item)
-        max_bytes = self.max_bytes if self.max_bytes is not None else float("inf")
-        if self.drop_oldest:
-            while self.items and (len(self.items) >= self.limit
-                                  or self.bytes + cost > max_bytes):
-                self.bytes -= self._cost(self.items.popleft())
-        if len(self.items) >= self.limit:
-            self.overflow = f"more than {self.limit} merged events were not consumed"
-        elif self.bytes + cost > max_bytes:
-            self.overflow = (f"more than {self.max_bytes} bytes of merged events were not "
-                             f"consumed")
-        else:
-            self.items.append(item)
-            self.bytes += cost
-        self._changed.set()
-
-    def end(self) -> None:
-        self.ended = True
-        self._changed.set()
-
-    async def get(self) -> Any:
-        while True:
-            if self.items:
-                item = self.items.popleft()
-                self.bytes -= self._cost(item)
-                return item
-            if self.overflow is not None:
-                raise QueueFull(self.overflow)
-            if self.ended:
-                raise StopAsyncIteration
-            await self._changed.wait()
-            self._changed = anyio.Event()
 
 
 class _Slot:
@@ -216,7 +150,7 @@ class Registries:
         self._registrations_changed = anyio.Event()
         self._held_changed = anyio.Event()
         self._watches: list[MergedWatch] = []
-        self._status_feeds: list[_Feed] = []
+        self._status_feeds: list[BoundedFeed[RegistryStatus]] = []
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -307,14 +241,14 @@ class Registries:
 
     def status_changes(self) -> AsyncIterator[RegistryStatus]:
         """Every registry session status change from now on."""
-        feed = _Feed(MAX_STATUS_EVENTS, drop_oldest=True)
+        feed: BoundedFeed[RegistryStatus] = BoundedFeed(MAX_STATUS_EVENTS, drop_oldest=True)
         self._status_feeds.append(feed)
 
         async def iterate() -> AsyncIterator[RegistryStatus]:
             try:
                 while True:
                     try:
-                        item: RegistryStatus = await feed.get()
+                        item = await feed.get()
                     except StopAsyncIteration:
                         return
                     yield item
@@ -331,7 +265,7 @@ class Registries:
 
     def _close(self) -> None:
         for feed in self._status_feeds:
-            feed.end()
+            feed.finish(StopAsyncIteration())
         for watch in list(self._watches):
             watch._end()
 
@@ -466,8 +400,9 @@ class MergedWatch:
         self._registries = registries
         self.prefix = prefix
         self._view = MergedView(registries.urls, settle=registries._settle)
-        self._feed = _Feed(MAX_BUFFERED_EVENTS, drop_oldest=False,
-                           max_bytes=max_buffered_bytes, size=_event_size)
+        self._feed: BoundedFeed[PresenceEvent] = BoundedFeed(
+            MAX_BUFFERED_EVENTS, drop_oldest=False, max_bytes=max_buffered_bytes,
+            size=presence_event_size, what="merged events")
         self._on_registry_change = on_registry_change
         self._scopes: set[anyio.CancelScope] = set()
         self._closed = False
@@ -482,7 +417,7 @@ class MergedWatch:
 
     async def __anext__(self) -> PresenceEvent:
         try:
-            result: PresenceEvent = await self._feed.get()
+            result = await self._feed.get()
         except QueueFull:
             self._end()  # the consumer fell behind the bound: this watch is over
             raise
@@ -504,7 +439,7 @@ class MergedWatch:
         if self._closed:
             return
         self._closed = True
-        self._feed.end()
+        self._feed.finish(StopAsyncIteration())
         current_engine().forget(self)
         if self in self._registries._watches:
             self._registries._watches.remove(self)

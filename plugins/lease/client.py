@@ -62,6 +62,7 @@ from pulse._core.session_client import (
 from pulse._core.session_client import Connect as ConnectTo
 from pulse._core.session_timing import ClientTiming
 from pulse._deprecation import renamed
+from pulse._driver.feed import BoundedFeed, presence_event_size
 from pulse._driver.session import SessionDriver, apply_actions
 from pulse._driver.streams import aclose_forcefully, open_tcp_stream, start_tls
 from pulse._driver.util import background_nursery
@@ -113,7 +114,14 @@ _Messages = list[Any]
 StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: Bytes of watch events waiting for a watch stream's reader (each counted as its id, its
+#: data and 200 bytes, as :func:`pulse._driver.feed.presence_event_size` says); past it the
+#: reader gets the events held, then :class:`~pulse.errors.QueueFull`, and the watch stops.
+#: ``LeaseSession.watch(prefix, max_buffered_bytes=...)`` (and ``watch_key``) set it per watch.
+MAX_BUFFERED_BYTES = 16 * 1024 * 1024
+#: Watch events waiting for a watch stream's reader, at most (the last line behind the bytes).
 MAX_BUFFERED_EVENTS = 100_000
+#: State transitions kept per :meth:`LeaseSession.state_changes` iterator (oldest dropped).
 MAX_STATE_EVENTS = 1_000
 #: Requests of the application waiting for their answer at once; one more raises
 #: :class:`~pulse.errors.QueueFull` at once instead of queueing.
@@ -188,6 +196,8 @@ class _Connection:
                                                          "the requests waiting to be sent")
         self.wake = anyio.Event()
         self.pings: dict[int, float] = {}
+        #: Watches re-sent on this connection (by xid) whose answer is not in yet.
+        self.restoring: dict[int, WatchStream] = {}
 
     def send(self, request: Request) -> None:
         try:
@@ -200,58 +210,20 @@ class _Connection:
         self.wake.set()
 
 
-class _Feed:
-    """A bounded buffer of items for one consumer."""
-
-    def __init__(self, limit: int, *, drop_oldest: bool) -> None:
-        self.items: BoundedDeque[Any] = BoundedDeque(limit, "an event feed")
-        self.limit = limit
-        self.drop_oldest = drop_oldest
-        self.overflowed = False
-        self.end: BaseException | None = None  # StopAsyncIteration or an error, when done
-        self._changed = anyio.Event()
-
-    def put(self, item: Any) -> None:
-        if len(self.items) >= self.limit:
-            if not self.drop_oldest:
-                self.overflowed = True
-                self._changed.set()
-                return
-            self.items.popleft()
-        self.items.append(item)
-        self._changed.set()
-
-    def finish(self, end: BaseException) -> None:
-        if self.end is None:
-            self.end = end
-        self._changed.set()
-
-    async def get(self) -> Any:
-        while True:
-            if self.items:
-                return self.items.popleft()
-            if self.overflowed:
-                raise QueueFull(f"more than {self.limit} events were not consumed")
-            if self.end is not None:
-                raise self.end
-            await self._changed.wait()
-            self._changed = anyio.Event()
-
-
 class StateChanges:
     """Every session state transition from the moment this object was created."""
 
     def __init__(self, client: LeaseSession) -> None:
         self._client = client
-        self._feed = _Feed(MAX_STATE_EVENTS, drop_oldest=True)
+        self._feed: BoundedFeed[SessionEvent] = BoundedFeed(
+            MAX_STATE_EVENTS, drop_oldest=True, what="state changes")
         client._state_feeds.append(self._feed)
 
     def __aiter__(self) -> StateChanges:
         return self
 
     async def __anext__(self) -> SessionEvent:
-        result: SessionEvent = await self._feed.get()
-        return result
+        return await self._feed.get()
 
     async def aclose(self) -> None:
         """Stop receiving transitions."""
@@ -265,9 +237,22 @@ class WatchStream:
 
     The watch starts when iteration starts. Use ``async with`` (or call :meth:`aclose`) to
     stop it; abandoning it keeps it running until the session closes.
+
+    Events wait for the reader in a buffer of at most ``max_buffered_bytes`` (each event
+    counted as its id, its data and 200 bytes; :data:`MAX_BUFFERED_BYTES`, 16 MiB, by
+    default) and :data:`MAX_BUFFERED_EVENTS` events. A reader that falls behind gets the
+    events the buffer holds, then :class:`~pulse.errors.QueueFull`: the watch has stopped
+    (the server is told) and a new one must be started. If a server the session moves to
+    refuses the watch when it is re-sent after a reconnect (access denied, a limit, a
+    server that predates ``watch_key``), the iterator raises that error after the events
+    held, and the watch is gone (``watch_lost`` is logged).
     """
 
-    def __init__(self, client: LeaseSession, watch_id: int, prefix: str) -> None:
+    def __init__(self, client: LeaseSession, watch_id: int, prefix: str,
+                 max_buffered_bytes: int = MAX_BUFFERED_BYTES) -> None:
+        if isinstance(max_buffered_bytes, bool) or not isinstance(max_buffered_bytes, int) \
+                or max_buffered_bytes < 1:
+            raise ValueError(f"max_buffered_bytes must be at least 1, got {max_buffered_bytes!r}")
         self._client = client
         self.watch_id = watch_id
         self.prefix = prefix
@@ -275,7 +260,9 @@ class WatchStream:
         self._snapshot: dict[str, bytes] | None = None
         self._synced_once = False
         self._confirmed = False
-        self._feed = _Feed(MAX_BUFFERED_EVENTS, drop_oldest=False)
+        self._feed: BoundedFeed[PresenceEvent] = BoundedFeed(
+            MAX_BUFFERED_EVENTS, drop_oldest=False, max_bytes=max_buffered_bytes,
+            size=presence_event_size, what="watch events")
 
     def __aiter__(self) -> WatchStream:
         return self
@@ -289,8 +276,11 @@ class WatchStream:
 
     async def __anext__(self) -> PresenceEvent:
         await self.start()
-        result: PresenceEvent = await self._feed.get()
-        return result
+        try:
+            return await self._feed.get()
+        except QueueFull:
+            self._client._stop_watch(self)  # the reader fell behind the bound: it is over
+            raise
 
     async def __aenter__(self) -> WatchStream:
         return self
@@ -356,8 +346,9 @@ class KeyWatchStream(WatchStream):
     :class:`~.errors.WatchKeyUnsupported` (use :meth:`LeaseSession.watch` on the parent).
     """
 
-    def __init__(self, client: LeaseSession, watch_id: int, key: str) -> None:
-        super().__init__(client, watch_id, key.rsplit("/", 1)[0] or "/")
+    def __init__(self, client: LeaseSession, watch_id: int, key: str,
+                 max_buffered_bytes: int = MAX_BUFFERED_BYTES) -> None:
+        super().__init__(client, watch_id, key.rsplit("/", 1)[0] or "/", max_buffered_bytes)
         self.key = key
 
     def request(self) -> RequestBody:
@@ -435,7 +426,7 @@ class LeaseSession:
         self._attempt: anyio.CancelScope | None = None
         self._registrations: dict[str, bytes] = {}
         self._watches: dict[int, WatchStream] = {}
-        self._state_feeds: list[_Feed] = []
+        self._state_feeds: list[BoundedFeed[SessionEvent]] = []
         self._closing = False
         self._driver: SessionDriver | None = None
         self._nursery: anyio.abc.TaskGroup | None = None
@@ -513,18 +504,26 @@ class LeaseSession:
             raise RemoteProtocolError("list: children in the response are not a name→bytes map")
         return children
 
-    def watch(self, prefix: str) -> WatchStream:
-        """Current children as ``initial`` online events, then every change, once each."""
-        check_key(prefix, "prefix")
-        return WatchStream(self, next(self._watch_ids), prefix)
+    def watch(self, prefix: str, *, max_buffered_bytes: int = MAX_BUFFERED_BYTES
+              ) -> WatchStream:
+        """Current children as ``initial`` online events, then every change, once each.
 
-    def watch_key(self, key: str) -> KeyWatchStream:
+        Events wait for the reader in a buffer of at most ``max_buffered_bytes`` (default
+        16 MiB; an event counts its id, its data and 200 bytes) and 100,000 events; a reader
+        that falls behind gets what the buffer holds, then :class:`~pulse.errors.QueueFull`,
+        and the watch stops (see :class:`WatchStream`)."""
+        check_key(prefix, "prefix")
+        return WatchStream(self, next(self._watch_ids), prefix, max_buffered_bytes)
+
+    def watch_key(self, key: str, *, max_buffered_bytes: int = MAX_BUFFERED_BYTES
+                  ) -> KeyWatchStream:
         """Whether ``key`` exists (the first event, ``initial``), then each time it comes
-        online or goes offline — only this key's changes reach the session (``watch_key``)."""
+        online or goes offline — only this key's changes reach the session (``watch_key``).
+        Its events are buffered as :meth:`watch`'s are (``max_buffered_bytes``)."""
         check_key(key)
         if key == "/":
             raise ValueError("key must not be the root '/'")
-        return KeyWatchStream(self, next(self._watch_ids), key)
+        return KeyWatchStream(self, next(self._watch_ids), key, max_buffered_bytes)
 
     def state_changes(self) -> StateChanges:
         """Every state transition from now on."""
@@ -597,16 +596,25 @@ class LeaseSession:
         self._watches[stream.watch_id] = stream
         try:
             await self._call(stream.request())
-        except LocalProtocolError as exc:
+        except PulseError as exc:
             self._watches.pop(stream.watch_id, None)
-            if isinstance(stream, KeyWatchStream) and "unknown operation" in str(exc):
-                raise WatchKeyUnsupported(
-                    f"the server does not know watch_key (older than this client): {exc}"
-                ) from None
-            raise
-        except PulseError:
-            self._watches.pop(stream.watch_id, None)
-            raise
+            refusal = _watch_refusal(stream, exc)
+            if refusal is exc:
+                raise
+            raise refusal from None
+
+    def _watch_refused(self, stream: WatchStream, error: PulseError) -> None:
+        """The server refused a watch re-sent after a reconnect: the watch is over, its
+        iterator raises the error once the events it holds are consumed."""
+        if self._watches.get(stream.watch_id) is not stream:
+            return  # stopped (or refused) meanwhile
+        del self._watches[stream.watch_id]
+        error = _watch_refusal(stream, error)
+        log.warning("watch_lost", watch_id=stream.watch_id,
+                    key=stream.key if isinstance(stream, KeyWatchStream) else None,
+                    prefix=stream.prefix, reason=str(error), error=type(error).__name__,
+                    session_id=hex_id(self.session_id))
+        stream._feed.finish(error)
 
     def _stop_watch(self, stream: WatchStream) -> None:
         if self._watches.pop(stream.watch_id, None) is None:
@@ -931,7 +939,9 @@ class LeaseSession:
         renewed = self.session_id != self._restored_for
         self._restored_for = self.session_id
         for stream in list(self._watches.values()):
-            conn.send(Request(next(self._xids), stream.request(), self._last_seq))
+            xid = next(self._xids)
+            conn.restoring[xid] = stream  # its answer is checked: a refusal ends the stream
+            conn.send(Request(xid, stream.request(), self._last_seq))
         if renewed:
             for key, data in list(self._registrations.items()):
                 try:
@@ -988,6 +998,11 @@ class LeaseSession:
             if sent is not None:
                 self.last_rtt = (SessionDriver.now() if now is None else now) - sent
                 return
+            restored = conn.restoring.pop(message.xid, None)
+            if restored is not None:
+                if message.error is not None:
+                    self._watch_refused(restored, error_for(message.error, message.message))
+                return
             call = self._pending.get(message.xid)
             if call is None:
                 return
@@ -1010,6 +1025,16 @@ class LeaseSession:
             if message.code in (ErrorCode.SESSION_EXPIRED, ErrorCode.AUTH_FAILED):
                 raise _Ended("expired", message.message)
             raise _Lost(f"server error {message.code.value}: {message.message}")
+
+
+def _watch_refusal(stream: WatchStream, error: PulseError) -> PulseError:
+    """What a refused watch raises: :class:`~.errors.WatchKeyUnsupported` for a key watch
+    the server does not know (it predates ``watch_key``), else the server's error."""
+    if (isinstance(stream, KeyWatchStream) and isinstance(error, LocalProtocolError)
+            and not isinstance(error, WatchKeyUnsupported) and "unknown operation" in str(error)):
+        return WatchKeyUnsupported(
+            f"the server does not know watch_key (older than this client): {error}")
+    return error
 
 
 @asynccontextmanager

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +28,12 @@ from typing import Any
 import anyio
 import anyio.abc
 import trio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from pulse._driver.feed import BoundedFeed
 from pulse._driver.session import SessionDriver, apply_actions
 from pulse._driver.streams import aclose_forcefully, open_tcp_stream
 from pulse._log import get_logger
-from pulse.errors import NotOwner, RemoteProtocolError
+from pulse.errors import NotOwner, QueueFull, RemoteProtocolError
 from pulse.presence import PresenceEvent, SessionEvent, SessionState
 
 from ._machine import (
@@ -88,7 +89,24 @@ _Names = list[str]
 StreamOpener = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
 _RECEIVE_SIZE = 65536
-#: Pause before trying again to re-create a registration the server refused.
+#: Requests waiting for their answer at once (the application's calls, counted from the call
+#: on, also while disconnected, and the data reads of a listing); one more raises
+#: :class:`~pulse.errors.QueueFull` at once instead of queueing.
+MAX_PENDING_CALLS = 10_000
+#: Bytes waiting to be written on one connection. While it holds that much, a request waits
+#: for the writer to hand it to the server (a server that stops reading makes them wait
+#: until its read timeout drops the connection), so the queue holds at most this plus one
+#: request. What the session writes by itself (pings, credentials, watch re-registration)
+#: never waits: if it would take the queue past twice this, the connection is dropped as
+#: lost ("… the server does not read") and the session reconnects.
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
+#: Requests waiting to be written on one connection: requests wait while it holds half of
+#: this; what the session writes by itself past it drops the connection, as above.
+MAX_QUEUED_REQUESTS = 2 * MAX_PENDING_CALLS
+#: State transitions kept per :meth:`ZooKeeperSession.state_changes` iterator (oldest dropped).
+MAX_STATE_EVENTS = 1_000
+#: Data reads one listing pipelines at once (each counts as a pending call).
+CHILDREN_BATCH = 1_000
 
 
 class NotOwnedError(ZooKeeperError, NotOwner):
@@ -141,6 +159,74 @@ class _Call:
             self.done.set()
 
 
+class _Outbox:
+    """The frames waiting to be written on one connection, bounded in bytes and count.
+
+    Requests wait for room (:meth:`has_room`, :meth:`wait_room`) before they are put; a put
+    that would take it past twice :data:`MAX_QUEUED_BYTES` or past
+    :data:`MAX_QUEUED_REQUESTS` *overflows* it: it takes nothing more, and the writer
+    reports the link lost (the server does not read what it is sent).
+    """
+
+    __slots__ = ("bytes", "chunks", "closed", "drained", "overflow", "wake")
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.bytes = 0
+        self.overflow: str | None = None
+        self.closed = False
+        self.wake = anyio.Event()  # set when there is something for the writer
+        self.drained = anyio.Event()  # set when the writer took what was queued
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def has_room(self) -> bool:
+        """Whether a request may be put now (below both bounds for requests)."""
+        return self.bytes < MAX_QUEUED_BYTES and len(self.chunks) < MAX_QUEUED_REQUESTS // 2
+
+    async def wait_room(self) -> None:
+        """Until the writer took what was queued, or the outbox ended."""
+        if not (self.closed or self.overflow is not None):
+            await self.drained.wait()
+
+    def put(self, data: bytes) -> None:
+        if self.closed or self.overflow is not None:
+            return
+        if len(self.chunks) >= MAX_QUEUED_REQUESTS:
+            self.overflow = (f"more than {MAX_QUEUED_REQUESTS} requests wait to be sent: "
+                             "the server does not read")
+        elif self.chunks and self.bytes + len(data) > 2 * MAX_QUEUED_BYTES:
+            self.overflow = (f"more than {2 * MAX_QUEUED_BYTES} bytes wait to be sent: "
+                             "the server does not read")
+        else:
+            self.chunks.append(data)
+            self.bytes += len(data)
+        self.wake.set()
+        if self.overflow is not None:
+            self.drained.set()  # requests waiting for room: this link is over
+
+    def take(self) -> bytes:
+        """Everything queued, as one write."""
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        self.bytes = 0
+        self.drained.set()
+        self.drained = anyio.Event()
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+        self.drained.set()
+
+    async def wait(self) -> None:
+        """Until something was queued, the outbox overflowed or was closed."""
+        while not self.chunks and self.overflow is None and not self.closed:
+            await self.wake.wait()
+            self.wake = anyio.Event()
+
+
 @dataclass(eq=False, slots=True)
 class _Link:
     """One connection (or connection attempt) to one server."""
@@ -152,16 +238,18 @@ class _Link:
     ready: bool = False
     stream: trio.abc.Stream | None = None
     closing_directly: bool = False  # aclose() owns the stream now
-    outbox: tuple[MemoryObjectSendStream[bytes], MemoryObjectReceiveStream[bytes]] = field(
-        default_factory=lambda: anyio.create_memory_object_stream[bytes](math.inf)
-    )
+    outbox: _Outbox = field(default_factory=_Outbox)
+    send_scope: anyio.CancelScope | None = None  # around the writer's current write
 
     def write(self, data: bytes) -> None:
-        """Queue bytes for the writer task (never blocks)."""
-        try:
-            self.outbox[0].send_nowait(data)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass  # the link is being torn down; its pending calls fail with ConnectionLoss
+        """Queue bytes for the writer task (never blocks; requests first wait for room, see
+        :meth:`ZooKeeperSession._link_with_room`). Past the outbox's hard bounds the writer
+        stops (even within a write the server does not take) and reports the link lost; a
+        closed outbox (the link is being torn down) drops them: its pending calls fail with
+        ConnectionLoss."""
+        self.outbox.put(data)
+        if self.outbox.overflow is not None and self.send_scope is not None:
+            self.send_scope.cancel()
 
     def fail_pending(self, reason: str) -> None:
         for call in self.pending.values():
@@ -223,7 +311,8 @@ class ZooKeeperSession:
         self._restore_pending = False
         self._expiry: SessionEvent | None = None
         self._closing = False
-        self._subscribers: list[MemoryObjectSendStream[SessionEvent]] = []
+        self._subscribers: list[BoundedFeed[SessionEvent]] = []
+        self._waiting = 0  # requests waiting for an answer (MAX_PENDING_CALLS)
         self._changed = anyio.Event()  # set (and replaced) on every state or link change
 
     # ------------------------------------------------------------------ PresenceSession
@@ -355,13 +444,15 @@ class ZooKeeperSession:
         return self._watch_key(self._server_path(key, allow_root=False))
 
     def state_changes(self) -> AsyncIterator[SessionEvent]:
-        """Every state transition from now on; ends after ``closed``."""
-        send, receive = anyio.create_memory_object_stream[SessionEvent](math.inf)
+        """Every state transition from now on; ends after ``closed``. A reader that falls
+        behind loses the oldest: at most :data:`MAX_STATE_EVENTS` transitions wait for it."""
+        feed: BoundedFeed[SessionEvent] = BoundedFeed(MAX_STATE_EVENTS, drop_oldest=True,
+                                                      what="state changes")
         if self._machine.phase is Phase.CLOSED:
-            send.close()
+            feed.finish(StopAsyncIteration())
         else:
-            self._subscribers.append(send)
-        return self._iterate_states(receive)
+            self._subscribers.append(feed)
+        return self._iterate_states(feed)
 
     async def aclose(self, *, direct: bool = False) -> None:
         """Close the session: closeSession is sent so its registrations vanish at once.
@@ -389,8 +480,8 @@ class ZooKeeperSession:
         now = SessionDriver.now()
         self._apply(self._machine.close(now), now)
         self._watches.lose_all("session closed")
-        for channel in self._subscribers:
-            channel.close()
+        for feed in self._subscribers:
+            feed.finish(StopAsyncIteration())
         self._subscribers.clear()
         self._notify()
 
@@ -460,7 +551,7 @@ class ZooKeeperSession:
         link, self._link = self._link, None
         if link is not None:
             link.scope.cancel()
-            link.outbox[0].close()
+            link.outbox.close()
             link.fail_pending(reason)
 
     def _link_failed(self, link: _Link, reason: str) -> None:
@@ -477,11 +568,8 @@ class ZooKeeperSession:
     def _on_state(self, event: SessionEvent, now: float) -> None:
         log.info("session_state", state=event.state.value, session_id=_hex(event.session_id),
                  reason=event.reason, peer=_peer(self._machine.host))
-        for channel in list(self._subscribers):
-            try:
-                channel.send_nowait(event)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._subscribers.remove(channel)  # its reader went away
+        for feed in self._subscribers:
+            feed.put(event)
         if event.state is SessionState.EXPIRED:
             self._expiry = event
             if event.session_id:
@@ -621,10 +709,21 @@ class ZooKeeperSession:
             self._link_failed(link, f"protocol error: {exc}")
 
     async def _writer(self, link: _Link, stream: trio.abc.Stream) -> None:
+        outbox = link.outbox
         try:
-            async for data in link.outbox[1]:
-                await stream.send_all(data)
-                if self._link is link:
+            while True:
+                await outbox.wait()
+                if outbox.overflow is not None:
+                    log.warning("connection_dropped", peer=_peer(link.host),
+                                reason=outbox.overflow, session_id=_hex(self._machine.session_id))
+                    self._link_failed(link, outbox.overflow)
+                    return
+                if outbox.closed:
+                    return
+                with anyio.CancelScope() as link.send_scope:
+                    await stream.send_all(outbox.take())
+                link.send_scope = None
+                if self._link is link and outbox.overflow is None:
                     self._machine.sent(SessionDriver.now())
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._link_failed(link, f"send failed: {exc!r}")
@@ -677,6 +776,24 @@ class ZooKeeperSession:
                 return link
             await self._changed.wait()
 
+    async def _link_with_room(self) -> _Link:
+        """The connection, once its write queue has room for a request (backpressure: a
+        server that does not read holds the request here, not in memory without bound)."""
+        while True:
+            link = await self._usable_link()
+            if link.outbox.has_room():
+                return link
+            await link.outbox.wait_room()
+
+    def _reserve(self, count: int) -> None:
+        """Count ``count`` more requests waiting for an answer, or raise QueueFull."""
+        if self._waiting + count > MAX_PENDING_CALLS:
+            if count == 1:
+                raise QueueFull(f"{MAX_PENDING_CALLS} requests are already waiting for an answer")
+            raise QueueFull(f"{count} more requests would pass the bound of {MAX_PENDING_CALLS} "
+                            f"waiting for an answer ({self._waiting} are)")
+        self._waiting += count
+
     def _send(self, link: _Link, request: Request, watcher: _Waiter | None = None) -> _Call:
         self._xid = self._xid % 0x7FFFFFFF + 1
         call = _Call(request, watcher)
@@ -685,8 +802,12 @@ class ZooKeeperSession:
         return call
 
     async def _call(self, request: Request, watcher: _Waiter | None = None) -> Any:
-        call = self._send(await self._usable_link(), request, watcher)
-        await call.done.wait()
+        self._reserve(1)
+        try:
+            call = self._send(await self._link_with_room(), request, watcher)
+            await call.done.wait()
+        finally:
+            self._waiting -= 1
         if call.error is not None:
             raise call.error
         return call.result
@@ -702,17 +823,25 @@ class ZooKeeperSession:
                 continue
 
     async def _children_data(self, path: str, children: _Names) -> dict[str, bytes]:
-        """Data of each child, requested in one pipelined batch; vanished ones are skipped."""
-        link = await self._usable_link()
-        calls = [(name, self._send(link, GetData(_join(path, name)))) for name in sorted(children)]
+        """Data of each child, requested in pipelined batches (of at most
+        :data:`CHILDREN_BATCH`, each counted as pending calls); vanished ones are skipped."""
+        names = sorted(children)
         result: dict[str, bytes] = {}
-        for name, call in calls:
-            await call.done.wait()
-            if isinstance(call.error, NoNodeError):
-                continue
-            if call.error is not None:
-                raise call.error
-            result[name] = bytes(call.result[0])
+        for start in range(0, len(names), CHILDREN_BATCH):
+            batch = names[start:start + CHILDREN_BATCH]
+            self._reserve(len(batch))
+            try:
+                link = await self._link_with_room()
+                calls = [(name, self._send(link, GetData(_join(path, name)))) for name in batch]
+                for name, call in calls:
+                    await call.done.wait()
+                    if isinstance(call.error, NoNodeError):
+                        continue
+                    if call.error is not None:
+                        raise call.error
+                    result[name] = bytes(call.result[0])
+            finally:
+                self._waiting -= len(batch)
         return result
 
     async def _create_parents(self, path: str) -> None:
@@ -793,6 +922,12 @@ class ZooKeeperSession:
                         return
                     await self._changed.wait()  # the next session restores it; keep watching
                     continue
+                except QueueFull as exc:  # the application keeps too many requests waiting
+                    self._watches.discard(waiter)
+                    log.warning("keep_registered_deferred", path=key, reason=str(exc),
+                                session_id=_hex(self._machine.session_id))
+                    await self._changed.wait()
+                    continue
                 if stat is None:
                     self._watches.discard(waiter)
                     data = self._registrations.get(key)
@@ -805,7 +940,7 @@ class ZooKeeperSession:
                         await self._create_ephemeral(path, data, wait_for_others=True)
                     except ZooKeeperSessionExpired:
                         continue
-                    except ZooKeeperError as exc:
+                    except (ZooKeeperError, QueueFull) as exc:
                         if isinstance(exc, SessionClosedError):
                             return
                         # Refused (an ACL, a quota): trying again only helps once the
@@ -834,7 +969,7 @@ class ZooKeeperSession:
             await self._create_ephemeral(self._server_path(key), data, wait_for_others=True)
         except (ZooKeeperSessionExpired, SessionClosedError):
             return  # the next session (if any) restores it
-        except ZooKeeperError as exc:  # e.g. no permission any more: report, keep the session
+        except (ZooKeeperError, QueueFull) as exc:  # e.g. no permission any more: report
             log.warning("reregister_failed", path=key, reason=str(exc),
                         session_id=_hex(self._machine.session_id))
             return
@@ -917,12 +1052,18 @@ class ZooKeeperSession:
             if not await self._until_fired(waiter):
                 return
 
-    async def _iterate_states(
-        self, receive: MemoryObjectReceiveStream[SessionEvent]
-    ) -> AsyncIterator[SessionEvent]:
-        async with receive:
-            async for event in receive:
+    async def _iterate_states(self, feed: BoundedFeed[SessionEvent]
+                              ) -> AsyncIterator[SessionEvent]:
+        try:
+            while True:
+                try:
+                    event = await feed.get()
+                except StopAsyncIteration:
+                    return
                 yield event
+        finally:
+            if feed in self._subscribers:  # its reader went away
+                self._subscribers.remove(feed)
 
     # ------------------------------------------------------------------ paths
 

@@ -340,15 +340,15 @@ async def test_reattached_registry_resyncs_with_a_fresh_watch(
 async def test_the_merged_feed_keeps_its_bound_in_both_modes() -> None:
     """A feed that drops the oldest keeps the newest `limit` items; one that does not keeps
     its first `limit` items, hands them out, then raises QueueFull."""
+    from pulse._driver.feed import BoundedFeed
     from pulse.errors import QueueFull
-    from pulse.multiregistry import _Feed
 
-    newest = _Feed(3, drop_oldest=True)
+    newest: BoundedFeed[int] = BoundedFeed(3, drop_oldest=True)
     for i in range(5):
         newest.put(i)
     assert [await newest.get() for _ in range(3)] == [2, 3, 4]
 
-    strict = _Feed(3, drop_oldest=False)
+    strict: BoundedFeed[int] = BoundedFeed(3, drop_oldest=False, what="merged events")
     for i in range(5):
         strict.put(i)
     assert [await strict.get() for _ in range(3)] == [0, 1, 2]
@@ -361,15 +361,15 @@ async def test_the_merged_feed_is_bounded_in_bytes() -> None:
     room for a large item; otherwise the first item that does not fit stops the feed (no
     later small one slips in), what it held comes out in order, then QueueFull names the
     bytes; the byte count returns to zero."""
+    from pulse._driver.feed import BoundedFeed
     from pulse.errors import QueueFull
-    from pulse.multiregistry import _Feed
 
-    newest = _Feed(100, drop_oldest=True, max_bytes=10, size=len)
+    newest: BoundedFeed[bytes] = BoundedFeed(100, drop_oldest=True, max_bytes=10, size=len)
     for item in (b"aaaa", b"bbbb", b"cccccccc"):
         newest.put(item)
     assert newest.bytes == 8 and await newest.get() == b"cccccccc" and newest.bytes == 0
 
-    strict = _Feed(100, drop_oldest=False, max_bytes=10, size=len)
+    strict: BoundedFeed[bytes] = BoundedFeed(100, drop_oldest=False, max_bytes=10, size=len)
     for item in (b"aaaa", b"bbbb", b"ccc", b"d"):
         strict.put(item)
     assert [await strict.get(), await strict.get()] == [b"aaaa", b"bbbb"]
@@ -377,7 +377,7 @@ async def test_the_merged_feed_is_bounded_in_bytes() -> None:
     with pytest.raises(QueueFull, match="more than 10 bytes"):
         await strict.get()
     with pytest.raises(ValueError):
-        _Feed(10, drop_oldest=False, max_bytes=0, size=len)
+        BoundedFeed(10, drop_oldest=False, max_bytes=0, size=len)
 
 
 async def test_a_watch_whose_reader_falls_behind_its_byte_bound_ends_with_queue_full(
