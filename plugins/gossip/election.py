@@ -120,8 +120,12 @@ class _Driver:
     def next_deadline(self) -> float | None:
         return self.machine.next_deadline()
 
-    def handle_timer(self, now: float) -> None:
+    def raise_floor(self) -> None:
+        """Read the wall clock into the token floor (before every step of the machine)."""
         self.machine.token_floor = max(self.machine.token_floor, _wall_ms())
+
+    def handle_timer(self, now: float) -> None:
+        self.raise_floor()
         self.act(self.machine.handle_timer(now))
 
     def timer_failed(self, exc: Exception) -> None:
@@ -184,7 +188,7 @@ async def _step_forever(session: GossipSession, prefix: str, key: str, driver: _
     machine = driver.machine
     try:
         while True:
-            machine.token_floor = max(machine.token_floor, _wall_ms())
+            driver.raise_floor()
             driver.act(machine.observe(engine.now(), _ballots(session, prefix)))
             await _publish(session, key, driver)
             engine.watch(driver)

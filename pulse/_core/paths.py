@@ -75,8 +75,7 @@ class _Path:
 class RedundantPeer:
     """The liveness of one peer over several paths (see the module docstring)."""
 
-    __slots__ = ("_dead_since", "_index", "_paths", "_started", "pause_after", "timeout",
-                 "verdict")
+    __slots__ = ("_index", "_paths", "_started", "pause_after", "timeout", "verdict")
 
     def __init__(
         self, paths: Sequence[str], timeout: float, now: float, *,
@@ -94,7 +93,6 @@ class RedundantPeer:
         self._paths = [_Path(str(name), now) for name in paths]
         self._index = {path.name: path for path in self._paths}
         self._started = now
-        self._dead_since: float | None = None
         self.verdict = PeerVerdict.PENDING
 
     # -- queries ---------------------------------------------------------------------------
@@ -125,6 +123,9 @@ class RedundantPeer:
     def heard(self, path: str, now: float) -> list[PathAction]:
         """A heartbeat was answered (or any byte arrived) on ``path`` at ``now``."""
         entry = self._get(path)
+        # Dead: every path is down, the last of them since the death.
+        dead_since = (max(p.since for p in self._paths) if self.verdict is PeerVerdict.DEAD
+                      else None)
         entry.last_heard = now if entry.last_heard is None else max(entry.last_heard, now)
         actions: list[PathAction] = []
         if entry.state is not PathState.UP:
@@ -132,10 +133,8 @@ class RedundantPeer:
             actions.append(PathUp(entry.name, max(0.0, now - entry.since), first))
             entry.state = PathState.UP
             entry.since = now
-        if self.verdict is PeerVerdict.DEAD:
-            assert self._dead_since is not None
-            actions.append(PeerAlive(after=max(0.0, now - self._dead_since)))
-            self._dead_since = None
+        if dead_since is not None:
+            actions.append(PeerAlive(after=max(0.0, now - dead_since)))
         self.verdict = PeerVerdict.ALIVE
         return actions
 
@@ -195,7 +194,6 @@ class RedundantPeer:
             actions.append(PeerDead(reason=f"{what} down ({reason} on {entry.name})",
                                     missed=0, silent_for=max(0.0, silent)))
             self.verdict = PeerVerdict.DEAD
-            self._dead_since = now
         return actions
 
     def __repr__(self) -> str:

@@ -144,13 +144,13 @@ class RedundantPaths:
             if isinstance(action, PathDown):
                 # Info, not warning: the application hears it through events()/on_event.
                 log.info("path_down", path=action.path, reason=action.reason,
-                            silent_for=round(action.silent_for, 3))
+                         silent_for=round(action.silent_for, 3))
             elif isinstance(action, PathUp):
                 log.info("path_up", path=action.path, first=action.first)
             elif isinstance(action, PeerDead):
                 self._death = action
                 log.info("peer_dead", reason=action.reason,
-                            silent_for=round(action.silent_for, 3))
+                         silent_for=round(action.silent_for, 3))
             elif isinstance(action, PeerAlive):
                 log.info("peer_alive", after=round(action.after, 3))
             elif isinstance(action, LocalPause):
@@ -199,10 +199,6 @@ class RedundantPaths:
                 log.warning("path_given_up", path=route.name, attempts=backoff.attempts)
                 return
             await engine.sleep(delay)
-
-
-def _default_path_backoff() -> Backoff:
-    return default_backoff()
 
 
 @asynccontextmanager
@@ -269,7 +265,7 @@ async def _watch(
                          "is heard once per interval")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
-    make_backoff = backoff or _default_path_backoff
+    make_backoff = backoff or default_backoff
     engine = current_engine()
     # A wake-up later than a whole timeout is this process stopping, not the paths.
     silence = timeout

@@ -17,12 +17,9 @@ from pulse._core.paths import PathState
 from pulse._core.stats import RttStats
 from pulse._driver.paths import redundant_paths
 from pulse.actions import LocalPause, PathAction, PathDown, PathUp, PeerAlive, PeerDead
+from pulse.cli._rtt import ms, rtt_fields, rtt_line
 from pulse.cli._run import until_interrupted
 from pulse.registry import PingReply
-
-
-def _ms(value: float | None) -> float:
-    return round((value or 0.0) * 1000, 3)
 
 
 async def ping_paths(args: argparse.Namespace) -> int:
@@ -46,9 +43,9 @@ async def ping_paths(args: argparse.Namespace) -> int:
     def on_reply(path: str, reply: PingReply) -> None:
         stats.add(reply.rtt)
         answers[path] += 1
-        emit({"event": "pong", "path": path, "seq": reply.seq, "rtt_ms": _ms(reply.rtt),
+        emit({"event": "pong", "path": path, "seq": reply.seq, "rtt_ms": ms(reply.rtt),
               "peer": reply.peer},
-             f"pong from {reply.peer} via {path}: seq={reply.seq} rtt={_ms(reply.rtt)} ms")
+             f"pong from {reply.peer} via {path}: seq={reply.seq} rtt={ms(reply.rtt)} ms")
         if args.count is not None and stats.summary().count >= args.count:
             finished.set()
 
@@ -62,7 +59,7 @@ async def ping_paths(args: argparse.Namespace) -> int:
         elif isinstance(action, PathDown):
             states[action.path] = PathState.DOWN
             emit({"event": "path_down", "path": action.path, "reason": action.reason,
-                  "silent_for_ms": _ms(action.silent_for), "paths_up": up_count(),
+                  "silent_for_ms": ms(action.silent_for), "paths_up": up_count(),
                   "paths": len(urls)},
                  f"path down: {action.path}: {action.reason} "
                  f"({up_count()} of {len(urls)} paths up)")
@@ -71,13 +68,13 @@ async def ping_paths(args: argparse.Namespace) -> int:
                       f"{action.silent_for:.3f}s")
             # In text, the closing error line says it (as for one URL).
             emit({"event": "peer_dead", "reason": action.reason,
-                  "silent_for_ms": _ms(action.silent_for)}, None)
+                  "silent_for_ms": ms(action.silent_for)}, None)
             finished.set()
         elif isinstance(action, PeerAlive):
-            emit({"event": "peer_alive", "after_ms": _ms(action.after)},
+            emit({"event": "peer_alive", "after_ms": ms(action.after)},
                  f"peer alive again after {action.after:.3f}s")
         elif isinstance(action, LocalPause):
-            emit({"event": "local_pause", "late_by_ms": _ms(action.late_by)},
+            emit({"event": "local_pause", "late_by_ms": ms(action.late_by)},
                  f"local pause: this process ran {action.late_by:.3f}s late", error=True)
 
     async def body() -> None:
@@ -94,16 +91,14 @@ async def ping_paths(args: argparse.Namespace) -> int:
         print(json.dumps({
             "event": "summary", "urls": urls, "received": received,
             "answers": answers, "paths": {url: states[url].value for url in urls},
-            "min_ms": _ms(summary.min), "avg_ms": _ms(summary.avg), "max_ms": _ms(summary.max),
-            "mdev_ms": _ms(summary.mdev), "reason": reason or None,
+            **rtt_fields(summary), "reason": reason or None,
         }), flush=True)
     else:
         print(f"--- {label} pulse statistics ---")
         per_path = ", ".join(f"{url}: {answers[url]} ({states[url].value})" for url in urls)
         print(f"{received} heartbeats answered over {len(urls)} paths; {per_path}")
         if received:
-            print(f"rtt min/avg/max/mdev = {_ms(summary.min)}/{_ms(summary.avg)}/"
-                  f"{_ms(summary.max)}/{_ms(summary.mdev)} ms")
+            print(rtt_line(summary))
     if reason:
         print(f"pulse ping: {label}: {reason}", file=sys.stderr)
         return 1

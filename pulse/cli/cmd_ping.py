@@ -13,6 +13,7 @@ from pulse._core.policy import PROFILES
 from pulse._core.stats import RttStats
 from pulse.cli._errors import REPORTABLE, describe
 from pulse.cli._paths import ping_paths
+from pulse.cli._rtt import ms, rtt_fields, rtt_line
 from pulse.cli._run import until_interrupted
 from pulse.registry import PingOptions, ping_function
 
@@ -36,10 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default); 'lossy' keeps waiting past --timeout while the kernel "
                              "still hears the peer over a retransmitting path")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-
-
-def _ms(value: float | None) -> float:
-    return round((value or 0.0) * 1000, 3)
 
 
 async def ping(args: argparse.Namespace) -> int:
@@ -70,9 +67,9 @@ async def ping(args: argparse.Namespace) -> int:
                 stats.add(reply.rtt)
                 if args.json:
                     print(json.dumps({"event": "pong", "seq": reply.seq,
-                                      "rtt_ms": _ms(reply.rtt), "peer": reply.peer}), flush=True)
+                                      "rtt_ms": ms(reply.rtt), "peer": reply.peer}), flush=True)
                 else:
-                    print(f"pong from {reply.peer}: seq={reply.seq} rtt={_ms(reply.rtt)} ms",
+                    print(f"pong from {reply.peer}: seq={reply.seq} rtt={ms(reply.rtt)} ms",
                           flush=True)
         except REPORTABLE as exc:
             if connected:
@@ -87,16 +84,14 @@ async def ping(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "event": "summary", "url": args.url, "sent": sent, "received": received,
-            "loss_percent": round(loss, 1), "min_ms": _ms(summary.min),
-            "avg_ms": _ms(summary.avg), "max_ms": _ms(summary.max), "mdev_ms": _ms(summary.mdev),
+            "loss_percent": round(loss, 1), **rtt_fields(summary),
             "reason": reason or None,
         }), flush=True)
     elif connected or received:
         print(f"--- {args.url} pulse statistics ---")
         print(f"{sent} heartbeats sent, {received} answered, {loss:.1f}% lost")
         if received:
-            print(f"rtt min/avg/max/mdev = {_ms(summary.min)}/{_ms(summary.avg)}/"
-                  f"{_ms(summary.max)}/{_ms(summary.mdev)} ms")
+            print(rtt_line(summary))
     if reason:
         print(f"pulse ping: {args.url}: {reason}", file=sys.stderr)
         return 1 if received == 0 or args.count is None or received < args.count else 0

@@ -35,6 +35,7 @@ import trio
 from pulse._core.election import MARGIN_FRACTION
 from pulse._driver.engine import current_engine
 from pulse._log import get_logger
+from pulse.cli.cmd_watch import _bind_addr  # the same --bind HOST:PORT as pulse watch
 from pulse.election import Leadership, LeadershipLost, election
 from pulse.errors import PulseError
 from pulse.presence import SessionState
@@ -152,14 +153,6 @@ async def _run_child(command: list[str], leadership: Leadership, grace: float) -
 
 def _is_gossip(url: str) -> bool:
     return url.partition("://")[0].lower() == "gossip"
-
-
-def _bind_addr(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` with a port from 0 (any free one) to 65535."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--bind expects HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
 
 
 def _check_gossip_options(args: argparse.Namespace) -> None:
