@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from pulse.cli.cmd_serve import _describe  # the line pulse serve prints
 from pulse.cli.logs import configure_logging
 from pulse.registry import ServeOptions, serve_function
 
@@ -36,14 +37,6 @@ async def serve(urls: list[str], options: ServeOptions) -> None:
             async for _ in signals:
                 break
             group.cancel_scope.cancel()
-
-
-def _describe(url: str, bound: Any) -> str:
-    try:
-        host, port = bound[0].socket.getsockname()[:2]
-    except (TypeError, IndexError, AttributeError):
-        return url
-    return f"{url.split('://', 1)[0]}://{host}:{port}"
 
 
 def runner(loop: str) -> Callable[[Coroutine[Any, Any, None]], None]:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import anyio
@@ -51,6 +52,16 @@ def backend_of(loop: str) -> tuple[str, dict[str, Any]]:
         uvloop = pytest.importorskip("uvloop")
         return "asyncio", {"loop_factory": uvloop.new_event_loop}
     raise ValueError(f"unknown loop {loop!r}; known: {', '.join(LOOPS)}")
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port whose listener never accepts: connects succeed (the kernel's
+    backlog), nothing is ever answered (import it into a test module to use it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
 
 
 def leftover_tasks() -> list[asyncio.Task[Any]]:

@@ -216,7 +216,7 @@ class HeartbeatConnection:
 
     def stats(self) -> PeerStats:
         """RTT summary, missed beats, pings sent, pongs received, silence and suspicion."""
-        return self._liveness.stats(anyio.current_time())
+        return self._liveness.stats(self._engine.now())
 
     def events(self) -> EventFeed[Action]:
         """A new subscription to the liveness changes (see :class:`~pulse._driver.feed.EventHub`:
@@ -304,7 +304,7 @@ class HeartbeatConnection:
         policy's timeout) and :class:`ConnectionClosed` if the connection closes first.
         """
         self._raise_if_closed()
-        request = next(iter(self._liveness.request_ping(anyio.current_time())), None)
+        request = next(iter(self._liveness.request_ping(self._engine.now())), None)
         if not isinstance(request, SendPing):
             raise self._closed_error()
         done = self._pong_waiters[request.seq] = anyio.Event()
@@ -312,7 +312,7 @@ class HeartbeatConnection:
         try:
             await self._write(encode_frame(Ping(request.seq, request.now)), progress=False)
             if self._window is not None:
-                self._window.ping_written(request.seq, anyio.current_time())
+                self._window.ping_written(request.seq, self._engine.now())
             with anyio.move_on_after(limit if limit > 0 else math.inf):
                 await done.wait()  # set by the pong, or by the connection closing
         finally:
@@ -416,7 +416,7 @@ class HeartbeatConnection:
         needs (a write that must wait for room, a goodbye, a task reader)."""
         self._nursery = nursery
         self._control.nursery = nursery
-        now = anyio.current_time()
+        now = self._engine.now()
         for frame in self._early_frames:
             if self.closed or self._done_reading:
                 break  # a goodbye, an error or a flood verdict ends them, as in _feed
@@ -458,7 +458,7 @@ class HeartbeatConnection:
                 if not chunk:
                     await self._finish("connection closed by peer", None)
                     return
-                self._feed(chunk, anyio.current_time())
+                self._feed(chunk, self._engine.now())
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             await self._finish(f"connection lost: {exc!r}", None, graceful=False)
 
@@ -642,7 +642,7 @@ class HeartbeatConnection:
                 for start in range(0, len(view), WRITE_CHUNK):
                     await self.stream.send_all(view[start:start + WRITE_CHUNK])
                     if progress and start + WRITE_CHUNK < len(view):
-                        self._liveness.output_progress(anyio.current_time())
+                        self._liveness.output_progress(self._engine.now())
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 await self._finish(f"connection lost: {exc!r}", None, graceful=False)
                 raise self._closed_error() from exc
@@ -651,7 +651,7 @@ class HeartbeatConnection:
                                                   None)
                 await self._finish(reason, error, graceful=False)
                 raise
-            self._liveness.data_sent(anyio.current_time())
+            self._liveness.data_sent(self._engine.now())
 
     async def _finish(self, reason: str, error: PulseError | None, *, graceful: bool = True) -> None:
         """Close for ``reason`` (first caller wins); ``graceful`` lets a transport say goodbye

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -50,6 +49,7 @@ from pulse.registry import Endpoint, ServeOptions, connect_session, get_plugin
 from pulse.rpc import ChannelTiming, HeartbeatTimer, Role, open_heartbeat_timer
 from pulse.testing import heartbeat_pair
 from tests.loops import ASYNCIO_LOOPS, ENGINE_TASK, LOOPS, run
+from tests.loops import silent_port as silent_port  # a fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -187,16 +187,6 @@ def lease_url(portal: BlockingPortal) -> Iterator[str]:
     host, port = bound_address(listeners)
     yield f"pulse://{host}:{port}"
     future.cancel()
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A loopback port whose listener never accepts: connects succeed (the kernel's
-    backlog), nothing is ever answered."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        yield sock.getsockname()[1]
 
 
 async def receive_burst(receive: Callable[[], Awaitable[Any]], end: Any) -> list[Any]:

@@ -40,6 +40,19 @@ async def run_pulse(*argv: str, limit: float = 20.0) -> subprocess.CompletedProc
                                       check=False)
 
 
+async def start_tls_serve(nursery: trio.Nursery, tmp_path: Path, scheme: str
+                          ) -> tuple[trio.Process, int]:
+    """``pulse serve`` on a ``scheme`` (tls or wss) loopback listener with a certificate from
+    a fresh CA no client trusts; returns the process and its port."""
+    pem = tmp_path / "server.pem"
+    trustme.CA().issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    command = [*PULSE, "serve", "--listen", f"{scheme}://127.0.0.1:0", "--certfile", str(pem)]
+    proc: trio.Process = await nursery.start(partial(
+        trio.run_process, command, stdout=subprocess.PIPE, check=False, cwd=tmp_path))
+    assert proc.stdout is not None
+    return proc, int((await read_until(proc.stdout, b"\n")).decode().strip().rsplit(":", 1)[1])
+
+
 async def serve_http(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """A plain HTTP server that answers every request with 200 and a page of HTML."""
     async def answer(stream: trio.SocketStream) -> None:
@@ -168,15 +181,8 @@ async def test_ping_reports_the_negotiated_timeout(tmp_path: Path) -> None:
 
 async def test_wss_to_a_self_signed_server(tmp_path: Path) -> None:
     """wss:// to a server whose CA the client does not trust: one line about the certificate."""
-    ca = trustme.CA()
-    pem = tmp_path / "server.pem"
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
     async with trio.open_nursery() as nursery:
-        command = [*PULSE, "serve", "--listen", "wss://127.0.0.1:0", "--certfile", str(pem)]
-        proc: trio.Process = await nursery.start(partial(
-            trio.run_process, command, stdout=subprocess.PIPE, check=False, cwd=tmp_path))
-        assert proc.stdout is not None
-        port = (await read_until(proc.stdout, b"\n")).decode().strip().rsplit(":", 1)[1]
+        proc, port = await start_tls_serve(nursery, tmp_path, "wss")
         result = await run_pulse("ping", f"wss://127.0.0.1:{port}/", "-c", "1")
         proc.terminate()
         nursery.cancel_scope.cancel()
@@ -199,15 +205,8 @@ async def test_tls_to_a_plain_port(tmp_path: Path) -> None:
 
 async def test_tcp_to_a_tls_port_suggests_tls(tmp_path: Path) -> None:
     """tcp:// at a TLS pulse port: one line that points at tls://."""
-    ca = trustme.CA()
-    pem = tmp_path / "server.pem"
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
     async with trio.open_nursery() as nursery:
-        command = [*PULSE, "serve", "--listen", "tls://127.0.0.1:0", "--certfile", str(pem)]
-        proc: trio.Process = await nursery.start(partial(
-            trio.run_process, command, stdout=subprocess.PIPE, check=False, cwd=tmp_path))
-        assert proc.stdout is not None
-        port = (await read_until(proc.stdout, b"\n")).decode().strip().rsplit(":", 1)[1]
+        proc, port = await start_tls_serve(nursery, tmp_path, "tls")
         result = await run_pulse("ping", f"tcp://127.0.0.1:{port}", "-c", "1", "--timeout", "3")
         proc.terminate()
         nursery.cancel_scope.cancel()

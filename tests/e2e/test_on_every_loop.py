@@ -31,6 +31,7 @@ from pulse.plugins.lease.server import LeaseServer, ServerConfig, bound_address
 from pulse.plugins.tcp import ClientState as TcpState
 from pulse.plugins.tcp import StateChange as TcpStateChange
 from pulse.plugins.tcp import connect_tcp, reconnecting_tcp
+from pulse.plugins.tcp.server import Handler as TcpHandler
 from pulse.plugins.tcp.server import echo as tcp_echo
 from pulse.plugins.tcp.server import serve_tcp
 from pulse.plugins.websocket import ClientState as WsState
@@ -42,6 +43,7 @@ from pulse.registry import connect_session
 from pulse.rpc import ChannelState, ChannelTiming, RequestIds, Role, open_heartbeat_timer
 from pulse.testing import heartbeat_pair
 from tests.loops import on_every_loop
+from tests.loops import silent_port as silent_port  # a fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -49,6 +51,14 @@ FAST = HeartbeatPolicy(interval=0.1, timeout=0.5)
 QUICK = Backoff(initial=0.05, maximum=0.2)
 PEERS = Path(__file__).resolve().parent.parent / "peers"
 LIMIT = 15.0  # every test body is bounded by this many seconds
+
+
+async def start_tcp_server(group: anyio.abc.TaskGroup,
+                           handler: TcpHandler) -> int:
+    """``serve_tcp(handler)`` on a loopback port in ``group``; returns the port."""
+    listeners = await group.start(lambda *, task_status: serve_tcp(
+        handler, host="127.0.0.1", port=0, policy=FAST, task_status=task_status))
+    return int(listeners[0].socket.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +135,7 @@ async def test_connect_tcp_pings_a_live_server() -> None:
     """connect_tcp: one connection, ping() answers with a round-trip time, messages echo."""
     with anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as group:
-            listeners = await group.start(lambda *, task_status: serve_tcp(
-                tcp_echo, host="127.0.0.1", port=0, policy=FAST, task_status=task_status))
-            port = listeners[0].socket.getsockname()[1]
+            port = await start_tcp_server(group, tcp_echo)
             async with connect_tcp("127.0.0.1", port, FAST) as conn:
                 assert isinstance(conn, HeartbeatConnection)
                 assert 0 <= await conn.ping(timeout=2) < 2
@@ -380,24 +388,12 @@ async def test_a_connection_the_server_closes_ends_receive_with_connection_close
 
     with anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as group:
-            listeners = await group.start(lambda *, task_status: serve_tcp(
-                leave, host="127.0.0.1", port=0, policy=FAST, task_status=task_status))
-            port = listeners[0].socket.getsockname()[1]
+            port = await start_tcp_server(group, leave)
             async with connect_tcp("127.0.0.1", port, FAST) as conn:
                 assert [message async for message in conn] == ["bye"]
                 with pytest.raises(ConnectionClosed):
                     await conn.receive()
             group.cancel_scope.cancel()
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A loopback port whose listener never accepts: connects succeed (the kernel's
-    backlog), nothing is ever answered."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        yield sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("scheme", ["tcp", "ws", "pulse", "zk"])
