@@ -11,12 +11,11 @@ import anyio
 import anyio.abc
 import trio
 
-from pulse._core.offenders import OffenderCooldown
 from pulse._core.policy import HeartbeatPolicy
 from pulse._deprecation import deprecated
 from pulse._driver import streams
 from pulse._driver.connection import HeartbeatConnection, heartbeat
-from pulse._driver.engine import current_engine
+from pulse._driver.offenders import OffenderDoor
 from pulse._driver.streams import SocketStream, accept_tls, peer_name
 from pulse._log import get_logger
 from pulse.errors import PingFlood, PulseError
@@ -71,18 +70,14 @@ async def serve_tcp(
         deprecated("serve_tcp(handler, port)", "serve_tcp(handler, port=port)")
         port = args[0]
 
-    offenders = OffenderCooldown()
-    engine = current_engine()
+    door = OffenderDoor(log)
 
     async def one_client(stream: SocketStream) -> None:
         peer = peer_name(stream)
         transport = "tls" if ssl_context is not None else "tcp"
-        address = peer.rpartition(":")[0]
         conn: HeartbeatConnection | None = None
-        if not offenders.admits(address, engine.now()):
+        if door.refuses(peer, transport):
             # Closed for a flood moments ago: no handshake, no heartbeat, just the door.
-            log.info("client_refused", peer=peer, transport=transport,
-                     reason="cooling down after a ping flood")
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
             return
@@ -104,9 +99,7 @@ async def serve_tcp(
             log.exception("handler_failed", peer=peer, transport=transport)
         finally:
             if conn is not None and isinstance(conn.close_error, PingFlood):
-                cooldown = offenders.offence(address, engine.now())
-                log.info("client_cooling_down", peer=peer, transport=transport,
-                         seconds=cooldown)
+                door.offence(peer, transport)
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
 

@@ -39,7 +39,7 @@ from pulse._core.offenders import OffenderCooldown
 from pulse._core.policy import HeartbeatPolicy
 from pulse._deprecation import deprecated
 from pulse._driver.connection import DEFAULT_MAX_PING_RATE
-from pulse._driver.engine import current_engine
+from pulse._driver.offenders import OffenderDoor
 from pulse._driver.phase import Phase, bounded
 from pulse._driver.streams import (
     Listener,
@@ -181,6 +181,10 @@ class WebSocketServer:
     offenders: OffenderCooldown = field(default_factory=OffenderCooldown)
     _nursery: anyio.abc.TaskGroup | None = field(default=None, repr=False)
     """Where sessions without a task of their own start theirs (set while serving)."""
+    _door: OffenderDoor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._door = OffenderDoor(log, self.offenders)
 
     @property
     def port(self) -> int:
@@ -239,11 +243,9 @@ async def serve_stream(
     options = settings or ServerSettings()
     peer = peer or peer_name(stream)
     transport = "wss" if options.ssl_context is not None else "ws"
-    offenders = server.offenders if server is not None else None
-    if offenders is not None and not offenders.admits(_address(peer), current_engine().now()):
+    door = server._door if server is not None else None
+    if door is not None and door.refuses(peer, transport):
         # Closed for a ping flood moments ago: no handshake, just the door.
-        log.info("client_refused", peer=peer, transport=transport,
-                 reason="cooling down after a ping flood")
         await aclose_forcefully(stream)
         return
     wrapped: trio.abc.Stream = stream
@@ -275,8 +277,7 @@ async def serve_stream(
         detector=detector, fragment_size=options.fragment_size,
         close_timeout=options.close_timeout, peer=peer, transport=transport,
         max_ping_rate=options.max_ping_rate,
-        on_end=(partial(_cool_down_offender, offenders, peer, transport)
-                if offenders is not None else None),
+        on_end=partial(_cool_down_offender, door, peer, transport) if door is not None else None,
     )
     client = ServerConnection(session, inbox, outbox, request, subprotocol, peer)
     connections = server.connections if server is not None else set()
@@ -354,11 +355,6 @@ async def _launched_closed(connections: set[ServerConnection], client: ServerCon
         await aclose_forcefully(session.conn.stream)
 
 
-def _address(peer: str) -> str:
-    """The host part of ``host:port`` (``[v6]:port`` too)."""
-    return peer.rpartition(":")[0]
-
-
 def _finish(session: Session, end: SessionEnd, inbox: Inbox, outbox: Outbox, peer: str,
             transport: str) -> None:
     """The session ended: close the queues, report what was not delivered, log why."""
@@ -370,13 +366,11 @@ def _finish(session: Session, end: SessionEnd, inbox: Inbox, outbox: Outbox, pee
              code=end.code, initiator=end.initiator.value)
 
 
-def _cool_down_offender(offenders: OffenderCooldown, peer: str, transport: str,
-                        end: SessionEnd) -> None:
+def _cool_down_offender(door: OffenderDoor, peer: str, transport: str, end: SessionEnd) -> None:
     """A session ends: if this server closed it for a ping flood (its one policy close),
     the address starts cooling down now, before the close frame goes out."""
     if end.code == CLOSE_POLICY_VIOLATION and end.initiator is Initiator.LOCAL:
-        cooldown = offenders.offence(_address(peer), current_engine().now())
-        log.info("client_cooling_down", peer=peer, transport=transport, seconds=cooldown)
+        door.offence(peer, transport)
 
 
 async def _call_handler(handler: Handler, client: ServerConnection,
