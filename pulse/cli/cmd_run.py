@@ -35,6 +35,7 @@ import trio
 from pulse._core.election import MARGIN_FRACTION
 from pulse._driver.engine import current_engine
 from pulse._log import get_logger
+from pulse.cli._run import cancel_on_signal
 from pulse.cli.cmd_watch import _bind_addr  # the same --bind HOST:PORT as pulse watch
 from pulse.election import Leadership, LeadershipLost, election
 from pulse.errors import PulseError
@@ -221,23 +222,21 @@ async def _supervise(args: argparse.Namespace, command: list[str]) -> int:
 
 async def _main(args: argparse.Namespace, command: list[str]) -> int:
     status = 0
-    async with trio.open_nursery() as nursery:
 
-        async def on_signals() -> None:
-            nonlocal status
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    status = 128 + signum
-                    nursery.cancel_scope.cancel()
-                    return
+    def stopped_by(signum: int) -> None:
+        nonlocal status
+        status = 128 + signum
 
-        async def supervise() -> None:
-            nonlocal status
-            status = await _supervise(args, command)
-            nursery.cancel_scope.cancel()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
 
-        nursery.start_soon(on_signals)
-        nursery.start_soon(supervise)
+            async def supervise() -> None:
+                nonlocal status
+                status = await _supervise(args, command)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope, stopped_by)
+            nursery.start_soon(supervise)
     return status
 
 
