@@ -82,6 +82,7 @@ from pulse.presence import PresenceEvent, SessionEvent, SessionState
 
 from .errors import WatchKeyUnsupported, error_for
 from .protocol import (
+    UNKNOWN_OPERATION,
     CloseSession,
     Connect,
     ErrorCode,
@@ -1031,7 +1032,7 @@ def _watch_refusal(stream: WatchStream, error: PulseError) -> PulseError:
     """What a refused watch raises: :class:`~.errors.WatchKeyUnsupported` for a key watch
     the server does not know (it predates ``watch_key``), else the server's error."""
     if (isinstance(stream, KeyWatchStream) and isinstance(error, LocalProtocolError)
-            and not isinstance(error, WatchKeyUnsupported) and "unknown operation" in str(error)):
+            and not isinstance(error, WatchKeyUnsupported) and UNKNOWN_OPERATION in str(error)):
         return WatchKeyUnsupported(
             f"the server does not know watch_key (older than this client): {error}")
     return error

@@ -72,6 +72,11 @@ class BadRequest(RemoteProtocolError):
         self.xid = xid
 
 
+#: How a server refuses an operation it does not know (a client that sends a newer one,
+#: such as ``watch_key``, recognises the refusal by it).
+UNKNOWN_OPERATION = "unknown operation"
+
+
 class Op(enum.Enum):
     """Request operations."""
 
@@ -487,7 +492,7 @@ def parse_request(obj: object) -> Request:
     ack = _int(ack, "ack", xid)
     op = _OPS_BY_NAME.get(op_name) if isinstance(op_name, str) else None
     if op is None:
-        raise BadRequest(f"unknown operation {op_name!r}", xid)
+        raise BadRequest(f"{UNKNOWN_OPERATION} {op_name!r}", xid)
     return Request(xid, _parse_body(op, _args_map(args, xid), xid), ack)
 
 

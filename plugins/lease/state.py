@@ -392,13 +392,8 @@ class LeaseState:
         session = self.sessions.pop(session_id, None)
         ended = [Ended(session_id, state, reason)]
         if session is not None:
-            for watch_id, prefix in session.watches.items():
-                self._drop_watcher(prefix, (session_id, watch_id))
-            for watch_id, key in session.key_watches.items():
-                self._drop_watcher(key, (session_id, watch_id), self._key_watchers)
-            self.watch_count -= len(session.watches) + len(session.key_watches)
-            session.watches.clear()
-            session.key_watches.clear()
+            for watch_id in [*session.watches, *session.key_watches]:
+                self._unwatch(session, watch_id)
             self.pending_bytes -= session.outbox_bytes
             session.outbox.clear()
             session.outbox_bytes = 0
@@ -469,14 +464,7 @@ class LeaseState:
         elif isinstance(body, WatchKey):
             self._watch_key(session, body.key, body.watch_id, outcome)
         elif isinstance(body, Unwatch):
-            prefix = session.watches.pop(body.watch_id, None)
-            if prefix is not None:
-                self.watch_count -= 1
-                self._drop_watcher(prefix, (session_id, body.watch_id))
-            key = session.key_watches.pop(body.watch_id, None)
-            if key is not None:
-                self.watch_count -= 1
-                self._drop_watcher(key, (session_id, body.watch_id), self._key_watchers)
+            self._unwatch(session, body.watch_id)
         elif isinstance(body, CloseSession):
             outcome.ended.extend(self.end_session(session_id, "closed", "closed by the client",
                                                   outcome.woken))
@@ -554,49 +542,63 @@ class LeaseState:
             outcome.ended.extend(self._end_backlogged(other, outcome.woken))
 
     def _watch(self, session: ServerSession, prefix: str, watch_id: int, outcome: Outcome) -> None:
-        current = session.watches.get(watch_id)
-        if current is not None or watch_id in session.key_watches:
-            if current != prefix:
-                raise RequestFailed(ErrorCode.BAD_REQUEST, f"watch id {watch_id} already "
-                                    f"watches {current or 'the key ' + session.key_watches[watch_id]}")
+        if self._rewatch(session, watch_id, prefix, key=False):
             outcome.result["existing"] = True
             return
         self._check_watch_limits(session)
-        children = self._children.get(prefix, {})
-        self._check_snapshot(session, prefix, [
-            (name_of(key), self.keys[key].data) for key in children])
-        session.watches[watch_id] = prefix
-        self.watch_count += 1
-        self._watchers.setdefault(prefix, {})[(session.id, watch_id)] = None
-        for key in self._children.get(prefix, {}):
-            self._enqueue(session, WatchEvent(0, watch_id, "online", name_of(key),
-                                              self.keys[key].data, initial=True))
-        self._enqueue(session, WatchEvent(0, watch_id, "synced"))
-        outcome.woken.add(session.id)
-        outcome.result["existing"] = False
+        members = [(name_of(key), self.keys[key].data) for key in self._children.get(prefix, {})]
+        self._add_watch(session, watch_id, prefix, session.watches, self._watchers, members,
+                        outcome)
 
     def _watch_key(self, session: ServerSession, key: str, watch_id: int,
                    outcome: Outcome) -> None:
         """Watch one key: a snapshot of it (if registered), then its online/offline events."""
-        current = session.key_watches.get(watch_id)
-        if current is not None or watch_id in session.watches:
-            if current != key:
-                raise RequestFailed(ErrorCode.BAD_REQUEST, f"watch id {watch_id} already "
-                                    f"watches {current or 'the prefix ' + session.watches[watch_id]}")
+        if self._rewatch(session, watch_id, key, key=True):
             outcome.result["existing"] = True
             return
         self._check_watch_limits(session)
         found = self.keys.get(key)
-        self._check_snapshot(session, key, [] if found is None else [(name_of(key), found.data)])
-        session.key_watches[watch_id] = key
+        members = [] if found is None else [(name_of(key), found.data)]
+        self._add_watch(session, watch_id, key, session.key_watches, self._key_watchers,
+                        members, outcome)
+
+    @staticmethod
+    def _rewatch(session: ServerSession, watch_id: int, path: str, *, key: bool) -> bool:
+        """Whether ``watch_id`` already watches ``path`` (a watch re-sent after a reconnect);
+        a watch id that watches something else (of either kind) is a bad request."""
+        mine, other, other_kind = ((session.key_watches, session.watches, "the prefix ") if key
+                                   else (session.watches, session.key_watches, "the key "))
+        current = mine.get(watch_id)
+        if current == path:
+            return True
+        if current is None and watch_id not in other:
+            return False
+        raise RequestFailed(ErrorCode.BAD_REQUEST, f"watch id {watch_id} already "
+                            f"watches {current or other_kind + other[watch_id]}")
+
+    def _add_watch(self, session: ServerSession, watch_id: int, path: str,
+                   watching: dict[int, str], table: dict[str, dict[tuple[int, int], None]],
+                   members: list[tuple[str, bytes]], outcome: Outcome) -> None:
+        """Start a watch of ``path`` whose snapshot is ``members``: checked against the
+        backlog limits, then queued as ``initial`` online events and the synced marker."""
+        self._check_snapshot(session, path, members)
+        watching[watch_id] = path
         self.watch_count += 1
-        self._key_watchers.setdefault(key, {})[(session.id, watch_id)] = None
-        if found is not None:
-            self._enqueue(session, WatchEvent(0, watch_id, "online", name_of(key), found.data,
-                                              initial=True))
+        table.setdefault(path, {})[(session.id, watch_id)] = None
+        for name, data in members:
+            self._enqueue(session, WatchEvent(0, watch_id, "online", name, data, initial=True))
         self._enqueue(session, WatchEvent(0, watch_id, "synced"))
         outcome.woken.add(session.id)
         outcome.result["existing"] = False
+
+    def _unwatch(self, session: ServerSession, watch_id: int) -> None:
+        """Stop the watch ``watch_id`` of ``session`` (of either kind), if it has one."""
+        for watching, table in ((session.watches, self._watchers),
+                                (session.key_watches, self._key_watchers)):
+            path = watching.pop(watch_id, None)
+            if path is not None:
+                self.watch_count -= 1
+                self._drop_watcher(path, (session.id, watch_id), table)
 
     def _check_watch_limits(self, session: ServerSession) -> None:
         if len(session.watches) + len(session.key_watches) >= self.limits.max_watches_per_session:
@@ -642,14 +644,14 @@ class LeaseState:
             if not siblings:
                 del self._children[parent]
 
-    def _drop_watcher(self, prefix: str, watcher: tuple[int, int],
-                      table: dict[str, dict[tuple[int, int], None]] | None = None) -> None:
-        table = self._watchers if table is None else table
-        watchers = table.get(prefix)
+    @staticmethod
+    def _drop_watcher(path: str, watcher: tuple[int, int],
+                      table: dict[str, dict[tuple[int, int], None]]) -> None:
+        watchers = table.get(path)
         if watchers is not None:
             watchers.pop(watcher, None)
             if not watchers:
-                del table[prefix]
+                del table[path]
 
     def _enqueue(self, session: ServerSession, event: WatchEvent) -> None:
         if (len(session.outbox) > self.limits.max_pending_notifications

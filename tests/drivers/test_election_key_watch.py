@@ -26,6 +26,25 @@ T = 3.0
 PATH = "/pulse/leader/job"
 
 
+def predating_watch_key(message: object) -> Any:
+    """The lease server's request parser as a server that predates ``watch_key`` has it: that
+    request is a bad request, "unknown operation"."""
+    if isinstance(message, list) and len(message) == 5 and message[3] == "watch_key":
+        raise BadRequest("unknown operation 'watch_key'", message[1])
+    return parse_request(message)
+
+
+async def _on_a_server(candidates: int, *, key_watch: bool
+                       ) -> tuple[list[str], list[int], list[int]]:
+    """:func:`_leader_dies` on a fresh lease server."""
+    async with trio.open_nursery() as nursery:
+        net = Network(nursery)
+        await net.start(S1, tick=0.5)
+        result = await _leader_dies(net, candidates, key_watch=key_watch)
+        nursery.cancel_scope.cancel()
+    return result
+
+
 async def _leader_dies(net: Network, candidates: int, *, key_watch: bool
                        ) -> tuple[list[str], list[int], list[int]]:
     """``candidates`` line up; the leader's cable is cut until its session expires. Returns
@@ -94,11 +113,7 @@ async def test_a_leaders_death_notifies_only_its_successor(
 ) -> None:
     """With per-key watches the expiry of the leader's session queues one event on the
     server and wakes one candidacy: the successor's; no other candidate hears of it."""
-    async with trio.open_nursery() as nursery:
-        net = Network(nursery)
-        await net.start(S1, tick=0.5)
-        led, queued, woken = await _leader_dies(net, candidates, key_watch=True)
-        nursery.cancel_scope.cancel()
+    led, queued, woken = await _on_a_server(candidates, key_watch=True)
     assert led == ["c0", "c1"]
     assert queued == [1] + [0] * (candidates - 2)
     assert woken == [1] + [0] * (candidates - 2)
@@ -109,11 +124,7 @@ async def test_without_key_watches_every_candidate_is_notified(
 ) -> None:
     """The prefix-watch fallback (a session without ``watch_key``) hands over in order too,
     but the leader's death reaches every candidate (what the per-key watch avoids)."""
-    async with trio.open_nursery() as nursery:
-        net = Network(nursery)
-        await net.start(S1, tick=0.5)
-        led, queued, woken = await _leader_dies(net, 4, key_watch=False)
-        nursery.cancel_scope.cancel()
+    led, queued, woken = await _on_a_server(4, key_watch=False)
     assert led == ["c0", "c1"]
     assert queued == [1, 1, 1]
     assert woken == [1, 1, 1]
@@ -125,17 +136,8 @@ async def test_a_server_without_watch_key_falls_back_to_the_prefix_watch(
     """A server that answers watch_key with "unknown operation" (one that predates it) is
     handled: the candidacies fall back to the prefix watch and the successor still leads."""
 
-    def old_parse(obj: object) -> Any:
-        if isinstance(obj, list) and len(obj) == 5 and obj[3] == "watch_key":
-            raise BadRequest("unknown operation 'watch_key'", obj[1])
-        return parse_request(obj)
-
-    monkeypatch.setattr(lease_server, "parse_request", old_parse)
-    async with trio.open_nursery() as nursery:
-        net = Network(nursery)
-        await net.start(S1, tick=0.5)
-        led, queued, woken = await _leader_dies(net, 3, key_watch=True)
-        nursery.cancel_scope.cancel()
+    monkeypatch.setattr(lease_server, "parse_request", predating_watch_key)
+    led, queued, woken = await _on_a_server(3, key_watch=True)
     assert led == ["c0", "c1"]
     assert queued == [1, 1] and woken == [1, 1]
 

@@ -5,7 +5,7 @@ after a reconnect (virtual time)."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from pulse.errors import LimitExceeded, QueueFull
 from pulse.plugins.lease import server as lease_server
 from pulse.plugins.lease.client import connect as lease_connect
 from pulse.plugins.lease.errors import WatchKeyUnsupported
-from pulse.plugins.lease.protocol import BadRequest, parse_request
 from pulse.plugins.lease.state import Limits
 from pulse.plugins.zookeeper import client as zk_client
 from pulse.plugins.zookeeper import connect as zk_connect
@@ -28,7 +27,9 @@ from pulse.presence import PresenceEvent, SessionEvent, SessionState
 from tests.zk_harness import poll_until
 
 from ._lease_harness import Network
+from .test_election_key_watch import predating_watch_key
 from .test_zookeeper_driver import FakeZooKeeper
+from .test_zookeeper_driver import _url as _zk_url
 
 S1 = ("s1", 1)
 MIB = 1024 * 1024
@@ -234,11 +235,6 @@ async def test_lease_key_watch_refused_by_an_older_server_raises_watch_key_unsup
             await prefix_watch.start()
             net.stop()
 
-            def predating_watch_key(message: object) -> Any:
-                if isinstance(message, list) and len(message) == 5 and message[3] == "watch_key":
-                    raise BadRequest("unknown operation 'watch_key'", message[1])
-                return parse_request(message)
-
             monkeypatch.setattr(lease_server, "parse_request", predating_watch_key)
             await net.start(S1, tick=0.5)
             await trio.sleep(8.0)
@@ -292,8 +288,18 @@ async def zk_fake() -> AsyncIterator[FakeZooKeeper]:
         nursery.cancel_scope.cancel()
 
 
-def _zk_url(fake: FakeZooKeeper) -> str:
-    return "zk://" + ",".join(f"{h}:{p}" for h, p in fake.hosts)
+def _stallable_opener(fake: FakeZooKeeper) -> tuple[
+        Callable[[str, int], Awaitable[trio.abc.Stream]], dict[tuple[str, int], _Stallable]]:
+    """An ``open_stream`` to ``fake`` whose streams can be stalled, and those streams by
+    server."""
+    streams: dict[tuple[str, int], _Stallable] = {}
+
+    async def open_stream(host: str, port: int) -> trio.abc.Stream:
+        stream = _Stallable(await fake.open_stream(host, port))
+        streams[(host, port)] = stream
+        return stream
+
+    return open_stream, streams
 
 
 async def test_zookeeper_requests_wait_for_a_server_that_does_not_read(
@@ -305,12 +311,7 @@ async def test_zookeeper_requests_wait_for_a_server_that_does_not_read(
     the read timeout drops the connection, the session re-attaches elsewhere and every
     registration completes there."""
     monkeypatch.setattr(zk_client, "MAX_QUEUED_BYTES", 4096)
-    streams: dict[tuple[str, int], _Stallable] = {}
-
-    async def open_stream(host: str, port: int) -> trio.abc.Stream:
-        stream = _Stallable(await zk_fake.open_stream(host, port))
-        streams[(host, port)] = stream
-        return stream
+    open_stream, streams = _stallable_opener(zk_fake)
 
     async with zk_connect(_zk_url(zk_fake), session_timeout=6.0, open_stream=open_stream,
                           rng=random.Random(0)) as session:
@@ -341,12 +342,7 @@ async def test_zookeeper_connection_is_dropped_when_its_own_writes_pass_the_hard
     lets them pass MAX_QUEUED_REQUESTS, the connection is dropped at once as lost ("the
     server does not read", long before the read timeout) and the session re-attaches."""
     monkeypatch.setattr(zk_client, "MAX_QUEUED_REQUESTS", 4)
-    streams: dict[tuple[str, int], _Stallable] = {}
-
-    async def open_stream(host: str, port: int) -> trio.abc.Stream:
-        stream = _Stallable(await zk_fake.open_stream(host, port))
-        streams[(host, port)] = stream
-        return stream
+    open_stream, streams = _stallable_opener(zk_fake)
 
     events: list[SessionEvent] = []
     async with zk_connect(_zk_url(zk_fake), session_timeout=6.0, open_stream=open_stream,
