@@ -32,6 +32,7 @@ for the others to work.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -119,8 +120,10 @@ class _Slot:
             await self.changed.wait()
 
 
+@functools.cache
 def _permanent_errors() -> tuple[type[BaseException], ...]:
-    """Refusals a retry cannot cure (bad credentials, a key this client may not hold)."""
+    """Refusals a retry cannot cure (bad credentials, a key this client may not hold); the
+    one list for this module and ``pulse agent``."""
     import importlib
 
     errors: list[type[BaseException]] = [AuthFailed]
