@@ -49,7 +49,7 @@ from pulse._core.merged_view import MemberChange, MergedView, RegistryChange, Re
 from pulse._driver.engine import current_engine
 from pulse._driver.feed import EVENT_OVERHEAD as _FEED_EVENT_OVERHEAD
 from pulse._driver.feed import BoundedFeed, presence_event_size
-from pulse._driver.util import background_nursery
+from pulse._driver.util import Doorbell, background_nursery
 from pulse._log import get_logger
 from pulse.errors import AuthFailed, NoPlugin, PulseError, QueueFull
 from pulse.presence import PresenceEvent, PresenceSession, SessionState
@@ -106,14 +106,13 @@ class _Slot:
         self.held: dict[str, bytes] = {}
         self.group: anyio.abc.TaskGroup | None = None
         self.scopes: set[anyio.CancelScope] = set()  # followers' watches on this session
-        self.changed = anyio.Event()
+        self.changed = Doorbell()  # rung at every state change
         self.refused = False
         self.last_failure: str | None = None  # why the last session ended / attempt failed
 
     def set_state(self, state: SessionState) -> None:
         self.state = state
-        self.changed.set()
-        self.changed = anyio.Event()
+        self.changed.ring()
 
     async def wait_connected(self) -> None:
         while self.state is not SessionState.CONNECTED:
@@ -150,8 +149,10 @@ class Registries:
         self._retry = (retry_initial, retry_max, reset_after)
         self._registrations: dict[str, bytes] = {}
         self._bad_keys: dict[str, ValueError] = {}  # keys a backend refused as malformed
+        # An event, not a Doorbell: _keep_registered takes it before its work so that a
+        # change during that work is not missed.
         self._registrations_changed = anyio.Event()
-        self._held_changed = anyio.Event()
+        self._held_changed = Doorbell()
         self._watches: list[MergedWatch] = []
         self._status_feeds: list[BoundedFeed[RegistryStatus]] = []
 
@@ -210,8 +211,7 @@ class Registries:
         self._registrations_changed = anyio.Event()
 
     def _held(self) -> None:
-        self._held_changed.set()
-        self._held_changed = anyio.Event()
+        self._held_changed.ring()
 
     # -- watching --------------------------------------------------------------------------
 
