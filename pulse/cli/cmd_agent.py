@@ -245,9 +245,9 @@ async def _hold_multi(args: argparse.Namespace, key: str, meta: dict[str, str]) 
             trio.open_nursery() as nursery:
         statuses = regs.status_changes()
         refused: set[str] = set()
-        done = trio.Event()
 
         async def report() -> None:
+            """Say every status change; return once every registry refused us."""
             async for status in statuses:
                 sid = f" session={status.session_id:#x}" if status.session_id is not None else ""
                 if status.state == "up" and status.reason == "registered":
@@ -261,7 +261,6 @@ async def _hold_multi(args: argparse.Namespace, key: str, meta: dict[str, str]) 
                     _say(f"refused by {status.url}: {status.reason}")
                     refused.add(status.url)
                     if refused == set(urls):
-                        done.set()
                         return
                 else:
                     _say(f"session lost on {status.url}: {status.reason}; retrying")
@@ -271,9 +270,8 @@ async def _hold_multi(args: argparse.Namespace, key: str, meta: dict[str, str]) 
             await regs.register(key, data)
         except PulseError as exc:  # every registry refused this client
             _say(f"refused: {exc}")
-        else:
-            await done.wait()
-        nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+        # Otherwise held until cancelled, or until report() saw every registry refuse.
     return 1
 
 
