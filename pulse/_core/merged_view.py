@@ -31,7 +31,6 @@ Inputs: :meth:`watch_started`, :meth:`event`, :meth:`lost`, :meth:`handle_timer`
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,9 +92,7 @@ class MergedView:
     def __init__(self, registries: Sequence[str], *, settle: float = 0.5) -> None:
         if not registries:
             raise ValueError("need at least one registry")
-        check_non_negative("settle", settle)
-        if not math.isfinite(settle):
-            raise ValueError(f"settle must be finite, got {settle!r}")
+        check_non_negative("settle", settle)  # finite, too
         self.settle = float(settle)
         self._registries = [_Registry(name) for name in registries]
         self._reported: dict[str, bytes] = {}  # the merged view as reported: id -> data
@@ -124,8 +121,8 @@ class MergedView:
 
     def next_deadline(self) -> float | None:
         """The earliest end of a settle period (None: nothing is due)."""
-        deadlines = [r.sync_deadline for r in self._registries if r.sync_deadline is not None]
-        return min(deadlines) if deadlines else None
+        return min((r.sync_deadline for r in self._registries if r.sync_deadline is not None),
+                   default=None)
 
     # -- inputs ----------------------------------------------------------------------------
 
