@@ -308,11 +308,11 @@ def run(args: argparse.Namespace) -> int:
     urls = servers(args)
     args.server = urls[0] if len(urls) == 1 else urls
     gossip = any(url.startswith("gossip://") for url in urls)
-    if len(urls) > 1 and (args.members or (args.prefix is None and gossip)):
-        print("pulse watch: --server is repeated only for presence registries, not for "
-              "the gossip member table", file=sys.stderr)
-        return 2
     if args.members or (args.prefix is None and gossip):
+        if len(urls) > 1:
+            print("pulse watch: --server is repeated only for presence registries, not for "
+                  "the gossip member table", file=sys.stderr)
+            return 2
         return _run_members(args)
     if args.prefix is None:
         args.prefix = PRESENCE_PREFIX
