@@ -239,7 +239,7 @@ class Registries:
             if slot.group is not None and slot.session is not None:
                 slot.group.start_soon(watch._follow, slot, slot.session)
             elif slot.last_failure is not None:  # known unreachable: decided for this watch
-                watch._apply(watch._view.lost(slot.index, slot.last_failure))
+                watch._lost(slot.index, slot.last_failure)
         return watch
 
     def status_changes(self) -> AsyncIterator[RegistryStatus]:
@@ -301,7 +301,7 @@ class Registries:
                 slot.set_state(SessionState.CLOSED)
             slot.last_failure = reason
             for watch in list(self._watches):
-                watch._apply(watch._view.lost(slot.index, reason))
+                watch._lost(slot.index, reason)
             self._held()
             if slot.refused:
                 self._status(RegistryStatus(slot.url, "refused", reason))
@@ -334,7 +334,7 @@ class Registries:
                         self._status(RegistryStatus(slot.url, "disconnected", change.reason,
                                                     session.session_id))
                         for watch in list(self._watches):
-                            watch._apply(watch._view.lost(slot.index, change.reason))
+                            watch._lost(slot.index, change.reason)
                         for scope in list(slot.scopes):
                             scope.cancel()
                     elif change.state in (SessionState.EXPIRED, SessionState.CLOSED):
@@ -477,6 +477,10 @@ class MergedWatch:
                 if self._on_registry_change is not None:
                     self._on_registry_change(action)
 
+    def _lost(self, registry: int, reason: str) -> None:
+        """Registry ``registry`` can no longer be followed (see :meth:`MergedView.lost`)."""
+        self._apply(self._view.lost(registry, reason))
+
     async def _follow(self, slot: _Slot, session: PresenceSession) -> None:
         """Follow ``prefix`` on ``session``: a fresh watch each time the session is connected
         (its snapshot rebuilds the registry's view), given up while it is disconnected."""
@@ -508,14 +512,14 @@ class MergedWatch:
                                 self._apply(self._view.event(slot.index, event.event, event.id,
                                                              event.data, event.initial))
                         except (PulseError, OSError) as exc:
-                            self._apply(self._view.lost(slot.index, f"watch failed: {exc}"))
+                            self._lost(slot.index, f"watch failed: {exc}")
                             return
                         finally:
                             slot.scopes.discard(scope)
                     if not scope.cancelled_caught:
                         return  # the watch ended by itself: the session is ending
                     # Given up (disconnected); a no-op when the slot reported the loss first.
-                    self._apply(self._view.lost(slot.index, "connection lost"))
+                    self._lost(slot.index, "connection lost")
             finally:
                 self._scopes.discard(whole)
                 for old in stale:
