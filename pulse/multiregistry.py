@@ -32,6 +32,7 @@ for the others to work.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -48,7 +49,7 @@ from pulse._core.merged_view import MemberChange, MergedView, RegistryChange, Re
 from pulse._driver.engine import current_engine
 from pulse._driver.feed import EVENT_OVERHEAD as _FEED_EVENT_OVERHEAD
 from pulse._driver.feed import BoundedFeed, presence_event_size
-from pulse._driver.util import background_nursery
+from pulse._driver.util import Doorbell, background_nursery
 from pulse._log import get_logger
 from pulse.errors import AuthFailed, NoPlugin, PulseError, QueueFull
 from pulse.presence import PresenceEvent, PresenceSession, SessionState
@@ -105,22 +106,23 @@ class _Slot:
         self.held: dict[str, bytes] = {}
         self.group: anyio.abc.TaskGroup | None = None
         self.scopes: set[anyio.CancelScope] = set()  # followers' watches on this session
-        self.changed = anyio.Event()
+        self.changed = Doorbell()  # rung at every state change
         self.refused = False
         self.last_failure: str | None = None  # why the last session ended / attempt failed
 
     def set_state(self, state: SessionState) -> None:
         self.state = state
-        self.changed.set()
-        self.changed = anyio.Event()
+        self.changed.ring()
 
     async def wait_connected(self) -> None:
         while self.state is not SessionState.CONNECTED:
             await self.changed.wait()
 
 
+@functools.cache
 def _permanent_errors() -> tuple[type[BaseException], ...]:
-    """Refusals a retry cannot cure (bad credentials, a key this client may not hold)."""
+    """Refusals a retry cannot cure (bad credentials, a key this client may not hold); the
+    one list for this module and ``pulse agent``."""
     import importlib
 
     errors: list[type[BaseException]] = [AuthFailed]
@@ -147,8 +149,10 @@ class Registries:
         self._retry = (retry_initial, retry_max, reset_after)
         self._registrations: dict[str, bytes] = {}
         self._bad_keys: dict[str, ValueError] = {}  # keys a backend refused as malformed
+        # An event, not a Doorbell: _keep_registered takes it before its work so that a
+        # change during that work is not missed.
         self._registrations_changed = anyio.Event()
-        self._held_changed = anyio.Event()
+        self._held_changed = Doorbell()
         self._watches: list[MergedWatch] = []
         self._status_feeds: list[BoundedFeed[RegistryStatus]] = []
 
@@ -207,8 +211,7 @@ class Registries:
         self._registrations_changed = anyio.Event()
 
     def _held(self) -> None:
-        self._held_changed.set()
-        self._held_changed = anyio.Event()
+        self._held_changed.ring()
 
     # -- watching --------------------------------------------------------------------------
 
@@ -236,7 +239,7 @@ class Registries:
             if slot.group is not None and slot.session is not None:
                 slot.group.start_soon(watch._follow, slot, slot.session)
             elif slot.last_failure is not None:  # known unreachable: decided for this watch
-                watch._apply(watch._view.lost(slot.index, slot.last_failure))
+                watch._lost(slot.index, slot.last_failure)
         return watch
 
     def status_changes(self) -> AsyncIterator[RegistryStatus]:
@@ -298,7 +301,7 @@ class Registries:
                 slot.set_state(SessionState.CLOSED)
             slot.last_failure = reason
             for watch in list(self._watches):
-                watch._apply(watch._view.lost(slot.index, reason))
+                watch._lost(slot.index, reason)
             self._held()
             if slot.refused:
                 self._status(RegistryStatus(slot.url, "refused", reason))
@@ -331,7 +334,7 @@ class Registries:
                         self._status(RegistryStatus(slot.url, "disconnected", change.reason,
                                                     session.session_id))
                         for watch in list(self._watches):
-                            watch._apply(watch._view.lost(slot.index, change.reason))
+                            watch._lost(slot.index, change.reason)
                         for scope in list(slot.scopes):
                             scope.cancel()
                     elif change.state in (SessionState.EXPIRED, SessionState.CLOSED):
@@ -474,6 +477,10 @@ class MergedWatch:
                 if self._on_registry_change is not None:
                     self._on_registry_change(action)
 
+    def _lost(self, registry: int, reason: str) -> None:
+        """Registry ``registry`` can no longer be followed (see :meth:`MergedView.lost`)."""
+        self._apply(self._view.lost(registry, reason))
+
     async def _follow(self, slot: _Slot, session: PresenceSession) -> None:
         """Follow ``prefix`` on ``session``: a fresh watch each time the session is connected
         (its snapshot rebuilds the registry's view), given up while it is disconnected."""
@@ -505,14 +512,14 @@ class MergedWatch:
                                 self._apply(self._view.event(slot.index, event.event, event.id,
                                                              event.data, event.initial))
                         except (PulseError, OSError) as exc:
-                            self._apply(self._view.lost(slot.index, f"watch failed: {exc}"))
+                            self._lost(slot.index, f"watch failed: {exc}")
                             return
                         finally:
                             slot.scopes.discard(scope)
                     if not scope.cancelled_caught:
                         return  # the watch ended by itself: the session is ending
                     # Given up (disconnected); a no-op when the slot reported the loss first.
-                    self._apply(self._view.lost(slot.index, "connection lost"))
+                    self._lost(slot.index, "connection lost")
             finally:
                 self._scopes.discard(whole)
                 for old in stale:

@@ -31,7 +31,6 @@ Inputs: :meth:`watch_started`, :meth:`event`, :meth:`lost`, :meth:`handle_timer`
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,14 +92,11 @@ class MergedView:
     def __init__(self, registries: Sequence[str], *, settle: float = 0.5) -> None:
         if not registries:
             raise ValueError("need at least one registry")
-        check_non_negative("settle", settle)
-        if not math.isfinite(settle):
-            raise ValueError(f"settle must be finite, got {settle!r}")
+        check_non_negative("settle", settle)  # finite, too
         self.settle = float(settle)
         self._registries = [_Registry(name) for name in registries]
         self._reported: dict[str, bytes] = {}  # the merged view as reported: id -> data
         self._decided: set[int] = set()  # registries synced or lost at least once
-        self._initial = True
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -121,12 +117,12 @@ class MergedView:
     @property
     def initial(self) -> bool:
         """True until every registry has synced or been lost once."""
-        return self._initial
+        return len(self._decided) < len(self._registries)
 
     def next_deadline(self) -> float | None:
         """The earliest end of a settle period (None: nothing is due)."""
-        deadlines = [r.sync_deadline for r in self._registries if r.sync_deadline is not None]
-        return min(deadlines) if deadlines else None
+        return min((r.sync_deadline for r in self._registries if r.sync_deadline is not None),
+                   default=None)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -180,13 +176,11 @@ class MergedView:
         entry.view = {}
         entry.pending = {}
         actions: list[Action] = []
-        first = registry not in self._decided
-        self._decided.add(registry)
-        if was is not RegistryState.LOST or first:
+        if was is not RegistryState.LOST or registry not in self._decided:
             actions.append(RegistryChange(registry, entry.name, RegistryState.LOST, reason,
                                           self.live))
         actions += self._merge(names)
-        self._check_initial()
+        self._decided.add(registry)  # after the merge: the deciding events still are initial
         return actions
 
     def handle_timer(self, now: float) -> list[Action]:
@@ -207,25 +201,21 @@ class MergedView:
         entry.state = RegistryState.LIVE
         entry.sync_deadline = None
         entry.view, entry.pending = entry.pending, {}
-        self._decided.add(registry)
         actions: list[Action] = [RegistryChange(registry, entry.name, RegistryState.LIVE,
                                                 "synced", self.live)]
         names = set(entry.view)
         if was_frozen:
             names |= set(self._reported)  # thawing: everything may have changed
         actions += self._merge(names)
-        self._check_initial()
+        self._decided.add(registry)  # after the merge: the deciding events still are initial
         return actions
-
-    def _check_initial(self) -> None:
-        if self._initial and len(self._decided) == len(self._registries):
-            self._initial = False
 
     def _merge(self, names: set[str]) -> list[Action]:
         """Report the merged change of each of ``names`` (sorted; offline first)."""
         live = [r for r in self._registries if r.state is RegistryState.LIVE]
         if not live:
             return []  # frozen: nothing is known
+        initial = self.initial
         offline: list[MemberChange] = []
         online: list[MemberChange] = []
         for name in sorted(names):
@@ -234,8 +224,8 @@ class MergedView:
             if not held:
                 if reported is not None:
                     del self._reported[name]
-                    offline.append(MemberChange("offline", name, initial=self._initial))
+                    offline.append(MemberChange("offline", name, initial=initial))
             elif reported is None or reported not in held:
                 self._reported[name] = held[0]
-                online.append(MemberChange("online", name, held[0], initial=self._initial))
+                online.append(MemberChange("online", name, held[0], initial=initial))
         return [*offline, *online]

@@ -37,7 +37,6 @@ from pulse.cli._presence import (
 )
 from pulse.cli._run import cancel_on_signal
 from pulse.errors import (
-    AuthFailed,
     ConnectionClosed,
     NoPlugin,
     PulseError,
@@ -148,12 +147,9 @@ async def _register(session: PresenceSession, key: str, meta: dict[str, str],
 
 def _permanent_errors() -> tuple[type[BaseException], ...]:
     """Refusals that retrying cannot cure: bad credentials, a key this client may not hold."""
-    import importlib
+    from pulse.multiregistry import _permanent_errors as permanent
 
-    # Through importlib, as pulse/lease.py does: the plugins are mapped in by packaging.
-    lease = importlib.import_module("pulse.plugins.lease.errors")
-    zookeeper = importlib.import_module("pulse.plugins.zookeeper.protocol")
-    return (AuthFailed, lease.AccessDenied, zookeeper.NoAuthError)
+    return permanent()
 
 
 async def _hold(args: argparse.Namespace, key: str, meta: dict[str, str]) -> int:
@@ -224,18 +220,13 @@ def run(args: argparse.Namespace) -> int:
     urls = servers(args)
     try:
         parse_meta(args.meta)
-        if len(set(urls)) != len(urls):
-            raise ValueError("a --server URL is given twice")
+        check_servers(urls)
         for url in urls:
-            connect_check(url)
             session_options(args, url)
     except (ValueError, NoPlugin, OSError) as exc:
         print(f"pulse agent: {exc}", file=sys.stderr)
         return 2
-    if len(urls) == 1:
-        args.server = urls[0]
-        return trio.run(_main, args)
-    args.server = urls
+    args.server = urls[0] if len(urls) == 1 else urls
     return trio.run(_main, args)
 
 
@@ -254,9 +245,9 @@ async def _hold_multi(args: argparse.Namespace, key: str, meta: dict[str, str]) 
             trio.open_nursery() as nursery:
         statuses = regs.status_changes()
         refused: set[str] = set()
-        done = trio.Event()
 
         async def report() -> None:
+            """Say every status change; return once every registry refused us."""
             async for status in statuses:
                 sid = f" session={status.session_id:#x}" if status.session_id is not None else ""
                 if status.state == "up" and status.reason == "registered":
@@ -270,7 +261,6 @@ async def _hold_multi(args: argparse.Namespace, key: str, meta: dict[str, str]) 
                     _say(f"refused by {status.url}: {status.reason}")
                     refused.add(status.url)
                     if refused == set(urls):
-                        done.set()
                         return
                 else:
                     _say(f"session lost on {status.url}: {status.reason}; retrying")
@@ -280,10 +270,18 @@ async def _hold_multi(args: argparse.Namespace, key: str, meta: dict[str, str]) 
             await regs.register(key, data)
         except PulseError as exc:  # every registry refused this client
             _say(f"refused: {exc}")
-        else:
-            await done.wait()
-        nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+        # Otherwise held until cancelled, or until report() saw every registry refuse.
     return 1
+
+
+def check_servers(urls: list[str]) -> None:
+    """Fail early (ValueError / NoPlugin) on a repeated ``--server`` URL or one that names
+    no session backend."""
+    if len(set(urls)) != len(urls):
+        raise ValueError("a --server URL is given twice")
+    for url in urls:
+        connect_check(url)
 
 
 def connect_check(url: str) -> None:

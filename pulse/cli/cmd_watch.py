@@ -14,7 +14,8 @@ import math
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import trio
@@ -149,6 +150,18 @@ class _Screen:
         if self.live is not None:
             self.live.update(self._render(), refresh=True)
 
+    @contextmanager
+    def shown(self) -> Iterator[None]:
+        """Show the live table (if any) for the ``with`` block."""
+        if self.live is None:
+            yield
+            return
+        self.live.start()
+        try:
+            yield
+        finally:
+            self.live.stop()
+
 
 async def _measure_rtt(session: PresenceSession, prefix: str, screen: _Screen) -> None:
     while True:
@@ -166,9 +179,7 @@ async def _watch(args: argparse.Namespace) -> int:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as outer:
             outer.start_soon(cancel_on_signal, signals, outer.cancel_scope)
-            if screen.live is not None:
-                screen.live.start()
-            try:
+            with screen.shown():
                 while True:
                     try:
                         async with connect_session(
@@ -183,9 +194,6 @@ async def _watch(args: argparse.Namespace) -> int:
                               "starting a new one", file=sys.stderr)
                     resync = True
                     await trio.sleep(1.0)
-            finally:
-                if screen.live is not None:
-                    screen.live.stop()
     return 0
 
 
@@ -219,15 +227,10 @@ async def _watch_multi(args: argparse.Namespace) -> int:
                 regs.watch(args.prefix, on_registry_change=on_registry_change) as events, \
                 trio.open_nursery() as nursery:
             nursery.start_soon(cancel_on_signal, signals, nursery.cancel_scope)
-            if screen.live is not None:
-                screen.live.start()
-            try:
+            with screen.shown():
                 async for event in events:
                     if table.apply(event, wall_time()):
                         screen.emit(event)
-            finally:
-                if screen.live is not None:
-                    screen.live.stop()
     return 0
 
 
@@ -300,24 +303,21 @@ async def _watch_members(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Watch until SIGTERM / Ctrl-C; exit status 0, 2 for bad options, 1 on other errors."""
-    from pulse.cli.cmd_agent import connect_check, servers
+    from pulse.cli.cmd_agent import check_servers, servers
 
     urls = servers(args)
     args.server = urls[0] if len(urls) == 1 else urls
     gossip = any(url.startswith("gossip://") for url in urls)
-    if len(urls) > 1 and (args.members or (args.prefix is None and gossip)):
-        print("pulse watch: --server is repeated only for presence registries, not for "
-              "the gossip member table", file=sys.stderr)
-        return 2
     if args.members or (args.prefix is None and gossip):
+        if len(urls) > 1:
+            print("pulse watch: --server is repeated only for presence registries, not for "
+                  "the gossip member table", file=sys.stderr)
+            return 2
         return _run_members(args)
     if args.prefix is None:
         args.prefix = PRESENCE_PREFIX
     try:
-        if len(set(urls)) != len(urls):
-            raise ValueError("a --server URL is given twice")
-        for url in urls:
-            connect_check(url)
+        check_servers(urls)
         if not args.prefix.startswith("/"):
             raise ValueError(f"--prefix must be an absolute path starting with '/', "
                              f"got {args.prefix!r}")

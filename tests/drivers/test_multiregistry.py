@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import trio.testing
 
 from pulse._core.merged_view import RegistryChange, RegistryState
 from pulse.errors import NoPlugin
-from pulse.multiregistry import RegistryStatus, connect_registries
+from pulse.multiregistry import MergedWatch, Registries, RegistryStatus, connect_registries
 from pulse.presence import PresenceEvent
 
 from ._lease_harness import Link, Network
@@ -105,6 +106,37 @@ def holders(net: Network, name: str) -> list[tuple[str, int]]:
             if f"{PREFIX}/{name}" in slot.server.state.keys]
 
 
+@dataclass
+class Watched:
+    """An agent holding ``a`` in both registries and a watcher that has seen it online."""
+
+    agent: Client
+    watcher: Client
+    regs: Registries
+    view: Registries
+    watch: MergedWatch
+    recorder: Recorder
+
+
+@asynccontextmanager
+async def agent_and_watcher(net: Network) -> AsyncIterator[Watched]:
+    """An agent registers ``a`` (``b"x"``) through its own sessions; a watcher follows the
+    merged view of PREFIX until ``a`` is online."""
+    agent, watcher = Client(net), Client(net)
+    recorder = Recorder()
+    async with connect_registries(URLS, session_timeout=TIMEOUT,
+                                  open_stream=agent.open_stream) as regs, \
+            connect_registries(URLS, session_timeout=TIMEOUT,
+                               open_stream=watcher.open_stream) as view, \
+            view.watch(PREFIX, on_registry_change=recorder.on_change) as watch, \
+            trio.open_nursery() as nursery:
+        nursery.start_soon(recorder.run, watch)
+        await regs.register(f"{PREFIX}/a", b"x")
+        await recorder.wait_for("online", "a")
+        yield Watched(agent, watcher, regs, view, watch, recorder)
+        nursery.cancel_scope.cancel()
+
+
 async def test_registers_in_every_registry_and_watch_merges(
         autojump_clock: trio.testing.MockClock) -> None:
     """One key registered through two independent sessions is held by both servers; the
@@ -138,34 +170,23 @@ async def test_one_server_down_no_offline_then_agent_dies_offline_in_bound(
     """Killing one of two servers: the watcher is told that registry is lost but sees no
     offline; then the agent crashes: offline within session timeout + tick (+ settle) of the
     crash, from the surviving server."""
-    async with two_servers() as net:
-        agent, watcher = Client(net), Client(net)
-        recorder = Recorder()
-        async with connect_registries(URLS, session_timeout=TIMEOUT,
-                                      open_stream=agent.open_stream) as regs, \
-                connect_registries(URLS, session_timeout=TIMEOUT,
-                                   open_stream=watcher.open_stream) as view, \
-                view.watch(PREFIX, on_registry_change=recorder.on_change) as watch, \
-                trio.open_nursery() as nursery:
-            nursery.start_soon(recorder.run, watch)
-            await regs.register(f"{PREFIX}/a", b"x")
-            await recorder.wait_for("online", "a")
-            await until(lambda: len(regs.holders(f"{PREFIX}/a")) == 2, 5)
-            await until(lambda: watch.view.live == 2)
-            net.stop(S1)  # the server crashes: every connection to it drops
-            await trio.sleep(3 * TIMEOUT)
-            assert recorder.seen("offline", "a") == []
-            lost = [c for _, c in recorder.changes if c.state is RegistryState.LOST]
-            assert [c.name for c in lost] == ["pulse://s1:1"]
-            assert lost[0].live == 1
-            crashed = trio.current_time()
-            agent.crash()
-            offline = await recorder.wait_for("offline", "a")
-            assert offline - crashed <= TIMEOUT + TICK + 0.1
-            # Detected by expiry on the server: no earlier than a timeout after the agent's
-            # last ping (it pings after a third of the timeout without sending).
-            assert offline - crashed >= TIMEOUT * 2 / 3 - 0.05
-            nursery.cancel_scope.cancel()
+    async with two_servers() as net, agent_and_watcher(net) as w:
+        regs, watch, recorder = w.regs, w.watch, w.recorder
+        await until(lambda: len(regs.holders(f"{PREFIX}/a")) == 2, 5)
+        await until(lambda: watch.view.live == 2)
+        net.stop(S1)  # the server crashes: every connection to it drops
+        await trio.sleep(3 * TIMEOUT)
+        assert recorder.seen("offline", "a") == []
+        lost = [c for _, c in recorder.changes if c.state is RegistryState.LOST]
+        assert [c.name for c in lost] == ["pulse://s1:1"]
+        assert lost[0].live == 1
+        crashed = trio.current_time()
+        w.agent.crash()
+        offline = await recorder.wait_for("offline", "a")
+        assert offline - crashed <= TIMEOUT + TICK + 0.1
+        # Detected by expiry on the server: no earlier than a timeout after the agent's
+        # last ping (it pings after a third of the timeout without sending).
+        assert offline - crashed >= TIMEOUT * 2 / 3 - 0.05
 
 
 async def test_all_registries_lost_freezes_then_reconciles(
@@ -305,36 +326,25 @@ async def test_reattached_registry_resyncs_with_a_fresh_watch(
     """The watcher's link to one registry goes silent: that registry is lost after the read
     timeout, the session re-attaches on a new connection, a fresh watch brings the view
     back (a member that arrived meanwhile is reported once), and nothing goes offline."""
-    async with two_servers() as net:
-        agent, watcher = Client(net), Client(net)
-        recorder = Recorder()
-        async with connect_registries(URLS, session_timeout=TIMEOUT,
-                                      open_stream=agent.open_stream) as regs, \
-                connect_registries(URLS, session_timeout=TIMEOUT,
-                                   open_stream=watcher.open_stream) as view, \
-                view.watch(PREFIX, on_registry_change=recorder.on_change) as watch, \
-                trio.open_nursery() as nursery:
-            nursery.start_soon(recorder.run, watch)
-            await regs.register(f"{PREFIX}/a", b"x")
-            await recorder.wait_for("online", "a")
-            await until(lambda: watch.view.live == 2)
-            sessions = view.sessions()
-            before = sessions["pulse://s1:1"]
-            assert before is not None
-            watcher.cut(S1)
-            await until(lambda: watch.view.live == 1, timeout=2 * TIMEOUT)
-            await regs.register(f"{PREFIX}/b", b"y")  # arrives while s1 is out of sight
-            await until(lambda: watch.view.live == 2, timeout=4 * TIMEOUT)
-            assert view.sessions()["pulse://s1:1"] is before  # the same session re-attached
-            await trio.sleep(2.0)
-            assert [(e.event, e.id) for _, e in recorder.events] == [
-                ("online", "a"), ("online", "b")]
-            states = [(c.name, c.state.value) for _, c in recorder.changes]
-            assert ("pulse://s1:1", "lost") in states
-            assert states[-1] == ("pulse://s1:1", "live")
-            server_watches = net.server(S1).state.watch_count
-            assert server_watches == 1  # the old watch was removed on the server
-            nursery.cancel_scope.cancel()
+    async with two_servers() as net, agent_and_watcher(net) as w:
+        regs, view, watch, recorder = w.regs, w.view, w.watch, w.recorder
+        await until(lambda: watch.view.live == 2)
+        sessions = view.sessions()
+        before = sessions["pulse://s1:1"]
+        assert before is not None
+        w.watcher.cut(S1)
+        await until(lambda: watch.view.live == 1, timeout=2 * TIMEOUT)
+        await regs.register(f"{PREFIX}/b", b"y")  # arrives while s1 is out of sight
+        await until(lambda: watch.view.live == 2, timeout=4 * TIMEOUT)
+        assert view.sessions()["pulse://s1:1"] is before  # the same session re-attached
+        await trio.sleep(2.0)
+        assert [(e.event, e.id) for _, e in recorder.events] == [
+            ("online", "a"), ("online", "b")]
+        states = [(c.name, c.state.value) for _, c in recorder.changes]
+        assert ("pulse://s1:1", "lost") in states
+        assert states[-1] == ("pulse://s1:1", "live")
+        server_watches = net.server(S1).state.watch_count
+        assert server_watches == 1  # the old watch was removed on the server
 
 
 async def test_the_merged_feed_keeps_its_bound_in_both_modes() -> None:

@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from ._lease_procs import Agent
+from ._wait import accepts_connections
 
 pytestmark = pytest.mark.e2e
 
@@ -35,9 +36,8 @@ def free_port() -> int:
 async def accepting(port: int, timeout: float = 15.0) -> None:
     with trio.fail_after(timeout):
         while True:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    return
+            if accepts_connections(port):
+                return
             await trio.sleep(0.05)
 
 
