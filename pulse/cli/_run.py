@@ -17,6 +17,15 @@ def only_interrupts(error: BaseException) -> bool:
     return False
 
 
+def bind_address(text: str) -> tuple[str, int]:
+    """``--bind HOST:PORT`` of ``pulse watch`` and ``pulse run``, with a port from 0 (any free
+    one) to 65535."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--bind expects HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
 async def cancel_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope,
                            on_signal: Callable[[int], object] | None = None) -> None:
     """Cancel ``scope`` at the first signal from ``signals`` (a receiver the caller opened

@@ -35,8 +35,7 @@ import trio
 from pulse._core.election import MARGIN_FRACTION
 from pulse._driver.engine import current_engine
 from pulse._log import get_logger
-from pulse.cli._run import cancel_on_signal
-from pulse.cli.cmd_watch import _bind_addr  # the same --bind HOST:PORT as pulse watch
+from pulse.cli._run import bind_address, cancel_on_signal
 from pulse.election import Leadership, LeadershipLost, election
 from pulse.errors import PulseError
 from pulse.presence import SessionState
@@ -164,7 +163,7 @@ def _check_gossip_options(args: argparse.Namespace) -> None:
         if args.expect < 1:
             raise ValueError(f"--expect must be >= 1, got {args.expect}")
         if args.bind is not None:
-            _bind_addr(args.bind)
+            bind_address(args.bind)
     elif args.expect is not None or args.bind is not None:
         raise ValueError("--expect and --bind apply to gossip:// only (a server decides the "
                          "election on pulse:// and zk://)")
@@ -191,7 +190,7 @@ async def _supervise(args: argparse.Namespace, command: list[str]) -> int:
     options: dict[str, Any] = {}
     server = args.server
     if args.bind is not None:
-        options["bind"] = _bind_addr(args.bind)
+        options["bind"] = bind_address(args.bind)
         server = _seeds_without(server, options["bind"])
     if _is_gossip(server):
         # A seed that is stopped (not dead) accepts the join's TCP stream and never answers:

@@ -22,7 +22,7 @@ import trio
 
 from pulse.cli._errors import describe, reportable
 from pulse.cli._presence import PRESENCE_PREFIX, PresenceTable, event_json, wall_time
-from pulse.cli._run import cancel_on_signal
+from pulse.cli._run import bind_address, cancel_on_signal
 from pulse.errors import ConnectionClosed, NoPlugin, SessionExpired
 from pulse.presence import PresenceEvent, PresenceSession
 from pulse.registry import connect_session
@@ -243,7 +243,7 @@ async def _watch_members(args: argparse.Namespace) -> int:
     from pulse.registry import parse_url
 
     endpoint = parse_url(args.server, default_port=7946)
-    bind = _bind_addr(args.bind)
+    bind = bind_address(args.bind)
     name = args.name or f"pulse-watch-{os.getpid()}"
     table = MemberTable()
     live = None
@@ -342,14 +342,6 @@ def _run_reported(watch: Callable[[argparse.Namespace], Awaitable[int]],
     return status
 
 
-def _bind_addr(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` with a port from 0 (any free one) to 65535."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--bind expects HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
 def _run_members(args: argparse.Namespace) -> int:
     from pulse.registry import parse_url
 
@@ -357,7 +349,7 @@ def _run_members(args: argparse.Namespace) -> int:
         endpoint = parse_url(args.server, default_port=7946)
         if endpoint.scheme != "gossip":
             raise ValueError(f"--members needs a gossip://HOST:PORT server, not {endpoint.scheme}://")
-        _bind_addr(args.bind)
+        bind_address(args.bind)
     except ValueError as exc:
         print(f"pulse watch: {exc}", file=sys.stderr)
         return 2
